@@ -1,0 +1,250 @@
+"""The `lmtune` command: one dispatch table of subcommands; each only wires library calls.
+
+User errors (bad config, missing file, bad data, incompatible model/task) print one
+paragraph and exit with code 2. Anything else is a bug: a short message, exit 1, and the
+traceback with --debug.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from lmtune.errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Fine-tune pre-trained language models: prepare, train, eval, export.")
+config_app = typer.Typer(no_args_is_help=True, help="Inspect configs.")
+app.add_typer(config_app, name="config")
+console = Console()
+err_console = Console(stderr=True, soft_wrap=True)
+_DEBUG = {"on": False}
+
+ConfigArg = Annotated[Path, typer.Argument(help="Run config (YAML).")]
+Overrides = Annotated[list[str] | None, typer.Argument(help="key.sub=value overrides, e.g. train.lr=1e-4")]
+
+
+@app.callback()
+def _root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for internal errors.")] = False) -> None:
+    _DEBUG["on"] = debug
+
+
+@config_app.command("show")
+def config_show(
+    config: Annotated[Path | None, typer.Argument(help="Run config (YAML); omit for the defaults.")] = None,
+    overrides: Overrides = None,
+    fields: Annotated[bool, typer.Option("--fields", help="List every key with its default and meaning.")] = False,
+) -> None:
+    """Print the resolved config (file + overrides + defaults)."""
+    from lmtune.config import describe_fields, dump_config, load_config
+
+    if fields:
+        table = Table("key", "default", "description")
+        for key, default, desc in describe_fields():
+            table.add_row(key, default, desc)
+        console.print(table)
+        return
+    print(dump_config(load_config(config, overrides or [])), end="")
+
+
+@app.command()
+def prepare(config: ConfigArg, overrides: Overrides = None) -> None:
+    """Load, validate, clean and split the data; write splits and data_report.json/.md."""
+    from lmtune.config import dump_config, load_config
+    from lmtune.data.pipeline import prepare_data
+    from lmtune.models.load import load_tokenizer
+    from lmtune.train.run import text_length_fn
+
+    cfg = load_config(config, overrides or [])
+    out = Path(cfg.run.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(dump_config(cfg))
+    tok = load_tokenizer(cfg.model)
+    prepared = prepare_data(cfg, out, length_fn=text_length_fn(tok))
+    sizes = ", ".join(f"{k} {len(v)}" for k, v in prepared.splits.items())
+    console.print(f"format {prepared.format}; {sizes}")
+    console.print(f"report: {out / 'data_report.md'}")
+
+
+def _launch_workers(nproc: int) -> None:
+    """Re-run this command under torchrun with `nproc` processes (CPU: gloo, GPU: nccl)."""
+    import subprocess
+
+    args = [a for a in sys.argv[1:]]
+    cleaned, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+            continue
+        if a == "--nproc":
+            skip = True
+            continue
+        if a.startswith("--nproc="):
+            continue
+        cleaned.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "lmtune", *cleaned]
+    raise typer.Exit(subprocess.call(cmd))
+
+
+@app.command()
+def train(
+    config: ConfigArg,
+    overrides: Overrides = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the latest checkpoint.")] = False,
+    nproc: Annotated[int, typer.Option("--nproc", help="Processes to train with (launches torchrun).")] = 1,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
+) -> None:
+    """Train a model as the config says; the run folder gets everything."""
+    from lmtune.config import load_config
+    from lmtune.train.dist import Dist
+    from lmtune.train.run import run_training
+
+    cfg = load_config(config, overrides or [])  # validate before spawning workers
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        _launch_workers(nproc)
+    try:
+        summary = run_training(cfg, resume=resume, quiet=quiet)
+    finally:
+        Dist.get().close()
+    if Dist.get().is_main:
+        _print_summary(summary)
+
+
+def _print_summary(summary: dict) -> None:
+    table = Table("figure", "value", title="run summary")
+    keys = ["train_runtime_s", "train_samples_per_s", "train_tokens_per_s", "peak_rss_mb",
+            "final_train_loss", "best_metric", "best_metric_value", "best_step", "model_dir"]
+    for k in keys:
+        if summary.get(k) is not None:
+            v = summary[k]
+            table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+    for k, v in (summary.get("test") or {}).items():
+        table.add_row(f"test {k}", f"{v:.4f}")
+    console.print(table)
+
+
+@app.command("eval")
+def eval_cmd(
+    model: Annotated[Path, typer.Argument(help="Run folder or model folder.")],
+    data: Annotated[Path, typer.Option("--data", help="Labelled file to evaluate on.")],
+    out: Annotated[Path | None, typer.Option("--out", help="Output folder (default RUN/eval).")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 64,
+) -> None:
+    """Evaluate a trained model on a labelled file; writes eval.json."""
+    from lmtune.evaluate.run import run_eval
+
+    result = run_eval(model, data, out, batch_size)
+    table = Table("metric", "value")
+    for k, v in result.items():
+        if isinstance(v, float):
+            table.add_row(k, f"{v:.4f}")
+    console.print(table)
+    console.print(f"written: {Path(result['out_dir']) / 'eval.json'}")
+
+
+@app.command()
+def predict(
+    model: Annotated[Path, typer.Argument(help="Run folder or model folder (classifier).")],
+    input: Annotated[Path, typer.Option("--input", help="Texts: .txt one per line, or jsonl/csv with a text column.")],
+    out: Annotated[Path | None, typer.Option("--out", help="Write predictions as jsonl here.")] = None,
+) -> None:
+    """Label a file of texts with a trained classifier."""
+    from lmtune.evaluate.run import run_predict
+
+    preds = run_predict(model, input, out)
+    if out is None:
+        for p in preds:
+            print(json.dumps(p, ensure_ascii=False))
+    else:
+        console.print(f"{len(preds)} predictions written to {out}")
+
+
+@app.command()
+def generate(
+    model: Annotated[Path, typer.Argument(help="Run folder or model folder (causal LM).")],
+    prompt: Annotated[list[str] | None, typer.Option("--prompt", help="A prompt (repeatable).")] = None,
+    prompts: Annotated[Path | None, typer.Option("--prompts", help="File of prompts (.txt lines or jsonl 'text').")] = None,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens")] = 64,
+    temperature: Annotated[float, typer.Option("--temperature", help="0 = greedy.")] = 0.0,
+    top_p: Annotated[float, typer.Option("--top-p")] = 1.0,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+) -> None:
+    """Complete prompts with a fine-tuned causal LM (stops at the end-of-sequence token)."""
+    from lmtune.evaluate.run import read_texts, run_generate
+
+    texts = list(prompt or [])
+    if prompts is not None:
+        texts += [r["text"] for r in read_texts(prompts)]
+    if not texts:
+        raise UserError("give at least one --prompt TEXT or --prompts FILE")
+    for p, completion in zip(texts, run_generate(model, texts, max_new_tokens, temperature, top_p, seed), strict=True):
+        print(json.dumps({"prompt": p, "completion": completion}, ensure_ascii=False))
+
+
+@app.command()
+def export(
+    run: Annotated[Path, typer.Argument(help="Run folder or model folder.")],
+    out: Annotated[Path, typer.Argument(help="Folder for the standalone merged model.")],
+) -> None:
+    """Merge LoRA/DoRA into a standalone model that plain transformers loads."""
+    from lmtune.evaluate.run import resolve_model_dir
+    from lmtune.models.export import export_merged
+
+    path = export_merged(resolve_model_dir(run), out)
+    console.print(f"exported to {path}")
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="Run folder.")] = Path("runs/demo"),
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
+) -> None:
+    """Fine-tune builtin:minilm with LoRA on the bundled reviews and show before/after."""
+    from lmtune.demo import run_demo
+
+    run_demo(out, quiet=quiet)
+
+
+def main() -> None:
+    """Console-script entry point with the error policy described in the module docstring."""
+    debug = "--debug" in sys.argv
+    if not debug:
+        # transformers' per-load reports and download bars drown lmtune's own output.
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    try:
+        app(standalone_mode=False)
+    except UserError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        sys.exit(2)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        err_console.print("interrupted")
+        sys.exit(130)
+    except Exception as exc:  # a bug: say so, keep the traceback behind --debug
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(2)
+        if debug:
+            raise
+        err_console.print(f"[bold red]internal error[/] ({type(exc).__name__}): {exc}\n"
+                          "This is a bug in lmtune; rerun with --debug for the traceback and report it.",
+                          highlight=False)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

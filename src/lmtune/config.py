@@ -1,0 +1,262 @@
+"""Typed run configuration: one YAML file plus `key.sub=value` overrides.
+
+Every field carries a one-line description (shown by `lmtune config show --help-fields`).
+Validation reports every problem at once, each with its dotted key path and the file name,
+so a user fixes a config in one pass instead of one error per run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from lmtune.errors import UserError
+
+TaskName = Literal["sft", "classification"]
+FormatName = Literal["auto", "text", "instruction", "chat", "classification", "pair_classification"]
+
+
+class Strict(BaseModel):
+    """Base for all config sections: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RunConfig(Strict):
+    name: str = Field("run", description="Run name; used in logs and the model card.")
+    output_dir: str = Field("runs/run", description="Folder that receives everything this run writes.")
+    seed: int = Field(42, description="Seed for data splits, shuffling, init and dropout.")
+
+
+class ModelConfig(Strict):
+    name_or_path: str = Field(
+        "builtin:minilm",
+        description="Local directory, hub id, or builtin:NAME (builtin:minilm ships with lmtune).",
+    )
+    trust_remote_code: bool = Field(False, description="Run model code from the checkpoint (off: it executes foreign code).")
+    max_length: int = Field(256, gt=8, description="Maximum tokens per example after templating.")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) for hub ids.")
+    attn_implementation: str | None = Field(None, description="Attention kernel override (sdpa, eager); None lets transformers choose.")
+
+
+class AdapterConfig(Strict):
+    type: Literal["full", "lora", "dora", "head"] = Field("lora", description="full: all weights; lora/dora: peft adapters; head: frozen base, train the task head only.")
+    r: int = Field(8, gt=0, description="LoRA rank.")
+    alpha: int = Field(16, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
+    target_modules: list[str] | Literal["auto", "all-linear"] = Field("auto", description="Modules that get adapters; auto picks attention+MLP projections per architecture.")
+    bias: Literal["none", "all", "lora_only"] = Field("none", description="Which biases LoRA trains.")
+    modules_to_save: list[str] | Literal["auto"] = Field("auto", description="Modules trained in full beside the adapters; auto = the task head.")
+
+
+class NearDedupeConfig(Strict):
+    enabled: bool = Field(False, description="Remove near-duplicates (MinHash over word shingles).")
+    threshold: float = Field(0.85, gt=0.0, le=1.0, description="Estimated Jaccard similarity at or above which rows are near-duplicates.")
+    shingle: int = Field(5, gt=0, description="Words per shingle.")
+    num_perm: int = Field(64, gt=0, description="MinHash permutations (more: slower, more exact).")
+
+
+class CleanConfig(Strict):
+    normalize: bool = Field(True, description="Unicode NFC and whitespace normalisation.")
+    control_chars: bool = Field(True, description="Remove control characters (keeps newlines and tabs).")
+    dedupe: bool = Field(True, description="Drop exact duplicate rows (after normalisation).")
+    near_dedupe: NearDedupeConfig = Field(default_factory=NearDedupeConfig, description="Near-duplicate removal.")
+    min_chars: int = Field(1, ge=0, description="Drop rows whose main text is shorter than this.")
+    max_chars: int | None = Field(None, description="Drop rows whose main text is longer than this (None: no limit).")
+    pii: bool = Field(True, description="Redact emails, phone numbers, IPs, credit cards (Luhn) and URLs.")
+    secrets: bool = Field(True, description="Redact API keys, access tokens and private-key blocks.")
+
+
+class SplitConfig(Strict):
+    eval: float = Field(0.1, ge=0.0, lt=1.0, description="Fraction of rows for the eval split when no eval file is given.")
+    test: float = Field(0.0, ge=0.0, lt=1.0, description="Fraction of rows for the test split when no test file is given.")
+    stratify: bool = Field(True, description="Keep label proportions equal across splits (classification).")
+
+    @model_validator(mode="after")
+    def _fractions(self) -> SplitConfig:
+        if self.eval + self.test >= 1.0:
+            raise ValueError("split.eval + split.test must be below 1.0 so train keeps rows")
+        return self
+
+
+class LeakageConfig(Strict):
+    check: bool = Field(True, description="Report exact and near-duplicate overlap between train and eval/test.")
+    remove_from_train: bool = Field(False, description="Drop train rows that leak into eval/test.")
+    threshold: float = Field(0.85, gt=0.0, le=1.0, description="Near-duplicate similarity threshold for leakage.")
+
+
+class BalanceConfig(Strict):
+    column: str | None = Field(None, description="Column to balance (label or a group column such as a demographic attribute).")
+    strategy: Literal["none", "undersample", "oversample", "loss_weights"] = Field("none", description="How to balance the train split.")
+
+
+class DataConfig(Strict):
+    train: str | list[str] | None = Field(None, description="Training file(s) or a datasets save_to_disk folder.")
+    eval: str | list[str] | None = Field(None, description="Eval file(s); if absent, split from train.")
+    test: str | list[str] | None = Field(None, description="Test file(s); if absent, split from train when split.test > 0.")
+    format: FormatName = Field("auto", description="Row format; auto detects from the columns.")
+    columns: dict[str, str] = Field(default_factory=dict, description="Map lmtune field -> your column, e.g. {text: review, label: stars}.")
+    labels: list[str] | None = Field(None, description="Allowed labels in order; rows with other labels are rejected. None: collected from train.")
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _labels_as_strings(cls, v: Any) -> Any:
+        # YAML reads `labels: [0, 1]` as ints; labels are compared as strings everywhere.
+        return [str(x) for x in v] if isinstance(v, list) else v
+    max_bad_fraction: float = Field(0.1, ge=0.0, le=1.0, description="Fail the run when more than this fraction of rows is rejected.")
+    clean: CleanConfig = Field(default_factory=CleanConfig, description="Cleaning steps.")
+    split: SplitConfig = Field(default_factory=SplitConfig, description="Splitting when eval/test files are absent.")
+    leakage: LeakageConfig = Field(default_factory=LeakageConfig, description="Train/eval/test overlap check.")
+    balance: BalanceConfig = Field(default_factory=BalanceConfig, description="Balancing by a label or group column.")
+    template: Literal["auto", "alpaca", "chatml"] = Field("auto", description="Prompt template for instruction/chat rows; auto uses the tokenizer's chat template when present.")
+    packing: bool = Field(False, description="Pack several SFT examples per sequence (block-diagonal attention, no cross-talk).")
+    bucketing: bool = Field(True, description="Group examples of similar length into batches to cut padding.")
+    limit: int | None = Field(None, gt=0, description="Use at most this many rows per input file (quick experiments).")
+
+
+class EarlyStopConfig(Strict):
+    metric: str = Field("eval_loss", description="Eval metric that decides the best checkpoint and early stopping.")
+    mode: Literal["min", "max"] = Field("min", description="Whether lower or higher is better for the metric.")
+    patience: int | None = Field(None, ge=1, description="Stop after this many evaluations without improvement (None: never stop early).")
+    min_delta: float = Field(0.0, ge=0.0, description="Smallest change that counts as an improvement.")
+
+
+class TrainConfig(Strict):
+    epochs: float = Field(3.0, gt=0, description="Passes over the training data (ignored when max_steps > 0).")
+    max_steps: int = Field(-1, description="Optimizer steps to run; -1 derives it from epochs.")
+    batch_size: int = Field(16, gt=0, description="Examples per micro-batch per process.")
+    eval_batch_size: int = Field(64, gt=0, description="Examples per eval batch.")
+    grad_accum: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
+    lr: float = Field(5e-5, gt=0, description="Peak learning rate.")
+    head_lr: float | None = Field(None, gt=0, description="Learning rate for a freshly initialised task head (None: same as lr).")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (never applied to biases and norms).")
+    adam_betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
+    scheduler: Literal["linear", "cosine", "constant"] = Field("linear", description="LR schedule after warmup.")
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Warmup as a fraction of total steps.")
+    warmup_steps: int = Field(0, ge=0, description="Warmup steps (overrides warmup_ratio when > 0).")
+    max_grad_norm: float | None = Field(1.0, description="Gradient clipping norm (None: no clipping).")
+    precision: Literal["fp32", "bf16", "auto"] = Field("auto", description="fp32, or bf16 autocast; auto picks bf16 where the hardware supports it.")
+    eval_every: int = Field(0, ge=0, description="Evaluate every N optimizer steps (0: only per epoch).")
+    eval_each_epoch: bool = Field(True, description="Evaluate at the end of each epoch.")
+    log_every: int = Field(10, gt=0, description="Log train loss every N optimizer steps.")
+    save_every: int = Field(0, ge=0, description="Checkpoint every N optimizer steps (0: at each evaluation).")
+    keep_last: int = Field(2, ge=1, description="Checkpoints to keep (the best one is always kept).")
+    early_stopping: EarlyStopConfig = Field(default_factory=EarlyStopConfig, description="Best-model selection and early stopping.")
+    class_weights: Literal["none", "balanced"] = Field("none", description="Class-weighted loss for imbalanced labels (classification).")
+    eval_before: bool = Field(True, description="Evaluate once before training (the untrained baseline in the summary).")
+    compile: bool = Field(False, description="torch.compile the model (helps long runs; costs start-up time).")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
+
+
+class Config(Strict):
+    """A whole run. Every section has defaults, so a config only states what differs."""
+
+    run: RunConfig = Field(default_factory=RunConfig, description="Run identity and output folder.")
+    task: TaskName = Field("classification", description="What to train: sft (causal LM) or classification.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="Base model.")
+    adapter: AdapterConfig = Field(default_factory=AdapterConfig, description="Which weights train.")
+    data: DataConfig = Field(default_factory=DataConfig, description="Data loading, cleaning and splitting.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="Optimisation and the training loop.")
+
+    @model_validator(mode="after")
+    def _combinations(self) -> Config:
+        problems = []
+        if self.task == "sft" and self.data.format in ("classification", "pair_classification"):
+            problems.append("task sft cannot train on data.format " + self.data.format)
+        if self.task == "classification" and self.data.format in ("text", "instruction", "chat"):
+            problems.append("task classification needs labelled rows, not data.format " + self.data.format)
+        if self.data.packing and self.task != "sft":
+            problems.append("data.packing only applies to task sft")
+        if self.train.class_weights != "none" and self.task != "classification":
+            problems.append("train.class_weights only applies to task classification")
+        if self.data.balance.strategy == "loss_weights" and self.task != "classification":
+            problems.append("data.balance.strategy loss_weights only applies to task classification")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+def _parse_value(raw: str) -> Any:
+    """Parse an override value with YAML rules so `lr=1e-4`, `x=true`, `l=[a,b]` get real types."""
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `a.b.c=value` overrides in order onto a nested dict (returns the same dict)."""
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"override '{item}' is not key=value (example: train.lr=1e-4)")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = data
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[parts[-1]] = _parse_value(raw)
+    return data
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: {len(err.errors())} problem(s) in the config:"]
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; `lmtune config show --fields` lists the keys)"
+        elif e["type"] == "literal_error":
+            msg = f"{msg}, got {e.get('input')!r}"
+        lines.append(f"  - {path}: {msg}")
+    return "\n".join(lines)
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config, apply overrides, validate; raise UserError listing every problem."""
+    data: dict[str, Any] = {}
+    source = "<overrides>"
+    if path is not None:
+        p = Path(path)
+        source = str(p)
+        if not p.is_file():
+            raise UserError(f"config file {p} does not exist (check the path; shipped examples are in configs/)")
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise UserError(f"{p}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise UserError(f"{p}: the top level must be a mapping of sections (run, model, data, train, ...)")
+        data = loaded
+    apply_overrides(data, list(overrides or []))
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        raise UserError(_format_errors(err, source)) from None
+
+
+def dump_config(cfg: Config) -> str:
+    """The resolved config as YAML (what `config show` prints and the run folder keeps)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def describe_fields(model: type[BaseModel] = Config, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(key path, default, description) for every field, for `config show --fields`."""
+    rows = []
+    for name, field in model.model_fields.items():
+        key = f"{prefix}{name}"
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            rows.extend(describe_fields(ann, key + "."))
+        else:
+            default = field.default_factory() if field.default_factory else field.default
+            rows.append((key, repr(default), field.description or ""))
+    return rows

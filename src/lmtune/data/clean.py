@@ -1,0 +1,125 @@
+"""Row-level cleaning: unicode/whitespace normalisation, control characters, PII, length.
+
+Every function here looks at one row at a time; duplicates (which need all rows) live in
+dedupe.py. Cleaning touches every text field of a row (instruction/input/output, message
+contents, text/text_pair) but never labels beyond stripping them at validation.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from typing import Any
+
+from lmtune.config import CleanConfig
+from lmtune.data.formats import CONTENT_FIELDS, RowError, check_chat
+from lmtune.data.pii import Redactor
+
+# Horizontal whitespace: spaces, tabs and the unicode space separators (NBSP, thin space, ...).
+_ODD_SPACE = "\t\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000"
+_HSPACE = f"[ {_ODD_SPACE}]"
+# After a non-space: a run of 2+ spaces, or any single non-plain space (leading indent kept).
+_INNER_SPACE = re.compile(rf"(?<=\S){_HSPACE}{{2,}}|(?<=\S)[{_ODD_SPACE}]")
+_TRAILING_SPACE = re.compile(rf"{_HSPACE}+(?=\n)")
+_MANY_NEWLINES = re.compile(r"\n{3,}")
+# C0/C1 control characters except \t and \n, plus DEL and the byte-order mark.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ufeff]")
+# Fields that must stay non-empty after cleaning (input may be empty by definition).
+_REQUIRED_TEXT = ("text", "text_pair", "instruction", "output")
+
+
+def normalize_text(text: str) -> str:
+    """NFC, CRLF -> LF, runs of spaces/tabs -> one space, 3+ newlines -> 2, strip.
+
+    Leading indentation of each line is kept: collapsing it would break code in SFT data
+    (Python blocks, YAML). Trailing spaces before a newline are dropped.
+    """
+    text = unicodedata.normalize("NFC", text)
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    text = _INNER_SPACE.sub(" ", text)
+    text = _TRAILING_SPACE.sub("", text)
+    text = _MANY_NEWLINES.sub("\n\n", text)
+    return text.strip()
+
+
+def remove_control(text: str) -> str:
+    """Drop control characters but keep newlines and tabs (a lone CR becomes a newline)."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return _CONTROL.sub("", text)
+
+
+def text_fields(row: dict[str, Any], fmt: str) -> list[str]:
+    """The text values of a canonical row in a fixed order (chat: role-tagged contents)."""
+    if fmt == "chat":
+        return [m["content"] for m in row["messages"]]
+    return [row[f] for f in CONTENT_FIELDS[fmt]]
+
+
+def main_text(row: dict[str, Any], fmt: str) -> str:
+    """The text that length limits and length statistics measure: all text fields joined."""
+    return "\n".join(t for t in text_fields(row, fmt) if t)
+
+
+def content_key(row: dict[str, Any], fmt: str) -> str:
+    """What exact dedupe and leakage compare: the content fields (never the label)."""
+    if fmt == "chat":
+        return "\x1e".join(f"{m['role']}\x1f{m['content']}" for m in row["messages"])
+    return "\x1e".join(row[f] for f in CONTENT_FIELDS[fmt])
+
+
+class RowCleaner:
+    """Applies the CleanConfig's per-row steps to canonical rows, in place."""
+
+    def __init__(self, cfg: CleanConfig, redact: bool = True) -> None:
+        """redact=False skips PII/secret redaction (eval/predict inputs keep their text)."""
+        self.cfg = cfg
+        self.redactor = Redactor(pii=cfg.pii and redact, secrets=cfg.secrets and redact)
+
+    def _one(self, text: str) -> str:
+        if self.cfg.control_chars:
+            text = remove_control(text)
+        if self.cfg.normalize:
+            text = normalize_text(text)
+        if self.redactor.enabled:
+            text = self.redactor(text)
+        return text
+
+    def __call__(self, row: dict[str, Any], fmt: str) -> None:
+        """Clean every text field; RowError when a required field ends up empty."""
+        if fmt == "chat":
+            for m in row["messages"]:
+                m["content"] = self._one(m["content"])
+            try:
+                check_chat(row["messages"])
+            except RowError:
+                raise RowError(
+                    "no assistant turn with non-empty content after cleaning",
+                    "empty after cleaning",
+                ) from None
+            return
+        for f in CONTENT_FIELDS[fmt]:
+            row[f] = self._one(row[f])
+            if f in _REQUIRED_TEXT and not row[f].strip():
+                raise RowError(f"field '{f}' is empty after cleaning", "empty after cleaning")
+
+    def redactions(self) -> dict[str, int]:
+        """Replacements per kind so far."""
+        return self.redactor.report()
+
+
+def length_problem(
+    row: dict[str, Any], fmt: str, min_chars: int, max_chars: int | None
+) -> RowError | None:
+    """A RowError when the main text is outside [min_chars, max_chars], else None."""
+    n = len(main_text(row, fmt))
+    if n < min_chars:
+        return RowError(
+            f"main text has {n} characters, below data.clean.min_chars={min_chars}",
+            "shorter than min_chars",
+        )
+    if max_chars is not None and n > max_chars:
+        return RowError(
+            f"main text has {n} characters, above data.clean.max_chars={max_chars}",
+            "longer than max_chars",
+        )
+    return None

@@ -1,0 +1,270 @@
+"""prepare_data: read -> validate -> clean -> dedupe -> split -> leakage -> balance -> write.
+
+The one entry point tasks and the CLI use. Nothing is dropped silently: every row that does
+not reach an output split is a line in rejects.jsonl with its file, line, stage and reason,
+and is counted in data_report.json, so rows_in + rows_added == rows_out + drops.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lmtune.config import Config
+from lmtune.data.clean import RowCleaner
+from lmtune.data.formats import (
+    LABELLED,
+    RowError,
+    Schema,
+    columns_of,
+    detect_format,
+    natural_labels,
+    resolve_mapping,
+)
+from lmtune.data.io import Record, Reject, as_paths, read_file
+from lmtune.data.report import build_report, to_markdown
+from lmtune.data.split import class_weights, split_indices
+from lmtune.data.stages import (
+    ORIGIN,
+    bad_fraction_message,
+    balance_train,
+    check_balance_config,
+    check_leakage,
+    clean_pool,
+    file_schema,
+    group_column,
+    reject_row,
+    require_rows,
+    validate_records,
+)
+from lmtune.errors import UserError
+
+Rows = list[dict[str, Any]]
+
+
+@dataclass
+class PreparedData:
+    """The outcome of prepare_data: canonical rows per split plus what the report holds."""
+
+    format: str
+    splits: dict[str, list[dict]]
+    labels: list[str] | None
+    label_weights: list[float] | None
+    report: dict
+
+
+def _strip(rows: Rows) -> Rows:
+    for r in rows:
+        r.pop(ORIGIN, None)
+    return rows
+
+
+def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    tmp.replace(path)  # readers never see a half-written file
+
+
+def _read_all(cfg: Config) -> dict[str, list[tuple[str, list[Record]]]]:
+    files = {s: as_paths(getattr(cfg.data, s)) for s in ("train", "eval", "test")}
+    if not files["train"]:
+        raise UserError(
+            "data.train is not set: point it at a file (jsonl, json, csv, tsv, txt, parquet) "
+            "or a datasets save_to_disk folder"
+        )
+    records = {s: [(p, read_file(p, s, cfg.data.limit)) for p in ps] for s, ps in files.items()}
+    for per_file in records.values():
+        for path, recs in per_file:
+            require_rows(path, recs)
+    return records
+
+
+def _validate_all(
+    cfg: Config, fmt: str, records: dict[str, list[tuple[str, list[Record]]]], out_dir: Path
+) -> tuple[dict[str, Rows], list[Reject], list[dict[str, Any]]]:
+    """Validate every file; UserError (after writing rejects.jsonl) if any file is too bad."""
+    rejects: list[Reject] = []
+    inputs: list[dict[str, Any]] = []
+    pools: dict[str, Rows] = {}
+    problems: list[str] = []
+    for split, per_file in records.items():
+        pool: Rows = []
+        for path, recs in per_file:
+            rows, bad = validate_records(recs, file_schema(recs, cfg, fmt), cfg.data.labels)
+            rejects += bad
+            pool += rows
+            inputs.append(
+                {"split": split, "file": path, "rows_read": len(recs), "rows_rejected": len(bad)}
+            )
+            msg = bad_fraction_message(
+                path, len(recs), bad, cfg.data.max_bad_fraction, out_dir / "rejects.jsonl"
+            )
+            if msg:
+                problems.append(msg)
+        if per_file:
+            pools[split] = pool
+    if problems:  # every offending file at once, so one fix-up pass is enough
+        _write_jsonl(out_dir / "rejects.jsonl", [r.to_json() for r in rejects])
+        raise UserError("\n".join(problems))
+    return pools, rejects, inputs
+
+
+def _split(cfg: Config, fmt: str, pools: dict[str, Rows]) -> dict[str, Rows]:
+    """Files win; splits without a file take their configured fraction out of train."""
+    train = pools["train"]
+    eval_frac = 0.0 if "eval" in pools else cfg.data.split.eval
+    test_frac = 0.0 if "test" in pools else cfg.data.split.test
+    strat = [r["label"] for r in train] if fmt in LABELLED and cfg.data.split.stratify else None
+    idx = split_indices(len(train), eval_frac, test_frac, cfg.run.seed, strat)
+    splits = {"train": [train[i] for i in idx["train"]]}
+    for s in ("eval", "test"):
+        splits[s] = pools[s] if s in pools else [train[i] for i in idx[s]]
+    return splits
+
+
+def _labels(
+    cfg: Config, splits: dict[str, Rows], rejects: list[Reject], warnings: list[str]
+) -> list[str]:
+    """Label order (config, else natural order of train labels); drop eval/test labels
+    that train lacks, since a classifier head built from train cannot predict them."""
+    given = cfg.data.labels
+    labels = list(given) if given else natural_labels(r["label"] for r in splits["train"])
+    if not given:
+        for s in ("eval", "test"):
+            for r in splits[s]:
+                if r["label"] not in labels:
+                    reason = (
+                        f"label '{r['label']}' does not occur in train "
+                        f"(train labels: {', '.join(labels)})"
+                    )
+                    rejects.append(reject_row(r, reason, "validate", "label not in train"))
+            splits[s] = [r for r in splits[s] if r["label"] in labels]
+    present = {r["label"] for r in splits["train"]}
+    missing = [lab for lab in labels if lab not in present]
+    if missing:
+        warnings.append(f"labels with no train rows: {', '.join(missing)}")
+    if len(present) < 2:
+        warnings.append("train has fewer than two labels: a classifier cannot learn from it")
+    return labels
+
+
+def prepare_data(
+    cfg: Config, out_dir: Path, length_fn: Callable[[dict], int] | None = None
+) -> PreparedData:
+    """Read, validate, clean, dedupe, split, check leakage and balance the configured data.
+
+    Writes out_dir/data/{train,eval,test}.jsonl, out_dir/rejects.jsonl and
+    out_dir/data_report.{json,md}. length_fn (row -> tokens) adds token length statistics.
+    Raises UserError for unreadable inputs, unclear formats, too many invalid rows, and
+    when no training rows are left.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    d = cfg.data
+    records = _read_all(cfg)
+    train_records = [r for _, recs in records["train"] for r in recs]
+    columns = columns_of(r.data for r in train_records)
+    mapping = resolve_mapping(columns, d.columns)
+    fmt = detect_format(columns, mapping, cfg.task, d.format, ", ".join(as_paths(d.train)))
+    check_balance_config(cfg, fmt, mapping)
+
+    pools, rejects, inputs = _validate_all(cfg, fmt, records, out_dir)
+    cleaner = RowCleaner(d.clean)
+    pools = {s: clean_pool(rows, fmt, cfg, cleaner, rejects) for s, rows in pools.items()}
+    splits = _split(cfg, fmt, pools)
+    warnings: list[str] = []
+    labels = _labels(cfg, splits, rejects, warnings) if fmt in LABELLED else None
+    leakage = check_leakage(cfg, fmt, splits, rejects)
+    balance, added = balance_train(cfg, splits, rejects, group_column(cfg, mapping))
+    weights = None
+    if labels is not None and (
+        cfg.train.class_weights == "balanced" or d.balance.strategy == "loss_weights"
+    ):
+        weights = class_weights([r["label"] for r in splits["train"]], labels)
+    if not splits["eval"]:
+        warnings.append(
+            "no eval rows (data.split.eval is 0 and no data.eval file): best-checkpoint "
+            "selection and early stopping have nothing to measure"
+        )
+    if not splits["test"]:
+        splits.pop("test")
+    for rows in splits.values():
+        _strip(rows)
+
+    splits_from = {
+        s: "file" if s in pools else "train" if getattr(d.split, s) > 0 else "none"
+        for s in ("eval", "test")
+    }
+    report = build_report(
+        fmt=fmt,
+        cfg_summary={"task": cfg.task, "seed": cfg.run.seed, "splits_from": splits_from},
+        inputs=inputs,
+        splits=splits,
+        rejects=rejects,
+        redactions=cleaner.redactions() if (d.clean.pii or d.clean.secrets) else {},
+        labels=labels,
+        label_weights=weights,
+        leakage=leakage,
+        balance=balance,
+        rows_added=added,
+        warnings=warnings,
+        length_fn=length_fn,
+    )
+    for s in ("train", "eval", "test"):
+        path = out_dir / "data" / f"{s}.jsonl"
+        if s in splits:
+            _write_jsonl(path, splits[s])
+        else:
+            path.unlink(missing_ok=True)  # a stale file from an earlier run would mislead
+    _write_jsonl(out_dir / "rejects.jsonl", [r.to_json() for r in rejects])
+    (out_dir / "data_report.json").write_text(
+        json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
+    (out_dir / "data_report.md").write_text(to_markdown(report), encoding="utf-8")
+    if not splits["train"]:
+        raise UserError(
+            f"no training rows left after cleaning ({report['drops']['total']} dropped); see "
+            f"{out_dir / 'data_report.md'} and {out_dir / 'rejects.jsonl'}"
+        )
+    return PreparedData(fmt, splits, labels, weights, report)
+
+
+def read_rows(
+    path: str | Path, cfg: Config, *, labels_optional: bool = False, split: str = "eval"
+) -> tuple[list[dict], list[dict]]:
+    """Canonical rows and rejects (rejects.jsonl objects) for one user file (eval/predict).
+
+    Reads, validates and normalises like prepare_data (unicode, whitespace, control
+    characters) but does not redact, dedupe or length-filter: every valid row is scored.
+    labels_optional=True accepts labelled formats without a label (predict inputs); `split`
+    picks the split of a saved DatasetDict. UserError above data.max_bad_fraction.
+    """
+    path = str(path)
+    recs = read_file(path, split, cfg.data.limit)
+    require_rows(path, recs)
+    columns = columns_of(r.data for r in recs)
+    mapping = resolve_mapping(columns, cfg.data.columns)
+    fmt = detect_format(columns, mapping, cfg.task, cfg.data.format, path, labels_optional)
+    # Carry the group column when the file has it (bias evaluation); never require it here.
+    group = group_column(cfg, mapping)
+    schema = Schema(fmt, mapping, group if group in columns else None, labels_optional)
+    rows, rejects = validate_records(recs, schema, cfg.data.labels)
+    msg = bad_fraction_message(path, len(recs), rejects, cfg.data.max_bad_fraction, None)
+    if msg:
+        raise UserError(msg)
+    cleaner = RowCleaner(cfg.data.clean, redact=False)
+    kept = []
+    for row in rows:
+        try:
+            cleaner(row, fmt)
+        except RowError as e:
+            rejects.append(reject_row(row, e, "clean"))
+            continue
+        kept.append(row)
+    return _strip(kept), [r.to_json() for r in rejects]

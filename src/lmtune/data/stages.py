@@ -1,0 +1,260 @@
+"""Pipeline stages between reading and writing: validate, clean/dedupe, leakage, balance.
+
+Rows travel as canonical dicts that also carry ORIGIN = (file, line, original row) so any
+stage can turn a dropped row into a rejects.jsonl entry that points at the input; the
+pipeline strips ORIGIN before rows leave it.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from lmtune.config import Config
+from lmtune.data import dedupe as dd
+from lmtune.data.clean import RowCleaner, content_key, length_problem, main_text
+from lmtune.data.formats import (
+    LABELLED,
+    RowError,
+    Schema,
+    columns_of,
+    natural_labels,
+    resolve_mapping,
+    to_canonical,
+)
+from lmtune.data.io import Record, Reject
+from lmtune.data.split import balance
+from lmtune.errors import UserError
+
+ORIGIN = "__origin"  # (file, line, original row) while the pipeline runs; stripped on output
+
+
+def reject_row(row: dict[str, Any], err: RowError | str, stage: str, kind: str = "") -> Reject:
+    """A Reject for a canonical row dropped at `stage` (reason from err, counted as kind)."""
+    file, line, raw = row[ORIGIN]
+    if isinstance(err, RowError):
+        return Reject(file, line, err.reason, stage, raw, err.kind)
+    return Reject(file, line, err, stage, raw, kind or err)
+
+
+def group_column(cfg: Config, mapping: dict[str, str]) -> str | None:
+    """data.balance.column when it names a column other than the label, else None."""
+    col = cfg.data.balance.column
+    if col is None or col == "label" or col == mapping.get("label"):
+        return None
+    return col
+
+
+def file_schema(
+    records: list[Record], cfg: Config, fmt: str, labels_optional: bool = False
+) -> Schema:
+    """How to read one file's rows: its column mapping (with aliases) for the format."""
+    mapping = resolve_mapping(columns_of(r.data for r in records), cfg.data.columns)
+    group = group_column(cfg, mapping)
+    return Schema(fmt, mapping, group, labels_optional)
+
+
+def validate_records(
+    records: list[Record], schema: Schema, allowed: list[str] | None
+) -> tuple[list[dict[str, Any]], list[Reject]]:
+    """Canonical rows (with _source and ORIGIN) and validation rejects for a file's records."""
+    rows: list[dict[str, Any]] = []
+    rejects: list[Reject] = []
+    for rec in records:
+        if rec.data is None:
+            rejects.append(
+                Reject(
+                    rec.file,
+                    rec.line,
+                    rec.error or "unreadable row",
+                    "validate",
+                    rec.raw,
+                    rec.kind or "",
+                )
+            )
+            continue
+        try:
+            row = to_canonical(rec.data, schema, allowed)
+        except RowError as e:
+            rejects.append(Reject(rec.file, rec.line, e.reason, "validate", rec.data, e.kind))
+            continue
+        row["_source"] = rec.source
+        row[ORIGIN] = (rec.file, rec.line, rec.data)
+        rows.append(row)
+    return rows, rejects
+
+
+def require_rows(path: str, recs: list[Record]) -> None:
+    """UserError for an input without rows: an empty file is a mistake, not an empty split."""
+    if not recs:
+        raise UserError(
+            f"{path}: no rows found (the file is empty or holds only blank lines or a header)"
+        )
+
+
+def bad_fraction_message(
+    path: str, n_read: int, rejects: list[Reject], max_frac: float, rejects_path: Path | None
+) -> str | None:
+    """The bad-fraction message for one file, or None when the file is acceptable."""
+    frac = len(rejects) / n_read
+    if frac <= max_frac:
+        return None
+    # json arrays, parquet and saved datasets count rows; text formats count lines.
+    suffixes = [x.lower() for x in Path(path).suffixes]
+    unit = "row" if Path(path).is_dir() or {".json", ".parquet"} & set(suffixes[-2:]) else "line"
+    first = "; ".join(f"{unit} {r.line}: {r.reason}" for r in rejects[:5])
+    where = f" Rejected rows are in {rejects_path}." if rejects_path else ""
+    return (
+        f"{path}: {len(rejects)} of {n_read} rows ({100 * frac:.1f}%) are invalid, above "
+        f"data.max_bad_fraction={max_frac}. First problems: {first}.{where} Fix the file, "
+        "map columns with data.columns, or raise data.max_bad_fraction."
+    )
+
+
+def clean_pool(
+    rows: list[dict[str, Any]], fmt: str, cfg: Config, cleaner: RowCleaner, rejects: list[Reject]
+) -> list[dict[str, Any]]:
+    """Row cleaning, length limits, exact and near dedupe for one pool of rows."""
+    c = cfg.data.clean
+    kept = []
+    for row in rows:
+        try:
+            cleaner(row, fmt)
+        except RowError as e:
+            rejects.append(reject_row(row, e, "clean"))
+            continue
+        problem = length_problem(row, fmt, c.min_chars, c.max_chars)
+        if problem is not None:
+            rejects.append(reject_row(row, problem, "length"))
+            continue
+        kept.append(row)
+    if c.dedupe:
+        labels = [r["label"] for r in kept] if fmt in LABELLED else None
+        dups, conflicts = dd.exact_dedupe([content_key(r, fmt) for r in kept], labels)
+        drop: set[int] = set()
+        for d in dups:
+            drop.add(d.index)
+            rejects.append(
+                reject_row(
+                    kept[d.index],
+                    f"exact duplicate of {kept[d.of]['_source']}",
+                    "dedupe",
+                    "exact duplicate",
+                )
+            )
+        for group in conflicts:
+            seen = ", ".join(f"'{kept[i]['label']}' ({kept[i]['_source']})" for i in group[:6])
+            for i in group:
+                drop.add(i)
+                rejects.append(
+                    reject_row(
+                        kept[i],
+                        f"conflicting labels: the same text has labels {seen}",
+                        "dedupe",
+                        "conflicting labels",
+                    )
+                )
+        kept = [r for i, r in enumerate(kept) if i not in drop]
+    nd = c.near_dedupe
+    if nd.enabled and kept:
+        dups_near = dd.near_dedupe(
+            [main_text(r, fmt) for r in kept], nd.threshold, nd.shingle, nd.num_perm, cfg.run.seed
+        )
+        for d in dups_near:
+            rejects.append(
+                reject_row(
+                    kept[d.index],
+                    f"near duplicate of {kept[d.of]['_source']} (estimated Jaccard {d.similarity})",
+                    "near_dedupe",
+                    "near duplicate",
+                )
+            )
+        drop = {d.index for d in dups_near}
+        kept = [r for i, r in enumerate(kept) if i not in drop]
+    return kept
+
+
+def check_leakage(
+    cfg: Config, fmt: str, splits: dict[str, list[dict[str, Any]]], rejects: list[Reject]
+) -> dict[str, Any]:
+    """Report train rows overlapping eval/test; drop them from train if configured."""
+    lc, nd = cfg.data.leakage, cfg.data.clean.near_dedupe
+    others = {s: splits[s] for s in ("eval", "test") if splits.get(s)}
+    if not lc.check or not others:
+        return {"checked": False}
+    train = splits["train"]
+    leaks = dd.find_leaks(
+        [(content_key(r, fmt), main_text(r, fmt)) for r in train],
+        {s: [(content_key(r, fmt), main_text(r, fmt)) for r in rows] for s, rows in others.items()},
+        lc.threshold,
+        nd.shingle,
+        nd.num_perm,
+        cfg.run.seed,
+    )
+    section = dd.summarize_leaks(
+        leaks,
+        {s: [r["_source"] for r in rows] for s, rows in others.items()},
+        [r["_source"] for r in train],
+        list(others),
+        lc.remove_from_train,
+    )
+    section["threshold"] = lc.threshold
+    if lc.remove_from_train and leaks:
+        for lk in leaks:
+            other = others[lk.split][lk.other]["_source"]
+            rejects.append(
+                reject_row(
+                    train[lk.index],
+                    f"also in {lk.split} ({lk.kind} overlap with "
+                    f"{other}, similarity {lk.similarity})",
+                    "leakage",
+                    f"{lk.kind} overlap with {lk.split}",
+                )
+            )
+        drop = {lk.index for lk in leaks}
+        splits["train"] = [r for i, r in enumerate(train) if i not in drop]
+    return section
+
+
+def check_balance_config(cfg: Config, fmt: str, mapping: dict[str, str]) -> None:
+    """UserError for balance settings that cannot work with this format (checked up front)."""
+    b = cfg.data.balance
+    if b.strategy == "none":
+        return
+    group = group_column(cfg, mapping)
+    if group is None and fmt not in LABELLED:
+        raise UserError(
+            f"data.balance.strategy {b.strategy} on {fmt} rows needs data.balance.column "
+            "naming a group column (these rows have no label)"
+        )
+    if b.strategy == "loss_weights" and group is not None:
+        raise UserError(
+            "data.balance.strategy loss_weights weights the loss per label; "
+            f"data.balance.column is '{b.column}', not the label column. Use "
+            "undersample/oversample for a group column, or unset the column"
+        )
+
+
+def balance_train(
+    cfg: Config, splits: dict[str, list[dict[str, Any]]], rejects: list[Reject], group: str | None
+) -> tuple[dict[str, Any] | None, int]:
+    """Balance the train split in place; returns (report section or None, rows added)."""
+    b = cfg.data.balance
+    if b.strategy == "none":
+        return None, 0
+    if b.strategy == "loss_weights":  # nothing to resample: the weights go to the loss
+        counts = Counter(r["label"] for r in splits["train"])
+        before = {lab: counts[lab] for lab in natural_labels(counts)}
+        section = {"strategy": "loss_weights", "before": before, "after": before}
+        return {**section, "rows_added": 0, "rows_removed": 0, "column": "label"}, 0
+    key = "label" if group is None else "_group"
+    rows, dropped, section = balance(splits["train"], key, b.strategy, cfg.run.seed)
+    for row, reason in dropped:
+        rejects.append(reject_row(row, reason, "balance", "undersampled"))
+    # Oversampled copies are separate rows; deep copies so editing one never edits another.
+    n_orig = len(rows) - section["rows_added"]
+    splits["train"] = rows[:n_orig] + [copy.deepcopy(r) for r in rows[n_orig:]]
+    section["column"] = b.column or "label"
+    return section, section["rows_added"]

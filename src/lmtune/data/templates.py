@@ -1,0 +1,250 @@
+"""Turn SFT rows into token ids and labels, with the loss only on what the model should say.
+
+A row is rendered as alternating segments: prompt text (labels -100) and response text
+(labels = the token ids, followed by EOS, also in the loss so the model learns to stop).
+Each segment is tokenized on its own, so the prompt ids used in training are exactly the ids
+`encode_prompt` produces at generation time (tokenizing the joined string could merge tokens
+across the prompt/response boundary and blur the mask).
+
+Templates: the tokenizer's own chat template when it has one and template is "auto";
+otherwise the built-in "alpaca" (instruction rows) or "chatml" (chat rows).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jinja2 import TemplateError
+from transformers import PreTrainedTokenizerBase
+
+from lmtune.errors import UserError
+
+IGNORE = -100
+TEMPLATES = ("auto", "alpaca", "chatml")
+
+ALPACA_HEADER = (
+    "Below is an instruction that describes a task. "
+    "Write a response that appropriately completes the request.\n\n"
+)
+ALPACA_HEADER_INPUT = (
+    "Below is an instruction that describes a task, paired with an input that provides "
+    "further context. Write a response that appropriately completes the request.\n\n"
+)
+
+Segments = list[tuple[str, bool]]  # (text, in_loss)
+
+
+def _uses_chat_template(tokenizer: PreTrainedTokenizerBase, template: str) -> bool:
+    if template not in TEMPLATES:
+        raise UserError(
+            f"data.template {template!r} is unknown (use one of {', '.join(TEMPLATES)})"
+        )
+    return template == "auto" and bool(getattr(tokenizer, "chat_template", None))
+
+
+def _alpaca_prompt(row: dict[str, Any]) -> str:
+    instruction = str(row.get("instruction") or "")
+    extra = str(row.get("input") or "")
+    if extra:
+        return (
+            f"{ALPACA_HEADER_INPUT}### Instruction:\n{instruction}\n\n"
+            f"### Input:\n{extra}\n\n### Response:\n"
+        )
+    return f"{ALPACA_HEADER}### Instruction:\n{instruction}\n\n### Response:\n"
+
+
+def _instruction_messages(row: dict[str, Any]) -> list[dict[str, str]]:
+    user = str(row.get("instruction") or "")
+    if row.get("input"):
+        user = f"{user}\n\n{row['input']}"
+    return [
+        {"role": "user", "content": user},
+        {"role": "assistant", "content": str(row.get("output") or "")},
+    ]
+
+
+def _chatml_segments(messages: list[dict[str, Any]]) -> Segments:
+    segments: Segments = []
+    prompt = ""
+    for msg in messages:
+        role, content = msg["role"], str(msg.get("content") or "")
+        if role == "assistant":
+            segments.append((prompt + "<|im_start|>assistant\n", False))
+            # <|im_end|> closes the turn and is in the loss: the model must learn to end turns.
+            segments.append((content + "<|im_end|>", True))
+            prompt = "\n"
+        else:
+            prompt += f"<|im_start|>{role}\n{content}<|im_end|>\n"
+    # Turns after the last assistant message teach nothing; they are dropped (as below).
+    return segments
+
+
+def _apply(
+    tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, Any]], **kwargs: Any
+) -> str:
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, **kwargs)
+    except TemplateError as exc:
+        # Templates reject rows they cannot render (e.g. roles that do not alternate):
+        # a reason to reject this row, not the run.
+        raise ValueError(f"the tokenizer's chat template rejected this row: {exc}") from exc
+
+
+def _template_segments(
+    messages: list[dict[str, Any]], tokenizer: PreTrainedTokenizerBase
+) -> Segments:
+    """Split a chat-template rendering into prompt/response segments by rendering prefixes.
+
+    For each assistant turn i: render(messages[:i], generation prompt) is the prompt, and
+    render(messages[:i+1]) minus that prefix is the response (with the template's own
+    end-of-turn marker). Trailing whitespace after the turn goes back to the prompt side.
+    """
+    segments: Segments = []
+    done = ""  # rendered text already assigned to segments
+    for i, msg in enumerate(messages):
+        if msg["role"] != "assistant":
+            continue
+        before = _apply(tokenizer, messages[:i], add_generation_prompt=True)
+        upto = _apply(tokenizer, messages[: i + 1])
+        if not before.startswith(done) or not upto.startswith(before):
+            raise UserError(
+                "the tokenizer's chat template renders earlier turns differently once later turns "
+                "are added, so response tokens cannot be located: set data.template: chatml"
+            )
+        response = upto[len(before) :].rstrip()
+        segments.append((before[len(done) :], False))
+        segments.append((response, True))
+        done = before + response
+    return segments
+
+
+def _messages(row_or_messages: Any) -> list[dict[str, Any]]:
+    if isinstance(row_or_messages, dict):
+        row_or_messages = row_or_messages.get("messages")
+    if not isinstance(row_or_messages, list) or not all(
+        isinstance(m, dict) and "role" in m for m in row_or_messages
+    ):
+        raise ValueError("chat row needs 'messages': a list of {role, content}")
+    return row_or_messages
+
+
+def _segments(
+    row: dict[str, Any], fmt: str, tokenizer: PreTrainedTokenizerBase, template: str
+) -> tuple[Segments, bool]:
+    """(segments, rendered_by_chat_template) for one row."""
+    chat_tpl = _uses_chat_template(tokenizer, template)
+    if fmt == "text":
+        return [(str(row.get("text") or ""), True)], False
+    if fmt == "instruction":
+        if chat_tpl:
+            return _template_segments(_instruction_messages(row), tokenizer), True
+        if template == "chatml":
+            return _chatml_segments(_instruction_messages(row)), False
+        return [(_alpaca_prompt(row), False), (str(row.get("output") or ""), True)], False
+    if fmt == "chat":
+        messages = _messages(row)
+        if chat_tpl:
+            return _template_segments(messages, tokenizer), True
+        return _chatml_segments(messages), False
+    raise ValueError(f"SFT rows must be text, instruction or chat, not {fmt!r}")
+
+
+def _bos(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """The BOS the tokenizer would add itself (Llama: yes; GPT-2, Qwen2: none)."""
+    ids = tokenizer("", add_special_tokens=True)["input_ids"]
+    bos = tokenizer.bos_token_id
+    return [bos] if bos is not None and ids[:1] == [bos] else []
+
+
+def _tok(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
+
+def _encode_segments(
+    segments: Segments, by_template: bool, tokenizer: PreTrainedTokenizerBase
+) -> tuple[list[int], list[int]]:
+    eos = tokenizer.eos_token_id
+    # Chat templates write their own BOS into the text; built-in ones rely on the tokenizer's.
+    ids: list[int] = [] if by_template else _bos(tokenizer)
+    labels: list[int] = [IGNORE] * len(ids)
+    for text, in_loss in segments:
+        part = _tok(tokenizer, text)
+        if in_loss and eos is not None and (not part or part[-1] != eos):
+            part.append(eos)
+        ids.extend(part)
+        labels.extend(part if in_loss else [IGNORE] * len(part))
+    return ids, labels
+
+
+def encode_sft_row(
+    row: dict[str, Any],
+    fmt: str,
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int,
+    template: str = "auto",
+) -> dict[str, Any]:
+    """Tokenize one SFT row: {"input_ids", "labels", "length"}, prompt labels = -100.
+
+    text: every token is in the loss. instruction/chat: only responses (assistant turns),
+    each followed by EOS (in the loss even when pad == eos). Truncation keeps the start;
+    raises ValueError when no response token is left inside max_length.
+    """
+    segments, by_template = _segments(row, fmt, tokenizer, template)
+    if not any(in_loss for _, in_loss in segments):
+        raise ValueError("row has no response to learn (chat rows need an assistant message)")
+    ids, labels = _encode_segments(segments, by_template, tokenizer)
+    ids, labels = ids[:max_length], labels[:max_length]
+    # Position 0 is never predicted (nothing comes before it), so it cannot carry the loss.
+    if all(label == IGNORE for label in labels[1:]):
+        raise ValueError(f"no response tokens left within max_length={max_length}")
+    return {"input_ids": ids, "labels": labels, "length": len(ids)}
+
+
+def _prompt_segments(
+    row_or_messages: Any, fmt: str, tokenizer: PreTrainedTokenizerBase, template: str
+) -> tuple[Segments, bool]:
+    """Segments before the last response, built by the same code as training rows.
+
+    The row is completed with an empty final response (replacing a reference answer if the
+    chat ends with one), so earlier turns render exactly as they do in training.
+    """
+    if fmt == "text":
+        text = row_or_messages.get("text") if isinstance(row_or_messages, dict) else row_or_messages
+        return [(str(text or ""), False)], False
+    if fmt == "instruction":
+        row = {**row_or_messages, "output": ""}
+    elif fmt == "chat":
+        messages = list(_messages(row_or_messages))
+        if messages and messages[-1]["role"] == "assistant":
+            messages = messages[:-1]
+        row = {"messages": [*messages, {"role": "assistant", "content": ""}]}
+    else:
+        raise ValueError(f"SFT rows must be text, instruction or chat, not {fmt!r}")
+    segments, by_template = _segments(row, fmt, tokenizer, template)
+    last = max(i for i, (_, in_loss) in enumerate(segments) if in_loss)
+    return segments[:last], by_template
+
+
+def render_prompt(
+    row_or_messages: Any, fmt: str, tokenizer: PreTrainedTokenizerBase, template: str = "auto"
+) -> str:
+    """The prompt text for generation: everything up to where the (last) response starts.
+
+    Chat rows ending in an assistant message drop it (it is the reference answer); earlier
+    assistant turns keep the EOS they carry in training. Text rows return their text
+    (generation continues it). Prefer encode_prompt to tokenize: it adds BOS exactly as
+    training does (built-in templates leave the tokenizer's BOS out of the string; chat
+    templates write theirs into it).
+    """
+    segments, _ = _prompt_segments(row_or_messages, fmt, tokenizer, template)
+    eos = tokenizer.eos_token or ""
+    return "".join(t + eos if in_loss and not t.endswith(eos) else t for t, in_loss in segments)
+
+
+def encode_prompt(
+    row_or_messages: Any, fmt: str, tokenizer: PreTrainedTokenizerBase, template: str = "auto"
+) -> list[int]:
+    """Token ids of the generation prompt, identical to the prompt part of encode_sft_row."""
+    segments, by_template = _prompt_segments(row_or_messages, fmt, tokenizer, template)
+    ids, _ = _encode_segments(segments, by_template, tokenizer)
+    return ids

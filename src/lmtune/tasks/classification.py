@@ -1,0 +1,106 @@
+"""Sequence classification: single texts or text pairs, any number of string labels."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from lmtune.evaluate.metrics import classification_metrics
+
+
+class ClassificationTask:
+    """Cross-entropy on a classification head; metrics from evaluate/metrics.py."""
+
+    name = "classification"
+    default_metric = ("accuracy", "max")
+
+    def __init__(self, tokenizer: Any, labels: list[str], max_length: int,
+                 label_weights: list[float] | None = None) -> None:
+        self.tokenizer = tokenizer
+        self.labels = list(labels)
+        self.label2id = {label: i for i, label in enumerate(self.labels)}
+        self.max_length = max_length
+        self.weights = torch.tensor(label_weights, dtype=torch.float32) if label_weights else None
+
+    def encode(self, row: dict[str, Any]) -> dict[str, Any]:
+        """Tokenize text (and text_pair); unlabeled rows (prediction) get label -1."""
+        enc = self.tokenizer(row["text"], row.get("text_pair"), truncation=True, max_length=self.max_length)
+        feat = {k: list(enc[k]) for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
+        feat["label"] = self.label2id[row["label"]] if "label" in row and row["label"] is not None else -1
+        feat["length"] = len(feat["input_ids"])
+        return feat
+
+    def collate(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        """Dynamic padding to the longest example in the batch."""
+        from lmtune.data.collate import pad_batch
+
+        batch = pad_batch(features, self.tokenizer.pad_token_id,
+                          keys=("input_ids", "attention_mask", "token_type_ids"))
+        batch["labels"] = torch.tensor([f["label"] for f in features], dtype=torch.long)
+        batch["num_examples"] = len(features)
+        batch["num_tokens"] = int(batch["attention_mask"].sum())
+        w = self._unit_weights(batch["labels"])
+        batch["num_units"] = float(w.sum())
+        return batch
+
+    def _unit_weights(self, labels: torch.Tensor) -> torch.Tensor:
+        # With class weights the loss is a weighted mean, so the units are the summed weights.
+        if self.weights is None:
+            return torch.ones(len(labels))
+        return self.weights[labels.clamp(min=0)]
+
+    def logits(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Classifier logits for a batch."""
+        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+        return model(**inputs).logits
+
+    def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed (optionally class-weighted) cross-entropy and its units."""
+        logits = self.logits(model, batch).float()
+        w = self.weights.to(logits.device) if self.weights is not None else None
+        loss = F.cross_entropy(logits, batch["labels"], weight=w, reduction="sum")
+        return loss, torch.tensor(float(batch["num_units"]))
+
+    @torch.no_grad()
+    def predict(self, model: torch.nn.Module, rows: list[dict[str, Any]], batch_size: int) -> torch.Tensor:
+        """Class probabilities [n, num_labels] for rows, batched in length order to cut padding."""
+        device = next(model.parameters()).device
+        feats = [self.encode({**r, "label": None}) for r in rows]
+        order = sorted(range(len(feats)), key=lambda i: feats[i]["length"])
+        probs = torch.empty(len(rows), len(self.labels))
+        for i in range(0, len(order), batch_size):
+            idx = order[i : i + batch_size]
+            batch = self.collate([feats[j] for j in idx])
+            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            probs[idx] = self.logits(model, batch).float().softmax(-1).cpu()
+        return probs
+
+    def evaluate(self, model: torch.nn.Module, rows: list[dict[str, Any]], batch_size: int,
+                 out_dir: Path | None = None) -> dict[str, Any]:
+        """Loss, accuracy, precision/recall/F1; writes errors.jsonl to out_dir when given."""
+        was_training = model.training
+        model.eval()
+        probs = self.predict(model, rows, batch_size)
+        model.train(was_training)
+        gold = torch.tensor([self.label2id[r["label"]] for r in rows])
+        pred = probs.argmax(-1)
+        nll = F.nll_loss(probs.clamp_min(1e-12).log(), gold, reduction="mean")
+        metrics = classification_metrics(gold.tolist(), pred.tolist(), self.labels)
+        details = metrics.pop("details")
+        metrics = {"eval_loss": float(nll), **metrics, "eval_examples": float(len(rows))}
+        if out_dir is not None:
+            errors = [
+                {"source": r.get("_source"), "text": r["text"], **({"text_pair": r["text_pair"]} if "text_pair" in r else {}),
+                 "gold": r["label"], "predicted": self.labels[int(p)], "confidence": round(float(probs[i, p]), 4)}
+                for i, (r, p) in enumerate(zip(rows, pred.tolist(), strict=True)) if p != int(gold[i])
+            ]
+            errors.sort(key=lambda e: -e["confidence"])  # confident mistakes first: the ones to read
+            with (out_dir / "errors.jsonl").open("w", encoding="utf-8") as f:
+                for e in errors:
+                    f.write(json.dumps(e, ensure_ascii=False) + "\n")
+        metrics["details"] = details
+        return metrics

@@ -1,0 +1,105 @@
+"""Supervised fine-tuning of a causal LM on text, instruction or chat rows.
+
+Loss only on response tokens (templates.py builds the label mask), summed over tokens so the
+loop can normalise by the token count of the whole optimizer step.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from lmtune.evaluate.metrics import perplexity
+
+
+class SFTTask:
+    """Causal-LM next-token loss with prompt masking and optional packing."""
+
+    name = "sft"
+    default_metric = ("eval_loss", "min")
+
+    def __init__(self, tokenizer: Any, fmt: str, max_length: int, template: str = "auto",
+                 packing: bool = False) -> None:
+        self.tokenizer, self.fmt, self.max_length = tokenizer, fmt, max_length
+        self.template, self.packing = template, packing
+
+    def encode(self, row: dict[str, Any]) -> dict[str, Any]:
+        """input_ids + labels (-100 outside responses); ValueError when no response fits."""
+        from lmtune.data.templates import encode_sft_row
+
+        return encode_sft_row(row, self.fmt, self.tokenizer, self.max_length, self.template)
+
+    def prepare_features(self, features: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Pack short examples into full-length sequences when packing is on (training only)."""
+        if not self.packing:
+            return features
+        from lmtune.data.collate import pack_features
+
+        packed = pack_features(features, self.max_length)
+        for p in packed:
+            p["length"] = len(p["input_ids"])
+        return packed
+
+    def collate(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        """Pad (or pack with a block-diagonal mask) and count the tokens that carry loss."""
+        from lmtune.data.collate import check_labels, collate_packed, pad_batch
+
+        pad_id = self.tokenizer.pad_token_id
+        if features and "seq_lens" in features[0]:
+            batch = collate_packed(features, pad_id)
+            batch["num_tokens"] = int(sum(len(f["input_ids"]) for f in features))
+            batch["num_examples"] = int(sum(len(f["seq_lens"]) for f in features))
+        else:
+            batch = pad_batch(features, pad_id, keys=("input_ids", "labels", "attention_mask"))
+            batch["num_tokens"] = int(batch["attention_mask"].sum())
+            batch["num_examples"] = len(features)
+        check_labels(batch)
+        batch["num_units"] = int((batch["labels"][:, 1:] != -100).sum())
+        return batch
+
+    def token_losses(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-token NLL, predictions and targets at the positions that carry loss."""
+        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
+        logits = model(**inputs).logits[:, :-1]
+        targets = batch["labels"][:, 1:]
+        keep = targets != -100
+        # Select the loss positions before the fp32 upcast: prompt and padding logits never
+        # need a full-precision copy of the vocabulary dimension.
+        picked = logits[keep].float()
+        tgt = targets[keep]
+        return F.cross_entropy(picked, tgt, reduction="none"), picked.argmax(-1), tgt
+
+    def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed next-token NLL over response tokens, and the token count."""
+        nll, _, _ = self.token_losses(model, batch)
+        return nll.sum(), torch.tensor(float(nll.numel()))
+
+    @torch.no_grad()
+    def evaluate(self, model: torch.nn.Module, rows: list[dict[str, Any]], batch_size: int,
+                 out_dir: Path | None = None) -> dict[str, float]:
+        """Token-weighted loss, perplexity and next-token accuracy on the response tokens."""
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        feats = []
+        for r in rows:
+            try:
+                feats.append(self.encode(r))
+            except ValueError:
+                continue  # the data step already rejected such rows for training; skip here too
+        feats.sort(key=lambda f: f["length"])
+        total_nll, total_tok, correct = 0.0, 0, 0
+        for i in range(0, len(feats), batch_size):
+            batch = self.collate(feats[i : i + batch_size])
+            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            nll, pred, tgt = self.token_losses(model, batch)
+            total_nll += float(nll.sum())
+            total_tok += nll.numel()
+            correct += int((pred == tgt).sum())
+        model.train(was_training)
+        mean = total_nll / max(total_tok, 1)
+        return {"eval_loss": mean, "perplexity": perplexity(mean), "token_accuracy": correct / max(total_tok, 1),
+                "eval_tokens": float(total_tok), "eval_examples": float(len(feats))}

@@ -1,0 +1,134 @@
+"""Atomic, resumable checkpoints.
+
+A checkpoint is a folder `checkpoints/step-000123/` holding the trainable weights
+(safetensors), the optimizer + scheduler + RNG state (torch.save, read back with
+weights_only=True so loading never unpickles arbitrary objects) and `state.json`. It is
+written into a temporary folder and renamed into place, so a run killed mid-write never
+leaves a half checkpoint that --resume would pick up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+CKPT_PREFIX = "step-"
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The parameters that training changes (adapter + head, or everything for full)."""
+    return {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG the loop draws from, in a form weights_only loading accepts."""
+    np_state = np.random.get_state()
+    return {
+        "python": list(random.getstate()[1]) + [random.getstate()[2] or 0],
+        "python_version": random.getstate()[0],
+        "numpy": [np_state[0], np_state[1].tolist(), np_state[2], np_state[3], np_state[4]],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what rng_state() captured."""
+    py = state["python"]
+    random.setstate((state["python_version"], tuple(py[:-1]), py[-1] or None))
+    n = state["numpy"]
+    np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), n[2], n[3], n[4]))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def atomic_dir(final: Path) -> Path:
+    """A fresh temporary folder beside `final` to write into before `commit_dir`."""
+    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def commit_dir(tmp: Path, final: Path) -> None:
+    """Move a finished temporary folder into place (replacing an older one)."""
+    if final.exists():
+        old = final.parent / f".old-{final.name}-{os.getpid()}"
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+
+
+def save_checkpoint(
+    ckpt_root: Path,
+    step: int,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    state: dict[str, Any],
+    keep_last: int,
+    protect: Path | None = None,
+) -> Path:
+    """Write checkpoint `step` atomically and delete all but the newest `keep_last` (and `protect`)."""
+    final = ckpt_root / f"{CKPT_PREFIX}{step:07d}"
+    ckpt_root.mkdir(parents=True, exist_ok=True)
+    tmp = atomic_dir(final)
+    save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
+    torch.save(
+        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
+        tmp / "trainer_state.pt",
+    )
+    (tmp / "state.json").write_text(json.dumps(state, indent=2))
+    commit_dir(tmp, final)
+    for old in list_checkpoints(ckpt_root)[:-keep_last]:
+        if protect is None or old.resolve() != protect.resolve():
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(ckpt_root: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (temporary folders are ignored)."""
+    if not ckpt_root.is_dir():
+        return []
+    found = [p for p in ckpt_root.iterdir() if p.is_dir() and p.name.startswith(CKPT_PREFIX)]
+    found = [p for p in found if (p / "state.json").is_file()]
+    return sorted(found, key=lambda p: int(p.name[len(CKPT_PREFIX):]))
+
+
+def load_trainable(model: torch.nn.Module, file: Path) -> None:
+    """Copy saved trainable tensors into `model` in place."""
+    weights = load_file(str(file))
+    params = dict(model.named_parameters())
+    missing = [n for n in weights if n not in params]
+    if missing:
+        raise RuntimeError(f"{file} has weights this model lacks: {missing[:3]}")
+    with torch.no_grad():
+        for n, t in weights.items():
+            params[n].copy_(t.to(params[n].device, params[n].dtype))
+
+
+def load_checkpoint(
+    path: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+) -> dict[str, Any]:
+    """Restore weights, optimizer, scheduler and RNG from `path`; returns its state.json."""
+    load_trainable(model, path / "trainable.safetensors")
+    blob = torch.load(path / "trainer_state.pt", weights_only=True, map_location="cpu")
+    optimizer.load_state_dict(blob["optimizer"])
+    scheduler.load_state_dict(blob["scheduler"])
+    set_rng_state(blob["rng"])
+    return json.loads((path / "state.json").read_text())

@@ -1,0 +1,95 @@
+"""Processes: one, or several launched by torchrun / accelerate launch / `lmtune train --nproc`.
+
+accelerate's PartialState reads the launcher's environment and sets up the process group
+(gloo on CPU, nccl on GPU). Gradients are summed with ONE flat all-reduce per optimizer step
+instead of wrapping the model in DDP: the loss is already divided by the global number of
+loss units, so a plain sum is the exact full-batch gradient, and tasks may call any
+submodule of the model directly (DDP only syncs when its own forward runs).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+import torch.distributed as td
+
+
+class Dist:
+    """Rank, world size, device and the few collectives the loop uses."""
+
+    _instance: Dist | None = None
+
+    def __init__(self) -> None:
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        if self.world_size > 1:
+            from accelerate import PartialState
+
+            state = PartialState(cpu=not torch.cuda.is_available())
+            self.rank, self.world_size, self.device = state.process_index, state.num_processes, state.device
+        else:
+            self.rank = 0
+            self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.is_main = self.rank == 0
+
+    @classmethod
+    def get(cls) -> Dist:
+        """The process-wide instance (created on first use)."""
+        if cls._instance is None:
+            cls._instance = Dist()
+        return cls._instance
+
+    def shard(self, batch: list[int]) -> list[int]:
+        """This process's contiguous share of a global batch."""
+        if self.world_size == 1:
+            return batch
+        per = -(-len(batch) // self.world_size)
+        return batch[self.rank * per : (self.rank + 1) * per]
+
+    def all_sum(self, value: float) -> float:
+        """Sum a float over processes."""
+        if self.world_size == 1:
+            return value
+        t = torch.tensor([value], dtype=torch.float64)
+        td.all_reduce(t)
+        return float(t.item())
+
+    def all_reduce_grads(self, model: torch.nn.Module) -> None:
+        """Sum gradients over processes with a single flat all-reduce."""
+        if self.world_size == 1:
+            return
+        grads = [p.grad for p in model.parameters() if p.requires_grad and p.grad is not None]
+        if not grads:
+            return
+        flat = torch.cat([g.reshape(-1).float() for g in grads])
+        td.all_reduce(flat)
+        offset = 0
+        for g in grads:
+            n = g.numel()
+            g.copy_(flat[offset : offset + n].view_as(g))
+            offset += n
+
+    def broadcast(self, obj: Any) -> Any:
+        """Send a picklable object from rank 0 to all ranks."""
+        if self.world_size == 1:
+            return obj
+        box = [obj]
+        td.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def barrier(self) -> None:
+        """Wait for every process."""
+        if self.world_size > 1:
+            td.barrier()
+
+    def print(self, msg: str) -> None:
+        """Print once (on the main process)."""
+        if self.is_main:
+            print(msg, flush=True)
+
+    def close(self) -> None:
+        """End the process group cleanly (an abrupt exit can abort gloo at teardown)."""
+        if self.world_size > 1 and td.is_initialized():
+            td.barrier()
+            td.destroy_process_group()

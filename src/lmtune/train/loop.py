@@ -1,0 +1,305 @@
+"""The one training loop every task runs through.
+
+Read it top to bottom: batches are planned up front from a seeded sampler (so a resumed run
+sees the same batches), each optimizer step sums the task loss over `grad_accum`
+micro-batches and divides by the number of loss units (tokens or examples) in the whole
+step on every process, gradients are all-reduced once per step, clipped, and applied.
+Evaluation, best-model tracking, early stopping and atomic checkpoints follow the step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lmtune.config import Config
+from lmtune.tasks.base import Task
+from lmtune.train import checkpoint as ckpt
+from lmtune.train.dist import Dist
+from lmtune.train.logging import MetricsLog, Progress, peak_rss_mb
+from lmtune.train.schedule import lr_lambda, param_groups, warmup_steps
+
+
+@dataclass
+class TrainResult:
+    """What `train` hands back (and writes to summary.json)."""
+
+    summary: dict[str, Any]
+    best_dir: Path | None
+    stopped_early: bool = False
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def plan_steps(lengths: list[int], step_batch: int, seed: int, epoch: int, bucketing: bool) -> list[list[int]]:
+    """The examples of every optimizer step of one epoch: a function of (seed, epoch) only.
+
+    Planning whole steps (not micro-batches) makes the plan independent of how a step is
+    split into micro-batches and processes, which is what lets 4x2 equal 8x1 exactly.
+    A ragged tail smaller than one step is dropped.
+    """
+    from lmtune.data.collate import LengthGroupedSampler
+
+    if bucketing:
+        order = list(LengthGroupedSampler(lengths, step_batch, seed=seed, epoch=epoch))
+    else:
+        g = torch.Generator().manual_seed(seed * 1000 + epoch)
+        order = torch.randperm(len(lengths), generator=g).tolist()
+    n = len(order) // step_batch
+    return [order[i * step_batch : (i + 1) * step_batch] for i in range(n)]
+
+
+def split_step(step: list[int], lengths: list[int], micro: int) -> list[list[int]]:
+    """Split one step's examples into micro-batches of similar length (less padding)."""
+    ordered = sorted(step, key=lambda i: lengths[i])
+    return [ordered[i : i + micro] for i in range(0, len(ordered), micro)]
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast dtype or None for fp32; `auto` picks bf16 only where it is native."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    # On CPUs without native bf16 (AVX512-BF16 / AMX), emulated bf16 is slower than fp32.
+    native = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() or getattr(
+        torch.cpu, "_is_amx_tile_supported", lambda: False
+    )()
+    return torch.bfloat16 if native else None
+
+
+def _improved(value: float, best: float | None, mode: str, min_delta: float) -> bool:
+    if best is None or math.isnan(best):
+        return not math.isnan(value)
+    return value < best - min_delta if mode == "min" else value > best + min_delta
+
+
+def train(
+    cfg: Config,
+    task: Task,
+    model: torch.nn.Module,
+    train_features: list[dict[str, Any]],
+    eval_rows: list[dict[str, Any]],
+    run_dir: Path,
+    save_model: Callable[[torch.nn.Module, Path], None],
+    head_names: list[str] | None = None,
+    resume: bool = False,
+    stop_after: int | None = None,
+    quiet: bool = False,
+) -> TrainResult:
+    """Train `model` on pre-encoded features; evaluate, checkpoint and keep the best.
+
+    `save_model(model, dir)` writes a loadable model folder (used for the best model).
+    `stop_after` ends the run after that many optimizer steps as if killed (tests use it to
+    check that --resume reaches the same weights as an uninterrupted run).
+    """
+    tc = cfg.train
+    dist = Dist.get()
+    device = dist.device
+    model.to(device)
+    amp_dtype = resolve_precision(tc.precision, device)
+    if tc.compile:
+        model = torch.compile(model)  # type: ignore[assignment]
+
+    # ---- plan: one optimizer step = grad_accum micro-batches x world_size processes
+    micro_global = tc.batch_size * dist.world_size
+    step_batch = micro_global * tc.grad_accum
+    lengths = [int(f["length"]) for f in train_features]
+    steps_per_epoch = len(train_features) // step_batch
+    if steps_per_epoch < 1:
+        from lmtune.errors import UserError
+
+        raise UserError(
+            f"train split has {len(train_features)} examples: fewer than one optimizer step "
+            f"(batch_size {tc.batch_size} x grad_accum {tc.grad_accum} x {dist.world_size} process(es)); "
+            "lower train.batch_size or train.grad_accum, or add data"
+        )
+    total_steps = tc.max_steps if tc.max_steps > 0 else max(1, int(round(tc.epochs * steps_per_epoch)))
+
+    optimizer = torch.optim.AdamW(
+        param_groups(model, tc.weight_decay, tc.lr, tc.head_lr, head_names or []),
+        lr=tc.lr,
+        betas=tc.adam_betas,
+        # foreach applies each update to all tensors at once: far fewer kernel launches.
+        foreach=True,
+    )
+    warm = warmup_steps(total_steps, tc.warmup_ratio, tc.warmup_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tc.scheduler, warm, total_steps))
+
+    metric, mode = tc.early_stopping.metric, tc.early_stopping.mode
+    state: dict[str, Any] = {"step": 0, "epoch": 0, "step_in_epoch": 0, "best": None, "best_step": None,
+                             "bad_evals": 0, "tokens": 0, "samples": 0, "elapsed": 0.0}
+    ckpt_root = run_dir / "checkpoints"
+    best_dir = run_dir / "best"
+    if resume:
+        found = ckpt.list_checkpoints(ckpt_root)
+        if found:
+            state = ckpt.load_checkpoint(found[-1], model, optimizer, scheduler)
+            dist.print(f"resumed from {found[-1]} (step {state['step']})")
+        else:
+            dist.print(f"--resume: no checkpoint in {ckpt_root}; starting from step 0")
+
+    log = MetricsLog(run_dir / "metrics.jsonl", enabled=dist.is_main)
+    eval_every = tc.eval_every
+    save_every = tc.save_every or eval_every
+    progress = Progress(total_steps, enabled=dist.is_main and not quiet)
+    progress.start(state["step"])
+    t_start = time.perf_counter() - state["elapsed"]
+    stopped_early = False
+    history: list[dict[str, Any]] = []
+    last_loss = float("nan")
+    window_loss, window_units = 0.0, 0.0
+
+    def run_eval() -> dict[str, float] | None:
+        if not eval_rows:
+            return None
+        model.eval()
+        result = None
+        if dist.is_main:
+            with torch.no_grad(), _autocast(device, amp_dtype):
+                result = task.evaluate(_unwrap(model), eval_rows, tc.eval_batch_size, None)
+                result = {k: float(v) for k, v in result.items() if isinstance(v, (int, float))}
+        model.train()
+        return dist.broadcast(result)
+
+    def after_eval(metrics: dict[str, float]) -> bool:
+        """Track the best model; return True when early stopping says stop."""
+        nonlocal history
+        if metric not in metrics:
+            from lmtune.errors import UserError
+
+            raise UserError(
+                f"train.early_stopping.metric '{metric}' is not produced by task {task.name}; "
+                f"available: {', '.join(sorted(metrics))}"
+            )
+        value = float(metrics[metric])
+        entry = {"event": "eval", "step": state["step"], "epoch": state["epoch"], **metrics}
+        history.append(entry)
+        log.write(entry)
+        progress.note(f"step {state['step']}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()
+                                                            if isinstance(v, float)))
+        if _improved(value, state["best"], mode, tc.early_stopping.min_delta):
+            state.update(best=value, best_step=state["step"], bad_evals=0)
+            if dist.is_main:
+                save_model(_unwrap(model), best_dir)
+                # The exact trainable tensors too, so the end of the run can reload the best.
+                ckpt.save_file(ckpt.trainable_state(model), str(best_dir / "trainable.safetensors"))
+        else:
+            state["bad_evals"] += 1
+        patience = tc.early_stopping.patience
+        return patience is not None and state["bad_evals"] >= patience
+
+    def save(step: int) -> None:
+        state["elapsed"] = time.perf_counter() - t_start
+        if dist.is_main:
+            ckpt.save_checkpoint(ckpt_root, step, model, optimizer, scheduler, state, tc.keep_last)
+        dist.barrier()
+
+    model.train()
+    done = state["step"] >= total_steps
+    while not done:
+        epoch = state["epoch"]
+        plan = plan_steps(lengths, step_batch, cfg.run.seed, epoch, cfg.data.bucketing)
+        while state["step_in_epoch"] < len(plan) and not done:
+            micro = [task.collate([train_features[i] for i in dist.shard(b)])
+                     for b in split_step(plan[state["step_in_epoch"]], lengths, micro_global)]
+            # Normalise by the loss units of the WHOLE step on ALL processes, so 4x2 == 8x1
+            # and 2 processes == 1 process (mean over tokens, not mean of micro-batch means).
+            units = dist.all_sum(sum(float(m["num_units"]) for m in micro))
+            step_loss = 0.0
+            for m in micro:
+                m = {k: v.to(device) if torch.is_tensor(v) else v for k, v in m.items()}
+                with _autocast(device, amp_dtype):
+                    loss_sum, _ = task.loss(model, m)
+                (loss_sum.float() / units).backward()
+                step_loss += loss_sum.item()
+                state["tokens"] += int(m["num_tokens"])
+                state["samples"] += int(m["num_examples"])
+            dist.all_reduce_grads(model)
+            if tc.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+
+            state["step_in_epoch"] += 1
+            state["step"] += 1
+            step = state["step"]
+            step_loss = dist.all_sum(step_loss) / units
+            window_loss += step_loss
+            window_units += 1
+            last_loss = step_loss
+            progress.update(step, loss=step_loss, lr=scheduler.get_last_lr()[0],
+                            tokens=state["tokens"] * dist.world_size, elapsed=time.perf_counter() - t_start)
+            if step % tc.log_every == 0 or step == total_steps:
+                log.write({"event": "train", "step": step, "epoch": epoch, "loss": window_loss / window_units,
+                           "lr": scheduler.get_last_lr()[0], "tokens": state["tokens"] * dist.world_size,
+                           "elapsed_s": round(time.perf_counter() - t_start, 3)})
+                window_loss, window_units = 0.0, 0.0
+            done = step >= total_steps
+            end_of_epoch = state["step_in_epoch"] >= len(plan)
+            if end_of_epoch:
+                state["epoch"] += 1
+                state["step_in_epoch"] = 0
+            want_eval = (eval_every and step % eval_every == 0) or (end_of_epoch and tc.eval_each_epoch) or done
+            if want_eval:
+                metrics = run_eval()
+                if metrics is not None and after_eval(metrics):
+                    stopped_early = True
+                    done = True
+                    dist.print(f"early stopping at step {step}: {metric} did not improve for "
+                               f"{tc.early_stopping.patience} evaluations")
+            if (save_every and step % save_every == 0) or (want_eval and not save_every) or end_of_epoch or done:
+                save(step)
+            if stop_after is not None and step >= stop_after and not done:
+                progress.stop()
+                return TrainResult({"interrupted_at": step}, None)
+    progress.stop()
+
+    runtime = time.perf_counter() - t_start
+    # Keep the best model: reload its weights so what we save/evaluate next is the best one.
+    best_path = None
+    if (best_dir / "trainable.safetensors").is_file() and state["best_step"] is not None:
+        best_path = best_dir
+        if state["best_step"] != state["step"]:
+            ckpt.load_trainable(model, best_dir / "trainable.safetensors")
+            dist.print(f"loaded the best model (step {state['best_step']}, {metric}={state['best']:.4f})")
+    summary = {
+        "train_runtime_s": round(runtime, 3),
+        "train_steps": state["step"],
+        "train_samples": state["samples"] * dist.world_size,
+        "train_samples_per_s": round(state["samples"] * dist.world_size / max(runtime, 1e-9), 3),
+        "train_tokens_per_s": round(state["tokens"] * dist.world_size / max(runtime, 1e-9), 3),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "final_train_loss": last_loss,
+        "best_metric": metric,
+        "best_metric_value": state["best"],
+        "best_step": state["best_step"],
+        "best_checkpoint": str(best_path) if best_path else None,
+        "best_eval": next((h for h in history if h["step"] == state["best_step"]), None),
+        "stopped_early": stopped_early,
+        "world_size": dist.world_size,
+        "precision": "bf16" if amp_dtype else "fp32",
+    }
+    if dist.is_main:
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return TrainResult(summary, best_path, stopped_early, history)
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return getattr(model, "_orig_mod", model)
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)

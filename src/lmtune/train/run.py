@@ -1,0 +1,154 @@
+"""`lmtune train`: prepare data, load model + adapter, run the loop, save, test.
+
+This is the recipe layer (torchtune's recipes/): it wires library pieces together and owns
+no logic of its own beyond the order of the steps.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lmtune.config import Config, dump_config
+from lmtune.train.dist import Dist
+
+
+def text_length_fn(tokenizer: Any):
+    """Token count of a canonical row's text fields (for the data report's length stats)."""
+
+    def fn(row: dict[str, Any]) -> int:
+        if "messages" in row:
+            parts = [m["content"] for m in row["messages"]]
+        else:
+            parts = [row[k] for k in ("text", "text_pair", "instruction", "input", "output") if row.get(k)]
+        return len(tokenizer(" ".join(parts), add_special_tokens=False)["input_ids"])
+
+    return fn
+
+
+def encode_rows(task: Any, rows: list[dict[str, Any]], rejects_path: Path | None) -> list[dict[str, Any]]:
+    """Encode rows; rows the task cannot encode (no room for a response) are rejected, not lost."""
+    feats, rejected = [], []
+    for row in rows:
+        try:
+            feats.append(task.encode(row))
+        except ValueError as exc:
+            rejected.append({"source": row.get("_source"), "reason": str(exc), "stage": "tokenize",
+                             "row": {k: v for k, v in row.items() if not k.startswith("_")}})
+    if rejected and rejects_path is not None:
+        with rejects_path.open("a", encoding="utf-8") as f:
+            for r in rejected:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    if rejected:
+        Dist.get().print(f"{len(rejected)} row(s) rejected at tokenization (see {rejects_path})")
+    if rows and not feats:
+        from lmtune.errors import UserError
+
+        raise UserError(f"all {len(rows)} rows were rejected at tokenization, e.g. "
+                        f"{rejected[0]['source']}: {rejected[0]['reason']}; raise model.max_length "
+                        "or shorten the prompts")
+    return feats
+
+
+def setup(cfg: Config, run_dir: Path, for_training: bool = True) -> dict[str, Any]:
+    """Tokenizer, prepared data, task and model with its adapter: everything train/eval need."""
+    from transformers import set_seed
+
+    from lmtune.data.pipeline import prepare_data
+    from lmtune.models.adapters import apply_adapter, count_parameters
+    from lmtune.models.load import load_model, load_tokenizer
+    from lmtune.tasks import build_task
+
+    dist = Dist.get()
+    set_seed(cfg.run.seed)
+    tokenizer = load_tokenizer(cfg.model, for_training=for_training)
+    # Every process prepares the same data (it is deterministic); only rank 0 keeps the files.
+    data_dir = run_dir if dist.is_main else Path(tempfile.mkdtemp(prefix="lmtune-rank"))
+    prepared = prepare_data(cfg, data_dir, length_fn=text_length_fn(tokenizer))
+    if cfg.task == "classification" and not prepared.labels:
+        from lmtune.errors import UserError
+
+        raise UserError("task classification found no labels in the training data (check data.columns.label)")
+    task = build_task(cfg.task, tokenizer, cfg, prepared.labels, prepared.label_weights, prepared.format)
+    set_seed(cfg.run.seed)  # the head's random init must not depend on how much data prep drew
+    model = load_model(cfg.model, cfg.task, tokenizer, num_labels=len(prepared.labels or []) or None,
+                       labels=prepared.labels)
+    model = apply_adapter(model, cfg.adapter, cfg.task)
+    trainable, total = count_parameters(model)
+    dist.print(f"model {cfg.model.name_or_path}: {trainable:,} of {total:,} parameters trainable "
+               f"({100 * trainable / max(total, 1):.2f}%, adapter {cfg.adapter.type})")
+    return {"tokenizer": tokenizer, "prepared": prepared, "task": task, "model": model,
+            "params": {"trainable": trainable, "total": total}}
+
+
+def model_meta(cfg: Config, prepared: Any) -> dict[str, Any]:
+    """What a saved model needs to be used again without the config (labels, format, template)."""
+    return {"task": cfg.task, "labels": prepared.labels, "format": prepared.format,
+            "template": cfg.data.template, "max_length": cfg.model.max_length,
+            "base_model": cfg.model.name_or_path, "adapter": cfg.adapter.type, "run_name": cfg.run.name}
+
+
+def run_training(cfg: Config, resume: bool = False, quiet: bool = False,
+                 stop_after: int | None = None) -> dict[str, Any]:
+    """The whole `lmtune train` run; returns the summary (also in RUN_DIR/summary.json)."""
+    from lmtune.models.adapters import head_module_names
+    from lmtune.models.export import save_model
+    from lmtune.train.loop import train
+
+    dist = Dist.get()
+    run_dir = Path(cfg.run.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if dist.is_main:
+        (run_dir / "config.yaml").write_text(dump_config(cfg))
+        if not resume:
+            for stale in ("metrics.jsonl", "rejects.jsonl"):
+                (run_dir / stale).unlink(missing_ok=True)
+    parts = setup(cfg, run_dir)
+    task, model, tokenizer, prepared = parts["task"], parts["model"], parts["tokenizer"], parts["prepared"]
+    meta = model_meta(cfg, prepared)
+
+    features = encode_rows(task, prepared.splits["train"], run_dir / "rejects.jsonl" if dist.is_main else None)
+    if hasattr(task, "prepare_features"):
+        features = task.prepare_features(features)
+    eval_rows = prepared.splits.get("eval") or []
+
+    # The untrained baseline (for classification: the randomly initialised head) on the
+    # held-out splits, so the summary shows what training bought.
+    before = None
+    if cfg.train.eval_before and not resume and dist.is_main:
+        model.to(dist.device)
+        with torch.no_grad():
+            before = {name: _flat(task.evaluate(model, rows, cfg.train.eval_batch_size, None))
+                      for name in ("eval", "test") if (rows := prepared.splits.get(name))}
+
+    def saver(m: torch.nn.Module, out: Path) -> None:
+        save_model(m, tokenizer, out, extra=meta)
+
+    result = train(cfg, task, model, features, eval_rows, run_dir, saver,
+                   head_names=head_module_names(model), resume=resume, stop_after=stop_after, quiet=quiet)
+    if stop_after is not None and "interrupted_at" in result.summary:
+        return result.summary
+    summary = {**result.summary, "trainable_params": parts["params"]["trainable"],
+               "total_params": parts["params"]["total"], "eval_before": before,
+               "data": {k: len(v) for k, v in prepared.splits.items()}}
+    if dist.is_main:
+        save_model(model, tokenizer, run_dir / "model", extra=meta)
+        summary["model_dir"] = str(run_dir / "model")
+        test_rows = prepared.splits.get("test") or []
+        if test_rows:
+            model.eval()
+            with torch.no_grad():
+                test = task.evaluate(model, test_rows, cfg.train.eval_batch_size, run_dir)
+            (run_dir / "eval.json").write_text(json.dumps({"split": "test", **test}, indent=2))
+            summary["test"] = _flat(test)
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    dist.barrier()
+    return summary
+
+
+def _flat(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}

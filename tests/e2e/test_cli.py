@@ -1,0 +1,143 @@
+"""End-to-end through the real `lmtune` console script (subprocesses, like a user)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from runkit import instruction_rows, sentiment_rows, tiny_bert_dir, tiny_causal_dir, write_jsonl
+
+ROOT = Path(__file__).resolve().parents[2]
+LMTUNE = [sys.executable, "-m", "lmtune"]
+
+
+def lmtune(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    e = {**os.environ, "PYTHONPATH": str(ROOT / "src"), **(env or {})}
+    return subprocess.run([*LMTUNE, *args], capture_output=True, text=True, cwd=cwd or ROOT, env=e, timeout=600)
+
+
+def test_config_show_resolves_overrides() -> None:
+    r = lmtune("config", "show", "configs/demo.yaml", "train.lr=0.5", "adapter.r=4")
+    assert r.returncode == 0, r.stderr
+    assert "lr: 0.5" in r.stdout and "r: 4" in r.stdout
+
+
+def test_user_errors_exit_2_without_traceback(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: {lr: -1, batch_sise: 3}\n")
+    r = lmtune("train", str(bad))
+    assert r.returncode == 2
+    assert "train.lr" in r.stderr and "train.batch_sise" in r.stderr and str(bad) in r.stderr
+    assert "Traceback" not in r.stderr
+    r = lmtune("train", str(tmp_path / "missing.yaml"))
+    assert r.returncode == 2 and "does not exist" in r.stderr and "Traceback" not in r.stderr
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"data: {{train: {tmp_path / 'nope.jsonl'}}}\nrun: {{output_dir: {tmp_path / 'run'}}}\n")
+    r = lmtune("train", str(cfg))
+    assert r.returncode == 2 and "nope.jsonl" in r.stderr and "Traceback" not in r.stderr
+    r = lmtune("eval", str(tmp_path), "--data", str(cfg))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+
+
+def test_bad_rows_are_rejected_with_line_numbers(tmp_path: Path) -> None:
+    rows = sentiment_rows(40)
+    lines = [json.dumps(r) for r in rows]
+    lines[4] = json.dumps({"text": "", "label": "pos"})
+    lines[9] = "{not json"
+    lines[14] = json.dumps({"txt": "wrong column", "label": "neg"})
+    data = tmp_path / "d.jsonl"
+    data.write_text("\n".join(lines) + "\n")
+    model_dir = tiny_bert_dir(tmp_path)
+    r = lmtune("prepare", "configs/demo.yaml", f"data.train={data}", f"model.name_or_path={model_dir}",
+               f"run.output_dir={tmp_path / 'run'}")
+    assert r.returncode == 0, r.stderr
+    rejects = [json.loads(x) for x in (tmp_path / "run" / "rejects.jsonl").read_text().splitlines()]
+    assert sorted(x["line"] for x in rejects) == [5, 10, 15]
+    report = json.loads((tmp_path / "run" / "data_report.json").read_text())
+    assert report
+    r = lmtune("prepare", "configs/demo.yaml", f"data.train={data}", f"model.name_or_path={model_dir}",
+               f"run.output_dir={tmp_path / 'run2'}", "data.max_bad_fraction=0.01")
+    assert r.returncode == 2 and "rejects.jsonl" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_classification_train_eval_predict_export(tmp_path: Path) -> None:
+    model_dir = tiny_bert_dir(tmp_path)
+    data = write_jsonl(tmp_path / "d.jsonl", sentiment_rows(120))
+    run = tmp_path / "run"
+    r = lmtune("train", "configs/demo.yaml", f"data.train={data}", f"model.name_or_path={model_dir}",
+               f"run.output_dir={run}", "train.epochs=6", "train.lr=5e-3", "train.head_lr=null", "train.batch_size=8",
+               "adapter.type=full", "--quiet")
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["test"]["accuracy"] > 0.8
+    r = lmtune("eval", str(run), "--data", str(data), "--out", str(tmp_path / "ev"))
+    assert r.returncode == 0, r.stderr
+    ev = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    assert ev["rows"] == 120 and ev["accuracy"] > 0.8
+    texts = tmp_path / "t.txt"
+    texts.write_text("the movie was great 7\nthe food was awful 8\n")
+    r = lmtune("predict", str(run), "--input", str(texts))
+    assert r.returncode == 0, r.stderr
+    preds = [json.loads(x) for x in r.stdout.splitlines()]
+    assert [p["label"] for p in preds] == ["pos", "neg"]
+    r = lmtune("export", str(run), str(tmp_path / "merged"))
+    assert r.returncode == 0, r.stderr
+    from transformers import AutoModelForSequenceClassification
+
+    merged = AutoModelForSequenceClassification.from_pretrained(tmp_path / "merged")
+    assert merged.config.id2label == {0: "neg", 1: "pos"}
+
+
+def test_sft_train_generate_resume(tmp_path: Path) -> None:
+    model_dir = tiny_causal_dir(tmp_path, "llama")
+    data = write_jsonl(tmp_path / "inst.jsonl", instruction_rows(80))
+    run = tmp_path / "run"
+    args = ["configs/sft_alpaca_lora.yaml", f"model.name_or_path={model_dir}", f"data.train={data}",
+            f"run.output_dir={run}", "model.max_length=160", "train.epochs=2", "train.lr=1e-2",
+            "data.template=alpaca", "--quiet"]
+    r = lmtune("train", *args)
+    assert r.returncode == 0, r.stderr
+    r = lmtune("generate", str(run), "--prompt", "Repeat the word happy.", "--max-new-tokens", "5")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.splitlines()[0])
+    assert out["prompt"] == "Repeat the word happy." and isinstance(out["completion"], str)
+    r = lmtune("train", *args, "--resume")  # already finished: resumes at the end, trains nothing
+    assert r.returncode == 0, r.stderr
+    r = lmtune("export", str(run), str(tmp_path / "merged"))
+    assert r.returncode == 0, r.stderr
+    from transformers import AutoModelForCausalLM
+
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+    assert not any("lora" in name for name, _ in merged.named_parameters())
+
+
+@pytest.mark.multiproc
+def test_two_processes_match_one(tmp_path: Path) -> None:
+    """2 gloo processes with batch 4 each == 1 process with batch 8 (same global batch)."""
+    model_dir = tiny_causal_dir(tmp_path, "llama")
+    data = write_jsonl(tmp_path / "inst.jsonl", instruction_rows(64))
+    common = ["configs/sft_alpaca_lora.yaml", f"model.name_or_path={model_dir}", f"data.train={data}",
+              "model.max_length=160", "train.epochs=1", "train.lr=1e-2", "data.template=alpaca",
+              "adapter.dropout=0.0", "train.log_every=1", "--quiet"]
+    one = lmtune("train", *common, f"run.output_dir={tmp_path / 'one'}", "train.batch_size=8")
+    assert one.returncode == 0, one.stderr
+    two = lmtune("train", *common, f"run.output_dir={tmp_path / 'two'}", "train.batch_size=4", "--nproc", "2")
+    assert two.returncode == 0, two.stderr
+    s2 = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert s2["world_size"] == 2
+
+    def losses(run: str) -> list[float]:
+        lines = (tmp_path / run / "metrics.jsonl").read_text().splitlines()
+        return [e["loss"] for e in map(json.loads, lines) if e["event"] == "train"]
+
+    a, b = losses("one"), losses("two")
+    assert len(a) == len(b) >= 3
+    assert abs(a[0] - b[0]) < 1e-5, (a, b)  # same weights, same examples: same first loss
+    # Later steps differ only by float summation order (gradients summed across ranks), which
+    # Adam's normalisation amplifies slightly; a wrong split or scaling would be off by >1e-2.
+    assert max(abs(x - y) for x, y in zip(a, b, strict=True)) < 1e-3, (a, b)

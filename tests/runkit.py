@@ -1,0 +1,92 @@
+"""Helpers for tests that run real training: tiny local model folders and small data files."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+from lmtune.config import Config
+from tiny import (
+    make_bert_tokenizer,
+    make_causal,
+    make_encoder_classifier,
+    make_tokenizer,
+    save_tiny,
+)
+
+POS = ["great", "wonderful", "lovely", "excellent", "happy"]
+NEG = ["awful", "terrible", "sad", "broken", "poor"]
+NOUNS = ["the movie", "this book", "the food", "our trip", "the show", "that song"]
+
+
+def sentiment_rows(n: int, seed: int = 0) -> list[dict[str, str]]:
+    """Short labelled sentences a tiny model can learn (the label word decides)."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = "pos" if i % 2 == 0 else "neg"
+        word = rng.choice(POS if label == "pos" else NEG)
+        rows.append({"text": f"{rng.choice(NOUNS)} was {word} {i}", "label": label})
+    return rows
+
+
+def instruction_rows(n: int, seed: int = 0) -> list[dict[str, str]]:
+    """Instruction rows with a deterministic answer (copy a word) the tiny LM can learn."""
+    rng = random.Random(seed)
+    words = POS + NEG
+    rows = []
+    for i in range(n):
+        w = rng.choice(words)
+        rows.append({"instruction": f"Repeat the word {w}.", "input": "" if i % 3 else f"case {i}", "output": w})
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
+    """Write rows as JSON lines."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def tiny_causal_dir(root: Path, arch: str = "llama") -> Path:
+    """A local folder with a tiny random causal LM and its tokenizer (no pad token)."""
+    tok = make_tokenizer(pad=False)
+    return save_tiny(make_causal(arch, tok), tok, root / f"tiny-{arch}")
+
+
+def tiny_bert_dir(root: Path) -> Path:
+    """A local folder with a tiny random BERT and WordPiece tokenizer."""
+    tok = make_bert_tokenizer()
+    return save_tiny(make_encoder_classifier("bert", 2, tok), tok, root / "tiny-bert")
+
+
+def config(tmp: Path, **sections: Any) -> Config:
+    """A Config with quick defaults for tests, deep-merged with `sections`."""
+    base: dict[str, Any] = {
+        "run": {"output_dir": str(tmp / "run"), "seed": 1},
+        "model": {"max_length": 160},
+        "data": {"clean": {"pii": False, "secrets": False}, "split": {"eval": 0.2}},
+        "train": {"epochs": 2, "batch_size": 8, "lr": 5e-3, "eval_batch_size": 16, "log_every": 1,
+                  "precision": "fp32", "max_grad_norm": 1.0},
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            base[key] = _merge(base[key], value)
+        else:
+            base[key] = value
+    return Config.model_validate(base)
+
+
+def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def train_events(run_dir: Path) -> list[dict[str, Any]]:
+    """The train events of metrics.jsonl."""
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [e for e in map(json.loads, lines) if e["event"] == "train"]
