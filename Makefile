@@ -23,7 +23,7 @@ demo: $(STAMP)
 	$(BIN)/lmtune demo
 
 test: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests $(wildcard benchmarks examples)
 	$(BIN)/python -m pytest -q
 
 test-slow: $(STAMP)

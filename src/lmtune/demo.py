@@ -6,6 +6,7 @@ a few predictions, and where the run folder is.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -51,20 +52,20 @@ def run_demo(out: Path, quiet: bool = False) -> dict[str, Any]:
     table.add_row("after (LoRA fine-tune)", f"{after.get('accuracy', float('nan')):.3f}",
                   f"{after.get('macro_f1', float('nan')):.3f}")
     console.print(table)
-    samples = out / "samples.txt"
-    samples.write_text("\n".join([
-        "The sound is crisp and the battery easily lasts all week. Love it.",
-        "Stopped working after two days and support never answered.",
-        "It arrived on time and works as described, nothing more to say.",
-        "Not bad at all, honestly better than I expected for the price.",
-    ]) + "\n")
+    # A few held-out test reviews the model never trained on, with their gold labels.
+    test_file = out / "data" / "test.jsonl"
+    rows = [json.loads(line) for line in test_file.read_text(encoding="utf-8").splitlines()]
+    picks = [rows[i] for i in range(0, len(rows), max(1, len(rows) // 6))][:6]
+    samples = out / "samples.jsonl"
+    samples.write_text("".join(json.dumps({"text": r["text"]}) + "\n" for r in picks))
     preds = run_predict(out, samples, out / "predictions.jsonl")
-    pt = Table("text", "predicted", "confidence", title="sample predictions")
-    for p in preds:
-        pt.add_row(p["text"], p["label"], f"{p['confidence']:.2f}")
+    pt = Table("held-out review", "gold", "predicted", "confidence", title="sample predictions")
+    for r, p in zip(picks, preds, strict=True):
+        mark = "" if p["label"] == r["label"] else " [red](wrong)[/]"
+        pt.add_row(r["text"], r["label"], p["label"] + mark, f"{p['confidence']:.2f}")
     console.print(pt)
     console.print(f"training took {summary['train_runtime_s']:.1f}s "
                   f"({summary['train_samples_per_s']:.0f} samples/s)")
-    console.print(f"run folder: {out}  (model/, summary.json, metrics.jsonl, eval.json, errors.jsonl, "
-                  "data_report.md)")
+    console.print(f"run folder: {out}  (model/ summary.json metrics.jsonl eval.json errors.jsonl "
+                  "data_report.md predictions.jsonl)")
     return summary
