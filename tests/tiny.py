@@ -96,15 +96,23 @@ def make_tokenizer(pad: bool = False, chat_template: str | None = None) -> PreTr
 @cache
 def make_bert_tokenizer() -> PreTrainedTokenizerFast:
     """A small lower-cased WordPiece tokenizer with BERT's [CLS] [SEP] [PAD] [UNK] [MASK]."""
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.decoder = decoders.WordPiece()
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=400, special_tokens=specials, show_progress=False
-    )
-    tok.train_from_iterator(_corpus(), trainer=trainer)
+    normalizer = normalizers.BertNormalizer(lowercase=True)
+    pre = pre_tokenizers.BertPreTokenizer()
+    # A fixed vocabulary (not WordPieceTrainer, whose tie-breaking follows the process's hash
+    # seed): every character, every character as a continuation, and the corpus words seen
+    # at least twice. Identical in every process, so tiny-BERT results are reproducible.
+    counts: dict[str, int] = {}
+    for line in _corpus():
+        for word, _ in pre.pre_tokenize_str(normalizer.normalize_str(line)):
+            counts[word] = counts.get(word, 0) + 1
+    chars = sorted({c for w in counts for c in w})
+    words = sorted(w for w, n in counts.items() if n >= 2 and len(w) > 1)
+    vocab_list = specials + chars + [f"##{c}" for c in chars] + words
+    tok = Tokenizer(models.WordPiece({w: i for i, w in enumerate(vocab_list)}, unk_token="[UNK]"))
+    tok.normalizer = normalizer
+    tok.pre_tokenizer = pre
+    tok.decoder = decoders.WordPiece()
     from tokenizers.processors import TemplateProcessing
 
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")

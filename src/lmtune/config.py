@@ -15,8 +15,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from lmtune.errors import UserError
 
-TaskName = Literal["sft", "classification"]
-FormatName = Literal["auto", "text", "instruction", "chat", "classification", "pair_classification"]
+TaskName = Literal["sft", "classification", "reward", "dpo", "orpo"]
+FormatName = Literal[
+    "auto", "text", "instruction", "chat", "classification", "pair_classification",
+    "preference", "pairwise", "dialogue_pair",
+]
+# Tasks that learn from preference pairs, and the row formats that hold such pairs.
+PREFERENCE_TASKS = ("reward", "dpo", "orpo")
+PREFERENCE_FORMATS = ("preference", "pairwise", "dialogue_pair")
 
 
 class Strict(BaseModel):
@@ -151,15 +157,28 @@ class TrainConfig(Strict):
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
 
 
+class PreferenceConfig(Strict):
+    """Preference learning (tasks reward, dpo, orpo): losses, reference model, truncation."""
+
+    loss: Literal["sigmoid", "robust", "ipo", "hinge", "simpo"] = Field("sigmoid", description="DPO-family loss (task dpo): sigmoid (DPO), robust (rDPO), ipo, hinge, or simpo (length-normalised, no reference model).")
+    beta: float = Field(0.1, gt=0, description="DPO/IPO/hinge/SimPO temperature beta (IPO: its tau); higher keeps the policy closer to the reference.")
+    label_smoothing: float = Field(0.0, ge=0.0, lt=0.5, description="Probability that a preference label is flipped: conservative DPO for sigmoid/simpo, rDPO for robust.")
+    simpo_gamma: float = Field(0.5, description="SimPO target reward margin gamma (absolute, in reward units; TRL's CPO simpo_gamma).")
+    orpo_lambda: float = Field(0.1, gt=0, description="ORPO weight lambda of the odds-ratio term beside the chosen-response NLL (TRL's ORPO beta).")
+    reference: Literal["auto", "precompute"] = Field("auto", description="DPO reference log-probs. auto: LoRA/DoRA use the base with the adapter disabled at each step, full/head fine-tuning precompute them once (cached in the run folder); precompute: always precompute.")
+    max_prompt_length: int | None = Field(None, gt=0, description="Prompts longer than this keep their last tokens (the end, next to the response); None: prompts are not cut, and a prompt that leaves no room for a response rejects the row.")
+
+
 class Config(Strict):
     """A whole run. Every section has defaults, so a config only states what differs."""
 
     run: RunConfig = Field(default_factory=RunConfig, description="Run identity and output folder.")
-    task: TaskName = Field("classification", description="What to train: sft (causal LM) or classification.")
+    task: TaskName = Field("classification", description="What to train: sft (causal LM), classification, reward (Bradley-Terry reward model), dpo or orpo (preference tuning of a causal LM).")
     model: ModelConfig = Field(default_factory=ModelConfig, description="Base model.")
     adapter: AdapterConfig = Field(default_factory=AdapterConfig, description="Which weights train.")
     data: DataConfig = Field(default_factory=DataConfig, description="Data loading, cleaning and splitting.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="Optimisation and the training loop.")
+    preference: PreferenceConfig = Field(default_factory=PreferenceConfig, description="Preference learning (tasks reward, dpo, orpo).")
 
     @model_validator(mode="after")
     def _combinations(self) -> Config:
@@ -168,6 +187,7 @@ class Config(Strict):
             problems.append("task sft cannot train on data.format " + self.data.format)
         if self.task == "classification" and self.data.format in ("text", "instruction", "chat"):
             problems.append("task classification needs labelled rows, not data.format " + self.data.format)
+        problems += self._preference_problems()
         if self.data.packing and self.task != "sft":
             problems.append("data.packing only applies to task sft")
         if self.train.class_weights != "none" and self.task != "classification":
@@ -177,6 +197,25 @@ class Config(Strict):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def _preference_problems(self) -> list[str]:
+        pref, fmt = self.preference, self.data.format
+        problems = []
+        if self.task in PREFERENCE_TASKS and fmt not in ("auto", *PREFERENCE_FORMATS):
+            problems.append(f"task {self.task} needs preference pairs (data.format "
+                            f"{', '.join(PREFERENCE_FORMATS)} or auto), not data.format {fmt}")
+        if self.task not in PREFERENCE_TASKS and fmt in PREFERENCE_FORMATS:
+            problems.append(f"data.format {fmt} holds preference pairs: use task "
+                            f"{', '.join(PREFERENCE_TASKS)}")
+        # Compare with the defaults (not fields_set) so a dumped config still loads.
+        if self.task not in PREFERENCE_TASKS and pref != PreferenceConfig():
+            problems.append(f"the preference section only applies to tasks {', '.join(PREFERENCE_TASKS)}")
+        if self.task in ("reward", "orpo") and pref.loss != "sigmoid":
+            problems.append(f"preference.loss picks a DPO-family loss; task {self.task} has its own")
+        if pref.label_smoothing > 0 and pref.loss in ("ipo", "hinge"):
+            problems.append(f"preference.label_smoothing does not apply to preference.loss {pref.loss} "
+                            "(use sigmoid, robust or simpo)")
+        return problems
 
 
 def _parse_value(raw: str) -> Any:

@@ -59,20 +59,23 @@ def test_sft_learns(tmp_path: Path, arch: str, adapter: str) -> None:
 
 @pytest.mark.parametrize("adapter", ["full", "lora", "head"])
 def test_classification_learns(tmp_path: Path, adapter: str) -> None:
-    model_dir = tiny_bert_dir(tmp_path)
+    # Full fine-tuning is shown on a tiny random BERT. Adapters and a lone head need features
+    # worth adapting (a random encoder's pooled outputs barely differ between inputs), so they
+    # run on the real pre-trained builtin:minilm.
+    model = str(tiny_bert_dir(tmp_path)) if adapter == "full" else "builtin:minilm"
     data = write_jsonl(tmp_path / "cls.jsonl", sentiment_rows(160))
-    cfg = config(tmp_path, task="classification", model={"name_or_path": str(model_dir)},
+    cfg = config(tmp_path, task="classification", model={"name_or_path": model, "max_length": 24},
                  adapter={"type": adapter, "r": 8, "alpha": 16, "dropout": 0.0},
                  data={"train": str(data), "split": {"eval": 0.2, "test": 0.2}},
-                 train={"epochs": 6, "lr": 2e-2 if adapter == "head" else 5e-3,
+                 train={"epochs": 4, "lr": {"full": 5e-3, "lora": 2e-3, "head": 1e-2}[adapter],
                         "early_stopping": {"metric": "accuracy", "mode": "max"}})
     summary = run_training(cfg, quiet=True)
-    events = train_events(Path(cfg.run.output_dir))
-    assert events[-1]["loss"] < events[0]["loss"]
-    # A random 2-layer encoder gives adapters and a lone head little to work with.
-    floor = {"full": 0.9, "lora": 0.7, "head": 0.5}[adapter]
-    assert summary["test"]["accuracy"] >= floor, summary["test"]
-    assert summary["test"]["accuracy"] >= summary["eval_before"]["test"]["accuracy"]
+    losses = [e["loss"] for e in train_events(Path(cfg.run.output_dir))]
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5, losses  # single steps are noisy
+    assert summary["test"]["accuracy"] >= 0.9, summary["test"]
+    assert summary["eval_before"]["test"]["accuracy"] <= 0.75
+    if adapter == "head":
+        assert summary["trainable_params"] == 384 * 2 + 2  # the classifier only
     run = Path(cfg.run.output_dir)
     ev = json.loads((run / "eval.json").read_text())
     assert ev["details"]["confusion_matrix"]["labels"] == ["neg", "pos"]

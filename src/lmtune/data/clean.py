@@ -12,7 +12,7 @@ import unicodedata
 from typing import Any
 
 from lmtune.config import CleanConfig
-from lmtune.data.formats import CONTENT_FIELDS, RowError, check_chat
+from lmtune.data.formats import CONTENT_FIELDS, PREFERENCE, RowError, check_chat
 from lmtune.data.pii import Redactor
 
 # Horizontal whitespace: spaces, tabs and the unicode space separators (NBSP, thin space, ...).
@@ -25,7 +25,7 @@ _MANY_NEWLINES = re.compile(r"\n{3,}")
 # C0/C1 control characters except \t and \n, plus DEL and the byte-order mark.
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ufeff]")
 # Fields that must stay non-empty after cleaning (input may be empty by definition).
-_REQUIRED_TEXT = ("text", "text_pair", "instruction", "output")
+_REQUIRED_TEXT = ("text", "text_pair", "instruction", "output", "prompt", "chosen", "rejected")
 
 
 def normalize_text(text: str) -> str:
@@ -52,7 +52,14 @@ def text_fields(row: dict[str, Any], fmt: str) -> list[str]:
     """The text values of a canonical row in a fixed order (chat: role-tagged contents)."""
     if fmt == "chat":
         return [m["content"] for m in row["messages"]]
-    return [row[f] for f in CONTENT_FIELDS[fmt]]
+    out: list[str] = []
+    for f in CONTENT_FIELDS[fmt]:  # a preference prompt may be a message list
+        value = row[f]
+        if isinstance(value, list):
+            out.extend(m["content"] for m in value)
+        else:
+            out.append(value)
+    return out
 
 
 def main_text(row: dict[str, Any], fmt: str) -> str:
@@ -64,7 +71,12 @@ def content_key(row: dict[str, Any], fmt: str) -> str:
     """What exact dedupe and leakage compare: the content fields (never the label)."""
     if fmt == "chat":
         return "\x1e".join(f"{m['role']}\x1f{m['content']}" for m in row["messages"])
-    return "\x1e".join(row[f] for f in CONTENT_FIELDS[fmt])
+    return "\x1e".join(_messages_key(row[f]) if isinstance(row[f], list) else row[f]
+                       for f in CONTENT_FIELDS[fmt])
+
+
+def _messages_key(messages: list[dict[str, str]]) -> str:
+    return "\x1d".join(f"{m['role']}\x1f{m['content']}" for m in messages)
 
 
 class RowCleaner:
@@ -98,9 +110,20 @@ class RowCleaner:
                 ) from None
             return
         for f in CONTENT_FIELDS[fmt]:
+            if isinstance(row[f], list):  # a preference prompt given as messages
+                for m in row[f]:
+                    m["content"] = self._one(m["content"])
+                continue
             row[f] = self._one(row[f])
             if f in _REQUIRED_TEXT and not row[f].strip():
                 raise RowError(f"field '{f}' is empty after cleaning", "empty after cleaning")
+        if fmt in PREFERENCE:
+            from lmtune.data.preference import check_preference
+
+            try:
+                check_preference(row)
+            except RowError as e:  # e.g. responses that differed only in whitespace
+                raise RowError(f"{e.reason} after cleaning", f"{e.kind} after cleaning") from None
 
     def redactions(self) -> dict[str, int]:
         """Replacements per kind so far."""

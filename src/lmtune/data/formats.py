@@ -6,6 +6,9 @@ Canonical rows per format (what tasks consume):
   chat                {"messages": [{"role", "content"}, ...]}
   classification      {"text", "label"}
   pair_classification {"text", "text_pair", "label"}
+  preference          {"prompt" (text or messages), "chosen", "rejected"[, "margin"]}, read from
+                      prompt/chosen/rejected, pairwise response_a/response_b/preference, or
+                      dialogue_pair full dialogues (see data/preference.py)
 Validation turns one user row into a canonical row or raises RowError with a reason that
 names the field, so each bad row lands in rejects.jsonl instead of failing the run.
 """
@@ -22,7 +25,8 @@ from typing import Any
 from lmtune.data.io import has_surrogate
 from lmtune.errors import UserError
 
-FORMATS = ("text", "instruction", "chat", "classification", "pair_classification")
+PREFERENCE = ("preference", "pairwise", "dialogue_pair")
+FORMATS = ("text", "instruction", "chat", "classification", "pair_classification", *PREFERENCE)
 LABELLED = ("classification", "pair_classification")
 REQUIRED = {
     "text": ("text",),
@@ -30,6 +34,9 @@ REQUIRED = {
     "chat": ("messages",),
     "classification": ("text", "label"),
     "pair_classification": ("text", "text_pair", "label"),
+    "preference": ("prompt", "chosen", "rejected"),
+    "pairwise": ("prompt", "response_a", "response_b", "preference"),
+    "dialogue_pair": ("chosen", "rejected"),
 }
 # Fields whose text is cleaned, redacted and compared for duplicates (chat: message contents).
 CONTENT_FIELDS = {
@@ -38,8 +45,14 @@ CONTENT_FIELDS = {
     "chat": (),
     "classification": ("text",),
     "pair_classification": ("text", "text_pair"),
+    # All three preference shapes become the same canonical row; prompt may be messages.
+    **{f: ("prompt", "chosen", "rejected") for f in PREFERENCE},
 }
-TASK_FORMATS = {"sft": ("chat", "instruction", "text"), "classification": LABELLED}
+TASK_FORMATS = {
+    "sft": ("chat", "instruction", "text"),
+    "classification": LABELLED,
+    **{t: PREFERENCE for t in ("reward", "dpo", "orpo")},
+}
 ROLES = ("system", "user", "assistant")
 # ShareGPT `from` values -> roles.
 SHAREGPT_ROLES = {
@@ -145,11 +158,10 @@ def detect_format(
     """The format for these columns (or check the requested one); UserError when unclear."""
     cols = set(columns)
     allowed = TASK_FORMATS.get(task, FORMATS)
-    example = (
-        "{text: review, label: stars}"
-        if task == "classification"
-        else ("{instruction: question, output: answer}")
-    )
+    example = {
+        "classification": "{text: review, label: stars}",
+        "sft": "{instruction: question, output: answer}",
+    }.get(task, "{prompt: question, chosen: good_answer, rejected: bad_answer}")
     shown = ", ".join(c or "(unnamed)" for c in columns) or "(none)"
     hint = (
         f"columns found: {shown}. Set data.format to one of {', '.join(allowed)} and map your "
@@ -175,6 +187,16 @@ def detect_format(
         raise UserError(
             f"{where}: task classification needs a text and a label column; no "
             f"column for {_missing(missing, mapping)}; {hint}"
+        )
+    if task in TASK_FORMATS and TASK_FORMATS[task] == PREFERENCE:
+        # Most specific first: a pairwise file may also carry chosen/rejected-like columns.
+        for f in ("preference", "pairwise", "dialogue_pair"):
+            if all(has(x) for x in REQUIRED[f]):
+                return f
+        raise UserError(
+            f"{where}: task {task} needs preference pairs: prompt/chosen/rejected, "
+            f"prompt/response_a/response_b/preference (a, b or tie), or chosen/rejected full "
+            f"dialogues; {hint}"
         )
     found = [f for f in ("chat", "instruction") if all(has(x) for x in REQUIRED[f])]
     if len(found) > 1:
@@ -244,7 +266,16 @@ def label_str(v: Any) -> str:
 
 
 def _messages(raw: dict[str, Any], mapping: dict[str, str]) -> list[dict[str, str]]:
-    msgs = _get(raw, "messages", mapping)
+    out = parse_messages(_get(raw, "messages", mapping), "messages")
+    check_chat(out)
+    return out
+
+
+def parse_messages(msgs: Any, field: str) -> list[dict[str, str]]:
+    """A validated list of {role, content} (ShareGPT from/value accepted) from field's value.
+
+    CSV cells may hold the list as JSON text. RowError names the field and message index.
+    """
     if isinstance(msgs, str):  # CSV cells hold the list as JSON text
         try:
             msgs = json.loads(msgs)
@@ -253,12 +284,12 @@ def _messages(raw: dict[str, Any], mapping: dict[str, str]) -> list[dict[str, st
     if not isinstance(msgs, list) or not msgs:
         got = "an empty list" if isinstance(msgs, list) else _type_name(msgs)
         raise RowError(
-            f"field 'messages' must be a non-empty list of {{role, content}} objects, got {got}",
-            "field 'messages' is not a list of messages",
+            f"field '{field}' must be a non-empty list of {{role, content}} objects, got {got}",
+            f"field '{field}' is not a list of messages",
         )
     out = []
     for i, m in enumerate(msgs):
-        where = f"messages[{i}]"
+        where = f"{field}[{i}]"
         if not isinstance(m, dict):
             raise RowError(
                 f"{where} must be an object with role and content, got {_type_name(m)}",
@@ -281,10 +312,9 @@ def _messages(raw: dict[str, Any], mapping: dict[str, str]) -> list[dict[str, st
         if has_surrogate(content):
             raise RowError(
                 f"undecodable bytes (not valid UTF-8) in field '{where}.content'",
-                "undecodable bytes (not valid UTF-8) in field 'messages'",
+                f"undecodable bytes (not valid UTF-8) in field '{field}'",
             )
         out.append({"role": role, "content": content})
-    check_chat(out)
     return out
 
 
@@ -300,7 +330,11 @@ def to_canonical(
     """The canonical row for a user row (without `_source`); RowError naming the bad field."""
     fmt, mapping = schema.format, schema.mapping
     row: dict[str, Any]
-    if fmt == "chat":
+    if fmt in PREFERENCE:
+        from lmtune.data.preference import preference_row
+
+        row = preference_row(raw, fmt, mapping)
+    elif fmt == "chat":
         row = {"messages": _messages(raw, mapping)}
     elif fmt == "instruction":
         row = {"instruction": _text(raw, "instruction", mapping)}

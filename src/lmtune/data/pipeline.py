@@ -17,6 +17,7 @@ from lmtune.config import Config
 from lmtune.data.clean import RowCleaner
 from lmtune.data.formats import (
     LABELLED,
+    PREFERENCE,
     RowError,
     Schema,
     columns_of,
@@ -34,6 +35,7 @@ from lmtune.data.stages import (
     check_balance_config,
     check_leakage,
     clean_pool,
+    drop_ties,
     file_schema,
     group_column,
     reject_row,
@@ -259,6 +261,8 @@ def read_rows(
     if msg:
         raise UserError(msg)
     cleaner = RowCleaner(cfg.data.clean, redact=False)
+    if fmt in PREFERENCE:
+        rows = drop_ties(rows, rejects)
     kept = []
     for row in rows:
         try:

@@ -17,6 +17,7 @@ from lmtune.data import dedupe as dd
 from lmtune.data.clean import RowCleaner, content_key, length_problem, main_text
 from lmtune.data.formats import (
     LABELLED,
+    PREFERENCE,
     RowError,
     Schema,
     columns_of,
@@ -113,11 +114,31 @@ def bad_fraction_message(
     )
 
 
+def drop_ties(rows: list[dict[str, Any]], rejects: list[Reject]) -> list[dict[str, Any]]:
+    """Drop pairwise rows whose preference is a tie (no preferred response), counted as such.
+
+    A separate stage, not validation: ties are valid data, so they must not count towards
+    data.max_bad_fraction.
+    """
+    from lmtune.data.preference import TIE
+
+    kept = []
+    for row in rows:
+        if row.pop(TIE, False):
+            rejects.append(reject_row(row, "preference is a tie (no preferred response); ties are "
+                                      "dropped", "ties", "tie"))
+        else:
+            kept.append(row)
+    return kept
+
+
 def clean_pool(
     rows: list[dict[str, Any]], fmt: str, cfg: Config, cleaner: RowCleaner, rejects: list[Reject]
 ) -> list[dict[str, Any]]:
-    """Row cleaning, length limits, exact and near dedupe for one pool of rows."""
+    """Ties, row cleaning, length limits, exact and near dedupe for one pool of rows."""
     c = cfg.data.clean
+    if fmt in PREFERENCE:
+        rows = drop_ties(rows, rejects)
     kept = []
     for row in rows:
         try:

@@ -50,7 +50,8 @@ DEFAULT_TARGETS: dict[str, list[str]] = {
     "deberta-v2": ["query_proj", "key_proj", "value_proj", "dense"],
 }
 
-_TASK_TYPES = {"sft": TaskType.CAUSAL_LM, "classification": TaskType.SEQ_CLS}
+_TASK_TYPES = {"sft": TaskType.CAUSAL_LM, "dpo": TaskType.CAUSAL_LM, "orpo": TaskType.CAUSAL_LM,
+               "classification": TaskType.SEQ_CLS, "reward": TaskType.SEQ_CLS}
 
 
 def _base(model: torch.nn.Module) -> torch.nn.Module:
@@ -135,7 +136,8 @@ def apply_adapter(model: torch.nn.Module, acfg: AdapterConfig, task: str) -> tor
     targets = _resolve_targets(model, acfg)
     if acfg.modules_to_save == "auto":
         # A freshly initialised classifier must train in full; an LM head stays frozen.
-        to_save = [h for h in heads if h != "lm_head"] if task == "classification" else None
+        seq_cls = _TASK_TYPES[task] == TaskType.SEQ_CLS
+        to_save = [h for h in heads if h != "lm_head"] if seq_cls else None
     else:
         to_save = list(acfg.modules_to_save) or None
     model_type = getattr(model.config, "model_type", "")

@@ -43,7 +43,10 @@ _BUILTIN_PACKAGES: dict[str, tuple[str, str, str]] = {
 }
 
 NEW_PAD_TOKEN = "<|pad|>"
-TASKS = ("sft", "classification")
+TASKS = ("sft", "classification", "reward", "dpo", "orpo")
+# What each task loads: a causal LM, or a sequence classifier (reward: one output, the score).
+MODEL_KIND = {"sft": "causal", "dpo": "causal", "orpo": "causal",
+              "classification": "classifier", "reward": "classifier"}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
@@ -156,7 +159,8 @@ def _check_task(config: PretrainedConfig, task: str, path: str) -> None:
     model_type = getattr(config, "model_type", "?")
     # Remote-code models declare their classes in auto_map instead of transformers' registry.
     auto_map = getattr(config, "auto_map", None) or {}
-    if task == "sft":
+    kind = MODEL_KIND.get(task)
+    if kind == "causal":
         # BERT-like encoders are registered as causal LMs in transformers (BertLMHeadModel) but
         # were never trained to predict the next token: fine-tuning them for sft is a mistake.
         encoder = model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not getattr(
@@ -166,12 +170,13 @@ def _check_task(config: PretrainedConfig, task: str, path: str) -> None:
             model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or "AutoModelForCausalLM" in auto_map
         )
         if encoder or config.is_encoder_decoder or not known:
+            other = "classification" if task == "sft" else "reward"
             raise UserError(
-                f"{path} is a {model_type} model, which cannot generate text, so task sft "
+                f"{path} is a {model_type} model, which cannot generate text, so task {task} "
                 "cannot use it: use a causal LM (Llama, Qwen2, GPT-2, Mistral, ...) or set "
-                "task: classification"
+                f"task: {other}"
             )
-    elif task == "classification":
+    elif kind == "classifier":
         known = (
             model_type in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
             or "AutoModelForSequenceClassification" in auto_map
@@ -179,8 +184,8 @@ def _check_task(config: PretrainedConfig, task: str, path: str) -> None:
         if not known:
             raise UserError(
                 f"{path} is a {model_type} model, which transformers has no "
-                "sequence-classification head for: pick another model (builtin:minilm works) "
-                "or task sft"
+                f"sequence-classification head for, so task {task} cannot use it: pick another "
+                "model (builtin:minilm works) or task sft"
             )
     else:
         raise UserError(f"task {task!r} has no model loader (known: {', '.join(TASKS)})")
@@ -230,7 +235,12 @@ def load_model(
     load_kwargs: dict = {**kwargs, "dtype": torch.float32, "use_safetensors": True}
     if mcfg.attn_implementation:
         load_kwargs["attn_implementation"] = mcfg.attn_implementation
-    if task == "classification":
+    if task == "reward":
+        # One output: the scalar reward. A checkpoint's own head (other size) is replaced.
+        load_kwargs.update(num_labels=1, id2label={0: "reward"}, label2id={"reward": 0},
+                           ignore_mismatched_sizes=True)
+        auto_cls = AutoModelForSequenceClassification
+    elif task == "classification":
         if labels is not None:
             num_labels = len(labels)
         if num_labels is None or num_labels < 2:

@@ -23,6 +23,10 @@ def text_length_fn(tokenizer: Any):
     def fn(row: dict[str, Any]) -> int:
         if "messages" in row:
             parts = [m["content"] for m in row["messages"]]
+        elif "chosen" in row:  # a preference pair: the prompt and its longer response
+            prompt = row["prompt"]
+            prompt = " ".join(m["content"] for m in prompt) if isinstance(prompt, list) else prompt
+            parts = [prompt, max(row["chosen"], row["rejected"], key=len)]
         else:
             parts = [row[k] for k in ("text", "text_pair", "instruction", "input", "output") if row.get(k)]
         return len(tokenizer(" ".join(parts), add_special_tokens=False)["input_ids"])
@@ -115,6 +119,13 @@ def run_training(cfg: Config, resume: bool = False, quiet: bool = False,
     if hasattr(task, "prepare_features"):
         features = task.prepare_features(features)
     eval_rows = prepared.splits.get("eval") or []
+    if hasattr(task, "prepare_reference"):
+        # DPO without an adapter to disable: reference log-probs of the still-untrained model,
+        # computed once here (and cached in the run folder for --resume).
+        model.to(dist.device)
+        held_out = [r for name in ("eval", "test") for r in prepared.splits.get(name) or []]
+        task.prepare_reference(model, features, held_out, run_dir, cfg.train.eval_batch_size,
+                               resume=resume)
 
     # The untrained baseline (for classification: the randomly initialised head) on the
     # held-out splits, so the summary shows what training bought.
