@@ -20,7 +20,7 @@ from rich.table import Table
 from lmtune.errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Fine-tune pre-trained language models: prepare, train, eval, export.")
+                  help="Fine-tune pre-trained language models: prepare, train, eval, score, feedback, export.")
 config_app = typer.Typer(no_args_is_help=True, help="Inspect configs.")
 app.add_typer(config_app, name="config")
 console = Console()
@@ -187,6 +187,43 @@ def generate(
         raise UserError("give at least one --prompt TEXT or --prompts FILE")
     for p, completion in zip(texts, run_generate(model, texts, max_new_tokens, temperature, top_p, seed), strict=True):
         print(json.dumps({"prompt": p, "completion": completion}, ensure_ascii=False))
+
+
+@app.command()
+def feedback(
+    model: Annotated[str, typer.Option("--model", help="Run or model folder (causal LM), or a hub id.")],
+    prompts: Annotated[Path, typer.Option("--prompts", help="Prompts: .txt lines, or jsonl/csv with 'prompt'.")],
+    out: Annotated[Path, typer.Option("--out", help="Preferences jsonl (appended; resumed when it exists).")],
+    samples_per_prompt: Annotated[int, typer.Option("--samples-per-prompt", help="Completions sampled; the first two different ones are shown.")] = 2,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens")] = 64,
+    temperature: Annotated[float, typer.Option("--temperature", help="Sampling temperature (> 0).")] = 1.0,
+    top_p: Annotated[float, typer.Option("--top-p")] = 1.0,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+) -> None:
+    """Compare two sampled completions per prompt in the terminal; every answer is saved."""
+    from lmtune.feedback import run_feedback
+
+    run_feedback(model, prompts, out, samples_per_prompt, max_new_tokens, temperature, top_p, seed)
+
+
+@app.command()
+def score(
+    model: Annotated[Path, typer.Argument(help="Reward-model run folder or model folder.")],
+    input: Annotated[Path, typer.Option("--input", help="jsonl/csv rows: prompt + response, or prompt + chosen + rejected.")],
+    out: Annotated[Path | None, typer.Option("--out", help="Write scored rows as jsonl here (default: print them).")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
+) -> None:
+    """Score responses with a trained reward model (pairs also get their margin)."""
+    from lmtune.evaluate.score import run_score
+
+    rows, summary = run_score(model, input, out, batch_size)
+    if out is None:
+        for row in rows:
+            print(json.dumps(row, ensure_ascii=False))
+    shown = ", ".join(f"{k} {v:.4f}" if k not in ("rows", "pairs") else f"{k} {int(v)}"
+                      for k, v in summary.items())
+    (err_console if out is None else console).print(
+        shown + (f"; written to {out}" if out else ""), highlight=False)
 
 
 @app.command()

@@ -15,10 +15,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from lmtune.errors import UserError
 
-TaskName = Literal["sft", "classification", "reward", "dpo", "orpo"]
+TaskName = Literal["sft", "classification", "reward", "dpo", "orpo", "rlhf"]
 FormatName = Literal[
     "auto", "text", "instruction", "chat", "classification", "pair_classification",
-    "preference", "pairwise", "dialogue_pair",
+    "preference", "pairwise", "dialogue_pair", "prompt",
 ]
 # Tasks that learn from preference pairs, and the row formats that hold such pairs.
 PREFERENCE_TASKS = ("reward", "dpo", "orpo")
@@ -169,16 +169,36 @@ class PreferenceConfig(Strict):
     max_prompt_length: int | None = Field(None, gt=0, description="Prompts longer than this keep their last tokens (the end, next to the response); None: prompts are not cut, and a prompt that leaves no room for a response rejects the row.")
 
 
+class RLHFConfig(Strict):
+    """Online RL from a reward (task rlhf): sample, score, group-relative advantages, KL, clip."""
+
+    reward: str | None = Field(None, description="Where rewards come from: a reward-model run or model folder (a `task: reward` run), or a Python function as module:function (called as f(prompt, completion) -> float; imported from the current directory or PYTHONPATH).")
+    samples_per_prompt: int = Field(4, ge=2, description="Completions sampled per prompt each step (k); advantages compare the k completions of one prompt, so at least 2.")
+    max_new_tokens: int = Field(32, gt=0, description="Most tokens sampled per completion (sampling stops earlier at the end-of-sequence token).")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature for training rollouts; log-probs in the loss use the same temperature.")
+    top_p: float = Field(1.0, gt=0, le=1.0, description="Nucleus sampling: sample from the smallest token set with this much probability (1.0: off).")
+    advantage: Literal["rloo", "grpo"] = Field("rloo", description="Group-relative advantage: rloo (reward minus the mean of the other k-1 completions), grpo (reward minus the group mean, divided by the group standard deviation).")
+    kl_coef: float = Field(0.05, ge=0, description="Weight beta of the KL penalty against the reference (the initial model); 0 switches the reference off.")
+    kl_in: Literal["loss", "reward"] = Field("loss", description="Where the KL penalty goes: loss (GRPO: beta * per-token k3 estimate added to the loss) or reward (PPO/RLOO: beta * the summed per-token log-ratio subtracted from each completion's reward before advantages).")
+    clip_range: float = Field(0.2, gt=0, description="PPO ratio clipping epsilon: the policy ratio to the sampling-time policy is clipped to [1-eps, 1+eps]; only binds when updates_per_rollout > 1.")
+    updates_per_rollout: int = Field(1, ge=1, description="Optimizer steps on each set of sampled completions (PPO epochs, TRL's num_iterations); >1 reuses a rollout for the next steps, whose own prompts are then skipped.")
+    aggregation: Literal["sequence", "token_budget"] = Field("sequence", description="Per-completion loss: sequence (mean over its tokens, GRPO) or token_budget (sum over its tokens / max_new_tokens, Dr. GRPO: no preference for short or long completions).")
+    eval_temperature: float = Field(0.0, ge=0, description="Sampling temperature for evaluation completions (0: greedy).")
+    eval_seed: int = Field(0, description="Seed for sampled evaluation completions (eval never disturbs the training random stream).")
+    reward_batch_size: int = Field(32, gt=0, description="Completions per forward pass of a reward model.")
+
+
 class Config(Strict):
     """A whole run. Every section has defaults, so a config only states what differs."""
 
     run: RunConfig = Field(default_factory=RunConfig, description="Run identity and output folder.")
-    task: TaskName = Field("classification", description="What to train: sft (causal LM), classification, reward (Bradley-Terry reward model), dpo or orpo (preference tuning of a causal LM).")
+    task: TaskName = Field("classification", description="What to train: sft (causal LM), classification, reward (Bradley-Terry reward model), dpo or orpo (preference tuning of a causal LM), rlhf (online RL of a causal LM from a reward).")
     model: ModelConfig = Field(default_factory=ModelConfig, description="Base model.")
     adapter: AdapterConfig = Field(default_factory=AdapterConfig, description="Which weights train.")
     data: DataConfig = Field(default_factory=DataConfig, description="Data loading, cleaning and splitting.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="Optimisation and the training loop.")
     preference: PreferenceConfig = Field(default_factory=PreferenceConfig, description="Preference learning (tasks reward, dpo, orpo).")
+    rlhf: RLHFConfig = Field(default_factory=RLHFConfig, description="Online RL from a reward model or reward function (task rlhf).")
 
     @model_validator(mode="after")
     def _combinations(self) -> Config:
@@ -188,6 +208,7 @@ class Config(Strict):
         if self.task == "classification" and self.data.format in ("text", "instruction", "chat"):
             problems.append("task classification needs labelled rows, not data.format " + self.data.format)
         problems += self._preference_problems()
+        problems += self._rlhf_problems()
         if self.data.packing and self.task != "sft":
             problems.append("data.packing only applies to task sft")
         if self.train.class_weights != "none" and self.task != "classification":
@@ -215,6 +236,25 @@ class Config(Strict):
         if pref.label_smoothing > 0 and pref.loss in ("ipo", "hinge"):
             problems.append(f"preference.label_smoothing does not apply to preference.loss {pref.loss} "
                             "(use sigmoid, robust or simpo)")
+        return problems
+
+
+    def _rlhf_problems(self) -> list[str]:
+        rl, fmt = self.rlhf, self.data.format
+        if self.task != "rlhf":
+            problems = ["data.format prompt holds prompts only: use task rlhf"] if fmt == "prompt" else []
+            if rl != RLHFConfig():
+                problems.append("the rlhf section only applies to task rlhf")
+            return problems
+        problems = []
+        if fmt not in ("auto", "prompt"):
+            problems.append(f"task rlhf reads prompts (data.format prompt or auto), not data.format {fmt}")
+        if not rl.reward:
+            problems.append("task rlhf needs rlhf.reward: a reward-model run folder or a Python "
+                            "function as module:function (e.g. examples.rewards:vowel_share)")
+        if rl.max_new_tokens >= self.model.max_length:
+            problems.append(f"rlhf.max_new_tokens ({rl.max_new_tokens}) must be below "
+                            f"model.max_length ({self.model.max_length}) to leave room for the prompt")
         return problems
 
 

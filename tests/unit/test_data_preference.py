@@ -123,7 +123,23 @@ def test_pairwise_with_ties_counted_and_dropped(tmp_path: Path) -> None:
     assert "p2" not in by_prompt and len(by_prompt) == 9
     report = json.loads((tmp_path / "run" / "data_report.json").read_text())
     assert report["drops"]["by_stage"] == {"validate": 1, "ties": 3}
-    assert _rejects(tmp_path / "run")[13] == "field 'preference' must be a, b or tie, got 'maybe'"
+    assert _rejects(tmp_path / "run")[13] == (
+        "field 'preference' must be a, b, tie or skip, got 'maybe'"
+    )
+
+
+def test_pairwise_skips_are_dropped_with_their_reason(tmp_path: Path) -> None:
+    # `lmtune feedback` records skipped pairs too (their responses may even be identical).
+    rows = [{"prompt": f"p{i}", "response_a": f"a{i}", "response_b": f"b{i}",
+             "preference": ["a", "skip", "b"][i % 3]} for i in range(9)]
+    rows.append({"prompt": "same", "response_a": "x", "response_b": "x", "preference": "skip"})
+    cfg = _cfg({"train": _jsonl(tmp_path / "fb.jsonl", rows), "format": "pairwise"})
+    out = prepare_data(cfg, tmp_path / "run")
+    assert sorted(r["prompt"] for r in out.splits["train"]) == ["p0", "p2", "p3", "p5", "p6", "p8"]
+    report = json.loads((tmp_path / "run" / "data_report.json").read_text())
+    assert report["drops"]["by_stage"] == {"ties": 4}
+    reasons = _rejects(tmp_path / "run")
+    assert reasons[2].startswith("preference is skip") and reasons[10].startswith("preference is skip")
 
 
 def test_hh_dialogues_split_at_the_last_assistant_turn(tmp_path: Path) -> None:

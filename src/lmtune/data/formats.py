@@ -9,6 +9,7 @@ Canonical rows per format (what tasks consume):
   preference          {"prompt" (text or messages), "chosen", "rejected"[, "margin"]}, read from
                       prompt/chosen/rejected, pairwise response_a/response_b/preference, or
                       dialogue_pair full dialogues (see data/preference.py)
+  prompt              {"prompt" (text or messages)}: prompts only, for online RL (task rlhf)
 Validation turns one user row into a canonical row or raises RowError with a reason that
 names the field, so each bad row lands in rejects.jsonl instead of failing the run.
 """
@@ -26,7 +27,9 @@ from lmtune.data.io import has_surrogate
 from lmtune.errors import UserError
 
 PREFERENCE = ("preference", "pairwise", "dialogue_pair")
-FORMATS = ("text", "instruction", "chat", "classification", "pair_classification", *PREFERENCE)
+FORMATS = (
+    "text", "instruction", "chat", "classification", "pair_classification", *PREFERENCE, "prompt"
+)
 LABELLED = ("classification", "pair_classification")
 REQUIRED = {
     "text": ("text",),
@@ -37,6 +40,7 @@ REQUIRED = {
     "preference": ("prompt", "chosen", "rejected"),
     "pairwise": ("prompt", "response_a", "response_b", "preference"),
     "dialogue_pair": ("chosen", "rejected"),
+    "prompt": ("prompt",),
 }
 # Fields whose text is cleaned, redacted and compared for duplicates (chat: message contents).
 CONTENT_FIELDS = {
@@ -47,11 +51,13 @@ CONTENT_FIELDS = {
     "pair_classification": ("text", "text_pair"),
     # All three preference shapes become the same canonical row; prompt may be messages.
     **{f: ("prompt", "chosen", "rejected") for f in PREFERENCE},
+    "prompt": ("prompt",),
 }
 TASK_FORMATS = {
     "sft": ("chat", "instruction", "text"),
     "classification": LABELLED,
     **{t: PREFERENCE for t in ("reward", "dpo", "orpo")},
+    "rlhf": ("prompt",),
 }
 ROLES = ("system", "user", "assistant")
 # ShareGPT `from` values -> roles.
@@ -161,6 +167,7 @@ def detect_format(
     example = {
         "classification": "{text: review, label: stars}",
         "sft": "{instruction: question, output: answer}",
+        "rlhf": "{prompt: question}",
     }.get(task, "{prompt: question, chosen: good_answer, rejected: bad_answer}")
     shown = ", ".join(c or "(unnamed)" for c in columns) or "(none)"
     hint = (
@@ -197,6 +204,12 @@ def detect_format(
             f"{where}: task {task} needs preference pairs: prompt/chosen/rejected, "
             f"prompt/response_a/response_b/preference (a, b or tie), or chosen/rejected full "
             f"dialogues; {hint}"
+        )
+    if task == "rlhf":
+        if has("prompt"):
+            return "prompt"
+        raise UserError(
+            f"{where}: task rlhf needs a prompt column (text or a list of messages); {hint}"
         )
     found = [f for f in ("chat", "instruction") if all(has(x) for x in REQUIRED[f])]
     if len(found) > 1:
@@ -334,6 +347,10 @@ def to_canonical(
         from lmtune.data.preference import preference_row
 
         row = preference_row(raw, fmt, mapping)
+    elif fmt == "prompt":
+        from lmtune.data.preference import prompt_row
+
+        row = prompt_row(raw, mapping)
     elif fmt == "chat":
         row = {"messages": _messages(raw, mapping)}
     elif fmt == "instruction":

@@ -6,12 +6,15 @@ when the file has one). Input shapes (data.format, auto-detected for tasks rewar
   preference     prompt / chosen / rejected. Responses are strings, or message lists whose
                  last message is the assistant's answer; turns before it must be the same in
                  chosen and rejected and are appended to the prompt (TRL's conversational form).
-  pairwise       prompt / response_a / response_b / preference in {a, b, tie}. Ties carry no
-                 preferred response: they are marked here and dropped (and counted) by the
-                 pipeline's tie stage, so they never count as invalid rows.
+  pairwise       prompt / response_a / response_b / preference in {a, b, tie, skip}. Ties carry
+                 no preferred response and skips (written by `lmtune feedback` when the rater
+                 passed) no judgement: both are marked here and dropped (and counted, with
+                 their reason) by the pipeline's tie stage, so they never count as invalid rows.
   dialogue_pair  chosen / rejected full dialogues that share every turn but the last, either
                  HH-RLHF strings ("\\n\\nHuman: ...\\n\\nAssistant: ...": the prompt is everything
                  up to and including the last "\\n\\nAssistant:") or message lists.
+
+Prompts only (data.format prompt, task rlhf): {"prompt": str or [messages]}; see prompt_row.
 
 Every problem is a RowError naming the field, so the row lands in rejects.jsonl.
 """
@@ -37,8 +40,11 @@ CHOICES = {
     "tie (bothbad)": "tie",
     "both": "tie",
     "equal": "tie",
+    "skip": "skip",
+    "skipped": "skip",
 }
 TIE = "_tie"  # marker key on rows whose preference is a tie (dropped by the pipeline)
+SKIP = "_skip"  # marker key on rows the rater skipped (dropped by the pipeline)
 Messages = list[dict[str, str]]
 
 
@@ -167,8 +173,8 @@ def _choice(raw: dict[str, Any], mapping: dict[str, str]) -> str:
     key = str(value).strip().lower() if isinstance(value, (str, int)) else None
     if key not in CHOICES:
         raise RowError(
-            f"field 'preference' must be a, b or tie, got {value!r}",
-            "field 'preference' is not a, b or tie",
+            f"field 'preference' must be a, b, tie or skip, got {value!r}",
+            "field 'preference' is not a, b, tie or skip",
         )
     return CHOICES[key]
 
@@ -197,6 +203,15 @@ def check_preference(row: dict[str, Any]) -> None:
 def preference_row(raw: dict[str, Any], fmt: str, mapping: dict[str, str]) -> dict[str, Any]:
     """The canonical preference row for one user row of format fmt; RowError when invalid."""
     tie = False
+    if fmt == "pairwise" and _choice(raw, mapping) == "skip":
+        # No judgement to check: keep the fields as they are (the responses may even be
+        # identical) and let the pipeline drop the row with its reason.
+        return {
+            "prompt": _field(raw, "prompt", mapping),
+            "chosen": _field(raw, "response_a", mapping),
+            "rejected": _field(raw, "response_b", mapping),
+            SKIP: True,
+        }
     if fmt == "dialogue_pair":
         prompt, chosen, rejected = _dialogue_pair(
             _field(raw, "chosen", mapping), _field(raw, "rejected", mapping)
@@ -220,3 +235,18 @@ def preference_row(raw: dict[str, Any], fmt: str, mapping: dict[str, str]) -> di
     if tie:
         row[TIE] = True
     return row
+
+
+def prompt_row(raw: dict[str, Any], mapping: dict[str, str]) -> dict[str, Any]:
+    """The canonical prompts-only row {"prompt": str or messages} (task rlhf); RowError when
+    the prompt is missing, empty, or a message list ending with an assistant turn."""
+    prompt = _field(raw, "prompt", mapping)
+    if isinstance(prompt, str) and not prompt.strip():
+        raise RowError("field 'prompt' is empty")
+    if isinstance(prompt, list) and prompt[-1]["role"] == "assistant":
+        raise RowError(
+            "the prompt's last message is an assistant turn: a completion would continue it; "
+            "end the prompt with a user turn",
+            "prompt ends with an assistant turn",
+        )
+    return {"prompt": prompt}

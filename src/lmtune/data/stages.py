@@ -115,18 +115,22 @@ def bad_fraction_message(
 
 
 def drop_ties(rows: list[dict[str, Any]], rejects: list[Reject]) -> list[dict[str, Any]]:
-    """Drop pairwise rows whose preference is a tie (no preferred response), counted as such.
+    """Drop pairwise rows whose preference is a tie (no preferred response) or a skip (the
+    rater gave no judgement, `lmtune feedback`), each counted as such.
 
-    A separate stage, not validation: ties are valid data, so they must not count towards
-    data.max_bad_fraction.
+    A separate stage, not validation: ties and skips are valid data, so they must not count
+    towards data.max_bad_fraction.
     """
-    from lmtune.data.preference import TIE
+    from lmtune.data.preference import SKIP, TIE
 
     kept = []
     for row in rows:
         if row.pop(TIE, False):
             rejects.append(reject_row(row, "preference is a tie (no preferred response); ties are "
                                       "dropped", "ties", "tie"))
+        elif row.pop(SKIP, False):
+            rejects.append(reject_row(row, "preference is skip (the rater passed on this pair); "
+                                      "skips are dropped", "ties", "skip"))
         else:
             kept.append(row)
     return kept

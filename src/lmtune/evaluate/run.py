@@ -131,8 +131,8 @@ def run_generate(model_path: str | Path, prompts: list[str], max_new_tokens: int
     from lmtune.data.templates import encode_prompt
 
     model, tokenizer, meta, _ = load_for_inference(model_path)
-    if meta["task"] not in ("sft", "dpo", "orpo"):
-        raise UserError(f"generate needs a causal LM (task sft, dpo or orpo); {model_path} is a "
+    if meta["task"] not in ("sft", "dpo", "orpo", "rlhf"):
+        raise UserError(f"generate needs a causal LM (task sft, dpo, orpo or rlhf); {model_path} is a "
                         f"{meta['task']} model")
     torch.manual_seed(seed)
     fmt = meta.get("format", "text")

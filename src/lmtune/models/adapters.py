@@ -51,6 +51,7 @@ DEFAULT_TARGETS: dict[str, list[str]] = {
 }
 
 _TASK_TYPES = {"sft": TaskType.CAUSAL_LM, "dpo": TaskType.CAUSAL_LM, "orpo": TaskType.CAUSAL_LM,
+               "rlhf": TaskType.CAUSAL_LM,
                "classification": TaskType.SEQ_CLS, "reward": TaskType.SEQ_CLS}
 
 

@@ -43,9 +43,9 @@ _BUILTIN_PACKAGES: dict[str, tuple[str, str, str]] = {
 }
 
 NEW_PAD_TOKEN = "<|pad|>"
-TASKS = ("sft", "classification", "reward", "dpo", "orpo")
+TASKS = ("sft", "classification", "reward", "dpo", "orpo", "rlhf")
 # What each task loads: a causal LM, or a sequence classifier (reward: one output, the score).
-MODEL_KIND = {"sft": "causal", "dpo": "causal", "orpo": "causal",
+MODEL_KIND = {"sft": "causal", "dpo": "causal", "orpo": "causal", "rlhf": "causal",
               "classification": "classifier", "reward": "classifier"}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 

@@ -48,6 +48,7 @@ TASKS: dict[str, Callable[..., Any]] = {
     "reward": _preference("reward", "RewardTask"),
     "dpo": _preference("dpo", "DPOTask"),
     "orpo": _preference("orpo", "ORPOTask"),
+    "rlhf": _preference("rlhf", "RLHFTask"),
 }
 
 

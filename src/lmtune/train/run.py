@@ -23,10 +23,10 @@ def text_length_fn(tokenizer: Any):
     def fn(row: dict[str, Any]) -> int:
         if "messages" in row:
             parts = [m["content"] for m in row["messages"]]
-        elif "chosen" in row:  # a preference pair: the prompt and its longer response
+        elif "prompt" in row:  # a preference pair (the prompt and its longer response), or a prompt
             prompt = row["prompt"]
             prompt = " ".join(m["content"] for m in prompt) if isinstance(prompt, list) else prompt
-            parts = [prompt, max(row["chosen"], row["rejected"], key=len)]
+            parts = [prompt] + ([max(row["chosen"], row["rejected"], key=len)] if "chosen" in row else [])
         else:
             parts = [row[k] for k in ("text", "text_pair", "instruction", "input", "output") if row.get(k)]
         return len(tokenizer(" ".join(parts), add_special_tokens=False)["input_ids"])
