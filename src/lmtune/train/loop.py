@@ -184,7 +184,8 @@ def train(
 
             raise UserError(
                 f"train.early_stopping.metric '{metric}' is not produced by task {task.name}; "
-                f"available: {', '.join(sorted(metrics))}"
+                f"available: {', '.join(sorted(metrics))} (when only counts are available, no eval row "
+                "could be encoded: check that eval rows fit model.max_length)"
             )
         value = float(metrics[metric])
         entry = {"event": "eval", "step": state["step"], "epoch": state["epoch"], **metrics}
