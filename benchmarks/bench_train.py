@@ -51,18 +51,27 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO.parent / "shared" / "data"
-OUT_DIR = REPO / "benchmarks" / "out"
-SEED = 42
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import (  # noqa: E402
+    SEED,
+    add_common_args,
+    child_env,
+    child_main,
+    common_done,
+    final_loss,
+    finish,
+    lmtune_events,
+    read_jsonl,
+    run_sides,
+    save_tiny_llama,
+    write_jsonl,
+)
 
 WORKLOADS: dict[str, dict[str, Any]] = {
     "classification": {"batch_size": 32, "lr": 5e-5, "max_length": 66, "rows": 4000, "eval_rows": 872},
@@ -73,13 +82,6 @@ QUICK = {"classification": {"rows": 256, "eval_rows": 128}, "sft": {"rows": 64, 
 
 
 # ----------------------------------------------------------------------------- data prep
-
-
-def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
-    with path.open("w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    return path
 
 
 def _read_tsv(path: Path) -> list[dict[str, str]]:
@@ -99,60 +101,27 @@ def prepare_classification(data_dir: Path, work: Path, rows: int, eval_rows: int
     from lmtune.models.load import resolve_model_path
 
     return {"model": resolve_model_path("builtin:minilm"),
-            "train": str(_write_jsonl(work / "cls_train.jsonl", train)),
-            "eval": str(_write_jsonl(work / "cls_eval.jsonl", dev)),
+            "train": str(write_jsonl(work / "cls_train.jsonl", train)),
+            "eval": str(write_jsonl(work / "cls_eval.jsonl", dev)),
             "labels": sorted({r["label"] for r in train}, key=int),
             "n_train": len(train), "n_eval": len(dev)}
 
 
 def prepare_sft(data_dir: Path, work: Path, rows: int, eval_rows: int) -> dict[str, Any]:
     """Alpaca rows + a tiny random Llama saved once, so both sides load identical weights."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from lmtune.models.load import resolve_model_path
-
     data = json.loads((data_dir / "instruct_alpaca_1k" / "alpaca_data_1k.json").read_text(encoding="utf-8"))
     data = [{k: r.get(k, "") for k in ("instruction", "input", "output")} for r in data]
     train, held = data[:rows], data[rows : rows + eval_rows]
     if len(held) < eval_rows:  # fewer rows than asked: evaluate on the tail of train
         held = data[-eval_rows:]
-    tok = AutoTokenizer.from_pretrained(resolve_model_path("builtin:minilm"))
-    # A WordPiece vocab (30,522) made LM-like: [CLS] opens a sequence, [SEP] ends a response.
-    tok.bos_token, tok.eos_token = "[CLS]", "[SEP]"
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=128, intermediate_size=512, num_hidden_layers=4,
-                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                      pad_token_id=tok.pad_token_id, tie_word_embeddings=False)
-    model_dir = work / "tiny-llama"
-    LlamaForCausalLM(cfg).save_pretrained(model_dir, safe_serialization=True)
-    tok.save_pretrained(model_dir)
+    model_dir = save_tiny_llama(work / "tiny-llama")
     return {"model": str(model_dir),
-            "train": str(_write_jsonl(work / "sft_train.jsonl", train)),
-            "eval": str(_write_jsonl(work / "sft_eval.jsonl", held)),
+            "train": str(write_jsonl(work / "sft_train.jsonl", train)),
+            "eval": str(write_jsonl(work / "sft_eval.jsonl", held)),
             "n_train": len(train), "n_eval": len(held)}
 
 
 # ----------------------------------------------------------------------------- children
-
-
-def _common_done(result: dict[str, Any], t_proc: float) -> dict[str, Any]:
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    result["peak_rss_mb"] = round(rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024, 1)
-    wall = time.perf_counter() - t_proc
-    result["e2e_s"] = round(wall, 2)
-    # CPU seconds per wall second of the whole process: well below the thread count means
-    # the side waited (for the other work on the machine, or in single-threaded Python).
-    result["cpu_util"] = round(time.process_time() / wall, 2)
-    return result
-
-
-def final_loss(logged: list[tuple[int, float]], total_steps: int) -> float:
-    """Mean of the logged losses whose window ends in the last 10% of the steps."""
-    cut = total_steps - max(1, total_steps // 10)
-    tail = [loss for step, loss in logged if step > cut] or [logged[-1][1]]
-    return sum(tail) / len(tail)
 
 
 def child_lmtune(spec: dict[str, Any], t_proc: float) -> dict[str, Any]:
@@ -186,9 +155,7 @@ def child_lmtune(spec: dict[str, Any], t_proc: float) -> dict[str, Any]:
 
         apply_overrides(cfg, [item])
     summary = run_training(Config.model_validate(cfg), quiet=False)
-    events = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    train_ev = [e for e in events if e["event"] == "train"]
-    eval_ev = [e for e in events if e["event"] == "eval"][-1]
+    train_ev, eval_ev = lmtune_events(run_dir)
     steps = summary["train_steps"]
     step_s = train_ev[-1]["elapsed_s"]
     tokens = train_ev[-1]["tokens"]
@@ -196,7 +163,7 @@ def child_lmtune(spec: dict[str, Any], t_proc: float) -> dict[str, Any]:
         ev = {"eval_accuracy": eval_ev["accuracy"], "eval_loss": eval_ev["eval_loss"]}
     else:
         ev = {"eval_accuracy": eval_ev["token_accuracy"], "eval_loss": eval_ev["eval_loss"]}
-    return _common_done({
+    return common_done({
         "side": "lmtune", "steps": steps, "samples": summary["train_samples"], "tokens": tokens,
         "step_s": step_s, "samples_per_s": summary["train_samples"] / step_s, "tokens_per_s": tokens / step_s,
         "final_loss": final_loss([(e["step"], e["loss"]) for e in train_ev], steps),
@@ -225,8 +192,7 @@ def child_hf(spec: dict[str, Any], t_proc: float) -> dict[str, Any]:
     w, d = spec["workload"], spec["data"]
     set_seed(SEED)
     tok = AutoTokenizer.from_pretrained(d["model"])
-    rows = [json.loads(line) for line in Path(d["train"]).read_text(encoding="utf-8").splitlines()]
-    eval_rows = [json.loads(line) for line in Path(d["eval"]).read_text(encoding="utf-8").splitlines()]
+    rows, eval_rows = read_jsonl(d["train"]), read_jsonl(d["eval"])
     # Tokenization happens here, before the Trainer, and is not timed (as on lmtune's side).
     if w == "classification":
         label2id = {lab: i for i, lab in enumerate(d["labels"])}
@@ -326,7 +292,7 @@ def child_hf(spec: dict[str, Any], t_proc: float) -> dict[str, Any]:
     acc_key = "eval_accuracy" if w == "classification" else "eval_token_accuracy"
     step_s = marks["t1"] - marks["t0"]
     samples = steps * spec["batch_size"]
-    return _common_done({
+    return common_done({
         "side": "hf", "steps": steps, "samples": samples, "tokens": train_tokens, "step_s": round(step_s, 3),
         "samples_per_s": samples / step_s, "tokens_per_s": train_tokens / step_s,
         "final_loss": final_loss(logged, steps), "eval_s": round(marks["t_eval"] - marks["t1"], 2),
@@ -336,43 +302,14 @@ def child_hf(spec: dict[str, Any], t_proc: float) -> dict[str, Any]:
     }, t_proc)
 
 
-def run_child(argv: list[str]) -> None:
-    t_proc = time.perf_counter()
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--child", choices=["lmtune", "hf"], required=True)
-    ap.add_argument("--spec", required=True)
-    ap.add_argument("--result", required=True)
-    a = ap.parse_args(argv)
-    spec = json.loads(Path(a.spec).read_text())
-    import torch
-
-    torch.set_num_threads(spec["threads"])
-    result = (child_lmtune if a.child == "lmtune" else child_hf)(spec, t_proc)
-    result["threads"] = torch.get_num_threads()
-    Path(a.result).write_text(json.dumps(result, indent=2))
-
-
 # ----------------------------------------------------------------------------- parent
 
-COLUMNS = [("side", "side", "{}"), ("samples/s", "samples_per_s", "{:.1f}"), ("tokens/s", "tokens_per_s", "{:,.0f}"),
+COLUMNS = [("workload", "workload", "{}"), ("prec", "precision", "{}"), ("side", "side", "{}"), ("samples/s", "samples_per_s", "{:.1f}"), ("tokens/s", "tokens_per_s", "{:,.0f}"),
            ("peak RSS MB", "peak_rss_mb", "{:,.0f}"), ("final loss", "final_loss", "{:.4f}"),
            ("eval acc", "eval_accuracy", "{:.4f}"), ("eval loss", "eval_loss", "{:.4f}"),
            ("steps", "steps", "{}"), ("step s", "step_s", "{:.1f}"),
-           ("all runs step s", "step_s_all", "{}"), ("eval s", "eval_s", "{:.1f}"),
+           ("all runs step s", "time_all", "{}"), ("eval s", "eval_s", "{:.1f}"),
            ("e2e s", "e2e_s", "{:.1f}"), ("cpu util", "cpu_util", "{:.2f}")]
-
-
-def format_table(rows: list[dict[str, Any]]) -> str:
-    head = ["workload", "prec"] + [c[0] for c in COLUMNS]
-    def cell(r: dict[str, Any], key: str, fmt: str) -> str:
-        if key == "step_s_all":
-            return "/".join(f"{v:.1f}" for v in r.get(key, [r["step_s"]]))
-        return fmt.format(r[key])
-
-    body = [[r["workload"], r["precision"]] + [cell(r, key, fmt) for _, key, fmt in COLUMNS] for r in rows]
-    widths = [max(len(str(x)) for x in col) for col in zip(head, *body, strict=True)]
-    line = lambda cells: "  ".join(str(c).rjust(wd) for c, wd in zip(cells, widths, strict=True))  # noqa: E731
-    return "\n".join([line(head), line(["-" * wd for wd in widths])] + [line(b) for b in body])
 
 
 def ratio_line(lm: dict[str, Any], hf: dict[str, Any]) -> str:
@@ -385,26 +322,16 @@ def ratio_line(lm: dict[str, Any], hf: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if "--child" in argv:
-        run_child(argv)
+        child_main(argv, {"lmtune": child_lmtune, "hf": child_hf})
         return 0
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workload", choices=["classification", "sft", "all"], default="all")
     ap.add_argument("--rows", type=int, default=None, help="training rows (default 4000 classification, 896 sft)")
     ap.add_argument("--precision", choices=["fp32", "bf16", "both"], default="both")
-    ap.add_argument("--quick", action="store_true", help="a few steps on a few rows: a smoke run")
-    ap.add_argument("--data-dir", default=str(DEFAULT_DATA), help="the shared data folder (default ../shared/data)")
-    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads, both sides")
-    ap.add_argument("--sides", default="lmtune,hf", help="comma list: lmtune, hf")
-    ap.add_argument("--log-every", type=int, default=None, help="log the train loss every N steps (both sides)")
-    ap.add_argument("--lmtune-set", action="append", default=[], metavar="KEY=VALUE",
-                    help="config override for lmtune's side (lever experiments), repeatable")
     ap.add_argument("--hf-optim", default="adamw_torch_fused", help="HF optim name (default: its fused AdamW)")
     ap.add_argument("--hf-pad-multiple", type=int, default=None, help="HF collator pad_to_multiple_of")
-    ap.add_argument("--repeat", type=int, default=1,
-                    help="runs per side (order alternating); the table shows each side's fastest")
-    ap.add_argument("--work-dir", default=None, help="keep specs, logs and runs here (default: a temp dir)")
-    ap.add_argument("--out", default=None, help="JSON result path (default benchmarks/out/bench-<time>.json)")
+    add_common_args(ap, "lmtune,hf", "bench")
     a = ap.parse_args(argv)
 
     load_before = os.getloadavg()
@@ -416,8 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     workloads = ["classification", "sft"] if a.workload == "all" else [a.workload]
     precisions = (["fp32"] if a.quick else ["fp32", "bf16"]) if a.precision == "both" else [a.precision]
     sides = [s.strip() for s in a.sides.split(",") if s.strip()]
-    env = {**os.environ, "OMP_NUM_THREADS": str(a.threads), "TOKENIZERS_PARALLELISM": "false",
-           "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+    env = child_env(a.threads)
     results: list[dict[str, Any]] = []
     ratios: list[str] = []
     with tempfile.TemporaryDirectory(prefix="lmtune-bench-") as tmp:
@@ -433,54 +359,15 @@ def main(argv: list[str] | None = None) -> int:
                         "batch_size": base["batch_size"], "lr": base["lr"], "max_length": base["max_length"],
                         "log_every": a.log_every or (1 if a.quick else 5), "lmtune_set": a.lmtune_set,
                         "hf_optim": a.hf_optim, "hf_pad_multiple": a.hf_pad_multiple}
-                spec_path = work / f"spec-{w}-{prec}.json"
-                spec_path.write_text(json.dumps(spec))
-                runs: dict[str, list[dict[str, Any]]] = {side: [] for side in sides}
-                for rep in range(a.repeat):
-                    # Back to back, one process each; the order alternates between repeats so
-                    # neither side always runs first (warm page cache, a neighbour's burst).
-                    for side in sides if rep % 2 == 0 else sides[::-1]:
-                        res_path = work / f"result-{w}-{prec}-{side}-{rep}.json"
-                        log_path = work / f"log-{w}-{prec}-{side}-{rep}.txt"
-                        print(f"[{w} {prec}] {side} (run {rep + 1}/{a.repeat}): training {data['n_train']} rows ...",
-                              flush=True)
-                        with log_path.open("w") as log:
-                            rc = subprocess.run([sys.executable, __file__, "--child", side, "--spec", str(spec_path),
-                                                 "--result", str(res_path)], env=env, stdout=log,
-                                                stderr=subprocess.STDOUT, cwd=str(work)).returncode
-                        if rc != 0:
-                            print(log_path.read_text()[-4000:], file=sys.stderr)
-                            print(f"bench_train: the {side} side of {w}/{prec} failed (exit {rc})", file=sys.stderr)
-                            return 1
-                        r = json.loads(res_path.read_text())
-                        r.update(workload=w, precision=prec, train_rows=data["n_train"], eval_rows=data["n_eval"])
-                        runs[side].append(r)
-                pair: dict[str, dict[str, Any]] = {}
-                for side, rs in runs.items():
-                    # The fastest run of each side: other work on the machine only ever slows a
-                    # run down, so the minimum is the least disturbed measurement.
-                    best = dict(min(rs, key=lambda r: r["step_s"]))
-                    best["runs"] = len(rs)
-                    best["step_s_all"] = [r["step_s"] for r in rs]
-                    best["all_runs"] = rs
-                    pair[side] = best
-                    results.append(best)
+                pair = run_sides(__file__, spec, sides, a.repeat, work, env, f"{w} {prec}")
+                if pair is None:
+                    return 1
+                for r in pair.values():
+                    r.update(workload=w, precision=prec, train_rows=data["n_train"], eval_rows=data["n_eval"])
+                    results.append(r)
                 if "lmtune" in pair and "hf" in pair:
                     ratios.append(ratio_line(pair["lmtune"], pair["hf"]))
-    print()
-    print(format_table(results))
-    print()
-    for line in ratios:
-        print(line)
-    import torch
-
-    meta = {"command": " ".join([Path(sys.executable).name, "benchmarks/bench_train.py", *argv]),
-            "threads": a.threads, "torch": torch.__version__, "cpu_count": os.cpu_count(),
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "quick": a.quick, "loadavg_before": load_before}
-    out = Path(a.out) if a.out else OUT_DIR / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"meta": meta, "results": results, "ratios": ratios}, indent=2))
-    print(f"\nresults written to {out}")
+    finish(argv, "bench_train.py", a, load_before, results, ratios, COLUMNS, "bench")
     return 0
 
 

@@ -2,7 +2,7 @@
 
 User errors (bad config, missing file, bad data, incompatible model/task) print one
 paragraph and exit with code 2. Anything else is a bug: a short message, exit 1, and the
-traceback with --debug.
+traceback with --debug. `lmtune pipeline` exits 3 when its release gate refuses the model.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from rich.table import Table
 from lmtune.errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Fine-tune pre-trained language models: prepare, train, eval, score, feedback, export.")
+                  help="Fine-tune pre-trained language models: prepare, train, eval, score, feedback, export, pipeline.")
 config_app = typer.Typer(no_args_is_help=True, help="Inspect configs.")
 app.add_typer(config_app, name="config")
 console = Console()
@@ -116,6 +116,8 @@ def train(
         Dist.get().close()
     if Dist.get().is_main:
         _print_summary(summary)
+        if summary.get("baselines"):
+            _print_baselines(summary["baselines"])
 
 
 def _print_summary(summary: dict) -> None:
@@ -131,32 +133,61 @@ def _print_summary(summary: dict) -> None:
     console.print(table)
 
 
+@app.command()
+def tune(
+    config: ConfigArg,
+    overrides: Overrides = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the search in OUTPUT_DIR/study.db (finished trials are kept).")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
+) -> None:
+    """Search hyperparameters (the config's search: block); each trial is a run folder."""
+    from lmtune.config import load_config
+    from lmtune.search.hpo import run_search
+
+    run_search(load_config(config, overrides or []), resume=resume, quiet=quiet)
+
+
 @app.command("eval")
 def eval_cmd(
     model: Annotated[Path, typer.Argument(help="Run folder or model folder.")],
     data: Annotated[Path, typer.Option("--data", help="Labelled file to evaluate on.")],
     out: Annotated[Path | None, typer.Option("--out", help="Output folder (default RUN/eval).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 64,
+    baselines: Annotated[bool, typer.Option("--baselines", help="Also score the base model zero-shot and few-shot on the same rows (baselines.json).")] = False,
+    shots: Annotated[int | None, typer.Option("--shots", min=1, help="Few-shot examples per class (default: the run's baselines.shots).")] = None,
 ) -> None:
-    """Evaluate a trained model on a labelled file; writes eval.json."""
+    """Evaluate a trained model on a labelled file; writes eval.json (and baselines.json)."""
     from lmtune.evaluate.run import run_eval
 
-    result = run_eval(model, data, out, batch_size)
+    result = run_eval(model, data, out, batch_size, baselines=baselines, shots=shots)
     table = Table("metric", "value")
     for k, v in result.items():
         if isinstance(v, float):
             table.add_row(k, f"{v:.4f}")
     console.print(table)
     console.print(f"written: {Path(result['out_dir']) / 'eval.json'}")
+    if (Path(result["out_dir"]) / "report.html").is_file():
+        console.print(f"written: {Path(result['out_dir']) / 'report.html'}")
+    if result.get("baselines"):
+        _print_baselines(result["baselines"])
+        console.print(f"written: {Path(result['out_dir']) / 'baselines.json'}")
+
+
+def _print_baselines(report: dict) -> None:
+    from lmtune.evaluate.baselines import baselines_table
+
+    console.print(baselines_table(report))
+    for note in report.get("notes") or []:
+        console.print(f"note: {note}", highlight=False)
 
 
 @app.command()
 def predict(
-    model: Annotated[Path, typer.Argument(help="Run folder or model folder (classifier).")],
-    input: Annotated[Path, typer.Option("--input", help="Texts: .txt one per line, or jsonl/csv with a text column.")],
+    model: Annotated[Path, typer.Argument(help="Run folder or model folder (classifier or qa).")],
+    input: Annotated[Path, typer.Option("--input", help="Texts: .txt one per line, or jsonl/csv with a text column; qa: SQuAD JSON or rows with context and question.")],
     out: Annotated[Path | None, typer.Option("--out", help="Write predictions as jsonl here.")] = None,
 ) -> None:
-    """Label a file of texts with a trained classifier."""
+    """Label a file of texts with a trained classifier, or answer its questions (task qa)."""
     from lmtune.evaluate.run import run_predict
 
     preds = run_predict(model, input, out)
@@ -240,6 +271,54 @@ def export(
 
 
 @app.command()
+def report(
+    folder: Annotated[Path, typer.Argument(help="Run folder (lmtune train) or eval folder (lmtune eval --out).")],
+) -> None:
+    """Rebuild report.html (plots embedded) and, for a run, MODEL_CARD.md from the folder's files."""
+    from lmtune.report import rebuild
+
+    for path in rebuild(folder):
+        console.print(f"written: {path}")
+
+
+@app.command()
+def audit(
+    model: Annotated[str, typer.Argument(help="Run folder, model folder, hub id or builtin:NAME.")],
+    data: Annotated[Path | None, typer.Option("--data", help="Texts for counterfactual probes (default: the run's eval split).")] = None,
+    crows: Annotated[Path | None, typer.Option("--crows", help="CrowS-Pairs CSV (crows_pairs_anonymized.csv) or its folder.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Output folder (default RUN/audit, else ./audit).")] = None,
+    max_pairs: Annotated[int | None, typer.Option("--max-pairs", help="Score a seeded sample of this many pairs.")] = None,
+    before: Annotated[str | None, typer.Option("--before", help="Model or run to compare with (default: a causal run's base model).")] = None,
+) -> None:
+    """Bias audit: CrowS-Pairs for masked/causal LMs, counterfactual term swaps for classifiers."""
+    from lmtune.evaluate.audit import print_audit, run_audit
+
+    result = run_audit(model, data, crows, out, max_pairs, before)
+    print_audit(result, console)
+    console.print(f"written: {Path(result['out_dir']) / 'audit.json'}")
+
+
+@app.command()
+def serve(
+    model: Annotated[Path, typer.Argument(help="Run folder, model folder, or model registry (its `current` version).")],
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port (0 = any free port; the URL is printed).")] = 8000,
+    api_key: Annotated[str | None, typer.Option("--api-key", envvar="LMTUNE_API_KEY", show_default=False,
+                                                help="Require 'Authorization: Bearer KEY' (all but /health).")] = None,
+    max_request_bytes: Annotated[int, typer.Option("--max-request-bytes", help="Larger bodies get 413.")] = 1_000_000,
+    max_tokens_cap: Annotated[int, typer.Option("--max-tokens-cap", help="Largest max_tokens a request may ask.")] = 512,
+    max_batch: Annotated[int, typer.Option("--max-batch", help="Most inputs (classify) or prompts per request.")] = 32,
+    log_predictions: Annotated[Path | None, typer.Option("--log-predictions", help="Append every prediction to this jsonl.")] = None,
+) -> None:
+    """Serve a model over HTTP: OpenAI-style completions/chat, or /v1/classify; /health, /metrics."""
+    from lmtune.ops.serve import ServeSettings, run_server
+
+    run_server(model, ServeSettings(host=host, port=port, api_key=api_key or None,
+                                    max_request_bytes=max_request_bytes, max_tokens_cap=max_tokens_cap,
+                                    max_batch=max_batch, log_predictions=log_predictions))
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Run folder.")] = Path("runs/demo"),
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
@@ -248,6 +327,94 @@ def demo(
     from lmtune.demo import run_demo
 
     run_demo(out, quiet=quiet)
+
+
+@app.command()
+def pipeline(
+    config: ConfigArg,
+    overrides: Overrides = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar and no run summary table.")] = False,
+) -> None:
+    """Train, test on held-out data, gate (config gate:), release into the registry; exit 3 when refused."""
+    from lmtune.config import load_config
+    from lmtune.ops.pipeline import print_decision, run_pipeline
+    from lmtune.train.dist import Dist
+
+    cfg = load_config(config, overrides or [])
+    try:
+        result = run_pipeline(cfg, quiet=quiet)
+    finally:
+        Dist.get().close()
+    if not quiet:
+        _print_summary(result["summary"])
+    print_decision(result["decision"], console)
+    if result["released"]:
+        console.print(f"released {result['version']}: {result['path']} (now current)", highlight=False)
+        return
+    console.print(f"refused: nothing released; see {Path(cfg.run.output_dir) / 'gate.md'}", highlight=False)
+    sys.exit(3)  # typer.Exit's code is lost in main(); 3 = the gate refused (2 = user error)
+
+
+registry_app = typer.Typer(no_args_is_help=True, help="The model registry `lmtune pipeline` releases into.")
+app.add_typer(registry_app, name="registry")
+RegistryArg = Annotated[Path, typer.Argument(help="Registry folder (the config's gate.registry).")]
+
+
+@registry_app.command("list")
+def registry_list(registry: RegistryArg) -> None:
+    """Every version with its release time and gate metric; * marks the current one."""
+    from lmtune.ops.registry import registry_table
+
+    console.print(registry_table(registry))
+
+
+@registry_app.command("rollback")
+def registry_rollback(registry: RegistryArg,
+                      version: Annotated[str, typer.Argument(help="Version to make current, e.g. v1.")]) -> None:
+    """Point current at VERSION (atomic, logged in releases.jsonl); restart `lmtune serve` to load it."""
+    from lmtune.ops.registry import rollback
+
+    previous = rollback(registry, version)
+    console.print(f"current: {version} (was {previous or 'nothing'})", highlight=False)
+
+
+monitor_app = typer.Typer(no_args_is_help=True, help="Post-release monitoring: record batches, check drift, report.")
+app.add_typer(monitor_app, name="monitor")
+MonTarget = Annotated[Path, typer.Argument(help="Model folder, run folder, or registry (uses its current version).")]
+MonDb = Annotated[Path | None, typer.Option("--db", help="History database (default TARGET/monitor.db).")]
+MonNow = Annotated[str | None, typer.Option("--now", help="ISO time taken as now (default: $LMTUNE_NOW, else the clock).")]
+MonConfig = Annotated[Path | None, typer.Option("--config", help="YAML whose monitor: block sets the thresholds.")]
+MonSet = Annotated[list[str] | None, typer.Option("--set", help="Threshold key=value, e.g. psi_threshold=0.1 (repeatable).")]
+
+
+@monitor_app.command("record")
+def monitor_record(target: MonTarget, data: Annotated[Path | None, typer.Option("--data", help="Labelled batch (jsonl/csv/tsv, like eval).")] = None,
+                   predictions: Annotated[Path | None, typer.Option("--predictions", help="Serving log (`lmtune serve --log-predictions`).")] = None,
+                   batch: Annotated[str | None, typer.Option("--name", help="Batch name (default: the file's stem).")] = None,
+                   db: MonDb = None, now: MonNow = None, batch_size: Annotated[int, typer.Option("--batch-size")] = 64) -> None:
+    """Score a labelled batch (or read a serving log) and append it to the monitoring history."""
+    from lmtune.ops.monitor import record
+
+    rec = record(target, data, predictions, db, batch, now, batch_size)
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in rec["drift"].items() if isinstance(v, float))
+    console.print(f"recorded '{rec['batch']}' ({rec['n']} rows) for {rec['model_version']}: {shown}", highlight=False)
+
+
+@monitor_app.command("status")
+def monitor_status(target: MonTarget, db: MonDb = None, now: MonNow = None, config: MonConfig = None, sets: MonSet = None) -> None:
+    """Print recent records and the checks; exit 1 when an alert fires (for cron or CI)."""
+    from lmtune.ops.monitor import status
+
+    sys.exit(status(target, db, now, config, sets, console))  # typer.Exit's code is lost in main()
+
+
+@monitor_app.command("report")
+def monitor_report(target: MonTarget, db: MonDb = None, out: Annotated[Path | None, typer.Option("--out", help="Folder (default: beside the database, monitor_report/).")] = None,
+                   now: MonNow = None, config: MonConfig = None, sets: MonSet = None) -> None:
+    """Write report.html (metric, PSI and OOV over time) and monitor.json."""
+    from lmtune.ops.monitor_report import report
+
+    console.print(f"written: {report(target, db, out, now, config, sets) / 'report.html'}")
 
 
 def main() -> None:

@@ -58,7 +58,7 @@ def run_demo(out: Path, quiet: bool = False) -> dict[str, Any]:
     picks = [rows[i] for i in range(0, len(rows), max(1, len(rows) // 6))][:6]
     samples = out / "samples.jsonl"
     samples.write_text("".join(json.dumps({"text": r["text"]}) + "\n" for r in picks))
-    preds = run_predict(out, samples, out / "predictions.jsonl")
+    preds = run_predict(out, samples, out / "sample_predictions.jsonl")
     pt = Table("held-out review", "gold", "predicted", "confidence", title="sample predictions")
     for r, p in zip(picks, preds, strict=True):
         mark = "" if p["label"] == r["label"] else " [red](wrong)[/]"
@@ -67,5 +67,5 @@ def run_demo(out: Path, quiet: bool = False) -> dict[str, Any]:
     console.print(f"training took {summary['train_runtime_s']:.1f}s "
                   f"({summary['train_samples_per_s']:.0f} samples/s)")
     console.print(f"run folder: {out}  (model/ summary.json metrics.jsonl eval.json errors.jsonl "
-                  "data_report.md predictions.jsonl)")
+                  "data_report.md report.html sample_predictions.jsonl)")
     return summary

@@ -1,4 +1,4 @@
-"""benchmarks/bench_train.py runs end to end (--quick) and prints the lmtune/HF ratio lines."""
+"""The benchmarks run end to end (--quick) and print their ratio lines (lmtune/HF, lmtune/TRL)."""
 
 from __future__ import annotations
 
@@ -24,3 +24,17 @@ def test_bench_quick_prints_ratio(tmp_path: Path) -> None:
     ratios = [line for line in r.stdout.splitlines() if line.startswith("ratio lmtune/HF")]
     assert {line.split()[2] for line in ratios} == {"classification", "sft"}, r.stdout
     assert "samples/s" in ratios[0] and out.is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (DATA / "hh_rlhf_harmless_base" / "test.jsonl").is_file(),
+                    reason=f"the shared data folder {DATA} (hh_rlhf_harmless_base) is absent")
+def test_bench_align_quick_prints_ratio(tmp_path: Path) -> None:
+    out = tmp_path / "align.json"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_align.py"), "--quick",
+                        "--data-dir", str(DATA), "--out", str(out)],
+                       capture_output=True, text=True, cwd=ROOT, timeout=1800)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    ratios = [line for line in r.stdout.splitlines() if line.startswith("ratio lmtune/TRL")]
+    assert {line.split()[2].rstrip(":") for line in ratios} == {"dpo", "reward"}, r.stdout
+    assert "pairs/s" in ratios[0] and out.is_file()

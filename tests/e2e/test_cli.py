@@ -141,3 +141,28 @@ def test_two_processes_match_one(tmp_path: Path) -> None:
     # Later steps differ only by float summation order (gradients summed across ranks), which
     # Adam's normalisation amplifies slightly; a wrong split or scaling would be off by >1e-2.
     assert max(abs(x - y) for x, y in zip(a, b, strict=True)) < 1e-3, (a, b)
+
+
+@pytest.mark.multiproc
+def test_two_processes_share_the_dpo_reference_pass(tmp_path: Path) -> None:
+    """Full-FT DPO on 2 processes: each scores half the pairs for the reference, all-gathered;
+    the cached reference and the first loss equal the 1-process run's."""
+    pairs = [{"prompt": f"How was {w} number {i}?", "chosen": f"it was {w}", "rejected": f"it was not {w}"}
+             for i, w in enumerate(["good", "fine", "nice", "great"] * 6)]
+    common = ["configs/dpo_lora.yaml", f"model.name_or_path={tiny_causal_dir(tmp_path, 'llama')}",
+              f"data.train={write_jsonl(tmp_path / 'pairs.jsonl', pairs)}", "data.format=auto",
+              "adapter.type=full", "model.max_length=64", "train.max_steps=2", "train.grad_accum=1",
+              "train.log_every=1", "train.eval_before=false", "--quiet"]
+    one = lmtune("train", *common, f"run.output_dir={tmp_path / 'one'}", "train.batch_size=8")
+    assert one.returncode == 0, one.stderr
+    two = lmtune("train", *common, f"run.output_dir={tmp_path / 'two'}", "train.batch_size=4", "--nproc", "2")
+    assert two.returncode == 0, two.stderr
+    ref = [json.loads((tmp_path / r / "reference_logps.json").read_text())["logps"] for r in ("one", "two")]
+    assert ref[0].keys() == ref[1].keys() and len(ref[0]) == 24
+    assert max(abs(a - b) for k in ref[0] for a, b in zip(ref[0][k], ref[1][k], strict=True)) < 1e-4
+
+    def first_loss(run: str) -> float:
+        lines = (tmp_path / run / "metrics.jsonl").read_text().splitlines()
+        return next(e["loss"] for e in map(json.loads, lines) if e["event"] == "train")
+
+    assert abs(first_loss("one") - first_loss("two")) < 1e-5

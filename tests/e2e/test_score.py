@@ -64,7 +64,8 @@ def test_score_pairs_and_responses(tmp_path: Path) -> None:
     assert sum(row["margin"] for row in pairs) / 30 == pytest.approx(ev["mean_margin"], abs=1e-5)
     assert "pairwise_accuracy" in r.stdout and "written to" in r.stdout
     # A response scores the same alone as inside a pair; other columns pass through.
-    assert [s["score"] for s in singles] == [p["score_chosen"] for p in pairs[:5]]
+    # (Equal up to the batch's padding: the fused attention kernel rounds per batch shape.)
+    assert [s["score"] for s in singles] == pytest.approx([p["score_chosen"] for p in pairs[:5]], abs=1e-5)
     assert [s["id"] for s in singles] == [0, 1, 2, 3, 4]
 
     r = lmtune("score", str(run), "--input", str(write_jsonl(tmp_path / "one.jsonl", rows[30:31])))

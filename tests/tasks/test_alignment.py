@@ -211,3 +211,33 @@ def test_orpo_lora_learns(tmp_path: Path) -> None:
     assert after["eval_loss"] < before["eval_loss"] and after["nll"] < before["nll"]
     assert after["reward_accuracy"] > max(before["reward_accuracy"], 0.75)
     assert after["reward_margin"] > before["reward_margin"]
+
+
+def test_reward_ties_train_toward_equal_rewards(tmp_path: Path) -> None:
+    """preference.ties: keep: a tie pulls both rewards together (loss ln 2 at equal rewards)
+    and is left out of pairwise_accuracy."""
+    from lmtune.losses.reward import bradley_terry
+    from lmtune.train.run import setup
+
+    rows = [{"prompt": f"How was it? ({i})", "response_a": f"it was {POS[i % 5]}",
+             "response_b": f"it was {NEG[i % 5]}" if i % 3 else f"it was {POS[(i + 1) % 5]}",
+             "preference": "a" if i % 3 else "tie"} for i in range(30)]
+    cfg = config(tmp_path, task="reward", model={"name_or_path": str(tiny_bert_dir(tmp_path))},
+                 data={"train": str(write_jsonl(tmp_path / "pw.jsonl", rows)), "split": {"eval": 0.0}},
+                 preference={"ties": "keep"})
+    parts = setup(cfg, tmp_path / "run")
+    task, model = parts["task"], parts["model"].eval()
+    feats = [task.encode(r) for r in parts["prepared"].splits["train"]]
+    batch = task.collate(feats)
+    tie = batch["tie"]
+    assert int(tie.sum()) == 10
+    with torch.no_grad():
+        stats = task.pair_stats(model, batch)
+        scores = task.rewards(model, batch)
+    n = len(feats)
+    assert stats["pairwise_accuracy"].numel() == 20  # decided pairs only
+    expected = bradley_terry(scores[:n], scores[n:], batch["margin"], tie)
+    assert torch.allclose(stats["loss"], expected)
+    d = (scores[:n] - scores[n:])[tie]
+    assert torch.allclose(stats["loss"][tie], -(torch.nn.functional.logsigmoid(d)
+                                                + torch.nn.functional.logsigmoid(-d)) / 2)

@@ -128,6 +128,19 @@ def test_pairwise_with_ties_counted_and_dropped(tmp_path: Path) -> None:
     )
 
 
+def test_ties_kept_for_reward_models_only(tmp_path: Path) -> None:
+    rows = [{"prompt": f"p{i}", "response_a": f"a{i}", "response_b": f"b{i}",
+             "preference": ["a", "tie"][i % 2]} for i in range(8)]
+    path = _jsonl(tmp_path / "pw.jsonl", rows)
+    cfg = Config.model_validate({**_cfg({"train": path}, task="reward").model_dump(),
+                                 "preference": {"ties": "keep"}})
+    out = prepare_data(cfg, tmp_path / "run")
+    ties = sorted(r["prompt"] for r in out.splits["train"] if r.get("tie"))
+    assert ties == ["p1", "p3", "p5", "p7"] and len(out.splits["train"]) == 8
+    with pytest.raises(ValueError, match="preference.ties: keep is for task reward"):
+        Config.model_validate({**_cfg({"train": path}).model_dump(), "preference": {"ties": "keep"}})
+
+
 def test_pairwise_skips_are_dropped_with_their_reason(tmp_path: Path) -> None:
     # `lmtune feedback` records skipped pairs too (their responses may even be identical).
     rows = [{"prompt": f"p{i}", "response_a": f"a{i}", "response_b": f"b{i}",

@@ -94,6 +94,15 @@ def test_bradley_terry_hand_values() -> None:
     assert float(with_margin[0]) == pytest.approx(-math.log(_sig(0.5)))
 
 
+def test_bradley_terry_ties_target_equal_rewards() -> None:
+    chosen, rejected = torch.tensor([2.0, 1.0, 3.0]), torch.tensor([1.0, 1.0, 0.0])
+    tie = torch.tensor([False, True, True])
+    loss = bradley_terry(chosen, rejected, torch.tensor([0.5, 0.5, 0.5]), tie)
+    # Ties: -(log s(d) + log s(-d)) / 2 with no margin; ln 2 at d = 0, larger the further apart.
+    tie_3 = -(math.log(_sig(3.0)) + math.log(_sig(-3.0))) / 2
+    assert loss.tolist() == pytest.approx([-math.log(_sig(0.5)), math.log(2.0), tie_3])
+
+
 def test_orpo_hand_values() -> None:
     c, r = -0.4, -1.2  # per-token average log-probs
     odds = math.log(math.exp(c) / (1 - math.exp(c))) - math.log(math.exp(r) / (1 - math.exp(r)))
@@ -127,13 +136,26 @@ def test_response_logps_match_a_hand_computation(arch: str) -> None:
         {"prompt_ids": [1, 55], "chosen_ids": [71, 2], "rejected_ids": [91, 92, 93, 2]},
     ]
     batch = collate_pairs(pairs, tok.pad_token_id)
+    import lmtune.models.lm_head as lm_head
+
     seen: list[tuple[int, ...]] = []
     hook = model.lm_head.register_forward_hook(lambda m, args, out: seen.append(tuple(out.shape)))
-    with torch.no_grad():
-        sums, counts = response_logps(model, batch)
-    hook.remove()
-    # Only the 11 positions that predict a response token reached the vocabulary projection.
-    assert seen == [(11, len(tok))]
+    chunked = lm_head.linear_token_logps
+
+    def spy(hidden, *args, **kwargs):
+        seen.append(("chunked", *hidden.shape))
+        return chunked(hidden, *args, **kwargs)
+
+    lm_head.linear_token_logps = spy
+    try:
+        with torch.no_grad():
+            sums, counts = response_logps(model, batch)
+    finally:
+        hook.remove()
+        lm_head.linear_token_logps = chunked
+    # Only the 11 positions that predict a response token reached the vocabulary projection,
+    # in chunks (the head module's own forward, which would make [N, vocab], never ran).
+    assert seen == [("chunked", 11, model.config.hidden_size)]
     with torch.no_grad():
         expected = []
         for p in pairs:
@@ -150,3 +172,40 @@ def test_response_logps_match_a_hand_computation(arch: str) -> None:
     assert sums.tolist() == pytest.approx(want, abs=1e-4)
     assert counts.tolist() == [3.0, 2.0, 2.0, 4.0]
     assert min(want) < -5  # the check is not trivially near zero
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_chunked_linear_logps_equal_the_dense_computation(with_bias: bool) -> None:
+    from lmtune.losses.logprobs import linear_token_logps
+
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(37, 16, generator=g, dtype=torch.float64).float().requires_grad_()
+    w = (torch.randn(101, 16, generator=g) * 0.5).requires_grad_()
+    b = torch.randn(101, generator=g).requires_grad_() if with_bias else None
+    tgt = torch.randint(0, 101, (37,), generator=g)
+    upstream = torch.randn(37, generator=g)
+    logp, pred = linear_token_logps(h, w, b, tgt, chunk=8)  # 5 chunks, the last one short
+    (logp * upstream).sum().backward()
+    got = [h.grad.clone(), w.grad.clone()] + ([b.grad.clone()] if with_bias else [])
+    for t in (h, w, b):
+        if t is not None:
+            t.grad = None
+    dense = torch.nn.functional.linear(h, w, b).log_softmax(-1)
+    ref = dense.gather(1, tgt[:, None])[:, 0]
+    (ref * upstream).sum().backward()
+    want = [h.grad, w.grad] + ([b.grad] if with_bias else [])
+    assert torch.allclose(logp, ref, atol=1e-6)
+    assert torch.equal(pred, dense.argmax(-1))
+    for a, e in zip(got, want, strict=True):
+        assert torch.allclose(a, e, atol=1e-6), (a - e).abs().max()
+
+
+def test_chunked_linear_logps_keep_no_full_logits() -> None:
+    """What backward keeps is the inputs, not [N, vocab]: saved tensors are hidden, weight, targets."""
+    from lmtune.losses.logprobs import linear_token_logps
+
+    h = torch.randn(64, 8, requires_grad=True)
+    w = torch.randn(5000, 8, requires_grad=True)
+    logp, _ = linear_token_logps(h, w, None, torch.zeros(64, dtype=torch.long), chunk=16)
+    saved = [t for t in logp.grad_fn.saved_tensors if t is not None]
+    assert max(t.numel() for t in saved) == w.numel()  # the weight; never 64 x 5000 logits

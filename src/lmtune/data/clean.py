@@ -98,6 +98,11 @@ class RowCleaner:
 
     def __call__(self, row: dict[str, Any], fmt: str) -> None:
         """Clean every text field; RowError when a required field ends up empty."""
+        if fmt == "qa":  # the context carries answer offsets that cleaning must move along
+            from lmtune.data.squad import clean_qa
+
+            clean_qa(row, self._one)
+            return
         if fmt == "chat":
             for m in row["messages"]:
                 m["content"] = self._one(m["content"])

@@ -10,6 +10,8 @@ Canonical rows per format (what tasks consume):
                       prompt/chosen/rejected, pairwise response_a/response_b/preference, or
                       dialogue_pair full dialogues (see data/preference.py)
   prompt              {"prompt" (text or messages)}: prompts only, for online RL (task rlhf)
+  qa                  {"id"?, "title", "context", "question", "answers": {"text", "answer_start"},
+                      "is_impossible"}: extractive QA from SQuAD JSON or flat rows (data/squad.py)
 Validation turns one user row into a canonical row or raises RowError with a reason that
 names the field, so each bad row lands in rejects.jsonl instead of failing the run.
 """
@@ -28,7 +30,8 @@ from lmtune.errors import UserError
 
 PREFERENCE = ("preference", "pairwise", "dialogue_pair")
 FORMATS = (
-    "text", "instruction", "chat", "classification", "pair_classification", *PREFERENCE, "prompt"
+    "text", "instruction", "chat", "classification", "pair_classification", *PREFERENCE, "prompt",
+    "qa",
 )
 LABELLED = ("classification", "pair_classification")
 REQUIRED = {
@@ -41,6 +44,7 @@ REQUIRED = {
     "pairwise": ("prompt", "response_a", "response_b", "preference"),
     "dialogue_pair": ("chosen", "rejected"),
     "prompt": ("prompt",),
+    "qa": ("context", "question"),  # answers are checked by data/squad.py (optional to predict)
 }
 # Fields whose text is cleaned, redacted and compared for duplicates (chat: message contents).
 CONTENT_FIELDS = {
@@ -52,12 +56,14 @@ CONTENT_FIELDS = {
     # All three preference shapes become the same canonical row; prompt may be messages.
     **{f: ("prompt", "chosen", "rejected") for f in PREFERENCE},
     "prompt": ("prompt",),
+    "qa": ("context", "question"),
 }
 TASK_FORMATS = {
     "sft": ("chat", "instruction", "text"),
     "classification": LABELLED,
     **{t: PREFERENCE for t in ("reward", "dpo", "orpo")},
     "rlhf": ("prompt",),
+    "qa": ("qa",),
 }
 ROLES = ("system", "user", "assistant")
 # ShareGPT `from` values -> roles.
@@ -168,6 +174,7 @@ def detect_format(
         "classification": "{text: review, label: stars}",
         "sft": "{instruction: question, output: answer}",
         "rlhf": "{prompt: question}",
+        "qa": "{context: passage, question: query}",
     }.get(task, "{prompt: question, chosen: good_answer, rejected: bad_answer}")
     shown = ", ".join(c or "(unnamed)" for c in columns) or "(none)"
     hint = (
@@ -204,6 +211,14 @@ def detect_format(
             f"{where}: task {task} needs preference pairs: prompt/chosen/rejected, "
             f"prompt/response_a/response_b/preference (a, b or tie), or chosen/rejected full "
             f"dialogues; {hint}"
+        )
+    if task == "qa":
+        if has("context") and has("question"):
+            return "qa"
+        missing = [f for f in ("context", "question") if not has(f)]
+        raise UserError(
+            f"{where}: task qa needs SQuAD JSON or rows with context, question and answers; no "
+            f"column for {_missing(missing, mapping)}; {hint}"
         )
     if task == "rlhf":
         if has("prompt"):
@@ -351,6 +366,10 @@ def to_canonical(
         from lmtune.data.preference import prompt_row
 
         row = prompt_row(raw, mapping)
+    elif fmt == "qa":
+        from lmtune.data.squad import qa_row
+
+        row = qa_row(raw, mapping, schema.labels_optional)
     elif fmt == "chat":
         row = {"messages": _messages(raw, mapping)}
     elif fmt == "instruction":

@@ -215,6 +215,10 @@ def _read_json(path: str, text: str, limit: int | None) -> list[Record]:
             f"{exc.colno}); a .json file must hold an array of row objects or "
             '{"data": [...]}; use .jsonl for one object per line'
         ) from None
+    from lmtune.data.squad import is_squad, squad_records
+
+    if is_squad(obj):  # nested SQuAD articles: one record per question
+        return squad_records(path, obj["data"], limit)
     if isinstance(obj, dict) and isinstance(obj.get("data"), list):
         obj = obj["data"]
     if not isinstance(obj, list):

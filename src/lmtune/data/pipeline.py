@@ -27,7 +27,7 @@ from lmtune.data.formats import (
 )
 from lmtune.data.io import Record, Reject, as_paths, read_file
 from lmtune.data.report import build_report, to_markdown
-from lmtune.data.split import class_weights, split_indices
+from lmtune.data.split import class_weights, group_split_indices, split_indices
 from lmtune.data.stages import (
     ORIGIN,
     bad_fraction_message,
@@ -123,11 +123,32 @@ def _split(cfg: Config, fmt: str, pools: dict[str, Rows]) -> dict[str, Rows]:
     eval_frac = 0.0 if "eval" in pools else cfg.data.split.eval
     test_frac = 0.0 if "test" in pools else cfg.data.split.test
     strat = [r["label"] for r in train] if fmt in LABELLED and cfg.data.split.stratify else None
-    idx = split_indices(len(train), eval_frac, test_frac, cfg.run.seed, strat)
+    if cfg.data.split.group_by:  # whole groups (articles) per split: no group in two splits
+        groups = _group_keys(train, cfg.data.split.group_by)
+        idx = group_split_indices(groups, eval_frac, test_frac, cfg.run.seed)
+    else:
+        idx = split_indices(len(train), eval_frac, test_frac, cfg.run.seed, strat)
     splits = {"train": [train[i] for i in idx["train"]]}
     for s in ("eval", "test"):
         splits[s] = pools[s] if s in pools else [train[i] for i in idx[s]]
     return splits
+
+
+def _group_keys(rows: Rows, key: str) -> list[str]:
+    """data.split.group_by value per row: a canonical field, else the user's raw column."""
+    out = []
+    for r in rows:
+        raw = r[ORIGIN][2]
+        value = r[key] if key in r else raw.get(key) if isinstance(raw, dict) else None
+        if value is None or isinstance(value, (dict, list)):
+            file, line, _ = r[ORIGIN]
+            raise UserError(
+                f"{file} line/row {line}: data.split.group_by is '{key}' but the row has no "
+                f"string or number in that column (columns: {', '.join(raw or {})}); name a "
+                "column every row has (e.g. title for SQuAD articles) or unset it"
+            )
+        out.append(str(value))
+    return out
 
 
 def _labels(
@@ -262,7 +283,7 @@ def read_rows(
         raise UserError(msg)
     cleaner = RowCleaner(cfg.data.clean, redact=False)
     if fmt in PREFERENCE:
-        rows = drop_ties(rows, rejects)
+        rows = drop_ties(rows, rejects, cfg.preference.ties == "keep")
     kept = []
     for row in rows:
         try:

@@ -87,6 +87,46 @@ def split_indices(
     return {k: sorted(v) for k, v in out.items()}
 
 
+def group_split_indices(
+    groups: list[str], eval_frac: float, test_frac: float, seed: int
+) -> dict[str, list[int]]:
+    """Indices for train/eval/test where all rows of a group land in the same split.
+
+    Groups (e.g. article titles) are visited in a seeded order; eval, then test, take a group
+    when it brings them closer to their share of rows; the rest is train. A split that wanted
+    rows but found only groups that are too big takes the smallest one, and train always
+    keeps at least one group. Shares are met as closely as whole groups allow.
+    """
+    names = list(dict.fromkeys(groups))  # first-seen order: independent of PYTHONHASHSEED
+    members: dict[str, list[int]] = {g: [] for g in names}
+    for i, g in enumerate(groups):
+        members[g].append(i)
+    targets = {"eval": split_size(len(groups), eval_frac), "test": split_size(len(groups), test_frac)}
+    place: dict[str, list[str]] = {"train": [], "eval": [], "test": []}
+    count = {"eval": 0, "test": 0}
+    for gi in np.random.default_rng(seed).permutation(len(names)).tolist():
+        g, size = names[gi], len(members[names[gi]])
+        dest = "train"
+        for s in ("eval", "test"):
+            need = targets[s] - count[s]
+            if need > 0 and size < 2 * need:  # |count + size - target| < |count - target|
+                dest = s
+                count[s] += size
+                break
+        place[dest].append(g)
+    for s in ("eval", "test"):
+        if targets[s] > 0 and not place[s] and len(place["train"]) > 1:
+            smallest = min(place["train"], key=lambda g: len(members[g]))
+            place["train"].remove(smallest)
+            place[s].append(smallest)
+    if not place["train"]:  # never leave train without rows
+        donor = max(("eval", "test"), key=lambda s: len(place[s]))
+        smallest = min(place[donor], key=lambda g: len(members[g]))
+        place[donor].remove(smallest)
+        place["train"].append(smallest)
+    return {s: sorted(i for g in gs for i in members[g]) for s, gs in place.items()}
+
+
 def balance(
     rows: list[dict[str, Any]], key: str, strategy: str, seed: int
 ) -> tuple[list[dict[str, Any]], list[tuple[dict[str, Any], str]], dict[str, Any]]:

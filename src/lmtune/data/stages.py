@@ -114,9 +114,10 @@ def bad_fraction_message(
     )
 
 
-def drop_ties(rows: list[dict[str, Any]], rejects: list[Reject]) -> list[dict[str, Any]]:
+def drop_ties(rows: list[dict[str, Any]], rejects: list[Reject], keep_ties: bool = False) -> list[dict[str, Any]]:
     """Drop pairwise rows whose preference is a tie (no preferred response) or a skip (the
-    rater gave no judgement, `lmtune feedback`), each counted as such.
+    rater gave no judgement, `lmtune feedback`), each counted as such. With keep_ties, ties
+    stay, marked `tie: true` (reward models train them toward equal rewards).
 
     A separate stage, not validation: ties and skips are valid data, so they must not count
     towards data.max_bad_fraction.
@@ -125,9 +126,13 @@ def drop_ties(rows: list[dict[str, Any]], rejects: list[Reject]) -> list[dict[st
 
     kept = []
     for row in rows:
-        if row.pop(TIE, False):
+        tie = row.pop(TIE, False)
+        if tie and keep_ties:
+            kept.append({**row, "tie": True})
+        elif tie:
             rejects.append(reject_row(row, "preference is a tie (no preferred response); ties are "
-                                      "dropped", "ties", "tie"))
+                                      "dropped (preference.ties: keep trains reward models on them)",
+                                      "ties", "tie"))
         elif row.pop(SKIP, False):
             rejects.append(reject_row(row, "preference is skip (the rater passed on this pair); "
                                       "skips are dropped", "ties", "skip"))
@@ -142,7 +147,7 @@ def clean_pool(
     """Ties, row cleaning, length limits, exact and near dedupe for one pool of rows."""
     c = cfg.data.clean
     if fmt in PREFERENCE:
-        rows = drop_ties(rows, rejects)
+        rows = drop_ties(rows, rejects, cfg.preference.ties == "keep")
     kept = []
     for row in rows:
         try:

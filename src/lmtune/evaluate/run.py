@@ -33,7 +33,8 @@ def load_for_inference(path: str | Path) -> tuple[torch.nn.Module, Any, dict[str
     model_dir = resolve_model_dir(path)
     model, tokenizer, meta = load_trained(model_dir)
     model.eval()
-    run_cfg = model_dir.parent / "config.yaml"
+    # A released version keeps its resolved config beside the weights; a run folder above model/.
+    run_cfg = model_dir / "config.yaml" if (model_dir / "config.yaml").is_file() else model_dir.parent / "config.yaml"
     data: dict[str, Any] = {}
     if run_cfg.is_file():
         data = yaml.safe_load(run_cfg.read_text()) or {}
@@ -44,6 +45,8 @@ def load_for_inference(path: str | Path) -> tuple[torch.nn.Module, Any, dict[str
     if meta.get("labels"):
         data["data"]["labels"] = meta["labels"]
     data.setdefault("model", {})["max_length"] = meta.get("max_length", 256)
+    if meta.get("qa"):  # qa: decode exactly as training resolved it (allow_no_answer included)
+        data["qa"] = dict(meta["qa"])
     return model, tokenizer, meta, Config.model_validate(data)
 
 
@@ -54,11 +57,21 @@ def _task_for(meta: dict[str, Any], tokenizer: Any, cfg: Config) -> Any:
 
 
 def run_eval(model_path: str | Path, data_path: str | Path, out_dir: str | Path | None = None,
-             batch_size: int = 64) -> dict[str, Any]:
-    """Evaluate a trained model on a labelled file; writes eval.json (+ errors.jsonl)."""
+             batch_size: int = 64, baselines: bool = False, shots: int | None = None) -> dict[str, Any]:
+    """Evaluate a trained model on a labelled file; writes eval.json (+ errors.jsonl) and report.html.
+
+    baselines=True also scores the base model zero-/few-shot (`shots` per class) on the same
+    rows and writes baselines.json beside eval.json (result["baselines"]).
+    """
     from lmtune.data.pipeline import read_rows
 
     model, tokenizer, meta, cfg = load_for_inference(model_path)
+    if baselines and meta["task"] != "classification":
+        raise UserError(f"--baselines needs a classification model; {model_path} is a {meta['task']} model")
+    if baselines:
+        from lmtune.evaluate.baselines import check_label_maps
+
+        check_label_maps(cfg.baselines, meta["labels"])  # a config typo fails before any work
     rows, rejects = read_rows(data_path, cfg)
     if not rows:
         raise UserError(f"{data_path}: no usable rows ({len(rejects)} rejected; first: "
@@ -75,6 +88,16 @@ def run_eval(model_path: str | Path, data_path: str | Path, out_dir: str | Path 
         with (out / "rejects.jsonl").open("w", encoding="utf-8") as f:
             for r in rejects:
                 f.write(json.dumps(r, ensure_ascii=False, default=str) + "\n")
+    if baselines:
+        from lmtune.evaluate.baselines import read_train_pool, run_baselines
+
+        model_dir = resolve_model_dir(model_path)
+        pool = read_train_pool(model_dir.parent / "data" / "train.jsonl", meta["labels"])
+        result["baselines"] = run_baselines(model_dir, cfg, rows, metrics, out, pool, shots,
+                                            device=next(model.parameters()).device, data=str(data_path))
+    from lmtune.report import write_eval_report
+
+    write_eval_report(out)  # report.html beside eval.json (warns, never raises)
     result["out_dir"] = str(out)
     return result
 
@@ -95,6 +118,8 @@ def run_predict(model_path: str | Path, input_path: str | Path, out_path: str | 
                 batch_size: int = 64) -> list[dict[str, Any]]:
     """Label every text in a file with a trained classifier; writes predictions jsonl."""
     model, tokenizer, meta, cfg = load_for_inference(model_path)
+    if meta["task"] == "qa":
+        return _predict_qa(model, tokenizer, meta, cfg, input_path, out_path, batch_size)
     if meta["task"] != "classification":
         raise UserError(f"predict needs a classification model; {model_path} is a {meta['task']} model "
                         "(use `lmtune generate` for causal LMs)")
@@ -118,6 +143,24 @@ def run_predict(model_path: str | Path, input_path: str | Path, out_path: str | 
         preds.append({"text": r["text"], **({"text_pair": r["text_pair"]} if "text_pair" in r else {}),
                       "label": labels[top], "confidence": round(float(p[top]), 4),
                       "scores": {lab: round(float(s), 4) for lab, s in zip(labels, p.tolist(), strict=True)}})
+    if out_path:
+        with Path(out_path).open("w", encoding="utf-8") as f:
+            for row in preds:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return preds
+
+
+def _predict_qa(model: torch.nn.Module, tokenizer: Any, meta: dict[str, Any], cfg: Config,
+                input_path: str | Path, out_path: str | Path | None, batch_size: int) -> list[dict[str, Any]]:
+    """Answers for a SQuAD JSON or context/question rows file (answers may be absent)."""
+    from lmtune.data.pipeline import read_rows
+
+    rows, rejects = read_rows(input_path, cfg, labels_optional=True)
+    if rejects:
+        first = rejects[0]
+        raise UserError(f"{input_path}: {len(rejects)} row(s) cannot be answered, first at row "
+                        f"{first.get('line')}: {first.get('reason')}")
+    preds = _task_for(meta, tokenizer, cfg).answer(model, rows, batch_size)
     if out_path:
         with Path(out_path).open("w", encoding="utf-8") as f:
             for row in preds:

@@ -52,7 +52,8 @@ DEFAULT_TARGETS: dict[str, list[str]] = {
 
 _TASK_TYPES = {"sft": TaskType.CAUSAL_LM, "dpo": TaskType.CAUSAL_LM, "orpo": TaskType.CAUSAL_LM,
                "rlhf": TaskType.CAUSAL_LM,
-               "classification": TaskType.SEQ_CLS, "reward": TaskType.SEQ_CLS}
+               "classification": TaskType.SEQ_CLS, "reward": TaskType.SEQ_CLS,
+               "qa": TaskType.QUESTION_ANS}
 
 
 def _base(model: torch.nn.Module) -> torch.nn.Module:
@@ -139,6 +140,10 @@ def apply_adapter(model: torch.nn.Module, acfg: AdapterConfig, task: str) -> tor
         # A freshly initialised classifier must train in full; an LM head stays frozen.
         seq_cls = _TASK_TYPES[task] == TaskType.SEQ_CLS
         to_save = [h for h in heads if h != "lm_head"] if seq_cls else None
+        # QUESTION_ANS: peft adds qa_outputs to modules_to_save by itself (listing it twice
+        # would wrap it twice).
+    elif _TASK_TYPES[task] == TaskType.QUESTION_ANS:
+        to_save = [m for m in acfg.modules_to_save if m != "qa_outputs"] or None
     else:
         to_save = list(acfg.modules_to_save) or None
     model_type = getattr(model.config, "model_type", "")

@@ -69,6 +69,8 @@ def _task_of(base: torch.nn.Module) -> str:
         return "classification"
     if cls.endswith(("ForCausalLM", "LMHeadModel")):
         return "sft"
+    if cls.endswith("ForQuestionAnswering"):
+        return "qa"
     raise UserError(f"cannot tell the task of a {cls}; pass extra={{'task': ...}} to save_model")
 
 
@@ -204,4 +206,8 @@ def export_merged(model_dir: Path, out_dir: Path) -> Path:
         merged.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        if (model_dir / "data_profile.json").is_file():  # `lmtune monitor` compares inputs with it
+            shutil.copy2(model_dir / "data_profile.json", tmp / "data_profile.json")
+        if (model_dir / "MODEL_CARD.md").is_file():  # the card travels with the released weights
+            shutil.copy2(model_dir / "MODEL_CARD.md", tmp / "MODEL_CARD.md")
     return out_dir

@@ -18,6 +18,7 @@ import torch
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
+    AutoModelForQuestionAnswering,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     PretrainedConfig,
@@ -26,6 +27,7 @@ from transformers import (
 from transformers.models.auto.modeling_auto import (
     MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
     MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES,
     MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
 )
 
@@ -43,10 +45,11 @@ _BUILTIN_PACKAGES: dict[str, tuple[str, str, str]] = {
 }
 
 NEW_PAD_TOKEN = "<|pad|>"
-TASKS = ("sft", "classification", "reward", "dpo", "orpo", "rlhf")
+TASKS = ("sft", "classification", "reward", "dpo", "orpo", "rlhf", "qa")
 # What each task loads: a causal LM, or a sequence classifier (reward: one output, the score).
 MODEL_KIND = {"sft": "causal", "dpo": "causal", "orpo": "causal", "rlhf": "causal",
-              "classification": "classifier", "reward": "classifier"}
+              "classification": "classifier", "reward": "classifier",
+              "qa": "qa"}  # qa: a span head (start/end logits per token) on an encoder
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
@@ -187,6 +190,17 @@ def _check_task(config: PretrainedConfig, task: str, path: str) -> None:
                 f"sequence-classification head for, so task {task} cannot use it: pick another "
                 "model (builtin:minilm works) or task sft"
             )
+    elif kind == "qa":
+        known = (
+            model_type in MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES
+            or "AutoModelForQuestionAnswering" in auto_map
+        )
+        if not known:
+            raise UserError(
+                f"{path} is a {model_type} model, which transformers has no question-answering "
+                "(span) head for, so task qa cannot use it: use an encoder such as builtin:minilm "
+                "or another BERT-style model"
+            )
     else:
         raise UserError(f"task {task!r} has no model loader (known: {', '.join(TASKS)})")
 
@@ -223,6 +237,12 @@ def load_model(
     embeddings when the tokenizer gained tokens (e.g. a new pad token).
     """
     path = resolve_model_path(mcfg.name_or_path)
+    if _is_local(path) and (Path(path) / "adapter_config.json").is_file() and not (
+            Path(path) / "config.json").is_file():
+        # A LoRA/DoRA run's model folder holds only the adapter; a new run (say, the next task
+        # after this one) must start from the merged weights.
+        raise UserError(f"{path} holds a LoRA/DoRA adapter, not a full model: merge it first with "
+                        f"`lmtune export {path} MERGED_DIR` and set model.name_or_path to MERGED_DIR")
     kwargs = _hub_kwargs(mcfg, path)
     try:
         config = AutoConfig.from_pretrained(path, **kwargs)
@@ -256,6 +276,8 @@ def load_model(
             ignore_mismatched_sizes=True,
         )
         auto_cls = AutoModelForSequenceClassification
+    elif task == "qa":
+        auto_cls = AutoModelForQuestionAnswering  # a fresh qa_outputs head on a plain encoder
     else:
         auto_cls = AutoModelForCausalLM
     try:
@@ -273,6 +295,11 @@ def load_model(
 
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         _grow_embeddings(model, len(tokenizer))
+    if mcfg.dropout is not None:
+        # Attention reads its probability from these modules too (transformers' sdpa path).
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = mcfg.dropout
     model.config.pad_token_id = tokenizer.pad_token_id
     gen = getattr(model, "generation_config", None)
     if gen is not None:

@@ -49,6 +49,7 @@ TASKS: dict[str, Callable[..., Any]] = {
     "dpo": _preference("dpo", "DPOTask"),
     "orpo": _preference("orpo", "ORPOTask"),
     "rlhf": _preference("rlhf", "RLHFTask"),
+    "qa": _preference("qa", "QATask"),  # built like the preference tasks: (tokenizer, cfg)
 }
 
 

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from lmtune.evaluate.metrics import classification_metrics
+from lmtune.report.calibration import expected_calibration_error
 
 
 class ClassificationTask:
@@ -81,7 +82,8 @@ class ClassificationTask:
 
     def evaluate(self, model: torch.nn.Module, rows: list[dict[str, Any]], batch_size: int,
                  out_dir: Path | None = None) -> dict[str, Any]:
-        """Loss, accuracy, precision/recall/F1; writes errors.jsonl to out_dir when given."""
+        """Loss, accuracy, precision/recall/F1, ECE; writes errors.jsonl and predictions.jsonl
+        to out_dir when given."""
         was_training = model.training
         model.eval()
         probs = self.predict(model, rows, batch_size)
@@ -91,8 +93,19 @@ class ClassificationTask:
         nll = F.nll_loss(probs.clamp_min(1e-12).log(), gold, reduction="mean")
         metrics = classification_metrics(gold.tolist(), pred.tolist(), self.labels)
         details = metrics.pop("details")
-        metrics = {"eval_loss": float(nll), **metrics, "eval_examples": float(len(rows))}
+        conf = probs.gather(1, pred[:, None])[:, 0]
+        ece = expected_calibration_error(conf.tolist(), (pred == gold).tolist())
+        metrics = {"eval_loss": float(nll), **metrics, "ece": ece, "eval_examples": float(len(rows))}
         if out_dir is not None:
+            # Every prediction with its probabilities: the report's reliability diagram reads it.
+            with (out_dir / "predictions.jsonl").open("w", encoding="utf-8") as f:
+                for i, r in enumerate(rows):
+                    f.write(json.dumps({
+                        "source": r.get("_source"), "text": r["text"],
+                        **({"text_pair": r["text_pair"]} if "text_pair" in r else {}),
+                        "label": r["label"], "pred": self.labels[int(pred[i])], "prob": round(float(conf[i]), 6),
+                        "probs": {lab: round(float(p), 6) for lab, p in zip(self.labels, probs[i].tolist(), strict=True)},
+                    }, ensure_ascii=False) + "\n")
             errors = [
                 {"source": r.get("_source"), "text": r["text"], **({"text_pair": r["text_pair"]} if "text_pair" in r else {}),
                  "gold": r["label"], "predicted": self.labels[int(p)], "confidence": round(float(probs[i, p]), 4)}

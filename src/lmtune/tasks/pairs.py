@@ -13,27 +13,23 @@ a pair whose responses are identical once cut, is rejected (ValueError, like SFT
 Batching. Chosen and rejected go through the model as ONE batch [chosen_1..B, rejected_1..B]:
 one forward instead of two.
 
-Log-probs. Only the positions that predict a response token reach the vocabulary projection:
-transformers' `logits_to_keep` takes a boolean mask, so prompt and padding positions never
-produce logits at all (and never an fp32 copy of them).
+Log-probs. Only the positions that predict a response token reach the vocabulary projection,
+and it runs in chunks that are recomputed in backward (models/lm_head.py): prompt and padding
+positions never produce logits, and the response positions never all at once.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import inspect
 import json
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from lmtune.data.collate import IGNORE, pad_batch
-from lmtune.losses.logprobs import sequence_logps
+from lmtune.losses.logprobs import sequence_sums
 
 PairStats = dict[str, torch.Tensor]
 
@@ -177,48 +173,22 @@ def add_pair_fields(batch: dict[str, Any], features: list[dict[str, Any]]) -> No
         num_pairs=n, num_units=n, num_examples=n, num_tokens=int(batch["attention_mask"].sum())
     )
     batch["margin"] = torch.tensor([float(f.get("margin", 0.0)) for f in features])
+    if any(f.get("tie") for f in features):
+        batch["tie"] = torch.tensor([bool(f.get("tie")) for f in features])
     if all("ref_chosen" in f for f in features):
         batch["ref_chosen"] = torch.tensor([f["ref_chosen"] for f in features])
         batch["ref_rejected"] = torch.tensor([f["ref_rejected"] for f in features])
-
-
-@functools.cache
-def _takes_logits_mask(model_cls: type) -> bool:
-    # Models whose forward slices hidden states with transformers' slice_logits_to_keep accept
-    # a boolean [batch, seq] mask; older or remote-code models may only accept an int.
-    module = sys.modules.get(model_cls.__module__)
-    return (
-        hasattr(module, "slice_logits_to_keep")
-        and "logits_to_keep" in inspect.signature(model_cls.forward).parameters
-    )
-
-
-def _base_model(model: torch.nn.Module) -> torch.nn.Module:
-    model = getattr(model, "_orig_mod", model)  # torch.compile wrapper
-    get_base = getattr(model, "get_base_model", None)  # peft wrapper
-    return get_base() if callable(get_base) else model
 
 
 def response_logps(
     model: torch.nn.Module, batch: dict[str, Any]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(summed log-prob, token count) of the response of every sequence in the batch."""
-    labels = batch["labels"]
-    targets_mask = labels[:, 1:] != IGNORE  # position t predicts token t+1
-    keep = F.pad(targets_mask, (0, 1), value=False)
-    targets = labels[:, 1:][targets_mask]
-    rows = torch.arange(labels.shape[0], device=labels.device)
-    seq_index = rows[:, None].expand_as(targets_mask)[targets_mask]
-    inputs = {
-        "input_ids": batch["input_ids"],
-        "attention_mask": batch["attention_mask"],
-        "use_cache": False,
-    }
-    if _takes_logits_mask(type(_base_model(model))):
-        logits = model(**inputs, logits_to_keep=keep).logits  # [N, V]: response positions only
-    else:
-        logits = model(**inputs).logits[keep]
-    return sequence_logps(logits, targets, seq_index, labels.shape[0])
+    from lmtune.models.lm_head import target_logps
+
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    logp, _, _, rows = target_logps(model, inputs, batch["labels"], IGNORE)
+    return sequence_sums(logp, rows, batch["labels"].shape[0])
 
 
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:

@@ -97,6 +97,8 @@ class RewardTask:
         feat["length"] = max(len(feat["chosen_input_ids"]), len(feat["rejected_input_ids"]))
         if row.get("margin") is not None:
             feat["margin"] = float(row["margin"])
+        if row.get("tie"):
+            feat["tie"] = True
         return feat
 
     def collate(self, features: list[dict[str, Any]]) -> dict[str, Any]:
@@ -124,9 +126,12 @@ class RewardTask:
         n = batch["num_pairs"]
         scores = self.rewards(model, batch)
         chosen, rejected = scores[:n], scores[n:]
+        tie = batch.get("tie")
+        # A tie has no winner: it counts in the loss, not in the accuracy.
+        preferred = chosen > rejected if tie is None else (chosen > rejected)[~tie]
         return {
-            "loss": bradley_terry(chosen, rejected, batch["margin"]),
-            "pairwise_accuracy": chosen > rejected,
+            "loss": bradley_terry(chosen, rejected, batch["margin"], tie),
+            "pairwise_accuracy": preferred,
             "mean_margin": chosen - rejected,
             "reward_chosen": chosen,
             "reward_rejected": rejected,

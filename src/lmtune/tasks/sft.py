@@ -10,31 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from lmtune.evaluate.metrics import perplexity
-
-# Causal LMs whose forward is exactly `logits = lm_head(base_model(...).last_hidden_state)`:
-# no logit soft-capping (Gemma 2/3), scaling (Cohere, Granite) or extra outputs.
-_PLAIN_LM_HEAD = frozenset({"llama", "mistral", "qwen2", "qwen3", "gpt2", "phi3"})
-
-
-def _body_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module] | None:
-    """(decoder body, LM head) of a plain causal LM, or None to use the model's own forward.
-
-    Looks through a peft wrapper (LoRA layers live inside the same modules); a compiled
-    model keeps its compiled forward (None).
-    """
-    if hasattr(model, "_orig_mod"):
-        return None
-    hf = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if getattr(getattr(hf, "config", None), "model_type", None) not in _PLAIN_LM_HEAD:
-        return None
-    body = getattr(hf, "base_model", None)
-    head = hf.get_output_embeddings() if hasattr(hf, "get_output_embeddings") else None
-    if body is None or body is hf or head is None:
-        return None
-    return body, head
 
 
 class SFTTask:
@@ -84,24 +61,13 @@ class SFTTask:
 
     def token_losses(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per-token NLL, predictions and targets at the positions that carry loss."""
+        from lmtune.models.lm_head import target_logps
+
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
-        targets = batch["labels"][:, 1:]
-        keep = targets != -100
-        parts = _body_and_head(model)
-        if parts is not None:
-            # The vocabulary projection only where the loss is: prompt and padding positions
-            # never reach the LM head. Same logits as model(...).logits[keep], minus the
-            # [batch, length, vocab] tensor; on alpaca at max_length 256 fewer than half the
-            # positions carry loss, and with a 30k vocab the head is most of a small model.
-            body, head = parts
-            hidden = body(**inputs, use_cache=False).last_hidden_state[:, :-1]
-            picked = head(hidden[keep]).float()
-        else:
-            # Select the loss positions before the fp32 upcast: prompt and padding logits never
-            # need a full-precision copy of the vocabulary dimension.
-            picked = model(**inputs).logits[:, :-1][keep].float()
-        tgt = targets[keep]
-        return F.cross_entropy(picked, tgt, reduction="none"), picked.argmax(-1), tgt
+        # The vocabulary projection only where the loss is, in recomputed chunks: prompt and
+        # padding positions never reach the LM head, and no [tokens, vocab] tensor is kept.
+        logp, pred, tgt, _ = target_logps(model, inputs, batch["labels"])
+        return -logp, pred, tgt
 
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed next-token NLL over response tokens, and the token count."""

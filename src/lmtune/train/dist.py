@@ -78,6 +78,14 @@ class Dist:
         td.broadcast_object_list(box, src=0)
         return box[0]
 
+    def all_gather(self, obj: Any) -> list[Any]:
+        """Every rank's picklable object, in rank order, on every rank."""
+        if self.world_size == 1:
+            return [obj]
+        out: list[Any] = [None] * self.world_size
+        td.all_gather_object(out, obj)
+        return out
+
     def barrier(self) -> None:
         """Wait for every process."""
         if self.world_size > 1:

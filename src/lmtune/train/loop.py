@@ -97,12 +97,18 @@ def train(
     resume: bool = False,
     stop_after: int | None = None,
     quiet: bool = False,
+    on_eval: Callable[[int, dict[str, float]], None] | None = None,
+    regularizer: Callable[[torch.nn.Module], torch.Tensor] | None = None,
 ) -> TrainResult:
     """Train `model` on pre-encoded features; evaluate, checkpoint and keep the best.
 
     `save_model(model, dir)` writes a loadable model folder (used for the best model).
     `stop_after` ends the run after that many optimizer steps as if killed (tests use it to
     check that --resume reaches the same weights as an uninterrupted run).
+    `on_eval(step, metrics)` is called after each evaluation once its checkpoint is saved; an
+    exception it raises (a tuner pruning the trial) ends the run like a kill, logged.
+    `regularizer(model)` is a penalty (L2-SP, EWC) added to each optimizer step's mean loss,
+    logged as `penalty` beside the loss.
     """
     tc = cfg.train
     dist = Dist.get()
@@ -231,6 +237,13 @@ def train(
                     step_loss += loss_sum.item()
                     state["tokens"] += int(m["num_tokens"])
                     state["samples"] += int(m["num_examples"])
+                if regularizer is not None:
+                    # Once per optimizer step, not per micro-batch: the task loss above is already
+                    # the step's mean, so the objective is mean loss + penalty for any grad_accum.
+                    # Every process adds the same penalty and the sum over processes follows.
+                    penalty = regularizer(_unwrap(model))
+                    (penalty / dist.world_size).backward()
+                    window_extra["penalty"] = window_extra.get("penalty", 0.0) + float(penalty.detach())
                 dist.all_reduce_grads(model)
                 if tc.max_grad_norm:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
@@ -272,6 +285,8 @@ def train(
                                    f"{tc.early_stopping.patience} evaluations")
                 if (save_every and step % save_every == 0) or (want_eval and not save_every) or end_of_epoch or done:
                     save(step)
+                if want_eval and on_eval is not None and metrics is not None:
+                    _notify(on_eval, step, metrics, log, progress)
                 if stop_after is not None and step >= stop_after and not done:
                     progress.stop()
                     return TrainResult({"interrupted_at": step}, None)
@@ -305,6 +320,19 @@ def train(
     if dist.is_main:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return TrainResult(summary, best_path, stopped_early, history)
+
+
+def _notify(on_eval: Callable[[int, dict[str, float]], None], step: int, metrics: dict[str, float],
+            log: MetricsLog, progress: Progress) -> None:
+    """Hand an evaluation to `on_eval`; if it stops the run, say so in metrics.jsonl first."""
+    try:
+        on_eval(step, metrics)
+    except BaseException as exc:
+        # Called after this step's checkpoint: the folder is what a kill here leaves (resumable),
+        # and the log says why it ends, so a pruned trial does not look like a crash.
+        log.write({"event": "stopped", "step": step, "reason": type(exc).__name__, "detail": str(exc)})
+        progress.stop()
+        raise
 
 
 def _adamw_kernel(model: torch.nn.Module) -> dict[str, bool]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,8 @@ def text_length_fn(tokenizer: Any):
             prompt = " ".join(m["content"] for m in prompt) if isinstance(prompt, list) else prompt
             parts = [prompt] + ([max(row["chosen"], row["rejected"], key=len)] if "chosen" in row else [])
         else:
-            parts = [row[k] for k in ("text", "text_pair", "instruction", "input", "output") if row.get(k)]
+            parts = [row[k] for k in ("text", "text_pair", "instruction", "input", "output",
+                                      "question", "context") if row.get(k)]
         return len(tokenizer(" ".join(parts), add_special_tokens=False)["input_ids"])
 
     return fn
@@ -39,10 +41,15 @@ def encode_rows(task: Any, rows: list[dict[str, Any]], rejects_path: Path | None
     feats, rejected = [], []
     for row in rows:
         try:
-            feats.append(task.encode(row))
+            feat = task.encode(row)
         except ValueError as exc:
             rejected.append({"source": row.get("_source"), "reason": str(exc), "stage": "tokenize",
                              "row": {k: v for k, v in row.items() if not k.startswith("_")}})
+            continue
+        if isinstance(feat, list):  # qa: one row -> one feature per window of a long context
+            feats.extend(feat)
+        else:
+            feats.append(feat)
     if rejected and rejects_path is not None:
         with rejects_path.open("a", encoding="utf-8") as f:
             for r in rejected:
@@ -78,6 +85,8 @@ def setup(cfg: Config, run_dir: Path, for_training: bool = True) -> dict[str, An
 
         raise UserError("task classification found no labels in the training data (check data.columns.label)")
     task = build_task(cfg.task, tokenizer, cfg, prepared.labels, prepared.label_weights, prepared.format)
+    if hasattr(task, "observe_train"):  # qa: are there unanswerable questions to learn?
+        task.observe_train(prepared.splits["train"])
     set_seed(cfg.run.seed)  # the head's random init must not depend on how much data prep drew
     model = load_model(cfg.model, cfg.task, tokenizer, num_labels=len(prepared.labels or []) or None,
                        labels=prepared.labels)
@@ -97,8 +106,13 @@ def model_meta(cfg: Config, prepared: Any) -> dict[str, Any]:
 
 
 def run_training(cfg: Config, resume: bool = False, quiet: bool = False,
-                 stop_after: int | None = None) -> dict[str, Any]:
-    """The whole `lmtune train` run; returns the summary (also in RUN_DIR/summary.json)."""
+                 stop_after: int | None = None,
+                 on_eval: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, Any]:
+    """The whole `lmtune train` run; returns the summary (also in RUN_DIR/summary.json).
+
+    `on_eval(step, metrics)` goes to the loop (`lmtune tune` reports to its pruner there).
+    """
+    from lmtune.evaluate.forgetting import forgetting_on, overfitting_flags, start_forgetting
     from lmtune.models.adapters import head_module_names
     from lmtune.models.export import save_model
     from lmtune.train.loop import train
@@ -114,8 +128,19 @@ def run_training(cfg: Config, resume: bool = False, quiet: bool = False,
     parts = setup(cfg, run_dir)
     task, model, tokenizer, prepared = parts["task"], parts["model"], parts["tokenizer"], parts["prepared"]
     meta = model_meta(cfg, prepared)
+    if cfg.baselines.enabled:
+        from lmtune.evaluate.baselines import check_label_maps
+
+        check_label_maps(cfg.baselines, prepared.labels or [])  # fail now, not after training
+    if hasattr(task, "model_meta"):  # qa: decoding settings that eval/predict must reuse
+        meta.update(task.model_meta())
 
     features = encode_rows(task, prepared.splits["train"], run_dir / "rejects.jsonl" if dist.is_main else None)
+    forget = None
+    if forgetting_on(cfg):  # the reference measured before training; L2-SP/EWC anchors; replay rows
+        model.to(dist.device)
+        forget = start_forgetting(cfg, model, tokenizer, head_module_names(model), len(features), dist.is_main)
+        features += forget.replay
     if hasattr(task, "prepare_features"):
         features = task.prepare_features(features)
     eval_rows = prepared.splits.get("eval") or []
@@ -135,12 +160,18 @@ def run_training(cfg: Config, resume: bool = False, quiet: bool = False,
         with torch.no_grad():
             before = {name: _flat(task.evaluate(model, rows, cfg.train.eval_batch_size, None))
                       for name in ("eval", "test") if (rows := prepared.splits.get(name))}
+    if cfg.audit.enabled and not resume and dist.is_main:  # bias audit of the starting point
+        from lmtune.evaluate.audit import audit_in_run
+
+        model.to(dist.device)
+        audit_in_run(cfg, "before", model, tokenizer, task, prepared, run_dir)
 
     def saver(m: torch.nn.Module, out: Path) -> None:
         save_model(m, tokenizer, out, extra=meta)
 
     result = train(cfg, task, model, features, eval_rows, run_dir, saver,
-                   head_names=head_module_names(model), resume=resume, stop_after=stop_after, quiet=quiet)
+                   head_names=head_module_names(model), resume=resume, stop_after=stop_after, quiet=quiet,
+                   on_eval=on_eval, regularizer=forget.regularizer if forget else None)
     if stop_after is not None and "interrupted_at" in result.summary:
         return result.summary
     summary = {**result.summary, "trainable_params": parts["params"]["trainable"],
@@ -148,6 +179,14 @@ def run_training(cfg: Config, resume: bool = False, quiet: bool = False,
                "data": {k: len(v) for k, v in prepared.splits.items()}}
     if dist.is_main:
         save_model(model, tokenizer, run_dir / "model", extra=meta)
+        # What "normal input" looked like, for `lmtune monitor` after release.
+        from lmtune.ops.profile import write_profile
+
+        try:  # a profile problem must not cost a finished training run
+            write_profile(run_dir / "model", prepared.splits["train"], tokenizer, prepared.labels,
+                          cfg.monitor.vocab_size)
+        except Exception as exc:
+            dist.print(f"warning: data_profile.json not written ({exc}); `lmtune monitor` will skip drift checks")
         summary["model_dir"] = str(run_dir / "model")
         test_rows = prepared.splits.get("test") or []
         if test_rows:
@@ -156,9 +195,43 @@ def run_training(cfg: Config, resume: bool = False, quiet: bool = False,
                 test = task.evaluate(model, test_rows, cfg.train.eval_batch_size, run_dir)
             (run_dir / "eval.json").write_text(json.dumps({"split": "test", **test}, indent=2))
             summary["test"] = _flat(test)
+        if cfg.baselines.enabled:
+            summary["baselines"] = _baselines(cfg, task, model, prepared, run_dir, test if test_rows else None)
+        if cfg.audit.enabled:
+            from lmtune.evaluate.audit import audit_in_run
+
+            summary["audit"] = audit_in_run(cfg, "after", model, tokenizer, task, prepared, run_dir)
+        if forget is not None:
+            summary["forgetting"] = forget.finish(model, run_dir)
+        log = run_dir / "metrics.jsonl"
+        events = [json.loads(line) for line in log.read_text().splitlines() if line] if log.is_file() else []
+        summary["overfitting"] = overfitting_flags(events)
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        from lmtune.report import write_run_outputs
+
+        # Last, once every result file exists: report.html + MODEL_CARD.md (warns, never raises).
+        write_run_outputs(run_dir)
     dist.barrier()
     return summary
+
+
+def _baselines(cfg: Config, task: Any, model: torch.nn.Module, prepared: Any, run_dir: Path,
+               test: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Zero-/few-shot baselines of the base model on the rows the fine-tune was judged on
+    (test, else eval); writes run_dir/baselines.json."""
+    from lmtune.evaluate.baselines import run_baselines
+
+    split = "test" if test is not None else "eval"
+    rows = prepared.splits.get(split) or []
+    if not rows:
+        Dist.get().print("baselines skipped: no test or eval rows to compare on")
+        return None
+    if test is None:
+        model.eval()
+        with torch.no_grad():
+            test = task.evaluate(model, rows, cfg.train.eval_batch_size, None)
+    return run_baselines(run_dir / "model", cfg, rows, test, run_dir, prepared.splits["train"],
+                         device=Dist.get().device, data=f"{split} split")
 
 
 def _flat(metrics: dict[str, Any]) -> dict[str, float]:

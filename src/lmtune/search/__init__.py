@@ -1,0 +1,1 @@
+"""Hyperparameter search (`lmtune tune`): Optuna studies over any config key."""
