@@ -11,9 +11,19 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from lmtune.config_ops import GateConfig
+from lmtune.config_base import Strict
+from lmtune.config_eval import (  # noqa: F401 - sections are importable from lmtune.config too
+    AuditConfig,
+    BaselinesConfig,
+    EWCConfig,
+    ForgettingConfig,
+    MitigationConfig,
+    QAConfig,
+    ReplayConfig,
+)
+from lmtune.config_ops import GateConfig, MonitorConfig, PrunerConfig, SearchConfig, SearchParam  # noqa: F401
 from lmtune.errors import UserError
 
 TaskName = Literal["sft", "classification", "reward", "dpo", "orpo", "rlhf", "qa"]
@@ -24,12 +34,6 @@ FormatName = Literal[
 # Tasks that learn from preference pairs, and the row formats that hold such pairs.
 PREFERENCE_TASKS = ("reward", "dpo", "orpo")
 PREFERENCE_FORMATS = ("preference", "pairwise", "dialogue_pair")
-
-
-class Strict(BaseModel):
-    """Base for all config sections: unknown keys are errors, not silently ignored."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 class RunConfig(Strict):
@@ -190,199 +194,6 @@ class RLHFConfig(Strict):
     eval_temperature: float = Field(0.0, ge=0, description="Sampling temperature for evaluation completions (0: greedy).")
     eval_seed: int = Field(0, description="Seed for sampled evaluation completions (eval never disturbs the training random stream).")
     reward_batch_size: int = Field(32, gt=0, description="Completions per forward pass of a reward model.")
-
-
-class BaselinesConfig(Strict):
-    """Zero-/few-shot baselines of the base model beside the fine-tuned one (task classification)."""
-
-    enabled: bool = Field(False, description="At the end of `lmtune train`, score zero-shot and few-shot baselines of the base model on the test split (the eval split when there is no test split); written to baselines.json and summary.json.")
-    shots: int = Field(16, ge=1, description="Few-shot examples per class (k), sampled from the training split.")
-    seeds: int = Field(3, ge=1, description="Few-shot repeats with differently sampled examples; mean and std are reported (k-shot results are noisy).")
-    label_descriptions: dict[str, str | list[str]] = Field(default_factory=dict, description="Encoders: label -> description text (or a list, averaged) embedded for zero-shot, e.g. {pos: a positive, happy review}; empty: description_template for every label.")
-    description_template: str = Field("This text is {label}.", description="Encoders: the description used for every label when label_descriptions is empty ({label} is replaced).")
-    prompt: str = Field("Text: {text}\nLabel:", description="Causal LMs: prompt for one example ({text}, optionally {text_pair}); the label word follows after a space, demonstrations are separated by a blank line.")
-    label_words: dict[str, str] = Field(default_factory=dict, description="Causal LMs: label -> continuation whose log-likelihood is scored, e.g. {'0': negative, '1': positive}; empty: the label itself.")
-    scoring: Literal["mean", "sum"] = Field("mean", description="Causal LMs: rank labels by the mean (per token, length-normalised) or the sum of their continuation's token log-probabilities.")
-    batch_size: int = Field(32, gt=0, description="Sequences per forward pass of the base model.")
-
-    @field_validator("label_descriptions", "label_words", mode="before")
-    @classmethod
-    def _keys_as_strings(cls, v: Any) -> Any:
-        # YAML reads `{0: negative}` with int keys; labels are compared as strings everywhere.
-        return {str(k): val for k, val in v.items()} if isinstance(v, dict) else v
-
-    @model_validator(mode="after")
-    def _placeholders(self) -> BaselinesConfig:
-        if "{text}" not in self.prompt:
-            raise ValueError("baselines.prompt must contain {text} (example: 'Review: {text}\\nSentiment:')")
-        if "{label}" not in self.description_template:
-            raise ValueError("baselines.description_template must contain {label}")
-        return self
-
-
-class QAConfig(Strict):
-    """Extractive question answering (task qa): windows over long contexts, answer decoding."""
-
-    doc_stride: int = Field(128, gt=0, description="Tokens shared by consecutive windows when a context is longer than model.max_length.")
-    max_answer_length: int = Field(30, gt=0, description="Longest answer span, in tokens, that decoding may pick.")
-    n_best: int = Field(20, gt=0, description="Start and end candidates per window that decoding combines into spans.")
-    null_threshold: float = Field(0.0, description="Answer 'no answer' when the null score beats the best span score by more than this (SQuAD v2); eval.json reports the best value as best_f1_thresh.")
-    allow_no_answer: bool | None = Field(None, description="Predict 'no answer' at all (SQuAD v2 behaviour); None: yes when the training data has unanswerable questions.")
-
-
-class MonitorConfig(Strict):
-    """Post-release monitoring (`lmtune monitor`): what counts as an alert."""
-
-    metric: str = Field("accuracy", description="Metric compared with the release-time value and the previous window (a key of eval.json, e.g. accuracy, macro_f1, eval_loss).")
-    mode: Literal["max", "min"] = Field("max", description="Whether higher (max) or lower (min) values of metric are better.")
-    max_metric_drop: float = Field(0.05, ge=0, description="Alert when metric is worse than the release-time value, or than the previous window of the same model version, by more than this (absolute).")
-    psi_threshold: float = Field(0.2, gt=0, description="Alert when the population stability index of token lengths, labels or predictions (against the training data) exceeds this; 0.2 is the conventional 'significant shift'.")
-    ks_pvalue: float = Field(0.01, ge=0, le=1, description="Alert when the two-sample KS test of token lengths against the training data gives a p-value below this (0 switches the check off).")
-    max_oov_increase: float = Field(0.03, ge=0, description="Alert when the out-of-vocabulary word rate (or the tokenizer's unknown-token rate) exceeds the training reference by more than this (absolute; healthy 400-row SST-2 batches moved it by under 0.01).")
-    max_days_since_release: float | None = Field(90.0, gt=0, description="Alert when the released model is older than this many days (the update frequency); None: no age check.")
-    vocab_size: int = Field(20000, gt=0, description="Most frequent training words kept in data_profile.json; words outside them count as out-of-vocabulary.")
-
-
-class SearchParam(Strict):
-    """One dimension of a hyperparameter search: a numeric range or a list of choices."""
-
-    type: Literal["float", "int", "categorical"] = Field(..., description="float (a real range), int (an integer range) or categorical (a list of choices).")
-    low: float | None = Field(None, description="float/int: smallest value tried.")
-    high: float | None = Field(None, description="float/int: largest value tried.")
-    log: bool = Field(False, description="float/int: sample on a log scale (learning rates); needs low > 0.")
-    step: float | None = Field(None, gt=0, description="float/int: spacing of the values tried (int: 1 when unset); not with log.")
-    choices: list[Any] | None = Field(None, description="categorical: the values tried; a value may itself be a list (e.g. LoRA target modules).")
-    values: list[Any] | None = Field(None, description="float/int: explicit values; required by the grid sampler (tpe/random pick among them when low/high are unset).")
-
-    @model_validator(mode="after")
-    def _shape(self) -> SearchParam:
-        numeric = (self.low, self.high, self.step, self.values)
-        if self.type == "categorical":
-            if not self.choices:
-                raise ValueError("type categorical needs choices: [a, b, ...]")
-            if self.log or any(v is not None for v in numeric):
-                raise ValueError("type categorical takes only choices (low, high, step, log and values are for float and int)")
-            return self
-        if self.choices is not None:
-            raise ValueError(f"choices are for type categorical; type {self.type} takes low and high (or values)")
-        if (self.low is None) != (self.high is None):
-            raise ValueError(f"type {self.type} needs both low and high")
-        if self.low is None and not self.values:
-            raise ValueError(f"type {self.type} needs low and high (or values: [...])")
-        if self.low is not None and self.high is not None:
-            if self.low >= self.high:
-                raise ValueError(f"low ({self.low}) must be below high ({self.high})")
-            if self.log and (self.low <= 0 or self.step is not None):
-                raise ValueError("log: true needs low > 0 and no step")
-        if self.type == "int":
-            nums = [v for v in (self.low, self.high, self.step, *(self.values or [])) if v is not None]
-            if any(isinstance(v, bool) or not isinstance(v, (int, float)) or v != int(v) for v in nums):
-                raise ValueError("type int needs whole numbers for low, high, step and values")
-        elif any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in self.values or []):
-            raise ValueError("type float needs numbers in values")
-        return self
-
-
-class PrunerConfig(Strict):
-    """Stops hopeless trials early from the evaluations the training loop already makes."""
-
-    type: Literal["none", "median", "halving"] = Field("median", description="none; median: stop a trial whose metric is worse than the median of earlier trials at the same step; halving: successive halving (keep the best 1/reduction_factor at each rung of steps).")
-    n_startup_trials: int = Field(2, ge=0, description="median: trials that run to the end before any trial is pruned.")
-    n_warmup_steps: int = Field(0, ge=0, description="median: optimizer steps a trial runs before it can be pruned.")
-    min_resource: int | Literal["auto"] = Field("auto", description="halving: optimizer steps every trial gets before the first cut (auto: estimated from the first finished trial).")
-    reduction_factor: int = Field(3, ge=2, description="halving: 1/reduction_factor of the trials go on at each rung.")
-
-
-class SearchConfig(Strict):
-    """`lmtune tune`: hyperparameter search over config keys (`lmtune train` ignores this section)."""
-
-    sampler: Literal["tpe", "random", "grid"] = Field("tpe", description="tpe (Bayesian, learns from finished trials), random, or grid (every combination of categorical choices and numeric values).")
-    seed: int | None = Field(None, description="Sampler seed (None: run.seed).")
-    n_startup_trials: int = Field(4, ge=0, description="tpe: trials sampled at random before TPE models the results.")
-    metric: str = Field("eval_loss", description="Eval metric that scores a trial (a key the task's evaluation reports, e.g. eval_loss, accuracy, macro_f1; an eval_ prefix is optional); the trial's value is the metric at the checkpoint the run keeps.")
-    direction: Literal["maximize", "minimize"] = Field("minimize", description="Whether a higher (maximize) or lower (minimize) metric is better.")
-    n_trials: int | None = Field(20, gt=0, description="Trials to complete or prune in total, over every --resume; grid: at most the grid size. None: until timeout_minutes.")
-    timeout_minutes: float | None = Field(None, gt=0, description="Start no new trial after this many minutes of one invocation (the running trial finishes). None: no time limit.")
-    pruner: PrunerConfig = Field(default_factory=PrunerConfig, description="Early stopping of hopeless trials.")
-    space: dict[str, SearchParam] = Field(default_factory=dict, description="Dotted config key -> values to try, e.g. {train.lr: {type: float, low: 1.0e-5, high: 1.0e-3, log: true}}.")
-
-    @model_validator(mode="after")
-    def _budget(self) -> SearchConfig:
-        if self.n_trials is None and self.timeout_minutes is None:
-            raise ValueError("set search.n_trials or search.timeout_minutes (a search needs a budget)")
-        return self
-
-
-class EWCConfig(Strict):
-    """Elastic weight consolidation: a Fisher-weighted pull toward the weights before training."""
-
-    weight: float = Field(0.0, ge=0, description="EWC weight lambda: adds lambda * sum F_i (w_i - w0_i)^2 over the trainable weights except a classifier head; F is the diagonal Fisher on the reference, scaled to mean 1 so lambda is on the l2sp scale. 0: off.")
-    samples: int = Field(256, gt=0, description="Reference examples (prior-task rows, text chunks for causal LMs, masked tokens for MLM encoders) whose squared loss gradients make the diagonal Fisher; computed once before training.")
-
-
-class ReplayConfig(Strict):
-    """Rehearsal: mix rows of general or previous text into the training data (task sft)."""
-
-    data: str | None = Field(None, description="Text to replay: .txt/.raw (one row per non-empty line) or jsonl/json/csv/tsv/parquet with a text column; each row trains as a plain-text SFT row (loss on every token).")
-    fraction: float = Field(0.0, ge=0.0, lt=1.0, description="Share of the training examples that are replay rows: n_train * fraction / (1 - fraction) rows, sampled with run.seed. 0: off.")
-
-
-class MitigationConfig(Strict):
-    """Ways to forget less, each switchable; forgetting.json records which were on."""
-
-    l2sp: float = Field(0.0, ge=0, description="L2-SP weight alpha: adds alpha * sum (w - w0)^2 over the trainable weights except a classifier head, pulling them toward their values before training. 0: off.")
-    ewc: EWCConfig = Field(default_factory=EWCConfig, description="Elastic weight consolidation (needs forgetting.reference or forgetting.prior).")
-    replay: ReplayConfig = Field(default_factory=ReplayConfig, description="Replay of general or previous text (task sft only).")
-
-
-class ForgettingConfig(Strict):
-    """Catastrophic forgetting: a reference set measured before and after training, and mitigation."""
-
-    reference: str | None = Field(None, description="Reference data measured before and after training: general text for causal LMs (perplexity) and MLM encoders (pseudo-perplexity), or labelled rows of the prior task (prior_accuracy; default: the prior run's data/eval.jsonl).")
-    prior: str | None = Field(None, description="The previous classification task: its run folder or model folder, whose head and labels score this model's encoder (task classification or reward); auto: model.name_or_path when it is an lmtune classifier, else nothing to measure.")
-    measure: Literal["auto", "perplexity", "pseudo_perplexity", "prior_accuracy"] = Field("auto", description="auto: perplexity for causal LMs, prior_accuracy when a prior task is set or found, else pseudo_perplexity (encoders whose checkpoint has an MLM head).")
-    max_tokens: int = Field(16384, gt=0, description="Text references: tokens scored (chunks of model.max_length for perplexity, masked positions for pseudo-perplexity); fewer is faster and noisier.")
-    limit: int | None = Field(2000, gt=0, description="Most reference rows read (None: all).")
-    batch_size: int = Field(16, gt=0, description="Sequences per forward pass when measuring.")
-    mitigation: MitigationConfig = Field(default_factory=MitigationConfig, description="L2-SP, EWC and replay; LoRA (adapter.type lora) is the structural option.")
-
-    def problems(self, task: str, adapter: str) -> list[str]:
-        """Combinations that cannot work, as messages naming the keys (checked with the task)."""
-        causal = task in ("sft", "dpo", "orpo", "rlhf")
-        m, out = self.mitigation, []
-        if (self.prior or self.measure == "prior_accuracy") and task not in ("classification", "reward"):
-            out.append(f"forgetting.prior is a classification task measured on a classifier's encoder; "
-                       f"task {task} cannot use it (use forgetting.reference)")
-        if self.measure == "perplexity" and not causal:
-            out.append(f"forgetting.measure perplexity needs a causal LM; task {task} trains an encoder")
-        if self.measure in ("pseudo_perplexity", "prior_accuracy") and causal:
-            out.append(f"forgetting.measure {self.measure} is for encoders; task {task} trains a causal "
-                       "LM (use perplexity or auto)")
-        if m.ewc.weight > 0 and not (self.reference or self.prior):
-            out.append("forgetting.mitigation.ewc needs forgetting.reference or forgetting.prior "
-                       "(the Fisher is computed on it)")
-        if (m.l2sp > 0 or m.ewc.weight > 0) and adapter == "head":
-            out.append("forgetting.mitigation l2sp/ewc exclude the task head, which is all that "
-                       "adapter.type head trains: use adapter.type full or lora")
-        if (m.replay.fraction > 0) != bool(m.replay.data):
-            out.append("forgetting.mitigation.replay needs both data (a text file) and fraction > 0")
-        if m.replay.fraction > 0 and task != "sft":
-            # A classifier has one head: rows of a previous task (other labels, or the same label
-            # names meaning something else) would train this head on that task's labels.
-            out.append(f"forgetting.mitigation.replay applies to task sft only (task {task}): a "
-                       "classifier has one head, so replaying a previous task's rows would train it "
-                       "on that task's labels; use l2sp or ewc, or add same-task rows to data.train")
-        return out
-
-
-class AuditConfig(Strict):
-    """Bias audit run by `lmtune train` before and after training (audit.json in the run folder)."""
-
-    enabled: bool = Field(False, description="Run the bias audit before and after training: CrowS-Pairs for causal LMs, counterfactual term swaps for classifiers (after training only: an untrained head predicts noise).")
-    crows: str | None = Field(None, description="CrowS-Pairs CSV (crows_pairs_anonymized.csv from nyu-mll/crows-pairs) or its folder; None: no CrowS-Pairs.")
-    max_pairs: int | None = Field(None, gt=0, description="Score a seeded random sample of this many CrowS-Pairs pairs (None: all).")
-    data: str | None = Field(None, description="Texts for counterfactual probes (jsonl/csv/txt, read with data.columns); None: the eval split, else the test split.")
-    worst: int = Field(10, ge=0, description="Largest prediction changes listed in audit.json.")
 
 
 class Config(Strict):
