@@ -90,3 +90,22 @@ def train_events(run_dir: Path) -> list[dict[str, Any]]:
     """The train events of metrics.jsonl."""
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     return [e for e in map(json.loads, lines) if e["event"] == "train"]
+
+
+def run_cli(capsys: Any, *args: str) -> tuple[int, str]:
+    """Run `lmtune ARGS` in this process like the console script (cheaper than a subprocess);
+    returns (exit code, stdout + stderr on one line: rich wraps long lines)."""
+    import sys
+
+    from lmtune.cli import main
+
+    old, sys.argv = sys.argv, ["lmtune", *args]
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    finally:
+        sys.argv = old
+    out = capsys.readouterr()
+    return code, " ".join((out.out + out.err).split())

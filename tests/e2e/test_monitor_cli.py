@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from runkit import sentiment_rows, tiny_bert_dir, write_jsonl
+from runkit import run_cli, sentiment_rows, tiny_bert_dir, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIFT_WORDS = ["shampoo", "conditioner", "bottle", "leaked", "greasy", "scent", "delivery", "refund",
@@ -25,20 +25,7 @@ SHIFT_WORDS = ["shampoo", "conditioner", "bottle", "leaked", "greasy", "scent", 
 
 
 def lmtune(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str]:
-    """Run `lmtune ARGS` like the console script; (exit code, stdout + stderr)."""
-    from lmtune.cli import main
-
-    old = sys.argv
-    sys.argv = ["lmtune", *args]
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    finally:
-        sys.argv = old
-    out = capsys.readouterr()
-    return code, " ".join((out.out + out.err).split())  # rich wraps lines: compare on one line
+    return run_cli(capsys, *args)
 
 
 def shifted_rows(n: int, seed: int = 0) -> list[dict[str, str]]:

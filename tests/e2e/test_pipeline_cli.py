@@ -8,12 +8,11 @@ command would spend most of this tier's time budget on imports.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-from runkit import sentiment_rows, tiny_bert_dir, write_jsonl
+from runkit import run_cli, sentiment_rows, tiny_bert_dir, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[2]
 QUICK = ["model.max_length=32", "train.epochs=8", "train.lr=5e-3", "train.head_lr=null", "train.batch_size=8",
@@ -21,19 +20,7 @@ QUICK = ["model.max_length=32", "train.epochs=8", "train.lr=5e-3", "train.head_l
 
 
 def lmtune(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str]:
-    """Run `lmtune ARGS` like the console script; (exit code, stdout + stderr on one line)."""
-    from lmtune.cli import main
-
-    old, sys.argv = sys.argv, ["lmtune", *args]
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    finally:
-        sys.argv = old
-    out = capsys.readouterr()
-    return code, " ".join((out.out + out.err).split())  # rich wraps lines: compare on one line
+    return run_cli(capsys, *args)
 
 
 def _state(registry: Path) -> tuple:

@@ -202,6 +202,15 @@ def _check_keys(key: str, given: dict[str, Any], labels: list[str], fallback: st
             + f"give exactly one entry per label ({', '.join(labels)}), or leave it empty to use {fallback}")
 
 
+def draw_shots(train_rows: Rows, labels: list[str], k: int, seed: int, notes: list[str] | None) -> Rows:
+    """k seeded demonstrations per label; a label with fewer rows gets a note (when notes is given)."""
+    shots, short = sample_shots(train_rows, labels, k, seed)
+    if short and notes is not None:
+        notes.append(f"few-shot: fewer than {k} training rows for label(s) "
+                     + ", ".join(f"{lab} ({n})" for lab, n in short.items()) + "; all of them were used")
+    return shots
+
+
 def encoder_baselines(model: torch.nn.Module, tokenizer: Any, bcfg: BaselinesConfig, labels: list[str],
                       eval_rows: Rows, train_rows: Rows | None, k: int, seed: int, max_length: int,
                       device: Any, notes: list[str]) -> tuple[list[dict[str, Any]], dict[str, list[str]]]:
@@ -217,10 +226,7 @@ def encoder_baselines(model: torch.nn.Module, tokenizer: Any, bcfg: BaselinesCon
     if train_rows:
         preds = []
         for s in range(bcfg.seeds):
-            shots, short = sample_shots(train_rows, labels, k, seed + s)
-            if short and s == 0:
-                notes.append(f"few-shot: fewer than {k} training rows for label(s) "
-                             + ", ".join(f"{lab} ({n})" for lab, n in short.items()) + "; all of them were used")
+            shots = draw_shots(train_rows, labels, k, seed + s, notes if s == 0 else None)
             s_emb = embed(model, tokenizer, shots, max_length, bcfg.batch_size, device)
             protos = class_prototypes(s_emb, [labels.index(r["label"]) for r in shots], len(labels))
             preds.append(nearest_prototype(x, protos).tolist())
@@ -353,10 +359,7 @@ def causal_baselines(model: torch.nn.Module, tokenizer: Any, bcfg: BaselinesConf
     if train_rows:
         preds = []
         for s in range(bcfg.seeds):
-            shots, short = sample_shots(train_rows, labels, k, seed + s)
-            if short and s == 0:
-                notes.append(f"few-shot: fewer than {k} training rows for label(s) "
-                             + ", ".join(f"{lab} ({n})" for lab, n in short.items()) + "; all of them were used")
+            shots = draw_shots(train_rows, labels, k, seed + s, notes if s == 0 else None)
             p, st = causal_predictions(model, tokenizer, bcfg, words, eval_rows, shots,
                                        [word_of[r["label"]] for r in shots], max_length, device)
             preds.append(p)
