@@ -78,3 +78,37 @@ def test_early_stopping_keeps_best(tmp_path: Path) -> None:
     assert s["train_steps"] < 30 * 8
     assert s["best_step"] <= s["train_steps"] - 4
     assert s["best_eval"]["eval_loss"] == pytest.approx(s["best_metric_value"])
+
+
+def test_every_epoch_gets_its_own_shuffle_and_resume_crosses_epochs(tmp_path: Path) -> None:
+    """Epoch e trains on plan_steps(..., epoch=e) (a new seeded order), logs epoch e, and a run
+    killed in its second epoch resumes to the uninterrupted weights."""
+    import lmtune.train.loop as loop
+
+    planned: list[int] = []
+    original = loop.plan_steps
+
+    def spy(lengths, step_batch, seed, epoch, bucketing):
+        planned.append(epoch)
+        return original(lengths, step_batch, seed, epoch, bucketing)
+
+    loop.plan_steps = spy
+    try:
+        model_dir = tiny_bert_dir(tmp_path)
+        data = write_jsonl(tmp_path / "d.jsonl", sentiment_rows(60))
+        common = dict(task="classification", model={"name_or_path": str(model_dir)},
+                      adapter={"type": "full"}, data={"train": str(data), "split": {"eval": 0.0}})
+        train = {"epochs": 3, "batch_size": 16, "save_every": 2, "log_every": 1, "eval_each_epoch": False}
+        full = config(tmp_path / "full", **common, train=train)
+        summary = run_training(full, quiet=True)
+        assert planned == [0, 1, 2] and summary["train_steps"] == 9
+        import json
+
+        events = [json.loads(x) for x in (Path(full.run.output_dir) / "metrics.jsonl").read_text().splitlines()]
+        assert [e["epoch"] for e in events if e["event"] == "train"] == [0] * 3 + [1] * 3 + [2] * 3
+        part = config(tmp_path / "part", **common, train=train)
+        assert run_training(part, quiet=True, stop_after=5) == {"interrupted_at": 5}  # checkpoint: step 4
+        run_training(part, resume=True, quiet=True)
+    finally:
+        loop.plan_steps = original
+    _assert_same(_final(Path(full.run.output_dir)), _final(Path(part.run.output_dir)), atol=1e-6)

@@ -290,6 +290,8 @@ def train(
                 if stop_after is not None and step >= stop_after and not done:
                     progress.stop()
                     return TrainResult({"interrupted_at": step}, None)
+                if end_of_epoch:
+                    break  # the outer loop plans the next epoch: a new seeded shuffle
     progress.stop()
 
     runtime = time.perf_counter() - t_start
