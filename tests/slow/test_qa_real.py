@@ -1,8 +1,8 @@
 """Opt-in real-data QA runs (pytest -m slow): builtin:minilm on XQuAD-en and SQuAD 2.0 subsets.
 
 Both runs keep whole articles apart: XQuAD is split by title (no eval article in training);
-the SQuAD 2.0 run trains on the Normans + Computational_complexity_theory file and evaluates
-on the Rhine article only (the Normans article is in both files, so it is left out of eval).
+the SQuAD 2.0 run evaluates on the Rhine article only and trains on other articles (the
+Normans article is in both SQuAD 2.0 files, so it is never evaluated on).
 """
 
 from __future__ import annotations
@@ -50,15 +50,25 @@ def test_xquad_minilm_held_out_articles(tmp_path: Path, monkeypatch: pytest.Monk
 
 @pytest.mark.timeout(3600)
 def test_squad_v2_subset_minilm_rhine_held_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """SQuAD 2.0 (unanswerable questions): train Normans + Complexity, evaluate Rhine."""
+    """SQuAD 2.0 (unanswerable questions): evaluate on the Rhine article only.
+
+    Training: the Normans + Computational_complexity_theory SQuAD 2.0 file, plus the XQuAD
+    articles other than Normans, Rhine and Computational_complexity_theory (answerable only).
+    The v2 file alone holds 293 answerable questions: too few, the model then learns to
+    answer "no answer" everywhere (measured: F1 41.9 = the unanswerable share, HasAns 0).
+    """
     monkeypatch.chdir(ROOT)
     source = json.loads((V2 / "squad_v2_dev_subset_normans_rhine.json").read_text())
-    rhine = tmp_path / "rhine.json"  # a derived file in tmp: the Rhine article only
+    rhine = tmp_path / "rhine.json"  # derived files in tmp, never in the repository
     rhine.write_text(json.dumps({"version": "v2.0", "data": [a for a in source["data"] if a["title"] == "Rhine"]}))
+    xquad = json.loads(XQUAD.read_text())
+    shared = {"Normans", "Rhine", "Computational_complexity_theory"}
+    other = tmp_path / "xquad_other_articles.json"
+    other.write_text(json.dumps({"version": "1.1", "data": [a for a in xquad["data"] if a["title"] not in shared]}))
     train = V2 / "squad_v2_dev_subset_normans_complexity.json"
     cfg = load_config(ROOT / "configs" / "qa_xquad_minilm.yaml", [
-        f"run.output_dir={tmp_path / 'run'}", f"data.train={train}", f"data.eval={rhine}",
-        "run.name=qa-squad2-minilm"])
+        f"run.output_dir={tmp_path / 'run'}", f"data.train=[{other},{train}]", f"data.eval={rhine}",
+        "run.name=qa-squad2-minilm", "train.epochs=2", "train.eval_before=false"])
     summary = run_training(cfg, quiet=True)
     best = summary["best_eval"]
     meta = json.loads((Path(summary["model_dir"]) / "lmtune_model.json").read_text())
@@ -68,10 +78,12 @@ def test_squad_v2_subset_minilm_rhine_held_out(tmp_path: Path, monkeypatch: pyte
     print(json.dumps({"data": summary["data"], **{k: best[k] for k in (
         "exact", "f1", "HasAns_exact", "HasAns_f1", "NoAns_exact", "best_f1", "best_f1_thresh")},
         "train_runtime_s": summary["train_runtime_s"]}))
-    assert best["f1"] >= FLOOR_V2_F1, best
-    assert best["best_f1"] >= best["f1"]
+    assert best["HasAns_f1"] >= FLOOR_V2_HASANS_F1, best
+    # With the best null threshold it must beat answering "no answer" everywhere (41.9).
+    assert best["best_f1"] >= max(best["f1"], 100 * 208 / summary["data"]["eval"]) + 1.0, best
 
 
-# Floors: a little below what one run measured (README "Quality" has the figures).
-FLOOR_XQUAD_EM, FLOOR_XQUAD_F1 = 0.0, 0.0
-FLOOR_V2_F1 = 0.0
+# Floors a little below one measured run each (README "Quality on real data" has the figures):
+# XQuAD EM 29.8 / F1 44.8; SQuAD 2.0 Rhine HasAns F1 55.9.
+FLOOR_XQUAD_EM, FLOOR_XQUAD_F1 = 25.0, 39.0
+FLOOR_V2_HASANS_F1 = 48.0

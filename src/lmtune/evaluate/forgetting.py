@@ -47,9 +47,6 @@ class Probe:
     sample_losses: Callable[[torch.nn.Module, int], Iterator[torch.Tensor]]
 
 
-# ---------------------------------------------------------------- reading references
-
-
 def read_texts(path: str, limit: int | None, key: str = "forgetting.reference") -> list[str]:
     """Text rows of a file: lines of .txt/.raw, else the `text` column of jsonl/csv/... rows."""
     p = Path(path).expanduser()
@@ -87,9 +84,6 @@ def text_chunks(texts: list[str], tokenizer: Any, length: int, max_tokens: int) 
     body = length - len(bos)
     chunks = [bos + ids[i : i + body] for i in range(0, len(ids), body)]
     return [c for c in chunks if len(c) > 1]  # a lone token predicts nothing
-
-
-# ---------------------------------------------------------------- measures
 
 
 @contextmanager
@@ -328,9 +322,6 @@ def build_probe(cfg: Config, tokenizer: Any, model: torch.nn.Module) -> Probe | 
     return pseudo_perplexity_probe(cfg, tokenizer, model) if fc.reference else None
 
 
-# ---------------------------------------------------------------- replay
-
-
 def replay_features(cfg: Config, tokenizer: Any, n_train: int) -> list[dict[str, Any]]:
     """Plain-text SFT features from forgetting.mitigation.replay.data, fraction of the mix."""
     from lmtune.data.templates import encode_sft_row
@@ -349,10 +340,12 @@ def replay_features(cfg: Config, tokenizer: Any, n_train: int) -> list[dict[str,
             continue  # nothing to predict (a single token)
         if len(feats) >= want:
             break
+    if len(feats) < want:
+        from lmtune.train.dist import Dist
+
+        Dist.get().print(f"forgetting.mitigation.replay: {rp.data} has {len(feats)} usable rows, "
+                         f"fewer than the {want} that fraction {rp.fraction} asks for; all are used")
     return feats
-
-
-# ---------------------------------------------------------------- the run's forgetting step
 
 
 @dataclass
@@ -409,9 +402,6 @@ def forgetting_on(cfg: Config) -> bool:
     """Whether the run measures or mitigates forgetting at all."""
     fc, m = cfg.forgetting, cfg.forgetting.mitigation
     return bool(fc.reference or fc.prior or m.l2sp > 0 or m.ewc.weight > 0 or m.replay.fraction > 0)
-
-
-# ---------------------------------------------------------------- overfitting
 
 
 def overfitting_flags(events: list[dict[str, Any]], rising_evals: int = 3,
