@@ -21,8 +21,9 @@ class Task(Protocol):
     #: Metric used to pick the best checkpoint when the config keeps the default eval_loss.
     default_metric: tuple[str, str]
 
-    def encode(self, row: dict[str, Any]) -> dict[str, Any]:
-        """Tokenize one canonical row into a feature dict (lists of ints plus 'length')."""
+    def encode(self, row: dict[str, Any]) -> dict[str, Any] | list[dict[str, Any]]:
+        """Tokenize one canonical row into a feature dict (lists of ints plus 'length'), or a
+        list of them when one row makes several (extractive QA: one per context window)."""
         ...
 
     def collate(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
