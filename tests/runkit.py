@@ -92,9 +92,9 @@ def train_events(run_dir: Path) -> list[dict[str, Any]]:
     return [e for e in map(json.loads, lines) if e["event"] == "train"]
 
 
-def run_cli(capsys: Any, *args: str) -> tuple[int, str]:
+def cli_exit(*args: str) -> int:
     """Run `lmtune ARGS` in this process like the console script (cheaper than a subprocess);
-    returns (exit code, stdout + stderr on one line: rich wraps long lines)."""
+    returns the exit code."""
     import sys
 
     from lmtune.cli import main
@@ -102,10 +102,15 @@ def run_cli(capsys: Any, *args: str) -> tuple[int, str]:
     old, sys.argv = sys.argv, ["lmtune", *args]
     try:
         main()
-        code = 0
+        return 0
     except SystemExit as exc:
-        code = int(exc.code or 0)
+        return int(exc.code or 0)
     finally:
         sys.argv = old
+
+
+def run_cli(capsys: Any, *args: str) -> tuple[int, str]:
+    """cli_exit(ARGS) and its stdout + stderr on one line (rich wraps long lines)."""
+    code = cli_exit(*args)
     out = capsys.readouterr()
     return code, " ".join((out.out + out.err).split())

@@ -12,12 +12,11 @@ import random
 import re
 import shutil
 import sqlite3
-import sys
 from pathlib import Path
 
 import pytest
 
-from runkit import run_cli, sentiment_rows, tiny_bert_dir, write_jsonl
+from runkit import cli_exit, run_cli, sentiment_rows, tiny_bert_dir, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIFT_WORDS = ["shampoo", "conditioner", "bottle", "leaked", "greasy", "scent", "delivery", "refund",
@@ -43,26 +42,13 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny BERT classifier trained through `lmtune train` (test split: the release metrics)."""
     tmp = tmp_path_factory.mktemp("monitor")
     data = write_jsonl(tmp / "train.jsonl", sentiment_rows(120))
-    code = _main_exit("train", str(ROOT / "configs" / "demo.yaml"), f"data.train={data}",
+    code = cli_exit("train", str(ROOT / "configs" / "demo.yaml"), f"data.train={data}",
                       f"model.name_or_path={tiny_bert_dir(tmp)}", f"run.output_dir={tmp / 'run'}",
                       "model.max_length=32", "train.epochs=8", "train.lr=5e-3", "train.head_lr=null",
                       "train.batch_size=8", "adapter.type=full", "train.precision=fp32",
                       "train.eval_before=false", "--quiet")
     assert code == 0
     return tmp / "run"
-
-
-def _main_exit(*args: str) -> int:
-    from lmtune.cli import main
-
-    old, sys.argv = sys.argv, ["lmtune", *args]
-    try:
-        main()
-        return 0
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    finally:
-        sys.argv = old
 
 
 def healthy_batches(tmp: Path) -> list[Path]:

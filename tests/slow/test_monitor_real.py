@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import json
 import random
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from runkit import write_jsonl
+from runkit import cli_exit, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT.parent / "shared" / "data"
@@ -33,20 +32,6 @@ pytestmark = [
                        reason="../shared/data (sst5, sst2, amazon_reviews_2018_5core) is absent; "
                               "real datasets live beside the repo"),
 ]
-
-
-def cli(*args: str) -> int:
-    """`lmtune ARGS` through the console-script entry point, in this process; the exit code."""
-    from lmtune.cli import main
-
-    old, sys.argv = sys.argv, ["lmtune", *args]
-    try:
-        main()
-        return 0
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    finally:
-        sys.argv = old
 
 
 def sst_sentences_binary(n: int) -> list[dict[str, str]]:
@@ -88,7 +73,7 @@ def test_sst2_model_alerts_on_amazon_reviews(tmp_path: Path, capsys: pytest.Capt
     test = sst2_test()
     release_test = write_jsonl(tmp_path / "sst2_release_test.jsonl", test[:600])
     run = tmp_path / "run"
-    code = cli("train", str(ROOT / "configs" / "sst2_minilm.yaml"), f"data.train={train}",
+    code = cli_exit("train", str(ROOT / "configs" / "sst2_minilm.yaml"), f"data.train={train}",
                f"data.eval={DATA / 'sst2' / 'dev.tsv'}", f"data.test={release_test}",
                f"run.output_dir={run}", "adapter.type=lora", "adapter.r=16", "adapter.alpha=32",
                "train.lr=1e-3", "train.head_lr=2e-3", "train.eval_every=0", "train.eval_before=false",
@@ -100,21 +85,21 @@ def test_sst2_model_alerts_on_amazon_reviews(tmp_path: Path, capsys: pytest.Capt
     healthy = test[600:]
     for i in range(3):
         batch = write_jsonl(tmp_path / f"sst2_week{i + 1}.jsonl", healthy[i * 407:(i + 1) * 407])
-        assert cli("monitor", "record", str(run), "--data", str(batch)) == 0
+        assert cli_exit("monitor", "record", str(run), "--data", str(batch)) == 0
     capsys.readouterr()
-    assert cli("monitor", "status", str(run)) == 0, capsys.readouterr().out
+    assert cli_exit("monitor", "status", str(run)) == 0, capsys.readouterr().out
 
     amazon = write_jsonl(tmp_path / "amazon_beauty.jsonl", amazon_beauty(400))
-    assert cli("monitor", "record", str(run), "--data", str(amazon)) == 0
+    assert cli_exit("monitor", "record", str(run), "--data", str(amazon)) == 0
     capsys.readouterr()
-    assert cli("monitor", "status", str(run)) == 1
+    assert cli_exit("monitor", "status", str(run)) == 1
     out = " ".join(capsys.readouterr().out.split())
     alerts = out[out.index("ALERT:"):]
     # Input drift, not only the label skew (Amazon reviews are ~95% positive): longer texts
     # and words the SST vocabulary lacks.
     for check in ("length_psi", "length_ks", "oov_increase", "label_psi"):
         assert check in alerts, alerts
-    assert cli("monitor", "report", str(run)) == 0
+    assert cli_exit("monitor", "report", str(run)) == 0
     summary = json.loads((run / "monitor_report" / "monitor.json").read_text())
     healthy_oov = [abs(r["drift"]["oov_increase"]) for r in summary["records"][:3]]
     assert summary["records"][3]["drift"]["oov_increase"] > 3 * max(healthy_oov)

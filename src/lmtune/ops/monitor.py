@@ -25,7 +25,13 @@ from pydantic import ValidationError
 from lmtune.config import MonitorConfig, apply_overrides
 from lmtune.errors import UserError
 from lmtune.ops.drift import compare
-from lmtune.ops.profile import batch_stats, read_prediction_log, read_profile, row_text
+from lmtune.ops.profile import (
+    batch_stats,
+    read_json_file,
+    read_prediction_log,
+    read_profile,
+    row_text,
+)
 
 NOW_ENV = "LMTUNE_NOW"
 DB_NAME = "monitor.db"
@@ -91,12 +97,7 @@ def parse_now(value: str | None = None) -> datetime:
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path} is not valid JSON ({exc}); restore or delete it") from None
+    data = read_json_file(path, "restore or delete it")
     return data if isinstance(data, dict) else None
 
 

@@ -127,15 +127,22 @@ def write_profile(model_dir: Path, rows: Sequence[dict[str, Any]], tokenizer: An
     return path
 
 
-def read_profile(model_dir: Path) -> dict[str, Any] | None:
-    """data_profile.json of a model folder; None when the model was saved without one."""
-    path = Path(model_dir) / PROFILE_FILE
+def read_json_file(path: Path, fix: str) -> Any:
+    """The parsed JSON of path; None when absent; UserError (naming fix) when it is not JSON."""
     if not path.is_file():
         return None
     try:
-        profile = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise UserError(f"{path} is not valid JSON ({exc}); retrain or copy it again from the run's model/") from None
+        raise UserError(f"{path} is not valid JSON ({exc}); {fix}") from None
+
+
+def read_profile(model_dir: Path) -> dict[str, Any] | None:
+    """data_profile.json of a model folder; None when the model was saved without one."""
+    path = Path(model_dir) / PROFILE_FILE
+    profile = read_json_file(path, "retrain or copy it again from the run's model/")
+    if profile is None:
+        return None
     if profile.get("format_version") != PROFILE_VERSION:
         raise UserError(f"{path} has format_version {profile.get('format_version')!r}; this lmtune "
                         f"reads version {PROFILE_VERSION} (retrain with this lmtune)")
