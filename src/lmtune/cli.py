@@ -15,6 +15,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from lmtune.errors import UserError
@@ -417,6 +418,23 @@ def monitor_report(target: MonTarget, db: MonDb = None, out: Annotated[Path | No
     console.print(f"written: {report(target, db, out, now, config, sets) / 'report.html'}")
 
 
+def _is_usage_error(exc: Exception) -> bool:
+    """A command-line mistake (unknown option, missing argument) rather than a bug.
+
+    typer >= 0.25 raises exceptions from its own vendored copy of click, so both classes count.
+    """
+    import click
+
+    classes: list[type] = [click.ClickException]
+    try:
+        from typer._click.exceptions import ClickException as VendoredClickException
+
+        classes.append(VendoredClickException)
+    except ImportError:  # older typer uses click itself
+        pass
+    return isinstance(exc, tuple(classes))
+
+
 def main() -> None:
     """Console-script entry point with the error policy described in the module docstring."""
     debug = "--debug" in sys.argv
@@ -429,7 +447,8 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except UserError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        # escape: messages quote config keys and extras in [brackets] that rich would eat as markup
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         sys.exit(2)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
@@ -437,14 +456,12 @@ def main() -> None:
         err_console.print("interrupted")
         sys.exit(130)
     except Exception as exc:  # a bug: say so, keep the traceback behind --debug
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
+        if _is_usage_error(exc):
+            exc.show()  # type: ignore[attr-defined]
             sys.exit(2)
         if debug:
             raise
-        err_console.print(f"[bold red]internal error[/] ({type(exc).__name__}): {exc}\n"
+        err_console.print(f"[bold red]internal error[/] ({type(exc).__name__}): {escape(str(exc))}\n"
                           "This is a bug in lmtune; rerun with --debug for the traceback and report it.",
                           highlight=False)
         sys.exit(1)

@@ -146,6 +146,7 @@ class TrainConfig(Strict):
     lr: float = Field(5e-5, gt=0, description="Peak learning rate.")
     head_lr: float | None = Field(None, gt=0, description="Learning rate for a freshly initialised task head (None: same as lr).")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (never applied to biases and norms).")
+    layer_lr_decay: float = Field(1.0, gt=0, le=1, description="Layer-wise LR decay: block i of n trains at lr * decay ** (n - i), embeddings lowest, heads at lr (1: off; 0.8-0.95 is usual for encoders).")
     adam_betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
     scheduler: Literal["linear", "cosine", "constant"] = Field("linear", description="LR schedule after warmup.")
     warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Warmup as a fraction of total steps.")
@@ -162,6 +163,16 @@ class TrainConfig(Strict):
     eval_before: bool = Field(True, description="Evaluate once before training (the untrained baseline in the summary).")
     compile: bool = Field(False, description="torch.compile the model (helps long runs; costs start-up time).")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
+
+
+class TrackingConfig(Strict):
+    """Experiment tracking beside metrics.jsonl: off by default; the defaults write local files only."""
+
+    tensorboard: bool = Field(False, description="Write every train/eval event of metrics.jsonl as TensorBoard scalars (needs `pip install \"lmtune[tracking]\"`).")
+    tensorboard_dir: str | None = Field(None, description="Folder for this run's TensorBoard event files; None: RUN/tensorboard (view with `tensorboard --logdir RUN/tensorboard`).")
+    mlflow: bool = Field(False, description="Log the run to MLflow: the resolved config as parameters, train/eval metrics per step, summary metrics, report and model card (needs `pip install \"lmtune[tracking]\"`).")
+    mlflow_tracking_uri: str | None = Field(None, description="MLflow tracking store, e.g. sqlite:///runs/mlflow.db to share one store between runs; None: sqlite:///RUN/mlflow.db, with artifacts in RUN/mlartifacts.")
+    mlflow_experiment: str | None = Field(None, description="MLflow experiment name (created when missing); None: run.name.")
 
 
 class PreferenceConfig(Strict):
@@ -205,6 +216,7 @@ class Config(Strict):
     adapter: AdapterConfig = Field(default_factory=AdapterConfig, description="Which weights train.")
     data: DataConfig = Field(default_factory=DataConfig, description="Data loading, cleaning and splitting.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="Optimisation and the training loop.")
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="Experiment tracking: TensorBoard and MLflow (both off by default).")
     preference: PreferenceConfig = Field(default_factory=PreferenceConfig, description="Preference learning (tasks reward, dpo, orpo).")
     rlhf: RLHFConfig = Field(default_factory=RLHFConfig, description="Online RL from a reward model or reward function (task rlhf).")
     forgetting: ForgettingConfig = Field(default_factory=ForgettingConfig, description="Forgetting: a reference set measured before and after training (forgetting.json), and mitigation (L2-SP, EWC, replay).")

@@ -42,6 +42,9 @@ def test_user_errors_exit_2_without_traceback(tmp_path: Path) -> None:
     assert r.returncode == 2 and "nope.jsonl" in r.stderr and "Traceback" not in r.stderr
     r = lmtune("eval", str(tmp_path), "--data", str(cfg))
     assert r.returncode == 2 and "Traceback" not in r.stderr
+    # A mistyped option is a usage error, not "internal error" (typer raises its vendored click's).
+    r = lmtune("train", "configs/demo.yaml", "--set", "train.lr=1")
+    assert r.returncode == 2 and "No such option" in r.stderr and "internal error" not in r.stderr
 
 
 def test_bad_rows_are_rejected_with_line_numbers(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 import json
-import random
+import sys
 import time
 from pathlib import Path
 
@@ -22,48 +22,22 @@ import pytest
 from runkit import cli_exit, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[2]
-DATA = ROOT.parent / "shared" / "data"
-NEEDED = [DATA / "sst5" / "stsa.fine.train", DATA / "sst2" / "test.tsv", DATA / "sst2" / "dev.tsv",
-          DATA / "amazon_reviews_2018_5core" / "All_Beauty_5.json"]
+sys.path.insert(0, str(ROOT / "examples"))
+# The data preparation is shared with examples/walkthrough.sh --real (same rows, same seeds).
+from walkthrough_data import (  # noqa: E402
+    SHARED_DATA,
+    amazon_beauty,
+    missing_real_files,
+    sst2_test,
+    sst_sentences_binary,
+)
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not all(p.is_file() for p in NEEDED),
+    pytest.mark.skipif(bool(missing_real_files()),
                        reason="../shared/data (sst5, sst2, amazon_reviews_2018_5core) is absent; "
                               "real datasets live beside the repo"),
 ]
-
-
-def sst_sentences_binary(n: int) -> list[dict[str, str]]:
-    """n SST-5 training sentences as binary sentiment (neutral dropped), seeded order."""
-    rows = []
-    for line in (DATA / "sst5" / "stsa.fine.train").read_text(encoding="utf-8").splitlines():
-        label, text = line.split(" ", 1)
-        if label != "2":
-            rows.append({"text": text, "label": "0" if label in ("0", "1") else "1"})
-    random.Random(0).shuffle(rows)
-    return rows[:n]
-
-
-def sst2_test() -> list[dict[str, str]]:
-    lines = (DATA / "sst2" / "test.tsv").read_text(encoding="utf-8").splitlines()[1:]
-    rows = [{"text": t, "label": lab} for lab, t in (line.split("\t", 1) for line in lines)]
-    random.Random(1).shuffle(rows)  # the file is sorted by label
-    return rows
-
-
-def amazon_beauty(n: int) -> list[dict[str, str]]:
-    """n All_Beauty reviews as binary sentiment: deduplicated, 3 stars dropped."""
-    seen, rows = set(), []
-    for line in (DATA / "amazon_reviews_2018_5core" / "All_Beauty_5.json").read_text(encoding="utf-8").splitlines():
-        r = json.loads(line)
-        key = (r.get("reviewerID"), r.get("reviewText"), r.get("overall"))
-        if not r.get("reviewText") or r["overall"] == 3.0 or key in seen:
-            continue
-        seen.add(key)
-        rows.append({"text": r["reviewText"], "label": "0" if r["overall"] <= 2.0 else "1"})
-    random.Random(2).shuffle(rows)
-    return rows[:n]
 
 
 @pytest.mark.timeout(1800)
@@ -74,9 +48,9 @@ def test_sst2_model_alerts_on_amazon_reviews(tmp_path: Path, capsys: pytest.Capt
     release_test = write_jsonl(tmp_path / "sst2_release_test.jsonl", test[:600])
     run = tmp_path / "run"
     code = cli_exit("train", str(ROOT / "configs" / "sst2_minilm.yaml"), f"data.train={train}",
-               f"data.eval={DATA / 'sst2' / 'dev.tsv'}", f"data.test={release_test}",
+               f"data.eval={SHARED_DATA / 'sst2' / 'dev.tsv'}", f"data.test={release_test}",
                f"run.output_dir={run}", "adapter.type=lora", "adapter.r=16", "adapter.alpha=32",
-               "train.lr=1e-3", "train.head_lr=2e-3", "train.eval_every=0", "train.eval_before=false",
+               "train.lr=1e-3", "train.head_lr=2e-3", "train.eval_every=0", "train.eval_before=false", "train.epochs=1",
                "--quiet")
     assert code == 0
     release = json.loads((run / "eval.json").read_text())["accuracy"]

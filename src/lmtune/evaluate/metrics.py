@@ -18,6 +18,8 @@ def confusion_matrix(gold: Sequence[int], pred: Sequence[int], num_labels: int) 
 def classification_metrics(gold: Sequence[int], pred: Sequence[int], labels: list[str]) -> dict:
     """Accuracy, macro and weighted precision/recall/F1, per-class figures and the confusion matrix.
 
+    With two labels, ``precision``/``recall``/``f1`` are those of the positive (second) label.
+
     A class never predicted has precision 0 (not NaN) so macro averages stay defined, as in
     sklearn's zero_division=0.
     """
@@ -42,6 +44,11 @@ def classification_metrics(gold: Sequence[int], pred: Sequence[int], labels: lis
         "weighted_recall": float((recall * weights).sum()),
         "weighted_f1": float((f1 * weights).sum()),
     }
+    if k == 2:
+        # Binary tasks also get the positive class's figures under plain names: GLUE reports
+        # MRPC and QQP as F1 of label 1 (sklearn's average="binary"). The positive class is the
+        # second label in label order ("1" of 0/1, "positive" of negative/positive).
+        out.update(precision=float(precision[1]), recall=float(recall[1]), f1=float(f1[1]))
     details = {
         "per_class": {
             labels[i]: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),

@@ -6,6 +6,7 @@ import json
 import resource
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +22,15 @@ def peak_rss_mb() -> float:
 
 
 class MetricsLog:
-    """Append-only JSON lines: every train log and eval event, with a wall-clock time."""
+    """Append-only JSON lines: every train log and eval event, with a wall-clock time.
 
-    def __init__(self, path: Path, enabled: bool = True) -> None:
-        self.path, self.enabled = path, enabled
+    `forward(event)` also receives each written event (TensorBoard/MLflow: train/tracking.py),
+    so the trackers see exactly what this file holds.
+    """
+
+    def __init__(self, path: Path, enabled: bool = True,
+                 forward: Callable[[dict[str, Any]], None] | None = None) -> None:
+        self.path, self.enabled, self.forward = path, enabled, forward
 
     def write(self, event: dict[str, Any]) -> None:
         """Append one event (flushed at once so a killed run keeps its history)."""
@@ -32,6 +38,8 @@ class MetricsLog:
             return
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps({"time": round(time.time(), 3), **event}) + "\n")
+        if self.forward is not None:
+            self.forward(event)
 
 
 class Progress:

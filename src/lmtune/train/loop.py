@@ -99,6 +99,7 @@ def train(
     quiet: bool = False,
     on_eval: Callable[[int, dict[str, float]], None] | None = None,
     regularizer: Callable[[torch.nn.Module], torch.Tensor] | None = None,
+    on_log: Callable[[dict[str, Any]], None] | None = None,
 ) -> TrainResult:
     """Train `model` on pre-encoded features; evaluate, checkpoint and keep the best.
 
@@ -109,6 +110,7 @@ def train(
     exception it raises (a tuner pruning the trial) ends the run like a kill, logged.
     `regularizer(model)` is a penalty (L2-SP, EWC) added to each optimizer step's mean loss,
     logged as `penalty` beside the loss.
+    `on_log(event)` receives every event written to metrics.jsonl (experiment trackers).
     """
     tc = cfg.train
     dist = Dist.get()
@@ -134,7 +136,7 @@ def train(
     total_steps = tc.max_steps if tc.max_steps > 0 else max(1, int(round(tc.epochs * steps_per_epoch)))
 
     optimizer = torch.optim.AdamW(
-        param_groups(model, tc.weight_decay, tc.lr, tc.head_lr, head_names or []),
+        param_groups(model, tc.weight_decay, tc.lr, tc.head_lr, head_names or [], tc.layer_lr_decay),
         lr=tc.lr,
         betas=tc.adam_betas,
         **_adamw_kernel(model),
@@ -155,7 +157,7 @@ def train(
         else:
             dist.print(f"--resume: no checkpoint in {ckpt_root}; starting from step 0")
 
-    log = MetricsLog(run_dir / "metrics.jsonl", enabled=dist.is_main)
+    log = MetricsLog(run_dir / "metrics.jsonl", enabled=dist.is_main, forward=on_log)
     eval_every = tc.eval_every
     save_every = tc.save_every or eval_every
     progress = Progress(total_steps, enabled=dist.is_main and not quiet)

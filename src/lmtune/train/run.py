@@ -16,6 +16,7 @@ import torch
 
 from lmtune.config import Config, dump_config
 from lmtune.train.dist import Dist
+from lmtune.train.tracking import Trackers, open_trackers, require_packages
 
 
 def text_length_fn(tokenizer: Any):
@@ -120,6 +121,7 @@ def run_training(cfg: Config, resume: bool = False, quiet: bool = False,
     dist = Dist.get()
     run_dir = Path(cfg.run.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    require_packages(cfg.tracking)  # a missing tensorboard/mlflow fails now, not after data prep
     if dist.is_main:
         (run_dir / "config.yaml").write_text(dump_config(cfg))
         if not resume:
@@ -169,48 +171,55 @@ def run_training(cfg: Config, resume: bool = False, quiet: bool = False,
     def saver(m: torch.nn.Module, out: Path) -> None:
         save_model(m, tokenizer, out, extra=meta)
 
-    result = train(cfg, task, model, features, eval_rows, run_dir, saver,
-                   head_names=head_module_names(model), resume=resume, stop_after=stop_after, quiet=quiet,
-                   on_eval=on_eval, regularizer=forget.regularizer if forget else None)
-    if stop_after is not None and "interrupted_at" in result.summary:
-        return result.summary
-    summary = {**result.summary, "trainable_params": parts["params"]["trainable"],
-               "total_params": parts["params"]["total"], "eval_before": before,
-               "data": {k: len(v) for k, v in prepared.splits.items()}}
-    if dist.is_main:
-        save_model(model, tokenizer, run_dir / "model", extra=meta)
-        # What "normal input" looked like, for `lmtune monitor` after release.
-        from lmtune.ops.profile import write_profile
+    # TensorBoard/MLflow (tracking.*, off by default) on the main process; they get every
+    # metrics.jsonl event, and are closed FAILED when anything below raises.
+    trackers = open_trackers(cfg, run_dir, resume=resume) if dist.is_main else Trackers()
+    with trackers:
+        result = train(cfg, task, model, features, eval_rows, run_dir, saver,
+                       head_names=head_module_names(model), resume=resume, stop_after=stop_after, quiet=quiet,
+                       on_eval=on_eval, regularizer=forget.regularizer if forget else None,
+                       on_log=trackers.log_event)
+        if stop_after is not None and "interrupted_at" in result.summary:
+            trackers.close("KILLED")  # what a kill here would leave: resumable
+            return result.summary
+        summary = {**result.summary, "trainable_params": parts["params"]["trainable"],
+                   "total_params": parts["params"]["total"], "eval_before": before,
+                   "data": {k: len(v) for k, v in prepared.splits.items()}}
+        if dist.is_main:
+            save_model(model, tokenizer, run_dir / "model", extra=meta)
+            # What "normal input" looked like, for `lmtune monitor` after release.
+            from lmtune.ops.profile import write_profile
 
-        try:  # a profile problem must not cost a finished training run
-            write_profile(run_dir / "model", prepared.splits["train"], tokenizer, prepared.labels,
-                          cfg.monitor.vocab_size)
-        except Exception as exc:
-            dist.print(f"warning: data_profile.json not written ({exc}); `lmtune monitor` will skip drift checks")
-        summary["model_dir"] = str(run_dir / "model")
-        test_rows = prepared.splits.get("test") or []
-        if test_rows:
-            model.eval()
-            with torch.no_grad():
-                test = task.evaluate(model, test_rows, cfg.train.eval_batch_size, run_dir)
-            (run_dir / "eval.json").write_text(json.dumps({"split": "test", **test}, indent=2))
-            summary["test"] = _flat(test)
-        if cfg.baselines.enabled:
-            summary["baselines"] = _baselines(cfg, task, model, prepared, run_dir, test if test_rows else None)
-        if cfg.audit.enabled:
-            from lmtune.evaluate.audit import audit_in_run
+            try:  # a profile problem must not cost a finished training run
+                write_profile(run_dir / "model", prepared.splits["train"], tokenizer, prepared.labels,
+                              cfg.monitor.vocab_size)
+            except Exception as exc:
+                dist.print(f"warning: data_profile.json not written ({exc}); `lmtune monitor` will skip drift checks")
+            summary["model_dir"] = str(run_dir / "model")
+            test_rows = prepared.splits.get("test") or []
+            if test_rows:
+                model.eval()
+                with torch.no_grad():
+                    test = task.evaluate(model, test_rows, cfg.train.eval_batch_size, run_dir)
+                (run_dir / "eval.json").write_text(json.dumps({"split": "test", **test}, indent=2))
+                summary["test"] = _flat(test)
+            if cfg.baselines.enabled:
+                summary["baselines"] = _baselines(cfg, task, model, prepared, run_dir, test if test_rows else None)
+            if cfg.audit.enabled:
+                from lmtune.evaluate.audit import audit_in_run
 
-            summary["audit"] = audit_in_run(cfg, "after", model, tokenizer, task, prepared, run_dir)
-        if forget is not None:
-            summary["forgetting"] = forget.finish(model, run_dir)
-        log = run_dir / "metrics.jsonl"
-        events = [json.loads(line) for line in log.read_text().splitlines() if line] if log.is_file() else []
-        summary["overfitting"] = overfitting_flags(events)
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-        from lmtune.report import write_run_outputs
+                summary["audit"] = audit_in_run(cfg, "after", model, tokenizer, task, prepared, run_dir)
+            if forget is not None:
+                summary["forgetting"] = forget.finish(model, run_dir)
+            log = run_dir / "metrics.jsonl"
+            events = [json.loads(line) for line in log.read_text().splitlines() if line] if log.is_file() else []
+            summary["overfitting"] = overfitting_flags(events)
+            (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+            from lmtune.report import write_run_outputs
 
-        # Last, once every result file exists: report.html + MODEL_CARD.md (warns, never raises).
-        write_run_outputs(run_dir)
+            # Last, once every result file exists: report.html + MODEL_CARD.md (warns, never raises).
+            write_run_outputs(run_dir)
+            trackers.log_summary(summary, run_dir)
     dist.barrier()
     return summary
 
