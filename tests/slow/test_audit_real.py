@@ -60,7 +60,7 @@ def test_sst2_minilm_lora_counterfactual_probes(tmp_path: Path, monkeypatch: pyt
     monkeypatch.chdir(ROOT)  # the shipped config's ../shared/data paths are relative to the repo
     cfg = load_config(ROOT / "configs" / "sst2_minilm.yaml", [
         f"run.output_dir={tmp_path / 'run'}", "data.limit=2000", "adapter.type=lora", "adapter.r=16",
-        "adapter.alpha=32", "train.lr=1e-3", "train.head_lr=2e-3", "train.eval_every=0",
+        "adapter.alpha=32", "train.lr=1e-3", "train.head_lr=2e-3", "train.eval_every=0", "train.epochs=1",
         "audit.enabled=true", "audit.worst=10"])
     start = time.perf_counter()
     summary = run_training(cfg, quiet=True)

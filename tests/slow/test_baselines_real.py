@@ -32,7 +32,7 @@ def test_sst2_minilm_baselines_beside_fine_tune(tmp_path: Path, monkeypatch: pyt
     """8k training sentences, full fine-tune, 1 epoch; baselines of the untouched encoder."""
     monkeypatch.chdir(ROOT)  # the shipped config's ../shared/data paths are relative to the repo
     overrides = [f"run.output_dir={tmp_path / 'run'}", "data.limit=8000", "adapter.type=full",
-                 "train.eval_every=0", "baselines.enabled=true", "baselines.shots=16", "baselines.seeds=3",
+                 "train.eval_every=0", "train.epochs=1", "baselines.enabled=true", "baselines.shots=16", "baselines.seeds=3",
                  "baselines.label_descriptions=" + json.dumps(DESCRIPTIONS)]
     cfg = load_config(ROOT / "configs" / "sst2_minilm.yaml", overrides)
     summary = run_training(cfg, quiet=True)

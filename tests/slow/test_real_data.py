@@ -26,7 +26,7 @@ def test_sst2_minilm_subset(tmp_path: Path, adapter: str, monkeypatch: pytest.Mo
     """8k SST-2 training sentences, 1 epoch: dev accuracy far above the 50% chance level."""
     monkeypatch.chdir(ROOT)  # the shipped config's ../shared/data paths are relative to the repo
     overrides = [f"run.output_dir={tmp_path / 'run'}", "data.limit=8000", f"adapter.type={adapter}",
-                 "train.eval_every=0"]
+                 "train.eval_every=0", "train.epochs=1"]
     if adapter == "lora":
         overrides += ["train.lr=1e-3", "train.head_lr=2e-3", "adapter.r=16", "adapter.alpha=32"]
     cfg = load_config(ROOT / "configs" / "sst2_minilm.yaml", overrides)
