@@ -22,9 +22,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/lmtune demo
 
+# Two workers (pytest-xdist), one test file each at a time: most tests are single-threaded.
 test: $(STAMP)
 	$(BIN)/ruff check src tests $(wildcard benchmarks examples)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow

@@ -21,6 +21,11 @@ for path in (str(SRC), str(TESTS)):
     if path not in sys.path:
         sys.path.insert(0, path)
 
+# rich wraps CLI output at 80 columns when there is no terminal; tests look for paths under
+# tmp_path (longer under pytest-xdist) in that output, so give it room. Set before lmtune.cli
+# creates its consoles; subprocesses inherit it.
+os.environ.setdefault("COLUMNS", "250")
+
 # Tests run tiny models, where thread start-up and spin-waits dominate: on a busy 2-core box
 # one thread made the packing tests ~50x faster. OMP_NUM_THREADS, when set, wins.
 if "OMP_NUM_THREADS" not in os.environ:
