@@ -149,6 +149,20 @@ run http GET "$URL/metrics"
 stop_server
 echo "server stopped; $(wc -l < "$OUT/predictions.jsonl") predictions logged in $OUT/predictions.jsonl"
 
+# expect_status CODE FILE WHAT: run `monitor status`, keep its table in FILE, and stop the
+# walkthrough unless it exited with CODE (0: all checks OK, 1: an alert fired).
+expect_status() {
+  local want="$1" file="$2" what="$3" code=0
+  echo "\$ lmtune monitor status $REGISTRY"
+  lmtune monitor status "$REGISTRY" > "$file" || code=$?
+  cat "$file"
+  if [ "$code" != "$want" ]; then
+    echo "monitor status exit code: $code, expected $want" >&2
+    exit 1
+  fi
+  echo "monitor status exit code: $code ($what)"
+}
+
 # ---- 4. Monitor the release on healthy batches ----------------------------------------------
 # `monitor record REGISTRY` scores a labelled batch with the registry's current version and
 # compares its inputs with the training profile the release carries (data_profile.json); the
@@ -161,30 +175,15 @@ fi
 for batch in "${HEALTHY[@]}"; do
   run lmtune monitor record "$REGISTRY" --data "$BATCHES/$batch.jsonl"
 done
-echo "\$ lmtune monitor status $REGISTRY"
-code=0
-lmtune monitor status "$REGISTRY" > "$OUT/status_healthy.txt" || code=$?
-cat "$OUT/status_healthy.txt"
-if [ "$code" != 0 ]; then
-  echo "monitor status exit code: $code, expected 0 on healthy batches" >&2
-  exit 1
-fi
-echo "monitor status exit code: 0 (healthy, as expected)"
+expect_status 0 "$OUT/status_healthy.txt" "healthy, as expected"
 
 # ---- 5. A batch from another domain ---------------------------------------------------------
 # Same labels, other texts: the input checks (token lengths, out-of-vocabulary words) fire.
 # Exit 1 is the expected outcome here, so the script checks for it instead of stopping.
 section "5. A shifted batch"
 run lmtune monitor record "$REGISTRY" --data "$SHIFTED"
-echo "\$ lmtune monitor status $REGISTRY"
-code=0
-lmtune monitor status "$REGISTRY" > "$OUT/status_shifted.txt" || code=$?
-cat "$OUT/status_shifted.txt"
-if [ "$code" != 1 ]; then
-  echo "monitor status exit code: $code, expected 1 (an alert on the shifted batch)" >&2
-  exit 1
-fi
-echo "monitor status exit code: 1 (alert, as expected): $(grep '^ALERT:' "$OUT/status_shifted.txt")"
+expect_status 1 "$OUT/status_shifted.txt" "alert, as expected"
+echo "$(grep '^ALERT:' "$OUT/status_shifted.txt")"
 
 # ---- 6. The monitoring report ---------------------------------------------------------------
 section "6. Monitoring report"
