@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from lmtune.errors import UserError
+from lmtune.ops.profile import read_json_file
 
 CURRENT = "current"
 LOG_FILE = "releases.jsonl"
@@ -113,13 +114,7 @@ def set_current(registry: str | Path, version: str) -> None:
 
 def read_metrics(version_dir: str | Path) -> dict[str, Any] | None:
     """A version's metrics.json (None when absent)."""
-    path = Path(version_dir) / METRICS_FILE
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path} is not valid JSON ({exc}); restore it from the run folder") from None
+    return read_json_file(Path(version_dir) / METRICS_FILE, "restore it from the run folder")
 
 
 def current_release(registry: str | Path) -> dict[str, Any] | None:
