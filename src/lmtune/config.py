@@ -51,6 +51,7 @@ class ModelConfig(Strict):
     max_length: int = Field(256, gt=8, description="Maximum tokens per example after templating.")
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) for hub ids.")
     attn_implementation: str | None = Field(None, description="Attention kernel override (sdpa, eager); None lets transformers choose.")
+    pooling: Literal["cls", "mean"] = Field("cls", description="How a classifier or reward model reads the encoder (tasks classification, reward): cls is transformers' head (first token through the pooler); mean is the masked mean of the last layer, how sentence encoders such as builtin:minilm were trained (BERT encoders only; saved folders load in lmtune, plain transformers refuses them).")
     dropout: float | None = Field(None, ge=0.0, lt=1.0, description="Set every dropout layer of the model to this probability; None keeps the checkpoint's. 0 is TRL's default for reward models and DPO (dropout makes scores noisy), and lets attention run a fused kernel that stores far fewer activations.")
 
 
@@ -137,6 +138,13 @@ class EarlyStopConfig(Strict):
     min_delta: float = Field(0.0, ge=0.0, description="Smallest change that counts as an improvement.")
 
 
+class AverageConfig(Strict):
+    """Weight averaging (SWA / checkpoint averaging) over the tail of training."""
+
+    start: float = Field(0.5, ge=0, lt=1, description="Fraction of the run's optimizer steps after which snapshots enter the mean (0.34 of 3 epochs: the last two).")
+    every: int = Field(50, ge=1, description="Optimizer steps between two snapshots (the last step is always one).")
+
+
 class TrainConfig(Strict):
     epochs: float = Field(3.0, gt=0, description="Passes over the training data (ignored when max_steps > 0).")
     max_steps: int = Field(-1, description="Optimizer steps to run; -1 derives it from epochs.")
@@ -159,6 +167,7 @@ class TrainConfig(Strict):
     save_every: int = Field(0, ge=0, description="Checkpoint every N optimizer steps (0: at each evaluation).")
     keep_last: int = Field(2, ge=1, description="Checkpoints to keep (the best one is always kept).")
     early_stopping: EarlyStopConfig = Field(default_factory=EarlyStopConfig, description="Best-model selection and early stopping.")
+    average: AverageConfig | None = Field(None, description="Average the trainable weights over the tail of training; at the end the average is evaluated and kept when it scores at least as well as the best snapshot (None: off).")
     class_weights: Literal["none", "balanced"] = Field("none", description="Class-weighted loss for imbalanced labels (classification).")
     eval_before: bool = Field(True, description="Evaluate once before training (the untrained baseline in the summary).")
     compile: bool = Field(False, description="torch.compile the model (helps long runs; costs start-up time).")

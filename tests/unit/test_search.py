@@ -11,7 +11,7 @@ from optuna.trial import TrialState
 
 from lmtune.config import Config, load_config
 from lmtune.errors import UserError
-from lmtune.search.hpo import make_on_eval, open_study, requeue_interrupted, run_search, trials_left
+from lmtune.search.hpo import kept_eval, make_on_eval, open_study, requeue_interrupted, run_search, trials_left
 from lmtune.search.space import decode, grid_space, metric_key, parse_space, suggest, trial_config
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -197,3 +197,12 @@ def test_halving_pruner_keeps_only_the_top_share_at_a_rung() -> None:
     with pytest.raises(optuna.TrialPruned):  # not in the better half of the rung
         make_on_eval(study.ask(), "eval_loss", [])(5, {"eval_loss": 0.45})
     make_on_eval(study.ask(), "eval_loss", [])(5, {"eval_loss": 0.10})  # the best so far goes on
+
+
+def test_a_trial_is_scored_by_the_model_it_keeps() -> None:
+    evals = [(4, {"eval_accuracy": 0.7}), (8, {"eval_accuracy": 0.8}), (12, {"eval_accuracy": 0.75})]
+    assert kept_eval({"best_step": 8}, evals) == {"eval_accuracy": 0.8}
+    assert kept_eval({}, evals) == {"eval_accuracy": 0.75}
+    averaged = {"best_step": 12, "best_eval": {"event": "eval", "step": 12, "eval_accuracy": 0.85,
+                                                "weight_average": True}}
+    assert kept_eval(averaged, evals)["eval_accuracy"] == 0.85

@@ -9,13 +9,9 @@ temporary sibling and renamed into place, so a crash never leaves a half-written
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import shutil
-import uuid
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,33 +19,13 @@ import torch
 from peft import PeftModel
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from lmtune.atomic import atomic_dir
 from lmtune.config import ModelConfig
 from lmtune.errors import UserError
 from lmtune.models.load import BUILTIN_MODELS, load_model, resolve_model_path
 
 META_FILE = "lmtune_model.json"
 META_VERSION = 1
-
-
-@contextlib.contextmanager
-def _atomic_dir(out_dir: Path) -> Iterator[Path]:
-    """Yield a temp folder beside out_dir; on success it replaces out_dir in one rename."""
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tag = uuid.uuid4().hex[:8]
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{tag}"
-    tmp.mkdir()
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    # A non-empty folder cannot be renamed over, so move the old one aside first.
-    old = out_dir.parent / f".{out_dir.name}.old-{tag}"
-    if out_dir.exists():
-        os.replace(out_dir, old)
-    os.replace(tmp, out_dir)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _portable_base(name_or_path: str) -> str:
@@ -116,7 +92,7 @@ def save_model(
         "merged": False,
         "labels": _labels(base, task),
     }
-    with _atomic_dir(Path(out_dir)) as tmp:
+    with atomic_dir(Path(out_dir)) as tmp:
         if is_peft:
             # Embeddings are never stored in the adapter: load_model rebuilds a grown vocab
             # deterministically, and "auto" would query the hub for the base config.
@@ -166,7 +142,8 @@ def load_trained(
         tokenizer.padding_side = "right"
     task, labels = meta["task"], meta.get("labels")
     if _is_adapter(model_dir):
-        base_cfg = ModelConfig(name_or_path=meta["base_model"], revision=meta.get("base_revision"))
+        base_cfg = ModelConfig(name_or_path=meta["base_model"], revision=meta.get("base_revision"),
+                               pooling=meta.get("pooling", "cls"))
         base = load_model(base_cfg, task, tokenizer, labels=labels)
         with warnings.catch_warnings():
             # peft 0.21 calls a transformers 5 API that warns of its own deprecation.
@@ -196,13 +173,13 @@ def export_merged(model_dir: Path, out_dir: Path) -> Path:
             f"export target {out_dir} is the model folder itself; choose another folder"
         )
     if not _is_adapter(model_dir):
-        with _atomic_dir(out_dir) as tmp:
+        with atomic_dir(out_dir) as tmp:
             shutil.copytree(model_dir, tmp, dirs_exist_ok=True)
         return out_dir
     model, tokenizer, meta = load_trained(model_dir)
     merged = model.merge_and_unload()
     meta = {**meta, "merged": True}
-    with _atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir) as tmp:
         merged.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")

@@ -33,6 +33,10 @@ from transformers.models.auto.modeling_auto import (
 
 from lmtune.config import ModelConfig
 from lmtune.errors import UserError
+from lmtune.models import pooling
+
+# Saved mean-pooled classifiers (model.pooling: mean) load through the Auto classes.
+pooling.register()
 
 BUILTIN_MODELS: dict[str, str] = {
     "minilm": "all-MiniLM-L6-v2: 6-layer BERT sentence encoder (384 hidden, 22M parameters), "
@@ -182,6 +186,7 @@ def _check_task(config: PretrainedConfig, task: str, path: str) -> None:
     elif kind == "classifier":
         known = (
             model_type in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
+            or model_type == pooling.MEAN_POOL_MODEL_TYPE
             or "AutoModelForSequenceClassification" in auto_map
         )
         if not known:
@@ -221,6 +226,23 @@ def _grow_embeddings(model: torch.nn.Module, new_size: int) -> None:
             bias = getattr(emb, "bias", None)
             if bias is not None and bias.shape[0] == new_size:
                 bias[old_size:] = bias[:old_size].mean()
+
+
+def _use_mean_pooling(config: PretrainedConfig, task: str, path: str, load_kwargs: dict) -> None:
+    """Point load_kwargs at the mean-pooled classifier (model.pooling: mean); mutates them.
+
+    A config object passed to from_pretrained is used as it is (label kwargs beside it would
+    reach the model's __init__), so the labels move into the config.
+    """
+    if task not in ("classification", "reward"):
+        raise UserError(f"model.pooling: mean applies to tasks classification and reward, not {task}; "
+                        "remove it or set model.pooling: cls")
+    model_type = getattr(config, "model_type", "?")
+    if model_type not in pooling.MEAN_POOL_BASES:
+        raise UserError(f"model.pooling: mean needs a BERT encoder, and {path} is a {model_type} model: "
+                        "set model.pooling: cls (its own classification head)")
+    labels = {k: load_kwargs.pop(k) for k in ("num_labels", "id2label", "label2id") if k in load_kwargs}
+    load_kwargs["config"] = pooling.mean_pool_config(config, **labels)
 
 
 def load_model(
@@ -280,6 +302,8 @@ def load_model(
         auto_cls = AutoModelForQuestionAnswering  # a fresh qa_outputs head on a plain encoder
     else:
         auto_cls = AutoModelForCausalLM
+    if mcfg.pooling == "mean":
+        _use_mean_pooling(config, task, path, load_kwargs)
     try:
         model = auto_cls.from_pretrained(path, **load_kwargs)
     except OSError as exc:

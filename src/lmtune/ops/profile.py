@@ -10,13 +10,13 @@ serving log: read_prediction_log) and compares the two with ops/drift.py.
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from lmtune.atomic import atomic_write_text
 from lmtune.errors import UserError
 from lmtune.ops.drift import oov_rate, value_counts, words
 
@@ -121,9 +121,7 @@ def write_profile(model_dir: Path, rows: Sequence[dict[str, Any]], tokenizer: An
                   labels: Sequence[str] | None, vocab_size: int = 20000) -> Path:
     """Write data_profile.json into a saved model folder (via a temp file: never half-written)."""
     path = Path(model_dir) / PROFILE_FILE
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data_profile(rows, tokenizer, labels, vocab_size)) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data_profile(rows, tokenizer, labels, vocab_size)) + "\n")
     return path
 
 

@@ -27,6 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from lmtune.atomic import atomic_write_text
 from lmtune.errors import UserError
 from lmtune.ops.profile import read_json_file
 
@@ -106,10 +107,7 @@ def read_current(registry: str | Path) -> str | None:
 
 def set_current(registry: str | Path, version: str) -> None:
     """Point `current` at version atomically (temp file + os.replace: never half-written)."""
-    reg = Path(registry)
-    tmp = reg / f".{CURRENT}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.write_text(version + "\n", encoding="utf-8")
-    os.replace(tmp, reg / CURRENT)
+    atomic_write_text(Path(registry) / CURRENT, version + "\n")
 
 
 def read_metrics(version_dir: str | Path) -> dict[str, Any] | None:

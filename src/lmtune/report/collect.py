@@ -160,8 +160,22 @@ def headline(folder: Folder) -> tuple[str, dict[str, float]]:
         return where, scalar_metrics(folder.eval)
     best = folder.summary.get("best_eval")
     if isinstance(best, dict):
-        return f"eval split, best step {best.get('step')}", scalar_metrics(best)
+        what = "weight average up to step" if best.get("weight_average") else "best step"
+        return f"eval split, {what} {best.get('step')}", scalar_metrics(best)
     if folder.eval_events:
         last = folder.eval_events[-1]
         return f"eval split, step {last.get('step')}", scalar_metrics(last)
     return "", {}
+
+
+def weight_average_text(summary: dict[str, Any]) -> str | None:
+    """One line on train.average: snapshots, its score, and whether it became the final model."""
+    avg = summary.get("weight_average")
+    if not isinstance(avg, dict):
+        return None
+    metric = summary.get("best_metric")
+    value = avg.get(metric) if isinstance(metric, str) else None
+    score = f", {metric} {value:.4f}" if isinstance(value, (int, float)) else ""
+    verdict = "kept as the final model" if avg.get("kept") else "not kept (a single snapshot scored higher)"
+    return (f"mean of {avg.get('snapshots')} snapshots, every {avg.get('every')} steps from step "
+            f"{avg.get('from_step')}{score}: {verdict}")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from lmtune.report import MODEL_CARD_FILE
-from lmtune.report.collect import Folder, headline, load_folder, read_json
+from lmtune.report.collect import Folder, headline, load_folder, read_json, weight_average_text
 from lmtune.report.htmlkit import fmt
 from lmtune.report.sections import overfitting_messages
 
@@ -155,7 +155,7 @@ def training_section(f: Folder) -> list[str]:
     done = [["steps trained", s.get("train_steps")], ["examples seen", s.get("train_samples")],
             ["runtime (s)", s.get("train_runtime_s")], ["precision used", s.get("precision")],
             ["processes", s.get("world_size")], ["best step", s.get("best_step")],
-            ["stopped early", s.get("stopped_early")]]
+            ["stopped early", s.get("stopped_early")], ["weight average", weight_average_text(s)]]
     rows += [r for r in done if r[1] is not None]
     return ["## Training procedure", "", md_table(["hyperparameter", "value"], rows) if rows else "Not recorded."]
 
@@ -277,8 +277,13 @@ def usage_section(f: Folder) -> list[str]:
         else "lmtune eval MODEL_DIR --data labelled.jsonl")
     adapter = "a peft adapter (load with PeftModel.from_pretrained on the base model)" if f.meta.get("adapter") in (
         "lora", "dora") and not f.meta.get("merged") else "a transformers model folder"
-    return ["## How to use", "", f"The folder holds {adapter}, its tokenizer and lmtune_model.json. "
-            "`lmtune export MODEL_DIR OUT` writes a standalone merged copy.", "", "```", cmd, "```"]
+    lines = ["## How to use", "", f"The folder holds {adapter}, its tokenizer and lmtune_model.json. "
+             "`lmtune export MODEL_DIR OUT` writes a standalone merged copy.", "", "```", cmd, "```"]
+    if f.meta.get("pooling") == "mean":
+        lines += ["", "The classifier reads the mean of the encoder's token vectors (model.pooling: mean), a "
+                  "model type transformers does not know by itself: load the folder with lmtune, or run "
+                  "`import lmtune.models.load` before `AutoModelForSequenceClassification.from_pretrained`."]
+    return lines
 
 
 def render_model_card(f: Folder) -> str:

@@ -6,7 +6,7 @@ from typing import Any
 
 from lmtune.report import plots
 from lmtune.report.calibration import expected_calibration_error, reliability_bins
-from lmtune.report.collect import Folder, headline, scalar_metrics
+from lmtune.report.collect import Folder, headline, scalar_metrics, weight_average_text
 from lmtune.report.htmlkit import Styled, esc, facts, figure, fmt, kv_table, para, section, table
 
 #: Metrics shown first in the header tiles, when present.
@@ -79,6 +79,8 @@ def run_facts(f: Folder) -> str:
         return section("summary", "Evaluation", facts(rows))
     s = f.summary
     rows = [(k, s[k]) for k in SUMMARY_KEYS if s.get(k) is not None]
+    if (average := weight_average_text(s)) is not None:
+        rows.append(("weight average", average))
     if isinstance(s.get("data"), dict):
         rows += [(f"{split} rows", n) for split, n in s["data"].items()]
     if s.get("trainable_params") and s.get("total_params"):

@@ -155,10 +155,14 @@ def make_on_eval(trial: Any, metric: str, evals: list[tuple[int, dict[str, float
 
 
 def kept_eval(summary: dict[str, Any], evals: list[tuple[int, dict[str, float]]]) -> dict[str, float]:
-    """The evaluation of the checkpoint the run keeps (train.early_stopping picks it), else the last."""
+    """The evaluation of the model the run keeps (train.early_stopping picks the checkpoint, or
+    train.average's mean when it is kept), else the last."""
     if not evals:
         raise UserError("the trial made no evaluation to score it by: give it an eval split "
                         "(data.eval, or data.split.eval > 0)")
+    best = summary.get("best_eval")
+    if isinstance(best, dict) and best.get("weight_average"):  # train.average kept the mean
+        return {k: float(v) for k, v in best.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     return dict(evals).get(summary.get("best_step"), evals[-1][1])
 
 

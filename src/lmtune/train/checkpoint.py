@@ -10,7 +10,6 @@ leaves a half checkpoint that --resume would pick up.
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 from pathlib import Path
@@ -19,6 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+
+from lmtune.atomic import atomic_dir
 
 CKPT_PREFIX = "step-"
 
@@ -51,26 +52,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def atomic_dir(final: Path) -> Path:
-    """A fresh temporary folder beside `final` to write into before `commit_dir`."""
-    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    return tmp
-
-
-def commit_dir(tmp: Path, final: Path) -> None:
-    """Move a finished temporary folder into place (replacing an older one)."""
-    if final.exists():
-        old = final.parent / f".old-{final.name}-{os.getpid()}"
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
-
-
 def save_checkpoint(
     ckpt_root: Path,
     step: int,
@@ -80,18 +61,24 @@ def save_checkpoint(
     state: dict[str, Any],
     keep_last: int,
     protect: Path | None = None,
+    extra: dict[str, dict[str, torch.Tensor]] | None = None,
 ) -> Path:
-    """Write checkpoint `step` atomically and delete all but the newest `keep_last` (and `protect`)."""
+    """Write checkpoint `step` atomically and delete all but the newest `keep_last` (and `protect`).
+
+    `extra` maps a name to more tensors saved beside the weights as NAME.safetensors (the
+    running weight average), read back with `load_extra`.
+    """
     final = ckpt_root / f"{CKPT_PREFIX}{step:07d}"
     ckpt_root.mkdir(parents=True, exist_ok=True)
-    tmp = atomic_dir(final)
-    save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
-    torch.save(
-        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
-        tmp / "trainer_state.pt",
-    )
-    (tmp / "state.json").write_text(json.dumps(state, indent=2))
-    commit_dir(tmp, final)
+    with atomic_dir(final) as tmp:
+        save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
+        torch.save(
+            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
+            tmp / "trainer_state.pt",
+        )
+        for name, tensors in (extra or {}).items():
+            save_file(tensors, str(tmp / f"{name}.safetensors"))
+        (tmp / "state.json").write_text(json.dumps(state, indent=2))
     for old in list_checkpoints(ckpt_root)[:-keep_last]:
         if protect is None or old.resolve() != protect.resolve():
             shutil.rmtree(old, ignore_errors=True)
@@ -132,3 +119,9 @@ def load_checkpoint(
     scheduler.load_state_dict(blob["scheduler"])
     set_rng_state(blob["rng"])
     return json.loads((path / "state.json").read_text())
+
+
+def load_extra(path: Path, name: str) -> dict[str, torch.Tensor] | None:
+    """The tensors save_checkpoint wrote as `extra[name]` into checkpoint `path`, if any."""
+    file = path / f"{name}.safetensors"
+    return load_file(str(file)) if file.is_file() else None

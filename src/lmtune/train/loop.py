@@ -25,6 +25,7 @@ import torch
 from lmtune.config import Config
 from lmtune.tasks.base import Task
 from lmtune.train import checkpoint as ckpt
+from lmtune.train.averaging import WeightAverage, averaging_start
 from lmtune.train.dist import Dist
 from lmtune.train.logging import MetricsLog, Progress, peak_rss_mb
 from lmtune.train.schedule import lr_lambda, param_groups, warmup_steps
@@ -149,10 +150,16 @@ def train(
                              "bad_evals": 0, "tokens": 0, "samples": 0, "elapsed": 0.0}
     ckpt_root = run_dir / "checkpoints"
     best_dir = run_dir / "best"
+    average = None
+    if tc.average is not None:
+        average = WeightAverage(model, averaging_start(tc.average.start, total_steps), tc.average.every, total_steps)
     if resume:
         found = ckpt.list_checkpoints(ckpt_root)
         if found:
             state = ckpt.load_checkpoint(found[-1], model, optimizer, scheduler)
+            saved_average = ckpt.load_extra(found[-1], AVERAGE_FILE)
+            if average is not None and saved_average is not None:
+                average.load(saved_average, int(state.get("average_count", 0)))
             dist.print(f"resumed from {found[-1]} (step {state['step']})")
         else:
             dist.print(f"--resume: no checkpoint in {ckpt_root}; starting from step 0")
@@ -214,8 +221,12 @@ def train(
 
     def save(step: int) -> None:
         state["elapsed"] = time.perf_counter() - t_start
+        extra = None
+        if average is not None and average.count:
+            state["average_count"] = average.count
+            extra = {AVERAGE_FILE: average.tensors()}
         if dist.is_main:
-            ckpt.save_checkpoint(ckpt_root, step, model, optimizer, scheduler, state, tc.keep_last)
+            ckpt.save_checkpoint(ckpt_root, step, model, optimizer, scheduler, state, tc.keep_last, extra=extra)
         dist.barrier()
 
     model.train()
@@ -256,6 +267,8 @@ def train(
                 state["step_in_epoch"] += 1
                 state["step"] += 1
                 step = state["step"]
+                if average is not None and average.due(step):
+                    average.update(model)
                 step_loss = dist.all_sum(step_loss) / units
                 window_loss += step_loss
                 window_units += 1
@@ -297,6 +310,20 @@ def train(
     progress.stop()
 
     runtime = time.perf_counter() - t_start
+    average_result = None
+    if average is not None and average.count:
+        average_result = _judge_average(average, model, run_eval, state, metric, mode, log)
+        if average_result["kept"]:
+            # The average is the final model: it becomes "best" so nothing below reloads a snapshot.
+            average.copy_into(model)
+            if dist.is_main:
+                save_model(_unwrap(model), best_dir)
+                ckpt.save_file(ckpt.trainable_state(model), str(best_dir / "trainable.safetensors"))
+            state.update(best=average_result.get(metric), best_step=state["step"])
+            if "eval" in average_result:
+                history.append(average_result["eval"])
+            dist.print(f"kept the weight average of {average.count} snapshots ({metric}="
+                       f"{average_result.get(metric, float('nan')):.4f})")
     # Keep the best model: reload its weights so what we save/evaluate next is the best one.
     best_path = None
     if (best_dir / "trainable.safetensors").is_file() and state["best_step"] is not None:
@@ -316,14 +343,50 @@ def train(
         "best_metric_value": state["best"],
         "best_step": state["best_step"],
         "best_checkpoint": str(best_path) if best_path else None,
-        "best_eval": next((h for h in history if h["step"] == state["best_step"]), None),
+        # The last entry of a step wins: the kept average is evaluated at the last step too.
+        "best_eval": next((h for h in reversed(history) if h["step"] == state["best_step"]), None),
         "stopped_early": stopped_early,
         "world_size": dist.world_size,
         "precision": "bf16" if amp_dtype else "fp32",
     }
+    if average_result is not None:
+        summary["weight_average"] = {k: v for k, v in average_result.items() if k != "eval"}
     if dist.is_main:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return TrainResult(summary, best_path, stopped_early, history)
+
+
+AVERAGE_FILE = "weight_average"  # CKPT/weight_average.safetensors: the running mean
+
+
+def _judge_average(average: WeightAverage, model: torch.nn.Module,
+                   run_eval: Callable[[], dict[str, float] | None], state: dict[str, Any],
+                   metric: str, mode: str, log: MetricsLog) -> dict[str, Any]:
+    """Evaluate the averaged weights and decide whether they are the final model.
+
+    Kept when there is no eval split (averaging was asked for and nothing says otherwise) or
+    when the average scores at least as well as the best snapshot on the selection metric.
+    The model's own weights are unchanged on return.
+    """
+    with average.applied(_unwrap(model)):
+        metrics = run_eval()
+    result: dict[str, Any] = {"snapshots": average.count, "from_step": average.start_step,
+                              "every": average.every, **(metrics or {})}
+    value = (metrics or {}).get(metric)
+    best = state["best"]
+    if value is None:
+        kept = metrics is None
+    else:
+        kept = best is None or not _improved(best, float(value), mode, 0.0)
+    result["kept"] = kept
+    # Logged like an evaluation (metrics.jsonl, trackers) under its own event name, so curves of
+    # single snapshots stay separate from the average.
+    entry = {"event": "eval_average", "step": state["step"], "epoch": state["epoch"], **result}
+    log.write(entry)
+    if metrics is not None:  # what summary.best_eval shows when the average is kept
+        result["eval"] = {"event": "eval", "step": state["step"], "epoch": state["epoch"], **metrics,
+                          "weight_average": True}
+    return result
 
 
 def _notify(on_eval: Callable[[int, dict[str, float]], None], step: int, metrics: dict[str, float],

@@ -103,7 +103,8 @@ def model_meta(cfg: Config, prepared: Any) -> dict[str, Any]:
     """What a saved model needs to be used again without the config (labels, format, template)."""
     return {"task": cfg.task, "labels": prepared.labels, "format": prepared.format,
             "template": cfg.data.template, "max_length": cfg.model.max_length,
-            "base_model": cfg.model.name_or_path, "adapter": cfg.adapter.type, "run_name": cfg.run.name}
+            "base_model": cfg.model.name_or_path, "adapter": cfg.adapter.type, "run_name": cfg.run.name,
+            "pooling": cfg.model.pooling}
 
 
 def run_training(cfg: Config, resume: bool = False, quiet: bool = False,

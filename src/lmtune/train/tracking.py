@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 INSTALL_HINT = 'pip install "lmtune[tracking]"'
 # metrics.jsonl fields that are not metrics: step is the x axis, the rest is bookkeeping.
 _NOT_METRICS = ("event", "step", "time", "epoch")
-_TRACKED_EVENTS = ("train", "eval")
+_TRACKED_EVENTS = ("train", "eval", "eval_average")
 # Run-folder files worth keeping with an MLflow run (small; the model folder is not).
 ARTIFACTS = ("config.yaml", "summary.json", "eval.json", "report.html", "MODEL_CARD.md")
 
@@ -86,7 +86,7 @@ def event_metrics(event: dict[str, Any]) -> tuple[int, dict[str, float]] | None:
     for key, value in event.items():
         if key in _NOT_METRICS or not _is_number(value):
             continue
-        name = key[len("eval_"):] if kind == "eval" and key.startswith("eval_") else key
+        name = key[len("eval_"):] if kind.startswith("eval") and key.startswith("eval_") else key
         metrics[f"{kind}/{name}"] = float(value)
     return int(event["step"]), metrics
 
