@@ -2,9 +2,10 @@
 
 - SST-2: `lmtune train configs/sst2_minilm.yaml` (full fine-tune of builtin:minilm) within
   20 minutes of training, with the zero-shot and 16-shot baselines beside, and
-  `configs/sst2_minilm_lora.yaml`. The targets (>= 91.0; LoRA within 1.0 point) are NOT met:
-  measured 90.5 and 89.2 (README "Quality on real data"). The floors below are what the
-  commands reach, a little under the measured figures, so a regression fails here.
+  `configs/sst2_minilm_lora.yaml` (LoRA, mean pooling). The 91.0 target is NOT met: measured
+  90.5 (README "Quality on real data"), so the floor below is a little under what the
+  command reaches and a regression fails here. LoRA within 1.0 point of it is met (90.4) and
+  asserted.
 - MRPC: `lmtune train configs/mrpc_minilm.yaml` reaches dev F1 (paraphrase class) >= 87
   (measured 88.3).
 
@@ -60,7 +61,8 @@ def test_sst2_full_and_lora(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     assert (zero["method"], few["method"], few["k"]) == ("zero-shot", "few-shot", 16)
     assert tuned["accuracy"] > max(zero["accuracy"], few["accuracy"])
     lora = train("sst2_minilm_lora.yaml", tmp_path / "lora")
-    assert lora["best_eval"]["accuracy"] >= full["best_eval"]["accuracy"] - 0.020, lora["best_eval"]  # 0.013
+    # The target: LoRA within 1.0 point of the full fine-tune (measured 0.904 vs 0.905).
+    assert lora["best_eval"]["accuracy"] >= full["best_eval"]["accuracy"] - 0.010, lora["best_eval"]
 
 
 @pytest.mark.timeout(3600)

@@ -107,3 +107,18 @@ def test_mean_pooling_on_the_wrong_model_or_task_is_a_user_error(tmp_path: Path)
     bert = ModelConfig(name_or_path=str(_base(tmp_path)), pooling="mean")
     with pytest.raises(UserError, match="applies to tasks classification and reward, not qa"):
         load_model(bert, "qa", load_tokenizer(bert))
+
+
+def test_a_mean_pooled_run_records_its_pooling_and_says_how_to_load_it(tmp_path: Path) -> None:
+    from lmtune.train.run import run_training
+    from runkit import config, sentiment_rows, write_jsonl
+
+    data = write_jsonl(tmp_path / "d.jsonl", sentiment_rows(48))
+    cfg = config(tmp_path, task="classification", model={"name_or_path": str(_base(tmp_path)), "pooling": "mean"},
+                 adapter={"type": "lora", "r": 4}, data={"train": str(data)}, train={"epochs": 1})
+    summary = run_training(cfg, quiet=True)
+    model_dir = Path(summary["model_dir"])
+    assert json.loads((model_dir / META_FILE).read_text())["pooling"] == "mean"
+    assert "import lmtune.models.load" in (model_dir / "MODEL_CARD.md").read_text()
+    model, _, _ = load_trained(model_dir)
+    assert isinstance(model.get_base_model(), MeanPoolBertForSequenceClassification)
