@@ -18,8 +18,18 @@ from lmtune.errors import UserError
 from lmtune.models.adapters import apply_adapter
 from lmtune.models.export import META_FILE, export_merged, load_trained, save_model
 from lmtune.models.load import load_model, load_tokenizer
-from lmtune.models.pooling import MEAN_POOL_MODEL_TYPE, MeanPoolBertForSequenceClassification, masked_mean
-from tiny import make_bert_tokenizer, make_causal, make_encoder_classifier, make_tokenizer, save_tiny
+from lmtune.models.pooling import (
+    MEAN_POOL_MODEL_TYPE,
+    MeanPoolBertForSequenceClassification,
+    masked_mean,
+)
+from tiny import (
+    make_bert_tokenizer,
+    make_causal,
+    make_encoder_classifier,
+    make_tokenizer,
+    save_tiny,
+)
 
 LABELS = ["neg", "pos"]
 

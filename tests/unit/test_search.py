@@ -11,7 +11,14 @@ from optuna.trial import TrialState
 
 from lmtune.config import Config, load_config
 from lmtune.errors import UserError
-from lmtune.search.hpo import kept_eval, make_on_eval, open_study, requeue_interrupted, run_search, trials_left
+from lmtune.search.hpo import (
+    kept_eval,
+    make_on_eval,
+    open_study,
+    requeue_interrupted,
+    run_search,
+    trials_left,
+)
 from lmtune.search.space import decode, grid_space, metric_key, parse_space, suggest, trial_config
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
