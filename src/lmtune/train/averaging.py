@@ -3,9 +3,11 @@
 Late in fine-tuning the weights keep moving around a region of good solutions and the eval
 score of single snapshots swings by a point or more from one evaluation to the next (SST-2
 dev: 89.0-90.5 every 500 steps). The running mean of snapshots taken every `every` steps
-after `start` sits nearer the middle of that region and usually generalises better than any
-one snapshot (Izmailov et al. 2018, "Averaging Weights Leads to Wider Optima"; Kaddour 2022,
-LAWA). Only trainable tensors are averaged: the frozen base of a LoRA run does not move.
+after `start` sits nearer the middle of that region and often generalises better than a
+single snapshot (Izmailov et al. 2018, "Averaging Weights Leads to Wider Optima"; Kaddour 2022,
+LAWA). It is no sure win: on SST-2 with builtin:minilm the average did not beat the snapshot
+that dev selected (README), which is why the loop keeps it only when it scores at least as
+well. Only trainable tensors are averaged: the frozen base of a LoRA run does not move.
 
 The mean is kept in float32 beside the model and goes into every checkpoint, so a killed
 run resumes to the same average. At the end of training the loop evaluates the averaged

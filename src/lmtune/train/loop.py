@@ -4,7 +4,8 @@ Read it top to bottom: batches are planned up front from a seeded sampler (so a 
 sees the same batches), each optimizer step sums the task loss over `grad_accum`
 micro-batches and divides by the number of loss units (tokens or examples) in the whole
 step on every process, gradients are all-reduced once per step, clipped, and applied.
-Evaluation, best-model tracking, early stopping and atomic checkpoints follow the step.
+Evaluation, best-model tracking, early stopping, weight averaging (train.average) and atomic
+checkpoints follow the step.
 """
 
 from __future__ import annotations
@@ -152,7 +153,9 @@ def train(
     best_dir = run_dir / "best"
     average = None
     if tc.average is not None:
-        average = WeightAverage(model, averaging_start(tc.average.start, total_steps), tc.average.every, total_steps)
+        # Parameter names of the unwrapped model throughout: torch.compile prefixes its own.
+        average = WeightAverage(_unwrap(model), averaging_start(tc.average.start, total_steps),
+                                tc.average.every, total_steps)
     if resume:
         found = ckpt.list_checkpoints(ckpt_root)
         if found:
@@ -268,7 +271,7 @@ def train(
                 state["step"] += 1
                 step = state["step"]
                 if average is not None and average.due(step):
-                    average.update(model)
+                    average.update(_unwrap(model))
                 step_loss = dist.all_sum(step_loss) / units
                 window_loss += step_loss
                 window_units += 1
@@ -315,7 +318,7 @@ def train(
         average_result = _judge_average(average, model, run_eval, state, metric, mode, log)
         if average_result["kept"]:
             # The average is the final model: it becomes "best" so nothing below reloads a snapshot.
-            average.copy_into(model)
+            average.copy_into(_unwrap(model))
             if dist.is_main:
                 save_model(_unwrap(model), best_dir)
                 ckpt.save_file(ckpt.trainable_state(model), str(best_dir / "trainable.safetensors"))
