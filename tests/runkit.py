@@ -7,6 +7,8 @@ import random
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from lmtune.config import Config
 from tiny import (
     make_bert_tokenizer,
@@ -15,6 +17,17 @@ from tiny import (
     make_tokenizer,
     save_tiny,
 )
+
+# Real public datasets live beside the repository (never copied into it): opt-in slow tests.
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def needs_data(*paths: str) -> pytest.MarkDecorator:
+    """Skip unless every ../shared/data/PATH exists; the reason names the absent ones."""
+    missing = [p for p in paths if not (SHARED_DATA / p).exists()]
+    return pytest.mark.skipif(bool(missing), reason=f"../shared/data lacks {', '.join(missing)} "
+                              "(real datasets live beside the repo)")
+
 
 POS = ["great", "wonderful", "lovely", "excellent", "happy"]
 NEG = ["awful", "terrible", "sad", "broken", "poor"]

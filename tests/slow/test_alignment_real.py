@@ -13,15 +13,11 @@ import pytest
 
 from lmtune.config import load_config
 from lmtune.train.run import run_training
+from runkit import needs_data
 
 ROOT = Path(__file__).resolve().parents[2]
-DATA = ROOT.parent / "shared" / "data"
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not (DATA / "hh_rlhf_harmless_base" / "test.jsonl").is_file(),
-                       reason="../shared/data/hh_rlhf_harmless_base is absent (real datasets live beside the repo)"),
-]
+pytestmark = [pytest.mark.slow, needs_data("hh_rlhf_harmless_base/test.jsonl")]
 
 
 def _train(config: str, overrides: list[str], monkeypatch: pytest.MonkeyPatch) -> dict:

@@ -20,17 +20,15 @@ from lmtune.config import load_config
 from lmtune.evaluate.audit import run_audit
 from lmtune.evaluate.bias import read_crows
 from lmtune.train.run import run_training
-from runkit import tiny_causal_dir
+from runkit import SHARED_DATA as DATA
+from runkit import needs_data, tiny_causal_dir
 
 ROOT = Path(__file__).resolve().parents[2]
-DATA = ROOT.parent / "shared" / "data"
 CROWS = DATA / "crows_pairs" / "crows_pairs_anonymized.csv"
 
 pytestmark = pytest.mark.slow
-needs_crows = pytest.mark.skipif(not CROWS.is_file(), reason="../shared/data/crows_pairs is absent "
-                                 "(real datasets live beside the repo)")
-needs_sst2 = pytest.mark.skipif(not (DATA / "sst2" / "train.tsv").is_file(),
-                                reason="../shared/data/sst2 is absent (real datasets live beside the repo)")
+needs_crows = needs_data("crows_pairs/crows_pairs_anonymized.csv")
+needs_sst2 = needs_data("sst2/train.tsv")
 
 
 @needs_crows

@@ -18,16 +18,14 @@ import pytest
 from lmtune.config import load_config
 from lmtune.evaluate.run import run_eval
 from lmtune.train.run import run_training
+from runkit import SHARED_DATA as DATA
+from runkit import needs_data
 
 ROOT = Path(__file__).resolve().parents[2]
-DATA = ROOT.parent / "shared" / "data"
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(
-        not ((DATA / "sst2" / "train.tsv").is_file() and (DATA / "mrpc" / "train.tsv").is_file()),
-        reason="../shared/data/sst2 and ../shared/data/mrpc are absent (real datasets live beside the repo)",
-    ),
+    needs_data("sst2/train.tsv", "mrpc/train.tsv"),
 ]
 
 # Run B variants: overrides of configs/forgetting_sst2_mrpc.yaml (which ships with l2sp 0.1).

@@ -19,25 +19,20 @@ from pathlib import Path
 
 import pytest
 
-from runkit import cli_exit, write_jsonl
+from runkit import cli_exit, needs_data, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "examples"))
 # The data preparation is shared with examples/walkthrough.sh --real (same rows, same seeds).
 from walkthrough_data import (  # noqa: E402
+    REAL_FILES,
     SHARED_DATA,
     amazon_beauty,
-    missing_real_files,
     sst2_test,
     sst_sentences_binary,
 )
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(bool(missing_real_files()),
-                       reason="../shared/data (sst5, sst2, amazon_reviews_2018_5core) is absent; "
-                              "real datasets live beside the repo"),
-]
+pytestmark = [pytest.mark.slow, needs_data(*REAL_FILES)]
 
 
 @pytest.mark.timeout(1800)

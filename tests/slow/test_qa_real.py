@@ -14,18 +14,14 @@ import pytest
 
 from lmtune.config import load_config
 from lmtune.train.run import run_training
+from runkit import SHARED_DATA as DATA
+from runkit import needs_data
 
 ROOT = Path(__file__).resolve().parents[2]
-DATA = ROOT.parent / "shared" / "data"
 XQUAD = DATA / "xquad_en" / "xquad.en.json"
 V2 = DATA / "squad_v2_dev_subset"
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not XQUAD.is_file() or not V2.is_dir(),
-                       reason="../shared/data/xquad_en or squad_v2_dev_subset is absent "
-                       "(real datasets live beside the repo)"),
-]
+pytestmark = [pytest.mark.slow, needs_data("xquad_en/xquad.en.json", "squad_v2_dev_subset")]
 
 
 @pytest.mark.timeout(3600)

@@ -20,16 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from runkit import cli_exit
+from runkit import cli_exit, needs_data
 
 ROOT = Path(__file__).resolve().parents[2]
-DATA = ROOT.parent / "shared" / "data"
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not (DATA / "sst2" / "train.tsv").is_file() or not (DATA / "mrpc" / "train.tsv").is_file(),
-                       reason="../shared/data (sst2, mrpc) is absent (real datasets live beside the repo)"),
-]
+pytestmark = [pytest.mark.slow, needs_data("sst2/train.tsv", "mrpc/train.tsv")]
 
 TRAIN_BUDGET_S = 20 * 60
 

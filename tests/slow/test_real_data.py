@@ -9,15 +9,11 @@ import pytest
 
 from lmtune.config import load_config
 from lmtune.train.run import run_training
+from runkit import needs_data
 
 ROOT = Path(__file__).resolve().parents[2]
-DATA = ROOT.parent / "shared" / "data"
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not (DATA / "sst2" / "train.tsv").is_file(),
-                       reason="../shared/data/sst2 is absent (real datasets live beside the repo)"),
-]
+pytestmark = [pytest.mark.slow, needs_data("sst2/train.tsv")]
 
 
 @pytest.mark.timeout(3600)

@@ -20,16 +20,13 @@ from pathlib import Path
 
 import pytest
 
+from runkit import needs_data
+
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "examples"))
-from walkthrough_data import missing_real_files  # noqa: E402
+from walkthrough_data import REAL_FILES  # noqa: E402
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(bool(missing_real_files()),
-                       reason="../shared/data (sst5, sst2, amazon_reviews_2018_5core) is absent; "
-                              "real datasets live beside the repo"),
-]
+pytestmark = [pytest.mark.slow, needs_data(*REAL_FILES)]
 
 
 @pytest.mark.timeout(1800)
