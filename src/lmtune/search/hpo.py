@@ -27,6 +27,7 @@ from rich.table import Table
 
 from lmtune.config import Config, PrunerConfig, SearchConfig, dump_config
 from lmtune.errors import UserError
+from lmtune.report.collect import scalar_metrics
 from lmtune.search.space import (
     Param,
     decode,
@@ -162,7 +163,7 @@ def kept_eval(summary: dict[str, Any], evals: list[tuple[int, dict[str, float]]]
                         "(data.eval, or data.split.eval > 0)")
     best = summary.get("best_eval")
     if isinstance(best, dict) and best.get("weight_average"):  # train.average kept the mean
-        return {k: float(v) for k, v in best.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        return scalar_metrics(best)
     return dict(evals).get(summary.get("best_step"), evals[-1][1])
 
 
