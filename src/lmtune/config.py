@@ -161,6 +161,7 @@ class TrainConfig(Strict):
     warmup_steps: int = Field(0, ge=0, description="Warmup steps (overrides warmup_ratio when > 0).")
     max_grad_norm: float | None = Field(1.0, description="Gradient clipping norm (None: no clipping).")
     precision: Literal["fp32", "bf16", "auto"] = Field("auto", description="fp32, or bf16 autocast; auto picks bf16 where the hardware supports it.")
+    eval_precision: Literal["fp32", "train"] = Field("fp32", description="Precision of the evaluations during training, which pick the best checkpoint. fp32: as `lmtune eval`, serve and the test split run the saved weights, so the kept checkpoint is chosen by the figure users will see (bf16 autocast can move a few predictions); train: the training precision (faster on large eval sets).")
     eval_every: int = Field(0, ge=0, description="Evaluate every N optimizer steps (0: only per epoch).")
     eval_each_epoch: bool = Field(True, description="Evaluate at the end of each epoch.")
     log_every: int = Field(10, gt=0, description="Log train loss every N optimizer steps.")

@@ -86,3 +86,31 @@ def test_classification_learns(tmp_path: Path, adapter: str) -> None:
     for key in ("train_runtime_s", "train_samples_per_s", "train_tokens_per_s", "peak_rss_mb",
                 "final_train_loss", "best_eval", "best_checkpoint"):
         assert s.get(key) is not None, key
+
+
+@pytest.mark.parametrize("eval_precision", ["fp32", "train"])
+def test_evals_run_in_fp32_unless_asked(tmp_path: Path, monkeypatch, eval_precision: str) -> None:
+    # The evals pick the kept checkpoint: by default they must see the fp32 model that eval,
+    # serve and the test split read later, not the bf16 autocast the steps train under.
+    from lmtune.tasks.classification import ClassificationTask
+
+    seen: dict[str, list[bool]] = {"loss": [], "evaluate": []}
+    for name in seen:
+        original = getattr(ClassificationTask, name)
+
+        def spy(self, *args, _name=name, _original=original, **kwargs):
+            seen[_name].append(torch.is_autocast_enabled("cpu"))
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(ClassificationTask, name, spy)
+    data = write_jsonl(tmp_path / "cls.jsonl", sentiment_rows(48))
+    cfg = config(tmp_path, task="classification", model={"name_or_path": str(tiny_bert_dir(tmp_path))},
+                 adapter={"type": "full"}, data={"train": str(data), "split": {"eval": 0.25}},
+                 train={"epochs": 1, "eval_every": 2, "eval_before": False, "precision": "bf16",
+                        "eval_precision": eval_precision})
+    summary = run_training(cfg, quiet=True)
+    assert seen["loss"] and all(seen["loss"])  # training under bf16 autocast
+    assert len(seen["evaluate"]) >= 2
+    assert set(seen["evaluate"]) == {eval_precision == "train"}
+    assert summary["precision"] == "bf16"
+    assert summary["eval_precision"] == ("fp32" if eval_precision == "fp32" else "bf16")

@@ -154,6 +154,7 @@ def training_section(f: Folder) -> list[str]:
         rows += [[f"rlhf.{k}", str(v)] for k, v in (f.config.get("rlhf") or {}).items() if v is not None]
     done = [["steps trained", s.get("train_steps")], ["examples seen", s.get("train_samples")],
             ["runtime (s)", s.get("train_runtime_s")], ["precision used", s.get("precision")],
+            ["evaluated in", s.get("eval_precision")],
             ["processes", s.get("world_size")], ["best step", s.get("best_step")],
             ["stopped early", s.get("stopped_early")], ["weight average", weight_average_text(s)]]
     rows += [r for r in done if r[1] is not None]

@@ -69,7 +69,7 @@ def overfitting(f: Folder) -> str:
 
 SUMMARY_KEYS = ("train_steps", "train_runtime_s", "train_samples", "train_samples_per_s", "train_tokens_per_s",
                 "peak_rss_mb", "final_train_loss", "best_metric", "best_metric_value", "best_step",
-                "stopped_early", "precision", "world_size", "trainable_params", "total_params")
+                "stopped_early", "precision", "eval_precision", "world_size", "trainable_params", "total_params")
 
 
 def run_facts(f: Folder) -> str:

@@ -119,6 +119,9 @@ def train(
     device = dist.device
     model.to(device)
     amp_dtype = resolve_precision(tc.precision, device)
+    # Evaluations pick the kept checkpoint: by default they run in fp32, as every later reading
+    # of the saved weights does (eval, serve, test split), not under the training autocast.
+    eval_dtype = amp_dtype if tc.eval_precision == "train" else None
     if tc.compile:
         model = torch.compile(model)  # type: ignore[assignment]
 
@@ -188,7 +191,7 @@ def train(
         model.eval()
         result = None
         if dist.is_main:
-            with torch.no_grad(), _autocast(device, amp_dtype):
+            with torch.no_grad(), _autocast(device, eval_dtype):
                 result = task.evaluate(_unwrap(model), eval_rows, tc.eval_batch_size, None)
                 result = {k: float(v) for k, v in result.items() if isinstance(v, (int, float))}
         model.train()
@@ -351,6 +354,7 @@ def train(
         "stopped_early": stopped_early,
         "world_size": dist.world_size,
         "precision": "bf16" if amp_dtype else "fp32",
+        "eval_precision": "bf16" if eval_dtype else "fp32",
     }
     if average_result is not None:
         summary["weight_average"] = {k: v for k, v in average_result.items() if k != "eval"}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -114,7 +115,7 @@ def run_training(cfg: Config, resume: bool = False, quiet: bool = False,
 
     `on_eval(step, metrics)` goes to the loop (`lmtune tune` reports to its pruner there).
     """
-    from lmtune.evaluate.forgetting import forgetting_on, overfitting_flags, start_forgetting
+    from lmtune.evaluate.forgetting import forgetting_on, start_forgetting
     from lmtune.models.adapters import head_module_names
     from lmtune.models.export import save_model
     from lmtune.train.loop import train
@@ -187,34 +188,14 @@ def run_training(cfg: Config, resume: bool = False, quiet: bool = False,
                    "total_params": parts["params"]["total"], "eval_before": before,
                    "data": {k: len(v) for k, v in prepared.splits.items()}}
         if dist.is_main:
+            done = Finished(cfg, run_dir, task, model, tokenizer, prepared, forget)
             save_model(model, tokenizer, run_dir / "model", extra=meta)
-            # What "normal input" looked like, for `lmtune monitor` after release.
-            from lmtune.ops.profile import write_profile
-
-            try:  # a profile problem must not cost a finished training run
-                write_profile(run_dir / "model", prepared.splits["train"], tokenizer, prepared.labels,
-                              cfg.monitor.vocab_size)
-            except Exception as exc:
-                dist.print(f"warning: data_profile.json not written ({exc}); `lmtune monitor` will skip drift checks")
+            _write_profile(done)
             summary["model_dir"] = str(run_dir / "model")
-            test_rows = prepared.splits.get("test") or []
-            if test_rows:
-                model.eval()
-                with torch.no_grad():
-                    test = task.evaluate(model, test_rows, cfg.train.eval_batch_size, run_dir)
-                (run_dir / "eval.json").write_text(json.dumps({"split": "test", **test}, indent=2))
-                summary["test"] = _flat(test)
-            if cfg.baselines.enabled:
-                summary["baselines"] = _baselines(cfg, task, model, prepared, run_dir, test if test_rows else None)
-            if cfg.audit.enabled:
-                from lmtune.evaluate.audit import audit_in_run
-
-                summary["audit"] = audit_in_run(cfg, "after", model, tokenizer, task, prepared, run_dir)
-            if forget is not None:
-                summary["forgetting"] = forget.finish(model, run_dir)
-            log = run_dir / "metrics.jsonl"
-            events = [json.loads(line) for line in log.read_text().splitlines() if line] if log.is_file() else []
-            summary["overfitting"] = overfitting_flags(events)
+            for key, step in AFTER_TRAINING:
+                value = step(done)
+                if value is not None:
+                    summary[key] = value
             (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
             from lmtune.report import write_run_outputs
 
@@ -225,23 +206,93 @@ def run_training(cfg: Config, resume: bool = False, quiet: bool = False,
     return summary
 
 
-def _baselines(cfg: Config, task: Any, model: torch.nn.Module, prepared: Any, run_dir: Path,
-               test: dict[str, Any] | None) -> dict[str, Any] | None:
+@dataclass
+class Finished:
+    """What the steps after training read: the kept model and everything around it."""
+
+    cfg: Config
+    run_dir: Path
+    task: Any
+    model: torch.nn.Module
+    tokenizer: Any
+    prepared: Any
+    forget: Any = None  # evaluate.forgetting.Forgetting when forgetting is on
+    test: dict[str, Any] | None = None  # the whole test result, once the test step ran
+
+
+def _write_profile(f: Finished) -> None:
+    """What "normal input" looked like, for `lmtune monitor` after release."""
+    from lmtune.ops.profile import write_profile
+
+    try:  # a profile problem must not cost a finished training run
+        write_profile(f.run_dir / "model", f.prepared.splits["train"], f.tokenizer, f.prepared.labels,
+                      f.cfg.monitor.vocab_size)
+    except Exception as exc:
+        Dist.get().print(f"warning: data_profile.json not written ({exc}); `lmtune monitor` will skip drift checks")
+
+
+def _evaluate(f: Finished, rows: list[dict[str, Any]], out_dir: Path | None) -> dict[str, Any]:
+    f.model.eval()
+    with torch.no_grad():
+        return f.task.evaluate(f.model, rows, f.cfg.train.eval_batch_size, out_dir)
+
+
+def _test_split(f: Finished) -> dict[str, float] | None:
+    """The kept model on the test split: eval.json, predictions and errors in the run folder."""
+    rows = f.prepared.splits.get("test") or []
+    if not rows:
+        return None
+    f.test = _evaluate(f, rows, f.run_dir)
+    (f.run_dir / "eval.json").write_text(json.dumps({"split": "test", **f.test}, indent=2))
+    return _flat(f.test)
+
+
+def _baselines(f: Finished) -> dict[str, Any] | None:
     """Zero-/few-shot baselines of the base model on the rows the fine-tune was judged on
     (test, else eval); writes run_dir/baselines.json."""
+    if not f.cfg.baselines.enabled:
+        return None
     from lmtune.evaluate.baselines import run_baselines
 
-    split = "test" if test is not None else "eval"
-    rows = prepared.splits.get(split) or []
+    split = "test" if f.test is not None else "eval"
+    rows = f.prepared.splits.get(split) or []
     if not rows:
         Dist.get().print("baselines skipped: no test or eval rows to compare on")
         return None
-    if test is None:
-        model.eval()
-        with torch.no_grad():
-            test = task.evaluate(model, rows, cfg.train.eval_batch_size, None)
-    return run_baselines(run_dir / "model", cfg, rows, test, run_dir, prepared.splits["train"],
+    tuned = f.test if f.test is not None else _evaluate(f, rows, None)
+    return run_baselines(f.run_dir / "model", f.cfg, rows, tuned, f.run_dir, f.prepared.splits["train"],
                          device=Dist.get().device, data=f"{split} split")
+
+
+def _audit(f: Finished) -> dict[str, Any] | None:
+    """The bias audit after training, beside the one run before it (audit.enabled)."""
+    if not f.cfg.audit.enabled:
+        return None
+    from lmtune.evaluate.audit import audit_in_run
+
+    return audit_in_run(f.cfg, "after", f.model, f.tokenizer, f.task, f.prepared, f.run_dir)
+
+
+def _forgetting(f: Finished) -> dict[str, Any] | None:
+    """The reference measured again: forgetting.json (forgetting on)."""
+    return f.forget.finish(f.model, f.run_dir) if f.forget is not None else None
+
+
+def _overfitting(f: Finished) -> dict[str, Any]:
+    """Overfitting flags read off metrics.jsonl (train/eval gap, eval loss rising)."""
+    from lmtune.evaluate.forgetting import overfitting_flags
+
+    log = f.run_dir / "metrics.jsonl"
+    events = [json.loads(line) for line in log.read_text().splitlines() if line] if log.is_file() else []
+    return overfitting_flags(events)
+
+
+# The steps after training, in order, each (summary.json key, step). A step returns None when
+# its part is off or has nothing to work on; baselines reuse the test result when there is one.
+AFTER_TRAINING: tuple[tuple[str, Callable[[Finished], Any]], ...] = (
+    ("test", _test_split), ("baselines", _baselines), ("audit", _audit),
+    ("forgetting", _forgetting), ("overfitting", _overfitting),
+)
 
 
 def _flat(metrics: dict[str, Any]) -> dict[str, float]:
