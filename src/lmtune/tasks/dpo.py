@@ -17,16 +17,16 @@ from typing import Any
 
 import torch
 
+from lmtune.atomic import atomic_write_text
 from lmtune.losses.dpo import DPO_LOSSES, REFERENCE_FREE, LossParams, PairLogps, implicit_rewards
 from lmtune.tasks.pairs import (
     PairEncoder,
     PairStats,
+    PairStatsTask,
     collate_pairs,
     encode_all,
-    evaluate_pairs,
     response_logps,
     to_device,
-    write_json_atomic,
 )
 
 CACHE_FILE = "reference_logps.json"
@@ -65,8 +65,12 @@ def compute_reference(
     return out
 
 
-class DPOTask:
-    """Direct preference optimisation of a causal LM; the loss variant comes from DPO_LOSSES."""
+class DPOTask(PairStatsTask):
+    """Direct preference optimisation of a causal LM; the loss variant comes from DPO_LOSSES.
+
+    Eval metrics: means of eval_loss, reward_accuracy/margin/chosen/rejected and
+    logp_chosen/rejected.
+    """
 
     name = "dpo"
     default_metric = ("eval_loss", "min")
@@ -140,7 +144,7 @@ class DPOTask:
             for part in dist.all_gather(mine):
                 cache.update(part)
             if dist.is_main:
-                write_json_atomic(path, {"fingerprint": self.fingerprint, "logps": cache})
+                atomic_write_text(path, json.dumps({"fingerprint": self.fingerprint, "logps": cache}))
         else:
             dist.print(f"reference log-probs: all {len(wanted)} pair(s) reused from {path}")
         self.ref_cache = cache
@@ -195,21 +199,15 @@ class DPOTask:
             )
         return stats["loss"].sum(), torch.tensor(float(batch["num_pairs"]))
 
-    def evaluate(
-        self,
-        model: torch.nn.Module,
-        rows: list[dict[str, Any]],
-        batch_size: int,
-        out_dir: Path | None = None,
-    ) -> dict[str, float]:
-        """eval_loss, reward_accuracy/margin/chosen/rejected and logp_chosen/rejected means.
+    def eval_features(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Encoded eval rows with their cached reference log-probs when all are known.
 
-        Without a known reference (a full fine-tune evaluated outside its run) only the
-        log-prob metrics are reported.
+        Without a known reference (a full fine-tune evaluated outside its run) evaluate
+        reports only the log-prob metrics.
         """
         feats = encode_all(self.encode, rows)
         if self.precompute:
             known = all(f["key"] in self.ref_cache for f in feats)
             for f in feats if known else []:
                 f["ref_chosen"], f["ref_rejected"] = self.ref_cache[f["key"]]
-        return evaluate_pairs(model, feats, batch_size, self.collate, self.pair_stats)
+        return feats

@@ -7,7 +7,6 @@ tokens in that term; the odds-ratio term is the same as TRL's (tests check both)
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,15 +15,18 @@ from lmtune.losses.orpo import log_odds_ratio, orpo_loss
 from lmtune.tasks.pairs import (
     PairEncoder,
     PairStats,
+    PairStatsTask,
     collate_pairs,
-    encode_all,
-    evaluate_pairs,
     response_logps,
 )
 
 
-class ORPOTask:
-    """Odds-ratio preference optimisation of a causal LM (one forward of chosen + rejected)."""
+class ORPOTask(PairStatsTask):
+    """Odds-ratio preference optimisation of a causal LM (one forward of chosen + rejected).
+
+    Eval metrics: means of eval_loss, nll, log_odds_ratio, reward_accuracy/margin/chosen/rejected
+    and logp_chosen/rejected.
+    """
 
     name = "orpo"
     default_metric = ("eval_loss", "min")
@@ -62,20 +64,3 @@ class ORPOTask:
             "logp_chosen": sums[:n],
             "logp_rejected": sums[n:],
         }
-
-    def loss(
-        self, model: torch.nn.Module, batch: dict[str, Any]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Summed per-pair ORPO loss and the number of pairs."""
-        return self.pair_stats(model, batch)["loss"].sum(), torch.tensor(float(batch["num_pairs"]))
-
-    def evaluate(
-        self,
-        model: torch.nn.Module,
-        rows: list[dict[str, Any]],
-        batch_size: int,
-        out_dir: Path | None = None,
-    ) -> dict[str, float]:
-        """Means of the per-pair statistics (eval_loss, nll, log_odds_ratio, rewards, logps)."""
-        feats = encode_all(self.encode, rows)
-        return evaluate_pairs(model, feats, batch_size, self.collate, self.pair_stats)

@@ -238,8 +238,31 @@ def evaluate_pairs(
     return out
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON so a reader never sees half a file (a killed run leaves the old one)."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data))
-    tmp.replace(path)
+class PairStatsTask:
+    """`loss` and `evaluate` of a pairwise task, both read off its per-pair `pair_stats`.
+
+    A subclass supplies `encode`, `collate` and `pair_stats(model, batch)`, whose "loss" is
+    the per-pair loss; every other statistic is averaged over the pairs in evaluation.
+    """
+
+    def encode(self, row: dict[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def collate(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def pair_stats(self, model: torch.nn.Module, batch: dict[str, Any]) -> PairStats:
+        raise NotImplementedError
+
+    def loss(self, model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed per-pair loss and the number of pairs."""
+        return self.pair_stats(model, batch)["loss"].sum(), torch.tensor(float(batch["num_pairs"]))
+
+    def evaluate(self, model: torch.nn.Module, rows: list[dict[str, Any]], batch_size: int,
+                 out_dir: Path | None = None) -> dict[str, float]:
+        """Means of the per-pair statistics over the rows that encode (eval_loss, eval_pairs)."""
+        return evaluate_pairs(model, self.eval_features(rows), batch_size, self.collate, self.pair_stats)
+
+    def eval_features(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The encoded eval rows (a task that needs more on them, such as a reference, adds it)."""
+        return encode_all(self.encode, rows)

@@ -9,7 +9,6 @@ the prompt keeps its end, responses their start.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,15 +18,14 @@ from lmtune.losses.reward import bradley_terry
 from lmtune.tasks.pairs import (
     PairEncoder,
     PairStats,
+    PairStatsTask,
     add_pair_fields,
-    encode_all,
-    evaluate_pairs,
     fit_pair,
 )
 
 
-class RewardTask:
-    """Pairwise reward modelling; metrics: eval_loss, pairwise_accuracy, mean_margin."""
+class RewardTask(PairStatsTask):
+    """Pairwise reward modelling; metrics: eval_loss, pairwise_accuracy, mean_margin, reward_chosen/rejected."""
 
     name = "reward"
     default_metric = ("pairwise_accuracy", "max")
@@ -136,20 +134,3 @@ class RewardTask:
             "reward_chosen": chosen,
             "reward_rejected": rejected,
         }
-
-    def loss(
-        self, model: torch.nn.Module, batch: dict[str, Any]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Summed per-pair loss and the number of pairs."""
-        return self.pair_stats(model, batch)["loss"].sum(), torch.tensor(float(batch["num_pairs"]))
-
-    def evaluate(
-        self,
-        model: torch.nn.Module,
-        rows: list[dict[str, Any]],
-        batch_size: int,
-        out_dir: Path | None = None,
-    ) -> dict[str, float]:
-        """eval_loss, pairwise_accuracy, mean_margin, mean chosen/rejected rewards."""
-        feats = encode_all(self.encode, rows)
-        return evaluate_pairs(model, feats, batch_size, self.collate, self.pair_stats)
