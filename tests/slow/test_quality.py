@@ -3,11 +3,12 @@
 - SST-2: `lmtune train configs/sst2_minilm.yaml` (full fine-tune of builtin:minilm) within
   20 minutes of training, with the zero-shot and 16-shot baselines beside, and
   `configs/sst2_minilm_lora.yaml` (LoRA, mean pooling). The 91.0 target is NOT met: measured
-  90.5 (README "Quality on real data"), so the floor below is a little under what the
+  90.4 (README "Quality on real data"), so the floor below is a little under what the
   command reaches and a regression fails here. LoRA within 1.0 point of it is met (90.4) and
-  asserted.
+  asserted. The 20-minute budget is the issue's "on 2 CPU cores": run this with both cores
+  free (on one core the run takes about 25 minutes).
 - MRPC: `lmtune train configs/mrpc_minilm.yaml` reaches dev F1 (paraphrase class) >= 87
-  (measured 88.3).
+  (measured 88.5).
 
 As in GLUE dev-set reporting, the best evaluation is the one kept, so the dev set also picks
 the checkpoint; the last evaluation is printed beside it.
@@ -49,14 +50,14 @@ def train(config: str, out: Path) -> dict:
 def test_sst2_full_and_lora(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(ROOT)  # the configs' ../shared/data paths are relative to the repo
     full = train("sst2_minilm.yaml", tmp_path / "full")
-    assert full["best_eval"]["accuracy"] >= 0.900, full["best_eval"]  # measured 0.905
+    assert full["best_eval"]["accuracy"] >= 0.900, full["best_eval"]  # measured 0.904
     assert full["train_runtime_s"] <= TRAIN_BUDGET_S
     assert full["eval_before"]["eval"]["accuracy"] < 0.7  # a random head: the gain is training's
     zero, few, tuned = full["baseline_rows"]
     assert (zero["method"], few["method"], few["k"]) == ("zero-shot", "few-shot", 16)
     assert tuned["accuracy"] > max(zero["accuracy"], few["accuracy"])
     lora = train("sst2_minilm_lora.yaml", tmp_path / "lora")
-    # The target: LoRA within 1.0 point of the full fine-tune (measured 0.904 vs 0.905).
+    # The target: LoRA within 1.0 point of the full fine-tune (measured 0.904 vs 0.904).
     assert lora["best_eval"]["accuracy"] >= full["best_eval"]["accuracy"] - 0.010, lora["best_eval"]
 
 
