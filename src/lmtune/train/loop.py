@@ -197,6 +197,13 @@ def train(
         model.train()
         return dist.broadcast(result)
 
+    def save_best() -> None:
+        """The model as it is now becomes best/ (a loadable folder, on the main process)."""
+        if dist.is_main:
+            save_model(_unwrap(model), best_dir)
+            # The exact trainable tensors too, so the end of the run can reload the best.
+            ckpt.save_file(ckpt.trainable_state(model), str(best_dir / "trainable.safetensors"))
+
     def after_eval(metrics: dict[str, float]) -> bool:
         """Track the best model; return True when early stopping says stop."""
         nonlocal history
@@ -216,10 +223,7 @@ def train(
                                                             if isinstance(v, float)))
         if _improved(value, state["best"], mode, tc.early_stopping.min_delta):
             state.update(best=value, best_step=state["step"], bad_evals=0)
-            if dist.is_main:
-                save_model(_unwrap(model), best_dir)
-                # The exact trainable tensors too, so the end of the run can reload the best.
-                ckpt.save_file(ckpt.trainable_state(model), str(best_dir / "trainable.safetensors"))
+            save_best()
         else:
             state["bad_evals"] += 1
         patience = tc.early_stopping.patience
@@ -322,9 +326,7 @@ def train(
         if average_result["kept"]:
             # The average is the final model: it becomes "best" so nothing below reloads a snapshot.
             average.copy_into(_unwrap(model))
-            if dist.is_main:
-                save_model(_unwrap(model), best_dir)
-                ckpt.save_file(ckpt.trainable_state(model), str(best_dir / "trainable.safetensors"))
+            save_best()
             state.update(best=average_result.get(metric), best_step=state["step"])
             if "eval" in average_result:
                 history.append(average_result["eval"])
