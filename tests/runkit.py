@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from lmtune.config import Config
 from tiny import (
@@ -27,6 +29,14 @@ def needs_data(*paths: str) -> pytest.MarkDecorator:
     missing = [p for p in paths if not (SHARED_DATA / p).exists()]
     return pytest.mark.skipif(bool(missing), reason=f"../shared/data lacks {', '.join(missing)} "
                               "(real datasets live beside the repo)")
+
+
+def folder_tensors(folder: Path) -> dict[str, torch.Tensor]:
+    """Every tensor in a model folder's *.safetensors files (sharded or not), by name."""
+    out: dict[str, torch.Tensor] = {}
+    for f in sorted(Path(folder).glob("*.safetensors")):
+        out.update(load_file(str(f)))
+    return out
 
 
 POS = ["great", "wonderful", "lovely", "excellent", "happy"]

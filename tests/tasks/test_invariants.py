@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from lmtune.train.run import run_training
 from runkit import (
     config,
+    folder_tensors,
     instruction_rows,
     sentiment_rows,
     tiny_bert_dir,
@@ -20,11 +20,7 @@ from runkit import (
 
 
 def _final(run: Path) -> dict[str, torch.Tensor]:
-    model = run / "model"
-    out = {}
-    for f in model.glob("*.safetensors"):
-        out.update(load_file(str(f)))
-    return out
+    return folder_tensors(run / "model")
 
 
 def _assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: float) -> None:

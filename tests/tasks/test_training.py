@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from lmtune.train.run import run_training
 from runkit import (
     config,
+    folder_tensors,
     instruction_rows,
     sentiment_rows,
     tiny_bert_dir,
@@ -19,13 +20,6 @@ from runkit import (
     train_events,
     write_jsonl,
 )
-
-
-def _weights(folder: Path) -> dict[str, torch.Tensor]:
-    out: dict[str, torch.Tensor] = {}
-    for f in sorted(folder.glob("*.safetensors")):
-        out.update(load_file(str(f)))
-    return out
 
 
 @pytest.mark.parametrize(
@@ -48,7 +42,7 @@ def test_sft_learns(tmp_path: Path, arch: str, adapter: str) -> None:
     saved = Path(summary["model_dir"])
     assert (saved / "lmtune_model.json").is_file()
     if adapter == "full":
-        before, after = _weights(model_dir), _weights(saved)
+        before, after = folder_tensors(model_dir), folder_tensors(saved)
         changed = [k for k in before if k in after and not torch.equal(before[k], after[k])]
         assert len(changed) > len(before) // 2
     else:

@@ -7,18 +7,10 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 import lmtune.train.averaging as averaging
 from lmtune.train.run import run_training
-from runkit import config, sentiment_rows, tiny_bert_dir, write_jsonl
-
-
-def _weights(model_dir: Path) -> dict[str, torch.Tensor]:
-    out: dict[str, torch.Tensor] = {}
-    for f in model_dir.glob("*.safetensors"):
-        out.update(load_file(str(f)))
-    return out
+from runkit import config, folder_tensors, sentiment_rows, tiny_bert_dir, write_jsonl
 
 
 def test_kept_average_is_the_mean_of_the_snapshots(tmp_path: Path, monkeypatch) -> None:
@@ -40,7 +32,7 @@ def test_kept_average_is_the_mean_of_the_snapshots(tmp_path: Path, monkeypatch) 
     assert summary["train_steps"] == 16
     assert summary["weight_average"] == {"snapshots": 4, "from_step": 8, "every": 3, "kept": True}
     assert len(snapshots) == 4
-    saved = _weights(Path(summary["model_dir"]))
+    saved = folder_tensors(Path(summary["model_dir"]))
     for name in snapshots[0]:
         mean = torch.stack([s[name] for s in snapshots]).mean(0)
         torch.testing.assert_close(saved[name], mean, atol=1e-6, rtol=0)
@@ -62,7 +54,7 @@ def test_average_resumes_after_a_kill_and_is_judged_on_eval(tmp_path: Path) -> N
     assert run_training(part, quiet=True, stop_after=7) == {"interrupted_at": 7}  # checkpoint: step 4
     s_part = run_training(part, resume=True, quiet=True)
     assert s_part["weight_average"] == s_full["weight_average"]
-    a, b = _weights(Path(s_full["model_dir"])), _weights(Path(s_part["model_dir"]))
+    a, b = folder_tensors(Path(s_full["model_dir"])), folder_tensors(Path(s_part["model_dir"]))
     assert a.keys() == b.keys() and max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-6
     avg = s_full["weight_average"]
     assert avg["snapshots"] >= 3 and "accuracy" in avg

@@ -23,20 +23,10 @@ from lmtune.models.pooling import (
     MeanPoolBertForSequenceClassification,
     masked_mean,
 )
-from tiny import (
-    make_bert_tokenizer,
-    make_causal,
-    make_encoder_classifier,
-    make_tokenizer,
-    save_tiny,
-)
+from runkit import config, sentiment_rows, tiny_bert_dir, write_jsonl
+from tiny import make_causal, make_tokenizer, save_tiny
 
 LABELS = ["neg", "pos"]
-
-
-def _base(tmp_path: Path) -> Path:
-    tok = make_bert_tokenizer()
-    return save_tiny(make_encoder_classifier(tokenizer=tok), tok, tmp_path / "base")
 
 
 def _logits(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -51,7 +41,7 @@ def test_masked_mean_leaves_padding_out() -> None:
 
 
 def test_mean_pooled_classifier_reads_the_mean_and_ignores_padding(tmp_path: Path) -> None:
-    mcfg = ModelConfig(name_or_path=str(_base(tmp_path)), pooling="mean")
+    mcfg = ModelConfig(name_or_path=str(tiny_bert_dir(tmp_path)), pooling="mean")
     tok = load_tokenizer(mcfg)
     model = load_model(mcfg, "classification", tok, labels=LABELS).eval()
     assert isinstance(model, MeanPoolBertForSequenceClassification)
@@ -75,7 +65,7 @@ def test_mean_pooled_classifier_reads_the_mean_and_ignores_padding(tmp_path: Pat
 
 @pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing")
 def test_lora_mean_pooled_round_trip_and_merged_export(tmp_path: Path) -> None:
-    mcfg = ModelConfig(name_or_path=str(_base(tmp_path)), pooling="mean")
+    mcfg = ModelConfig(name_or_path=str(tiny_bert_dir(tmp_path)), pooling="mean")
     tok = load_tokenizer(mcfg)
     model = apply_adapter(load_model(mcfg, "classification", tok, labels=LABELS),
                           AdapterConfig(type="lora", r=4), "classification")
@@ -114,17 +104,16 @@ def test_mean_pooling_on_the_wrong_model_or_task_is_a_user_error(tmp_path: Path)
     mcfg = ModelConfig(name_or_path=str(llama), pooling="mean")
     with pytest.raises(UserError, match="needs a BERT encoder.*set model.pooling: cls"):
         load_model(mcfg, "classification", load_tokenizer(mcfg), labels=LABELS)
-    bert = ModelConfig(name_or_path=str(_base(tmp_path)), pooling="mean")
+    bert = ModelConfig(name_or_path=str(tiny_bert_dir(tmp_path)), pooling="mean")
     with pytest.raises(UserError, match="applies to tasks classification and reward, not qa"):
         load_model(bert, "qa", load_tokenizer(bert))
 
 
 def test_a_mean_pooled_run_records_its_pooling_and_says_how_to_load_it(tmp_path: Path) -> None:
     from lmtune.train.run import run_training
-    from runkit import config, sentiment_rows, write_jsonl
 
     data = write_jsonl(tmp_path / "d.jsonl", sentiment_rows(48))
-    cfg = config(tmp_path, task="classification", model={"name_or_path": str(_base(tmp_path)), "pooling": "mean"},
+    cfg = config(tmp_path, task="classification", model={"name_or_path": str(tiny_bert_dir(tmp_path)), "pooling": "mean"},
                  adapter={"type": "lora", "r": 4}, data={"train": str(data)}, train={"epochs": 1})
     summary = run_training(cfg, quiet=True)
     model_dir = Path(summary["model_dir"])
