@@ -25,6 +25,7 @@ demo: $(STAMP)
 # Two workers (pytest-xdist), one test file each at a time: most tests are single-threaded.
 test: $(STAMP)
 	$(BIN)/ruff check src tests $(wildcard benchmarks examples)
+	$(BIN)/ruff format --check src tests $(wildcard benchmarks examples)
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 test-slow: $(STAMP)

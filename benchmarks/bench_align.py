@@ -82,21 +82,42 @@ BETA = 0.1
 def lmtune_config(spec: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     """The lmtune config of a workload (the same hyperparameters TRL gets)."""
     d = spec["data"]
-    off = {"normalize": False, "control_chars": False, "dedupe": False, "pii": False, "secrets": False,
-           "min_chars": 0}
+    off = {
+        "normalize": False,
+        "control_chars": False,
+        "dedupe": False,
+        "pii": False,
+        "secrets": False,
+        "min_chars": 0,
+    }
     cfg: dict[str, Any] = {
         "run": {"name": f"bench-{spec['workload']}", "output_dir": str(run_dir), "seed": SEED},
         "task": spec["workload"],
         # dropout 0: TRL's default (disable_dropout=True) for both trainers.
         "model": {"name_or_path": d["model"], "max_length": spec["max_length"], "dropout": 0.0},
         "adapter": {"type": "full"},
-        "data": {"train": d["train"], "eval": d["eval"], "format": "dialogue_pair", "clean": off,
-                 "leakage": {"check": False}},
+        "data": {
+            "train": d["train"],
+            "eval": d["eval"],
+            "format": "dialogue_pair",
+            "clean": off,
+            "leakage": {"check": False},
+        },
         "preference": {"loss": "sigmoid", "beta": BETA},
-        "train": {"epochs": 1, "batch_size": spec["batch_size"], "eval_batch_size": 64, "lr": spec["lr"],
-                  "scheduler": "linear", "warmup_steps": 0, "warmup_ratio": 0.0, "weight_decay": 0.0,
-                  "max_grad_norm": 1.0, "precision": spec["precision"], "log_every": spec["log_every"],
-                  "eval_before": False},
+        "train": {
+            "epochs": 1,
+            "batch_size": spec["batch_size"],
+            "eval_batch_size": 64,
+            "lr": spec["lr"],
+            "scheduler": "linear",
+            "warmup_steps": 0,
+            "warmup_ratio": 0.0,
+            "weight_decay": 0.0,
+            "max_grad_norm": 1.0,
+            "precision": spec["precision"],
+            "log_every": spec["log_every"],
+            "eval_before": False,
+        },
     }
     from lmtune.config import apply_overrides
 
@@ -123,7 +144,9 @@ def encode_pairs(spec: dict[str, Any], path: str) -> list[dict[str, Any]]:
     return feats
 
 
-def prepare(data_dir: Path, work: Path, workload: str, pairs: int, eval_pairs: int, spec: dict[str, Any]) -> dict[str, Any]:
+def prepare(
+    data_dir: Path, work: Path, workload: str, pairs: int, eval_pairs: int, spec: dict[str, Any]
+) -> dict[str, Any]:
     """HH-RLHF subsets whose every row lmtune keeps (so both sides train on `pairs` pairs:
     whole batches, the same number of optimizer updates) + the model folder."""
     from lmtune.models.load import resolve_model_path
@@ -136,14 +159,23 @@ def prepare(data_dir: Path, work: Path, workload: str, pairs: int, eval_pairs: i
     probe = write_jsonl(work / f"{workload}_probe.jsonl", raw)
     probe_spec = {**spec, "data": {"model": model, "train": str(probe), "eval": str(probe)}}
     # The raw rows that lmtune reads AND encodes without rejecting (by their line number).
-    lines = sorted(int(f["_source"].rsplit(":", 1)[1]) for f in encode_pairs(probe_spec, str(probe)))
+    lines = sorted(
+        int(f["_source"].rsplit(":", 1)[1]) for f in encode_pairs(probe_spec, str(probe))
+    )
     if len(lines) < pairs + eval_pairs:
-        raise SystemExit(f"bench_align: only {len(lines)} usable pairs in the first {len(raw)} rows")
+        raise SystemExit(
+            f"bench_align: only {len(lines)} usable pairs in the first {len(raw)} rows"
+        )
     keep = [raw[i - 1] for i in lines[: pairs + eval_pairs]]
     train = write_jsonl(work / f"{workload}_train.jsonl", keep[:pairs])
     held = write_jsonl(work / f"{workload}_eval.jsonl", keep[pairs:])
-    return {"model": model, "train": str(train), "eval": str(held), "n_train": pairs,
-            "n_eval": len(keep) - pairs}
+    return {
+        "model": model,
+        "train": str(train),
+        "eval": str(held),
+        "n_train": pairs,
+        "n_eval": len(keep) - pairs,
+    }
 
 
 # ----------------------------------------------------------------------------- children
@@ -170,11 +202,20 @@ def child_lmtune(spec: dict[str, Any], t_proc: float) -> dict[str, Any]:
     steps, step_s = summary["train_steps"], train_ev[-1]["elapsed_s"]
     pairs = summary["train_samples"]
     acc = eval_ev["reward_accuracy" if spec["workload"] == "dpo" else "pairwise_accuracy"]
-    return common_done({
-        "side": "lmtune", "steps": steps, "pairs": pairs, "step_s": step_s, "ref_s": round(ref_s[0], 2),
-        "time_s": step_s + ref_s[0], "final_loss": final_loss([(e["step"], e["loss"]) for e in train_ev], steps),
-        "eval_accuracy": acc, "eval_loss": eval_ev["eval_loss"],
-    }, t_proc)
+    return common_done(
+        {
+            "side": "lmtune",
+            "steps": steps,
+            "pairs": pairs,
+            "step_s": step_s,
+            "ref_s": round(ref_s[0], 2),
+            "time_s": step_s + ref_s[0],
+            "final_loss": final_loss([(e["step"], e["loss"]) for e in train_ev], steps),
+            "eval_accuracy": acc,
+            "eval_loss": eval_ev["eval_loss"],
+        },
+        t_proc,
+    )
 
 
 def child_trl(spec: dict[str, Any], t_proc: float) -> dict[str, Any]:
@@ -204,12 +245,27 @@ def child_trl(spec: dict[str, Any], t_proc: float) -> dict[str, Any]:
                 marks["t1"] = time.perf_counter()
 
     common = dict(
-        output_dir=str(Path(spec["work"]) / f"trl-{w}"), per_device_train_batch_size=spec["batch_size"],
-        per_device_eval_batch_size=64, num_train_epochs=1, learning_rate=spec["lr"], lr_scheduler_type="linear",
-        warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, seed=SEED, data_seed=SEED, use_cpu=True,
-        bf16=spec["precision"] == "bf16", optim="adamw_torch_fused", dataloader_num_workers=0,
-        dataloader_pin_memory=False, logging_steps=spec["log_every"], eval_strategy="no", save_strategy="no",
-        report_to="none", max_length=spec["max_length"],
+        output_dir=str(Path(spec["work"]) / f"trl-{w}"),
+        per_device_train_batch_size=spec["batch_size"],
+        per_device_eval_batch_size=64,
+        num_train_epochs=1,
+        learning_rate=spec["lr"],
+        lr_scheduler_type="linear",
+        warmup_steps=0,
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        seed=SEED,
+        data_seed=SEED,
+        use_cpu=True,
+        bf16=spec["precision"] == "bf16",
+        optim="adamw_torch_fused",
+        dataloader_num_workers=0,
+        dataloader_pin_memory=False,
+        logging_steps=spec["log_every"],
+        eval_strategy="no",
+        save_strategy="no",
+        report_to="none",
+        max_length=spec["max_length"],
     )
     if w == "dpo":
         from trl import DPOConfig, DPOTrainer
@@ -228,57 +284,108 @@ def child_trl(spec: dict[str, Any], t_proc: float) -> dict[str, Any]:
         cols = ("prompt_ids", "chosen_ids", "rejected_ids")
         train_ds = datasets.Dataset.from_list([{k: f[k] for k in cols} for f in feats])
         eval_ds = datasets.Dataset.from_list([{k: f[k] for k in cols} for f in held])
-        args = DPOConfig(**common, beta=BETA, loss_type=["sigmoid"],
-                         precompute_ref_log_probs=spec["trl_ref"] == "precompute")
-        model = AutoModelForCausalLM.from_pretrained(d["model"], dtype=torch.float32, use_safetensors=True)
-        trainer: Any = DPOTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                                  processing_class=tok, callbacks=[Clock()])
+        args = DPOConfig(
+            **common,
+            beta=BETA,
+            loss_type=["sigmoid"],
+            precompute_ref_log_probs=spec["trl_ref"] == "precompute",
+        )
+        model = AutoModelForCausalLM.from_pretrained(
+            d["model"], dtype=torch.float32, use_safetensors=True
+        )
+        trainer: Any = DPOTrainer(
+            model=model,
+            args=args,
+            train_dataset=train_ds,
+            eval_dataset=eval_ds,
+            processing_class=tok,
+            callbacks=[Clock()],
+        )
         acc_key = "eval_rewards/accuracies"
     else:
         from trl import RewardConfig, RewardTrainer
 
         def ids(fs: list[dict[str, Any]]) -> Any:
-            return datasets.Dataset.from_list([{"chosen_ids": f["chosen_input_ids"],
-                                                "rejected_ids": f["rejected_input_ids"]} for f in fs])
+            return datasets.Dataset.from_list(
+                [
+                    {"chosen_ids": f["chosen_input_ids"], "rejected_ids": f["rejected_input_ids"]}
+                    for f in fs
+                ]
+            )
 
         hf_set_seed(SEED)  # the head's init draws from the same RNG state as on lmtune's side
         model = AutoModelForSequenceClassification.from_pretrained(
-            d["model"], dtype=torch.float32, num_labels=1, ignore_mismatched_sizes=True, use_safetensors=True)
+            d["model"],
+            dtype=torch.float32,
+            num_labels=1,
+            ignore_mismatched_sizes=True,
+            use_safetensors=True,
+        )
         model.config.pad_token_id = tok.pad_token_id
         args = RewardConfig(**common)
-        trainer = RewardTrainer(model=model, args=args, train_dataset=ids(feats), eval_dataset=ids(held),
-                                processing_class=tok, callbacks=[Clock()])
+        trainer = RewardTrainer(
+            model=model,
+            args=args,
+            train_dataset=ids(feats),
+            eval_dataset=ids(held),
+            processing_class=tok,
+            callbacks=[Clock()],
+        )
         acc_key = "eval_accuracy"
     out = trainer.train()
     ev = trainer.evaluate()
     steps = out.global_step
     logged = [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h]
     step_s = marks["t1"] - marks["t0"]
-    return common_done({
-        "side": "trl", "steps": steps, "pairs": steps * spec["batch_size"], "step_s": round(step_s, 3),
-        "ref_s": round(marks["ref_s"], 2), "time_s": step_s + marks["ref_s"],
-        "final_loss": final_loss(logged, steps), "eval_accuracy": ev[acc_key], "eval_loss": ev["eval_loss"],
-        "settings": {"precompute_ref_log_probs": spec["trl_ref"] == "precompute", "optim": "adamw_torch_fused"},
-    }, t_proc)
+    return common_done(
+        {
+            "side": "trl",
+            "steps": steps,
+            "pairs": steps * spec["batch_size"],
+            "step_s": round(step_s, 3),
+            "ref_s": round(marks["ref_s"], 2),
+            "time_s": step_s + marks["ref_s"],
+            "final_loss": final_loss(logged, steps),
+            "eval_accuracy": ev[acc_key],
+            "eval_loss": ev["eval_loss"],
+            "settings": {
+                "precompute_ref_log_probs": spec["trl_ref"] == "precompute",
+                "optim": "adamw_torch_fused",
+            },
+        },
+        t_proc,
+    )
 
 
 # ----------------------------------------------------------------------------- parent
 
-COLUMNS = [("workload", "workload", "{}"), ("side", "side", "{}"), ("pairs/s", "pairs_per_s", "{:.2f}"),
-           ("step pairs/s", "step_pairs_per_s", "{:.2f}"), ("peak RSS MB", "peak_rss_mb", "{:,.0f}"),
-           ("final loss", "final_loss", "{:.4f}"), ("held-out acc", "eval_accuracy", "{:.4f}"),
-           ("eval loss", "eval_loss", "{:.4f}"), ("steps", "steps", "{}"), ("ref s", "ref_s", "{:.1f}"),
-           ("step s", "step_s", "{:.1f}"), ("all runs s", "time_all", "{}"), ("e2e s", "e2e_s", "{:.1f}"),
-           ("cpu util", "cpu_util", "{:.2f}")]
+COLUMNS = [
+    ("workload", "workload", "{}"),
+    ("side", "side", "{}"),
+    ("pairs/s", "pairs_per_s", "{:.2f}"),
+    ("step pairs/s", "step_pairs_per_s", "{:.2f}"),
+    ("peak RSS MB", "peak_rss_mb", "{:,.0f}"),
+    ("final loss", "final_loss", "{:.4f}"),
+    ("held-out acc", "eval_accuracy", "{:.4f}"),
+    ("eval loss", "eval_loss", "{:.4f}"),
+    ("steps", "steps", "{}"),
+    ("ref s", "ref_s", "{:.1f}"),
+    ("step s", "step_s", "{:.1f}"),
+    ("all runs s", "time_all", "{}"),
+    ("e2e s", "e2e_s", "{:.1f}"),
+    ("cpu util", "cpu_util", "{:.2f}"),
+]
 
 
 def ratio_line(lm: dict[str, Any], trl: dict[str, Any]) -> str:
     """One line: lmtune/TRL speed and memory ratios, and both sides' loss and accuracy."""
-    return (f"ratio lmtune/TRL {lm['workload']}: pairs/s {lm['pairs_per_s'] / trl['pairs_per_s']:.2f}x "
-            f"(steps only {lm['step_pairs_per_s'] / trl['step_pairs_per_s']:.2f}x), "
-            f"peak RSS {lm['peak_rss_mb'] / trl['peak_rss_mb']:.2f}x, "
-            f"final loss {lm['final_loss']:.4f} vs {trl['final_loss']:.4f}, "
-            f"held-out acc {lm['eval_accuracy']:.4f} vs {trl['eval_accuracy']:.4f}")
+    return (
+        f"ratio lmtune/TRL {lm['workload']}: pairs/s {lm['pairs_per_s'] / trl['pairs_per_s']:.2f}x "
+        f"(steps only {lm['step_pairs_per_s'] / trl['step_pairs_per_s']:.2f}x), "
+        f"peak RSS {lm['peak_rss_mb'] / trl['peak_rss_mb']:.2f}x, "
+        f"final loss {lm['final_loss']:.4f} vs {trl['final_loss']:.4f}, "
+        f"held-out acc {lm['eval_accuracy']:.4f} vs {trl['eval_accuracy']:.4f}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -287,21 +394,29 @@ def main(argv: list[str] | None = None) -> int:
     if "--child" in argv:
         child_main(argv, {"lmtune": child_lmtune, "trl": child_trl})
         return 0
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--workload", choices=["dpo", "reward", "all"], default="all")
     ap.add_argument("--pairs", type=int, default=None, help="training pairs (default 256)")
     ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
-    ap.add_argument("--trl-ref", choices=["precompute", "model"], default="precompute",
-                    help="TRL DPO reference: precomputed log-probs (its fastest) or a reference model per step")
+    ap.add_argument(
+        "--trl-ref",
+        choices=["precompute", "model"],
+        default="precompute",
+        help="TRL DPO reference: precomputed log-probs (its fastest) or a reference model per step",
+    )
     add_common_args(ap, "lmtune,trl", "align")
     a = ap.parse_args(argv)
 
     load_before = os.getloadavg()
     data_dir = Path(a.data_dir).resolve()
     if not (data_dir / HH).is_file():
-        print(f"bench_align: {data_dir / HH} not found; pass --data-dir PATH to the shared data "
-              "(../shared/data beside the repo)", file=sys.stderr)
+        print(
+            f"bench_align: {data_dir / HH} not found; pass --data-dir PATH to the shared data "
+            "(../shared/data beside the repo)",
+            file=sys.stderr,
+        )
         return 2
     workloads = ["dpo", "reward"] if a.workload == "all" else [a.workload]
     sides = [s.strip() for s in a.sides.split(",") if s.strip()]
@@ -313,20 +428,34 @@ def main(argv: list[str] | None = None) -> int:
         for w in workloads:
             base = dict(WORKLOADS[w], **(QUICK if a.quick else {}))
             spec: dict[str, Any] = {
-                "workload": w, "precision": a.precision, "work": str(work), "threads": a.threads,
-                "batch_size": base["batch_size"] if not a.quick else 8, "lr": base["lr"],
-                "max_length": base["max_length"], "log_every": a.log_every or (1 if a.quick else 2),
-                "lmtune_set": a.lmtune_set, "trl_ref": a.trl_ref}
+                "workload": w,
+                "precision": a.precision,
+                "work": str(work),
+                "threads": a.threads,
+                "batch_size": base["batch_size"] if not a.quick else 8,
+                "lr": base["lr"],
+                "max_length": base["max_length"],
+                "log_every": a.log_every or (1 if a.quick else 2),
+                "lmtune_set": a.lmtune_set,
+                "trl_ref": a.trl_ref,
+            }
             pairs = a.pairs or base["pairs"]
             print(f"[{w}] preparing {pairs} + {base['eval_pairs']} pairs ...", flush=True)
             spec["data"] = prepare(data_dir, work, w, pairs, base["eval_pairs"], spec)
-            pair = run_sides(__file__, spec, sides, a.repeat, work, child_env(a.threads), w, speed_key="time_s")
+            pair = run_sides(
+                __file__, spec, sides, a.repeat, work, child_env(a.threads), w, speed_key="time_s"
+            )
             if pair is None:
                 return 1
             for r in pair.values():
-                r.update(workload=w, precision=a.precision, train_pairs=spec["data"]["n_train"],
-                         eval_pairs=spec["data"]["n_eval"], pairs_per_s=r["pairs"] / r["time_s"],
-                         step_pairs_per_s=r["pairs"] / r["step_s"])
+                r.update(
+                    workload=w,
+                    precision=a.precision,
+                    train_pairs=spec["data"]["n_train"],
+                    eval_pairs=spec["data"]["n_eval"],
+                    pairs_per_s=r["pairs"] / r["time_s"],
+                    step_pairs_per_s=r["pairs"] / r["step_s"],
+                )
                 results.append(r)
             if "lmtune" in pair and "trl" in pair:
                 ratios.append(ratio_line(pair["lmtune"], pair["trl"]))

@@ -74,7 +74,13 @@ from benchlib import (  # noqa: E402
 )
 
 WORKLOADS: dict[str, dict[str, Any]] = {
-    "classification": {"batch_size": 32, "lr": 5e-5, "max_length": 66, "rows": 4000, "eval_rows": 872},
+    "classification": {
+        "batch_size": 32,
+        "lr": 5e-5,
+        "max_length": 66,
+        "rows": 4000,
+        "eval_rows": 872,
+    },
     # A random model learns nothing visible at 5e-5 in one short epoch; 5e-4 shows the loss fall.
     "sft": {"batch_size": 8, "lr": 5e-4, "max_length": 256, "rows": 896, "eval_rows": 104},
 }
@@ -100,25 +106,33 @@ def prepare_classification(data_dir: Path, work: Path, rows: int, eval_rows: int
     dev = _read_tsv(data_dir / "sst2" / "dev.tsv")[:eval_rows]
     from lmtune.models.load import resolve_model_path
 
-    return {"model": resolve_model_path("builtin:minilm"),
-            "train": str(write_jsonl(work / "cls_train.jsonl", train)),
-            "eval": str(write_jsonl(work / "cls_eval.jsonl", dev)),
-            "labels": sorted({r["label"] for r in train}, key=int),
-            "n_train": len(train), "n_eval": len(dev)}
+    return {
+        "model": resolve_model_path("builtin:minilm"),
+        "train": str(write_jsonl(work / "cls_train.jsonl", train)),
+        "eval": str(write_jsonl(work / "cls_eval.jsonl", dev)),
+        "labels": sorted({r["label"] for r in train}, key=int),
+        "n_train": len(train),
+        "n_eval": len(dev),
+    }
 
 
 def prepare_sft(data_dir: Path, work: Path, rows: int, eval_rows: int) -> dict[str, Any]:
     """Alpaca rows + a tiny random Llama saved once, so both sides load identical weights."""
-    data = json.loads((data_dir / "instruct_alpaca_1k" / "alpaca_data_1k.json").read_text(encoding="utf-8"))
+    data = json.loads(
+        (data_dir / "instruct_alpaca_1k" / "alpaca_data_1k.json").read_text(encoding="utf-8")
+    )
     data = [{k: r.get(k, "") for k in ("instruction", "input", "output")} for r in data]
     train, held = data[:rows], data[rows : rows + eval_rows]
     if len(held) < eval_rows:  # fewer rows than asked: evaluate on the tail of train
         held = data[-eval_rows:]
     model_dir = save_tiny_llama(work / "tiny-llama")
-    return {"model": str(model_dir),
-            "train": str(write_jsonl(work / "sft_train.jsonl", train)),
-            "eval": str(write_jsonl(work / "sft_eval.jsonl", held)),
-            "n_train": len(train), "n_eval": len(held)}
+    return {
+        "model": str(model_dir),
+        "train": str(write_jsonl(work / "sft_train.jsonl", train)),
+        "eval": str(write_jsonl(work / "sft_eval.jsonl", held)),
+        "n_train": len(train),
+        "n_eval": len(held),
+    }
 
 
 # ----------------------------------------------------------------------------- children
@@ -131,20 +145,41 @@ def child_lmtune(spec: dict[str, Any], t_proc: float) -> dict[str, Any]:
 
     w, d = spec["workload"], spec["data"]
     run_dir = Path(spec["work"]) / f"lmtune-{w}-{spec['precision']}"
-    off = {"normalize": False, "control_chars": False, "dedupe": False, "pii": False, "secrets": False,
-           "min_chars": 0}
+    off = {
+        "normalize": False,
+        "control_chars": False,
+        "dedupe": False,
+        "pii": False,
+        "secrets": False,
+        "min_chars": 0,
+    }
     cfg: dict[str, Any] = {
         "run": {"name": f"bench-{w}", "output_dir": str(run_dir), "seed": SEED},
         "task": w,
         "model": {"name_or_path": d["model"], "max_length": spec["max_length"]},
         "adapter": {"type": "full"},
         # Cleaning off: both sides must see the very same rows.
-        "data": {"train": d["train"], "eval": d["eval"], "clean": off, "leakage": {"check": False},
-                 "bucketing": True},
-        "train": {"epochs": 1, "batch_size": spec["batch_size"], "eval_batch_size": 64, "lr": spec["lr"],
-                  "scheduler": "linear", "warmup_steps": 0, "warmup_ratio": 0.0, "weight_decay": 0.01,
-                  "max_grad_norm": 1.0, "precision": spec["precision"], "log_every": spec["log_every"],
-                  "eval_before": False},
+        "data": {
+            "train": d["train"],
+            "eval": d["eval"],
+            "clean": off,
+            "leakage": {"check": False},
+            "bucketing": True,
+        },
+        "train": {
+            "epochs": 1,
+            "batch_size": spec["batch_size"],
+            "eval_batch_size": 64,
+            "lr": spec["lr"],
+            "scheduler": "linear",
+            "warmup_steps": 0,
+            "warmup_ratio": 0.0,
+            "weight_decay": 0.01,
+            "max_grad_norm": 1.0,
+            "precision": spec["precision"],
+            "log_every": spec["log_every"],
+            "eval_before": False,
+        },
     }
     if w == "classification":
         cfg["data"].update(format="classification", labels=d["labels"])
@@ -163,13 +198,23 @@ def child_lmtune(spec: dict[str, Any], t_proc: float) -> dict[str, Any]:
         ev = {"eval_accuracy": eval_ev["accuracy"], "eval_loss": eval_ev["eval_loss"]}
     else:
         ev = {"eval_accuracy": eval_ev["token_accuracy"], "eval_loss": eval_ev["eval_loss"]}
-    return common_done({
-        "side": "lmtune", "steps": steps, "samples": summary["train_samples"], "tokens": tokens,
-        "step_s": step_s, "samples_per_s": summary["train_samples"] / step_s, "tokens_per_s": tokens / step_s,
-        "final_loss": final_loss([(e["step"], e["loss"]) for e in train_ev], steps),
-        "eval_s": round(eval_ev["time"] - train_ev[-1]["time"], 2), **ev,
-        "train_call_s": summary["train_runtime_s"], "settings": spec.get("lmtune_set", []),
-    }, t_proc)
+    return common_done(
+        {
+            "side": "lmtune",
+            "steps": steps,
+            "samples": summary["train_samples"],
+            "tokens": tokens,
+            "step_s": step_s,
+            "samples_per_s": summary["train_samples"] / step_s,
+            "tokens_per_s": tokens / step_s,
+            "final_loss": final_loss([(e["step"], e["loss"]) for e in train_ev], steps),
+            "eval_s": round(eval_ev["time"] - train_ev[-1]["time"], 2),
+            **ev,
+            "train_call_s": summary["train_runtime_s"],
+            "settings": spec.get("lmtune_set", []),
+        },
+        t_proc,
+    )
 
 
 def child_hf(spec: dict[str, Any], t_proc: float) -> dict[str, Any]:
@@ -199,13 +244,22 @@ def child_hf(spec: dict[str, Any], t_proc: float) -> dict[str, Any]:
 
         def encode(r: dict[str, Any]) -> dict[str, Any]:
             enc = tok(r["text"], truncation=True, max_length=spec["max_length"])
-            return {**{k: list(v) for k, v in enc.items()}, "labels": label2id[r["label"]],
-                    "length": len(enc["input_ids"])}
+            return {
+                **{k: list(v) for k, v in enc.items()},
+                "labels": label2id[r["label"]],
+                "length": len(enc["input_ids"]),
+            }
 
         set_seed(SEED)  # the head's init draws from the same RNG state as on lmtune's side
         model = AutoModelForSequenceClassification.from_pretrained(
-            d["model"], dtype=torch.float32, num_labels=len(label2id), id2label=dict(enumerate(label2id)),
-            label2id=label2id, ignore_mismatched_sizes=True, use_safetensors=True)
+            d["model"],
+            dtype=torch.float32,
+            num_labels=len(label2id),
+            id2label=dict(enumerate(label2id)),
+            label2id=label2id,
+            ignore_mismatched_sizes=True,
+            use_safetensors=True,
+        )
         collator: Any = DataCollatorWithPadding(tok, pad_to_multiple_of=spec.get("hf_pad_multiple"))
     else:
         from lmtune.data.templates import encode_sft_row
@@ -215,13 +269,23 @@ def child_hf(spec: dict[str, Any], t_proc: float) -> dict[str, Any]:
                 f = encode_sft_row(r, "instruction", tok, spec["max_length"], "alpaca")
             except ValueError:
                 return None  # lmtune rejects the same rows at tokenization
-            return {"input_ids": f["input_ids"], "attention_mask": [1] * f["length"], "labels": f["labels"],
-                    "length": f["length"]}
+            return {
+                "input_ids": f["input_ids"],
+                "attention_mask": [1] * f["length"],
+                "labels": f["labels"],
+                "length": f["length"],
+            }
 
-        model = AutoModelForCausalLM.from_pretrained(d["model"], dtype=torch.float32, use_safetensors=True)
-        collator = DataCollatorForSeq2Seq(tok, label_pad_token_id=-100, pad_to_multiple_of=spec.get("hf_pad_multiple"))
+        model = AutoModelForCausalLM.from_pretrained(
+            d["model"], dtype=torch.float32, use_safetensors=True
+        )
+        collator = DataCollatorForSeq2Seq(
+            tok, label_pad_token_id=-100, pad_to_multiple_of=spec.get("hf_pad_multiple")
+        )
     feats = [f for f in map(encode, rows) if f is not None]
-    eval_feats = sorted((f for f in map(encode, eval_rows) if f is not None), key=lambda f: f["length"])
+    eval_feats = sorted(
+        (f for f in map(encode, eval_rows) if f is not None), key=lambda f: f["length"]
+    )
     # Whole batches only, like lmtune's plan: the same number of optimizer updates. (Not
     # dataloader_drop_last: in the Trainer that would also drop the tail of the eval set.)
     feats = feats[: len(feats) // spec["batch_size"] * spec["batch_size"]]
@@ -232,6 +296,7 @@ def child_hf(spec: dict[str, Any], t_proc: float) -> dict[str, Any]:
     train_tokens = sum(f["length"] for f in feats)
 
     if w == "classification":
+
         def preprocess(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
             return logits
 
@@ -239,15 +304,20 @@ def child_hf(spec: dict[str, Any], t_proc: float) -> dict[str, Any]:
             logits = torch.as_tensor(p.predictions).float()
             gold = torch.as_tensor(p.label_ids).long()
             nll = torch.nn.functional.cross_entropy(logits, gold)
-            return {"accuracy": float((logits.argmax(-1) == gold).float().mean()), "nll": float(nll)}
+            return {
+                "accuracy": float((logits.argmax(-1) == gold).float().mean()),
+                "nll": float(nll),
+            }
     else:
+
         def preprocess(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
             # Per example (nll sum, tokens, correct) over response tokens: token-weighted like lmtune,
             # and no [B, L, vocab] tensor is kept across batches.
             lg, tg = logits[:, :-1], labels[:, 1:]
             keep = tg != -100
-            nll = torch.nn.functional.cross_entropy(lg.float().transpose(1, 2), tg, ignore_index=-100,
-                                                    reduction="none")
+            nll = torch.nn.functional.cross_entropy(
+                lg.float().transpose(1, 2), tg, ignore_index=-100, reduction="none"
+            )
             correct = (lg.argmax(-1) == tg) & keep
             return torch.stack([nll.sum(1), keep.sum(1).float(), correct.sum(1).float()], dim=1)
 
@@ -271,52 +341,109 @@ def child_hf(spec: dict[str, Any], t_proc: float) -> dict[str, Any]:
     bf16 = spec["precision"] == "bf16"
     args = TrainingArguments(
         output_dir=str(Path(spec["work"]) / f"hf-{w}-{spec['precision']}"),
-        per_device_train_batch_size=spec["batch_size"], per_device_eval_batch_size=64,
-        num_train_epochs=1, learning_rate=spec["lr"], lr_scheduler_type="linear", warmup_steps=0,
-        weight_decay=0.01, max_grad_norm=1.0, seed=SEED, data_seed=SEED,
-        use_cpu=True, bf16=bf16, optim=spec.get("hf_optim", "adamw_torch_fused"),
-        train_sampling_strategy="group_by_length", length_column_name="length",
-        dataloader_num_workers=0, dataloader_pin_memory=False,
-        logging_steps=spec["log_every"], eval_strategy="epoch", save_strategy="epoch",
-        save_total_limit=1, report_to="none", remove_unused_columns=True,
+        per_device_train_batch_size=spec["batch_size"],
+        per_device_eval_batch_size=64,
+        num_train_epochs=1,
+        learning_rate=spec["lr"],
+        lr_scheduler_type="linear",
+        warmup_steps=0,
+        weight_decay=0.01,
+        max_grad_norm=1.0,
+        seed=SEED,
+        data_seed=SEED,
+        use_cpu=True,
+        bf16=bf16,
+        optim=spec.get("hf_optim", "adamw_torch_fused"),
+        train_sampling_strategy="group_by_length",
+        length_column_name="length",
+        dataloader_num_workers=0,
+        dataloader_pin_memory=False,
+        logging_steps=spec["log_every"],
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        save_total_limit=1,
+        report_to="none",
+        remove_unused_columns=True,
     )
-    trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                      data_collator=collator, processing_class=tok, compute_metrics=metrics,
-                      preprocess_logits_for_metrics=preprocess, callbacks=[Clock()])
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        data_collator=collator,
+        processing_class=tok,
+        compute_metrics=metrics,
+        preprocess_logits_for_metrics=preprocess,
+        callbacks=[Clock()],
+    )
     t_call = time.perf_counter()
     out = trainer.train()
     train_call_s = time.perf_counter() - t_call
     steps = out.global_step
     logged = [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h]
-    ev = next(h for h in reversed(trainer.state.log_history) if any(k.startswith("eval_") for k in h))
+    ev = next(
+        h for h in reversed(trainer.state.log_history) if any(k.startswith("eval_") for k in h)
+    )
     acc_key = "eval_accuracy" if w == "classification" else "eval_token_accuracy"
     step_s = marks["t1"] - marks["t0"]
     samples = steps * spec["batch_size"]
-    return common_done({
-        "side": "hf", "steps": steps, "samples": samples, "tokens": train_tokens, "step_s": round(step_s, 3),
-        "samples_per_s": samples / step_s, "tokens_per_s": train_tokens / step_s,
-        "final_loss": final_loss(logged, steps), "eval_s": round(marks["t_eval"] - marks["t1"], 2),
-        "eval_accuracy": ev[acc_key], "eval_loss": ev["eval_nll"], "train_call_s": round(train_call_s, 3),
-        "settings": {k: getattr(args, k) for k in ("optim", "train_sampling_strategy", "dataloader_num_workers",
-                                                   "dataloader_pin_memory", "bf16")},
-    }, t_proc)
+    return common_done(
+        {
+            "side": "hf",
+            "steps": steps,
+            "samples": samples,
+            "tokens": train_tokens,
+            "step_s": round(step_s, 3),
+            "samples_per_s": samples / step_s,
+            "tokens_per_s": train_tokens / step_s,
+            "final_loss": final_loss(logged, steps),
+            "eval_s": round(marks["t_eval"] - marks["t1"], 2),
+            "eval_accuracy": ev[acc_key],
+            "eval_loss": ev["eval_nll"],
+            "train_call_s": round(train_call_s, 3),
+            "settings": {
+                k: getattr(args, k)
+                for k in (
+                    "optim",
+                    "train_sampling_strategy",
+                    "dataloader_num_workers",
+                    "dataloader_pin_memory",
+                    "bf16",
+                )
+            },
+        },
+        t_proc,
+    )
 
 
 # ----------------------------------------------------------------------------- parent
 
-COLUMNS = [("workload", "workload", "{}"), ("prec", "precision", "{}"), ("side", "side", "{}"), ("samples/s", "samples_per_s", "{:.1f}"), ("tokens/s", "tokens_per_s", "{:,.0f}"),
-           ("peak RSS MB", "peak_rss_mb", "{:,.0f}"), ("final loss", "final_loss", "{:.4f}"),
-           ("eval acc", "eval_accuracy", "{:.4f}"), ("eval loss", "eval_loss", "{:.4f}"),
-           ("steps", "steps", "{}"), ("step s", "step_s", "{:.1f}"),
-           ("all runs step s", "time_all", "{}"), ("eval s", "eval_s", "{:.1f}"),
-           ("e2e s", "e2e_s", "{:.1f}"), ("cpu util", "cpu_util", "{:.2f}")]
+COLUMNS = [
+    ("workload", "workload", "{}"),
+    ("prec", "precision", "{}"),
+    ("side", "side", "{}"),
+    ("samples/s", "samples_per_s", "{:.1f}"),
+    ("tokens/s", "tokens_per_s", "{:,.0f}"),
+    ("peak RSS MB", "peak_rss_mb", "{:,.0f}"),
+    ("final loss", "final_loss", "{:.4f}"),
+    ("eval acc", "eval_accuracy", "{:.4f}"),
+    ("eval loss", "eval_loss", "{:.4f}"),
+    ("steps", "steps", "{}"),
+    ("step s", "step_s", "{:.1f}"),
+    ("all runs step s", "time_all", "{}"),
+    ("eval s", "eval_s", "{:.1f}"),
+    ("e2e s", "e2e_s", "{:.1f}"),
+    ("cpu util", "cpu_util", "{:.2f}"),
+]
 
 
 def ratio_line(lm: dict[str, Any], hf: dict[str, Any]) -> str:
-    return (f"ratio lmtune/HF {lm['workload']} {lm['precision']}: samples/s {lm['samples_per_s'] / hf['samples_per_s']:.2f}x, "
-            f"tokens/s {lm['tokens_per_s'] / hf['tokens_per_s']:.2f}x, peak RSS {lm['peak_rss_mb'] / hf['peak_rss_mb']:.2f}x, "
-            f"final loss {lm['final_loss']:.4f} vs {hf['final_loss']:.4f}, "
-            f"eval acc {lm['eval_accuracy']:.4f} vs {hf['eval_accuracy']:.4f}")
+    return (
+        f"ratio lmtune/HF {lm['workload']} {lm['precision']}: samples/s {lm['samples_per_s'] / hf['samples_per_s']:.2f}x, "
+        f"tokens/s {lm['tokens_per_s'] / hf['tokens_per_s']:.2f}x, peak RSS {lm['peak_rss_mb'] / hf['peak_rss_mb']:.2f}x, "
+        f"final loss {lm['final_loss']:.4f} vs {hf['final_loss']:.4f}, "
+        f"eval acc {lm['eval_accuracy']:.4f} vs {hf['eval_accuracy']:.4f}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -324,24 +451,42 @@ def main(argv: list[str] | None = None) -> int:
     if "--child" in argv:
         child_main(argv, {"lmtune": child_lmtune, "hf": child_hf})
         return 0
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--workload", choices=["classification", "sft", "all"], default="all")
-    ap.add_argument("--rows", type=int, default=None, help="training rows (default 4000 classification, 896 sft)")
+    ap.add_argument(
+        "--rows",
+        type=int,
+        default=None,
+        help="training rows (default 4000 classification, 896 sft)",
+    )
     ap.add_argument("--precision", choices=["fp32", "bf16", "both"], default="both")
-    ap.add_argument("--hf-optim", default="adamw_torch_fused", help="HF optim name (default: its fused AdamW)")
-    ap.add_argument("--hf-pad-multiple", type=int, default=None, help="HF collator pad_to_multiple_of")
+    ap.add_argument(
+        "--hf-optim", default="adamw_torch_fused", help="HF optim name (default: its fused AdamW)"
+    )
+    ap.add_argument(
+        "--hf-pad-multiple", type=int, default=None, help="HF collator pad_to_multiple_of"
+    )
     add_common_args(ap, "lmtune,hf", "bench")
     a = ap.parse_args(argv)
 
     load_before = os.getloadavg()
     data_dir = Path(a.data_dir).resolve()
-    if not (data_dir / "sst2" / "train.tsv").is_file() or not (data_dir / "instruct_alpaca_1k").is_dir():
-        print(f"bench_train: data folder {data_dir} not found (needs sst2/ and instruct_alpaca_1k/); "
-              "pass --data-dir PATH to the shared data (../shared/data beside the repo)", file=sys.stderr)
+    if (
+        not (data_dir / "sst2" / "train.tsv").is_file()
+        or not (data_dir / "instruct_alpaca_1k").is_dir()
+    ):
+        print(
+            f"bench_train: data folder {data_dir} not found (needs sst2/ and instruct_alpaca_1k/); "
+            "pass --data-dir PATH to the shared data (../shared/data beside the repo)",
+            file=sys.stderr,
+        )
         return 2
     workloads = ["classification", "sft"] if a.workload == "all" else [a.workload]
-    precisions = (["fp32"] if a.quick else ["fp32", "bf16"]) if a.precision == "both" else [a.precision]
+    precisions = (
+        (["fp32"] if a.quick else ["fp32", "bf16"]) if a.precision == "both" else [a.precision]
+    )
     sides = [s.strip() for s in a.sides.split(",") if s.strip()]
     env = child_env(a.threads)
     results: list[dict[str, Any]] = []
@@ -355,15 +500,30 @@ def main(argv: list[str] | None = None) -> int:
             prep = prepare_classification if w == "classification" else prepare_sft
             data = prep(data_dir, work, rows, base["eval_rows"])
             for prec in precisions:
-                spec = {"workload": w, "precision": prec, "data": data, "work": str(work), "threads": a.threads,
-                        "batch_size": base["batch_size"], "lr": base["lr"], "max_length": base["max_length"],
-                        "log_every": a.log_every or (1 if a.quick else 5), "lmtune_set": a.lmtune_set,
-                        "hf_optim": a.hf_optim, "hf_pad_multiple": a.hf_pad_multiple}
+                spec = {
+                    "workload": w,
+                    "precision": prec,
+                    "data": data,
+                    "work": str(work),
+                    "threads": a.threads,
+                    "batch_size": base["batch_size"],
+                    "lr": base["lr"],
+                    "max_length": base["max_length"],
+                    "log_every": a.log_every or (1 if a.quick else 5),
+                    "lmtune_set": a.lmtune_set,
+                    "hf_optim": a.hf_optim,
+                    "hf_pad_multiple": a.hf_pad_multiple,
+                }
                 pair = run_sides(__file__, spec, sides, a.repeat, work, env, f"{w} {prec}")
                 if pair is None:
                     return 1
                 for r in pair.values():
-                    r.update(workload=w, precision=prec, train_rows=data["n_train"], eval_rows=data["n_eval"])
+                    r.update(
+                        workload=w,
+                        precision=prec,
+                        train_rows=data["n_train"],
+                        eval_rows=data["n_eval"],
+                    )
                     results.append(r)
                 if "lmtune" in pair and "hf" in pair:
                     ratios.append(ratio_line(pair["lmtune"], pair["hf"]))

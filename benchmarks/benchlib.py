@@ -38,13 +38,17 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     """Rows of a JSON-lines file."""
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line]
+    return [
+        json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line
+    ]
 
 
 def common_done(result: dict[str, Any], t_proc: float) -> dict[str, Any]:
     """Add this process's peak RSS, wall time since t_proc and CPU utilisation to result."""
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    result["peak_rss_mb"] = round(rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024, 1)
+    result["peak_rss_mb"] = round(
+        rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024, 1
+    )
     wall = time.perf_counter() - t_proc
     result["e2e_s"] = round(wall, 2)
     # CPU seconds per wall second of the whole process: well below the thread count means
@@ -63,10 +67,14 @@ def final_loss(logged: list[tuple[int, float]], total_steps: int) -> float:
 def lmtune_events(run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """(train events, last eval event) of an lmtune run's metrics.jsonl."""
     events = read_jsonl(run_dir / "metrics.jsonl")
-    return [e for e in events if e["event"] == "train"], [e for e in events if e["event"] == "eval"][-1]
+    return [e for e in events if e["event"] == "train"], [
+        e for e in events if e["event"] == "eval"
+    ][-1]
 
 
-def child_main(argv: list[str], children: dict[str, Callable[[dict[str, Any], float], dict[str, Any]]]) -> None:
+def child_main(
+    argv: list[str], children: dict[str, Callable[[dict[str, Any], float], dict[str, Any]]]
+) -> None:
     """Entry of a side's subprocess: read the spec, set torch threads, run, write the result."""
     import argparse
 
@@ -88,26 +96,61 @@ def child_main(argv: list[str], children: dict[str, Callable[[dict[str, Any], fl
 def add_common_args(ap: Any, sides: str, out_prefix: str) -> None:
     """The options every side-by-side benchmark takes."""
     ap.add_argument("--quick", action="store_true", help="a few steps on a few rows: a smoke run")
-    ap.add_argument("--data-dir", default=str(DEFAULT_DATA), help="the shared data folder (default ../shared/data)")
-    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads, both sides")
+    ap.add_argument(
+        "--data-dir",
+        default=str(DEFAULT_DATA),
+        help="the shared data folder (default ../shared/data)",
+    )
+    ap.add_argument(
+        "--threads", type=int, default=os.cpu_count() or 1, help="torch threads, both sides"
+    )
     ap.add_argument("--sides", default=sides, help=f"comma list: {sides.replace(',', ', ')}")
-    ap.add_argument("--log-every", type=int, default=None, help="log the train loss every N steps (both sides)")
-    ap.add_argument("--lmtune-set", action="append", default=[], metavar="KEY=VALUE",
-                    help="config override for lmtune's side (lever experiments), repeatable")
-    ap.add_argument("--repeat", type=int, default=1,
-                    help="runs per side (order alternating); the table shows each side's fastest")
-    ap.add_argument("--work-dir", default=None, help="keep specs, logs and runs here (default: a temp dir)")
-    ap.add_argument("--out", default=None, help=f"JSON result path (default benchmarks/out/{out_prefix}-<time>.json)")
+    ap.add_argument(
+        "--log-every", type=int, default=None, help="log the train loss every N steps (both sides)"
+    )
+    ap.add_argument(
+        "--lmtune-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override for lmtune's side (lever experiments), repeatable",
+    )
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="runs per side (order alternating); the table shows each side's fastest",
+    )
+    ap.add_argument(
+        "--work-dir", default=None, help="keep specs, logs and runs here (default: a temp dir)"
+    )
+    ap.add_argument(
+        "--out",
+        default=None,
+        help=f"JSON result path (default benchmarks/out/{out_prefix}-<time>.json)",
+    )
 
 
 def child_env(threads: int) -> dict[str, str]:
     """The environment of a side's subprocess: the same thread count for both sides."""
-    return {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false",
-            "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+    return {
+        **os.environ,
+        "OMP_NUM_THREADS": str(threads),
+        "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
+    }
 
 
-def run_sides(script: str, spec: dict[str, Any], sides: list[str], repeat: int, work: Path,
-              env: dict[str, str], label: str, speed_key: str = "step_s") -> dict[str, dict[str, Any]] | None:
+def run_sides(
+    script: str,
+    spec: dict[str, Any],
+    sides: list[str],
+    repeat: int,
+    work: Path,
+    env: dict[str, str],
+    label: str,
+    speed_key: str = "step_s",
+) -> dict[str, dict[str, Any]] | None:
     """Run every side `repeat` times, back to back, one subprocess each, the order alternating
     between repeats (so neither side always runs first); returns each side's fastest run (by
     speed_key, seconds) with all runs' times beside it, or None when a side failed."""
@@ -121,9 +164,22 @@ def run_sides(script: str, spec: dict[str, Any], sides: list[str], repeat: int, 
             log_path = work / f"log-{tag}-{side}-{rep}.txt"
             print(f"[{label}] {side} (run {rep + 1}/{repeat}) ...", flush=True)
             with log_path.open("w") as log:
-                rc = subprocess.run([sys.executable, script, "--child", side, "--spec", str(spec_path),
-                                     "--result", str(res_path)], env=env, stdout=log,
-                                    stderr=subprocess.STDOUT, cwd=str(work)).returncode
+                rc = subprocess.run(
+                    [
+                        sys.executable,
+                        script,
+                        "--child",
+                        side,
+                        "--spec",
+                        str(spec_path),
+                        "--result",
+                        str(res_path),
+                    ],
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    cwd=str(work),
+                ).returncode
             if rc != 0:
                 print(log_path.read_text()[-4000:], file=sys.stderr)
                 print(f"benchmark: the {side} side of {label} failed (exit {rc})", file=sys.stderr)
@@ -139,6 +195,7 @@ def run_sides(script: str, spec: dict[str, Any], sides: list[str], repeat: int, 
 
 def format_table(rows: list[dict[str, Any]], columns: list[tuple[str, str, str]]) -> str:
     """A right-aligned text table; columns are (header, key, format); 'time_all' lists runs."""
+
     def cell(r: dict[str, Any], key: str, fmt: str) -> str:
         if key == "time_all":
             return "/".join(f"{v:.1f}" for v in r.get(key, []))
@@ -155,8 +212,16 @@ def format_table(rows: list[dict[str, Any]], columns: list[tuple[str, str, str]]
     return "\n".join([line(head), line(["-" * wd for wd in widths])] + [line(b) for b in body])
 
 
-def finish(argv: list[str], script: str, args: Any, load_before: tuple[float, ...], results: list[dict[str, Any]],
-           ratios: list[str], columns: list[tuple[str, str, str]], prefix: str) -> Path:
+def finish(
+    argv: list[str],
+    script: str,
+    args: Any,
+    load_before: tuple[float, ...],
+    results: list[dict[str, Any]],
+    ratios: list[str],
+    columns: list[tuple[str, str, str]],
+    prefix: str,
+) -> Path:
     """Print the table and ratio lines; write meta + results + ratios as JSON (default
     benchmarks/out/PREFIX-<time>.json, or --out)."""
     import torch
@@ -166,10 +231,18 @@ def finish(argv: list[str], script: str, args: Any, load_before: tuple[float, ..
     print()
     for line in ratios:
         print(line)
-    meta = {"command": " ".join([Path(sys.executable).name, f"benchmarks/{script}", *argv]),
-            "threads": args.threads, "torch": torch.__version__, "cpu_count": os.cpu_count(),
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "quick": args.quick, "loadavg_before": load_before}
-    path = Path(args.out) if args.out else OUT_DIR / f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    meta = {
+        "command": " ".join([Path(sys.executable).name, f"benchmarks/{script}", *argv]),
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "quick": args.quick,
+        "loadavg_before": load_before,
+    }
+    path = (
+        Path(args.out) if args.out else OUT_DIR / f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"meta": meta, "results": results, "ratios": ratios}, indent=2))
     print(f"\nresults written to {path}")

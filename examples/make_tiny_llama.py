@@ -38,11 +38,19 @@ def save_tiny_llama(out_dir: str | Path, layers: int = 4, hidden: int = 128, see
 
     tok = lm_tokenizer()
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=4 * hidden,
-                      num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=4,
-                      max_position_embeddings=512, bos_token_id=tok.bos_token_id,
-                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                      tie_word_embeddings=False)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        intermediate_size=4 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=512,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=False,
+    )
     out = Path(out_dir)
     LlamaForCausalLM(cfg).save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
@@ -52,7 +60,9 @@ def save_tiny_llama(out_dir: str | Path, layers: int = 4, hidden: int = 128, see
 def main() -> None:
     """Command line: write the model folder."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("out", nargs="?", default="runs/tiny-llama", help="output folder (default runs/tiny-llama)")
+    ap.add_argument(
+        "out", nargs="?", default="runs/tiny-llama", help="output folder (default runs/tiny-llama)"
+    )
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--seed", type=int, default=0)

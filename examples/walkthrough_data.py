@@ -39,8 +39,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 SHIFTED = ROOT / "examples" / "data" / "app_reviews_shifted.jsonl"
-REAL_FILES = ("sst5/stsa.fine.train", "sst2/test.tsv", "sst2/dev.tsv",
-              "amazon_reviews_2018_5core/All_Beauty_5.json")
+REAL_FILES = (
+    "sst5/stsa.fine.train",
+    "sst2/test.tsv",
+    "sst2/dev.tsv",
+    "amazon_reviews_2018_5core/All_Beauty_5.json",
+)
 RELEASE_TEST_ROWS, HEALTHY_BATCH_ROWS = 600, 407
 
 
@@ -94,25 +98,43 @@ def prepare_real(out: Path, data: Path = SHARED_DATA) -> dict[str, Path]:
     """Write the real-data files of the walkthrough into out (see the module docstring)."""
     missing = missing_real_files(data)
     if missing:
-        raise FileNotFoundError(f"missing {', '.join(map(str, missing))}: the real datasets "
-                                f"live beside the repo in {data}")
+        raise FileNotFoundError(
+            f"missing {', '.join(map(str, missing))}: the real datasets "
+            f"live beside the repo in {data}"
+        )
     test = sst2_test(data)
     healthy = test[RELEASE_TEST_ROWS:]
-    files = {"train": write_jsonl(out / "sst_train.jsonl", sst_sentences_binary(2000, data)),
-             "release_test": write_jsonl(out / "sst2_release_test.jsonl", test[:RELEASE_TEST_ROWS])}
+    files = {
+        "train": write_jsonl(out / "sst_train.jsonl", sst_sentences_binary(2000, data)),
+        "release_test": write_jsonl(out / "sst2_release_test.jsonl", test[:RELEASE_TEST_ROWS]),
+    }
     for i in range(3):
-        rows = healthy[i * HEALTHY_BATCH_ROWS:(i + 1) * HEALTHY_BATCH_ROWS]
+        rows = healthy[i * HEALTHY_BATCH_ROWS : (i + 1) * HEALTHY_BATCH_ROWS]
         files[f"week{i + 1}"] = write_jsonl(out / f"sst2_week{i + 1}.jsonl", rows)
     files["shifted"] = write_jsonl(out / "amazon_beauty.jsonl", amazon_beauty(400, data))
     return files
 
 
-def prepare_bundled(run_dir: Path, out: Path, seed: int = 8, per_label: int = 62) -> dict[str, Path]:
+def prepare_bundled(
+    run_dir: Path, out: Path, seed: int = 8, per_label: int = 62
+) -> dict[str, Path]:
     """week1: the run's held-out test rows; week2: fresh generated reviews (another seed)."""
     out.mkdir(parents=True, exist_ok=True)
     week1 = shutil.copyfile(run_dir / "data" / "test.jsonl", out / "week1.jsonl")
-    subprocess.run([sys.executable, str(ROOT / "examples" / "make_reviews.py"), "--out", str(out / "week2.jsonl"),
-                    "--seed", str(seed), "--per-label", str(per_label)], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "examples" / "make_reviews.py"),
+            "--out",
+            str(out / "week2.jsonl"),
+            "--seed",
+            str(seed),
+            "--per-label",
+            str(per_label),
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     return {"week1": Path(week1), "week2": out / "week2.jsonl", "shifted": SHIFTED}
 
 
@@ -127,7 +149,9 @@ def _shown(path: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="mode", required=True)
-    b = sub.add_parser("bundled", help="healthy batches from a pipeline run of configs/pipeline_demo.yaml")
+    b = sub.add_parser(
+        "bundled", help="healthy batches from a pipeline run of configs/pipeline_demo.yaml"
+    )
     b.add_argument("run_dir", type=Path)
     b.add_argument("out", type=Path)
     r = sub.add_parser("real", help="SST and Amazon files from ../shared/data")
@@ -135,7 +159,11 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--data", type=Path, default=SHARED_DATA, help="the shared datasets folder")
     args = ap.parse_args(argv)
     try:
-        files = prepare_bundled(args.run_dir, args.out) if args.mode == "bundled" else prepare_real(args.out, args.data)
+        files = (
+            prepare_bundled(args.run_dir, args.out)
+            if args.mode == "bundled"
+            else prepare_real(args.out, args.data)
+        )
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -27,8 +27,10 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 def needs_data(*paths: str) -> pytest.MarkDecorator:
     """Skip unless every ../shared/data/PATH exists; the reason names the absent ones."""
     missing = [p for p in paths if not (SHARED_DATA / p).exists()]
-    return pytest.mark.skipif(bool(missing), reason=f"../shared/data lacks {', '.join(missing)} "
-                              "(real datasets live beside the repo)")
+    return pytest.mark.skipif(
+        bool(missing),
+        reason=f"../shared/data lacks {', '.join(missing)} (real datasets live beside the repo)",
+    )
 
 
 def folder_tensors(folder: Path) -> dict[str, torch.Tensor]:
@@ -62,7 +64,13 @@ def instruction_rows(n: int, seed: int = 0) -> list[dict[str, str]]:
     rows = []
     for i in range(n):
         w = rng.choice(words)
-        rows.append({"instruction": f"Repeat the word {w}.", "input": "" if i % 3 else f"case {i}", "output": w})
+        rows.append(
+            {
+                "instruction": f"Repeat the word {w}.",
+                "input": "" if i % 3 else f"case {i}",
+                "output": w,
+            }
+        )
     return rows
 
 
@@ -91,8 +99,15 @@ def config(tmp: Path, **sections: Any) -> Config:
         "run": {"output_dir": str(tmp / "run"), "seed": 1},
         "model": {"max_length": 160},
         "data": {"clean": {"pii": False, "secrets": False}, "split": {"eval": 0.2}},
-        "train": {"epochs": 2, "batch_size": 8, "lr": 5e-3, "eval_batch_size": 16, "log_every": 1,
-                  "precision": "fp32", "max_grad_norm": 1.0},
+        "train": {
+            "epochs": 2,
+            "batch_size": 8,
+            "lr": 5e-3,
+            "eval_batch_size": 16,
+            "log_every": 1,
+            "precision": "fp32",
+            "max_grad_norm": 1.0,
+        },
     }
     for key, value in sections.items():
         if isinstance(value, dict) and isinstance(base.get(key), dict):

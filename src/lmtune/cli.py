@@ -20,8 +20,12 @@ from rich.table import Table
 
 from lmtune.errors import UserError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Fine-tune pre-trained language models: prepare, train, eval, score, feedback, export, pipeline.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Fine-tune pre-trained language models: prepare, train, eval, score, feedback, export, pipeline.",
+)
 config_app = typer.Typer(no_args_is_help=True, help="Inspect configs.")
 app.add_typer(config_app, name="config")
 console = Console()
@@ -29,19 +33,29 @@ err_console = Console(stderr=True, soft_wrap=True)
 _DEBUG = {"on": False}
 
 ConfigArg = Annotated[Path, typer.Argument(help="Run config (YAML).")]
-Overrides = Annotated[list[str] | None, typer.Argument(help="key.sub=value overrides, e.g. train.lr=1e-4")]
+Overrides = Annotated[
+    list[str] | None, typer.Argument(help="key.sub=value overrides, e.g. train.lr=1e-4")
+]
 
 
 @app.callback()
-def _root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for internal errors.")] = False) -> None:
+def _root(
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show tracebacks for internal errors.")
+    ] = False,
+) -> None:
     _DEBUG["on"] = debug
 
 
 @config_app.command("show")
 def config_show(
-    config: Annotated[Path | None, typer.Argument(help="Run config (YAML); omit for the defaults.")] = None,
+    config: Annotated[
+        Path | None, typer.Argument(help="Run config (YAML); omit for the defaults.")
+    ] = None,
     overrides: Overrides = None,
-    fields: Annotated[bool, typer.Option("--fields", help="List every key with its default and meaning.")] = False,
+    fields: Annotated[
+        bool, typer.Option("--fields", help="List every key with its default and meaning.")
+    ] = False,
 ) -> None:
     """Print the resolved config (file + overrides + defaults)."""
     from lmtune.config import describe_fields, dump_config, load_config
@@ -90,8 +104,16 @@ def _launch_workers(nproc: int) -> None:
         if a.startswith("--nproc="):
             continue
         cleaned.append(a)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "lmtune", *cleaned]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "lmtune",
+        *cleaned,
+    ]
     raise typer.Exit(subprocess.call(cmd))
 
 
@@ -99,8 +121,12 @@ def _launch_workers(nproc: int) -> None:
 def train(
     config: ConfigArg,
     overrides: Overrides = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from the latest checkpoint.")] = False,
-    nproc: Annotated[int, typer.Option("--nproc", help="Processes to train with (launches torchrun).")] = 1,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue from the latest checkpoint.")
+    ] = False,
+    nproc: Annotated[
+        int, typer.Option("--nproc", help="Processes to train with (launches torchrun).")
+    ] = 1,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
 ) -> None:
     """Train a model as the config says; the run folder gets everything."""
@@ -123,8 +149,17 @@ def train(
 
 def _print_summary(summary: dict) -> None:
     table = Table("figure", "value", title="run summary")
-    keys = ["train_runtime_s", "train_samples_per_s", "train_tokens_per_s", "peak_rss_mb",
-            "final_train_loss", "best_metric", "best_metric_value", "best_step", "model_dir"]
+    keys = [
+        "train_runtime_s",
+        "train_samples_per_s",
+        "train_tokens_per_s",
+        "peak_rss_mb",
+        "final_train_loss",
+        "best_metric",
+        "best_metric_value",
+        "best_step",
+        "model_dir",
+    ]
     for k in keys:
         if summary.get(k) is not None:
             v = summary[k]
@@ -138,7 +173,13 @@ def _print_summary(summary: dict) -> None:
 def tune(
     config: ConfigArg,
     overrides: Overrides = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the search in OUTPUT_DIR/study.db (finished trials are kept).")] = False,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue the search in OUTPUT_DIR/study.db (finished trials are kept).",
+        ),
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
     """Search hyperparameters (the config's search: block); each trial is a run folder."""
@@ -152,10 +193,25 @@ def tune(
 def eval_cmd(
     model: Annotated[Path, typer.Argument(help="Run folder or model folder.")],
     data: Annotated[Path, typer.Option("--data", help="Labelled file to evaluate on.")],
-    out: Annotated[Path | None, typer.Option("--out", help="Output folder (default RUN/eval).")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Output folder (default RUN/eval).")
+    ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 64,
-    baselines: Annotated[bool, typer.Option("--baselines", help="Also score the base model zero-shot and few-shot on the same rows (baselines.json).")] = False,
-    shots: Annotated[int | None, typer.Option("--shots", min=1, help="Few-shot examples per class (default: the run's baselines.shots).")] = None,
+    baselines: Annotated[
+        bool,
+        typer.Option(
+            "--baselines",
+            help="Also score the base model zero-shot and few-shot on the same rows (baselines.json).",
+        ),
+    ] = False,
+    shots: Annotated[
+        int | None,
+        typer.Option(
+            "--shots",
+            min=1,
+            help="Few-shot examples per class (default: the run's baselines.shots).",
+        ),
+    ] = None,
 ) -> None:
     """Evaluate a trained model on a labelled file; writes eval.json (and baselines.json)."""
     from lmtune.evaluate.run import run_eval
@@ -185,8 +241,16 @@ def _print_baselines(report: dict) -> None:
 @app.command()
 def predict(
     model: Annotated[Path, typer.Argument(help="Run folder or model folder (classifier or qa).")],
-    input: Annotated[Path, typer.Option("--input", help="Texts: .txt one per line, or jsonl/csv with a text column; qa: SQuAD JSON or rows with context and question.")],
-    out: Annotated[Path | None, typer.Option("--out", help="Write predictions as jsonl here.")] = None,
+    input: Annotated[
+        Path,
+        typer.Option(
+            "--input",
+            help="Texts: .txt one per line, or jsonl/csv with a text column; qa: SQuAD JSON or rows with context and question.",
+        ),
+    ],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Write predictions as jsonl here.")
+    ] = None,
 ) -> None:
     """Label a file of texts with a trained classifier, or answer its questions (task qa)."""
     from lmtune.evaluate.run import run_predict
@@ -202,8 +266,12 @@ def predict(
 @app.command()
 def generate(
     model: Annotated[Path, typer.Argument(help="Run folder or model folder (causal LM).")],
-    prompt: Annotated[list[str] | None, typer.Option("--prompt", help="A prompt (repeatable).")] = None,
-    prompts: Annotated[Path | None, typer.Option("--prompts", help="File of prompts (.txt lines or jsonl 'text').")] = None,
+    prompt: Annotated[
+        list[str] | None, typer.Option("--prompt", help="A prompt (repeatable).")
+    ] = None,
+    prompts: Annotated[
+        Path | None, typer.Option("--prompts", help="File of prompts (.txt lines or jsonl 'text').")
+    ] = None,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens")] = 64,
     temperature: Annotated[float, typer.Option("--temperature", help="0 = greedy.")] = 0.0,
     top_p: Annotated[float, typer.Option("--top-p")] = 1.0,
@@ -217,18 +285,34 @@ def generate(
         texts += [r["text"] for r in read_texts(prompts)]
     if not texts:
         raise UserError("give at least one --prompt TEXT or --prompts FILE")
-    for p, completion in zip(texts, run_generate(model, texts, max_new_tokens, temperature, top_p, seed), strict=True):
+    for p, completion in zip(
+        texts, run_generate(model, texts, max_new_tokens, temperature, top_p, seed), strict=True
+    ):
         print(json.dumps({"prompt": p, "completion": completion}, ensure_ascii=False))
 
 
 @app.command()
 def feedback(
-    model: Annotated[str, typer.Option("--model", help="Run or model folder (causal LM), or a hub id.")],
-    prompts: Annotated[Path, typer.Option("--prompts", help="Prompts: .txt lines, or jsonl/csv with 'prompt'.")],
-    out: Annotated[Path, typer.Option("--out", help="Preferences jsonl (appended; resumed when it exists).")],
-    samples_per_prompt: Annotated[int, typer.Option("--samples-per-prompt", help="Completions sampled; the first two different ones are shown.")] = 2,
+    model: Annotated[
+        str, typer.Option("--model", help="Run or model folder (causal LM), or a hub id.")
+    ],
+    prompts: Annotated[
+        Path, typer.Option("--prompts", help="Prompts: .txt lines, or jsonl/csv with 'prompt'.")
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", help="Preferences jsonl (appended; resumed when it exists).")
+    ],
+    samples_per_prompt: Annotated[
+        int,
+        typer.Option(
+            "--samples-per-prompt",
+            help="Completions sampled; the first two different ones are shown.",
+        ),
+    ] = 2,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens")] = 64,
-    temperature: Annotated[float, typer.Option("--temperature", help="Sampling temperature (> 0).")] = 1.0,
+    temperature: Annotated[
+        float, typer.Option("--temperature", help="Sampling temperature (> 0).")
+    ] = 1.0,
     top_p: Annotated[float, typer.Option("--top-p")] = 1.0,
     seed: Annotated[int, typer.Option("--seed")] = 0,
 ) -> None:
@@ -241,8 +325,16 @@ def feedback(
 @app.command()
 def score(
     model: Annotated[Path, typer.Argument(help="Reward-model run folder or model folder.")],
-    input: Annotated[Path, typer.Option("--input", help="jsonl/csv rows: prompt + response, or prompt + chosen + rejected.")],
-    out: Annotated[Path | None, typer.Option("--out", help="Write scored rows as jsonl here (default: print them).")] = None,
+    input: Annotated[
+        Path,
+        typer.Option(
+            "--input", help="jsonl/csv rows: prompt + response, or prompt + chosen + rejected."
+        ),
+    ],
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Write scored rows as jsonl here (default: print them)."),
+    ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
 ) -> None:
     """Score responses with a trained reward model (pairs also get their margin)."""
@@ -252,10 +344,13 @@ def score(
     if out is None:
         for row in rows:
             print(json.dumps(row, ensure_ascii=False))
-    shown = ", ".join(f"{k} {v:.4f}" if k not in ("rows", "pairs") else f"{k} {int(v)}"
-                      for k, v in summary.items())
+    shown = ", ".join(
+        f"{k} {v:.4f}" if k not in ("rows", "pairs") else f"{k} {int(v)}"
+        for k, v in summary.items()
+    )
     (err_console if out is None else console).print(
-        shown + (f"; written to {out}" if out else ""), highlight=False)
+        shown + (f"; written to {out}" if out else ""), highlight=False
+    )
 
 
 @app.command()
@@ -273,7 +368,9 @@ def export(
 
 @app.command()
 def report(
-    folder: Annotated[Path, typer.Argument(help="Run folder (lmtune train) or eval folder (lmtune eval --out).")],
+    folder: Annotated[
+        Path, typer.Argument(help="Run folder (lmtune train) or eval folder (lmtune eval --out).")
+    ],
 ) -> None:
     """Rebuild report.html (plots embedded) and, for a run, MODEL_CARD.md from the folder's files."""
     from lmtune.report import rebuild
@@ -285,11 +382,28 @@ def report(
 @app.command()
 def audit(
     model: Annotated[str, typer.Argument(help="Run folder, model folder, hub id or builtin:NAME.")],
-    data: Annotated[Path | None, typer.Option("--data", help="Texts for counterfactual probes (default: the run's eval split).")] = None,
-    crows: Annotated[Path | None, typer.Option("--crows", help="CrowS-Pairs CSV (crows_pairs_anonymized.csv) or its folder.")] = None,
-    out: Annotated[Path | None, typer.Option("--out", help="Output folder (default RUN/audit, else ./audit).")] = None,
-    max_pairs: Annotated[int | None, typer.Option("--max-pairs", help="Score a seeded sample of this many pairs.")] = None,
-    before: Annotated[str | None, typer.Option("--before", help="Model or run to compare with (default: a causal run's base model).")] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            "--data", help="Texts for counterfactual probes (default: the run's eval split)."
+        ),
+    ] = None,
+    crows: Annotated[
+        Path | None,
+        typer.Option("--crows", help="CrowS-Pairs CSV (crows_pairs_anonymized.csv) or its folder."),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Output folder (default RUN/audit, else ./audit).")
+    ] = None,
+    max_pairs: Annotated[
+        int | None, typer.Option("--max-pairs", help="Score a seeded sample of this many pairs.")
+    ] = None,
+    before: Annotated[
+        str | None,
+        typer.Option(
+            "--before", help="Model or run to compare with (default: a causal run's base model)."
+        ),
+    ] = None,
 ) -> None:
     """Bias audit: CrowS-Pairs for masked/causal LMs, counterfactual term swaps for classifiers."""
     from lmtune.evaluate.audit import print_audit, run_audit
@@ -301,22 +415,52 @@ def audit(
 
 @app.command()
 def serve(
-    model: Annotated[Path, typer.Argument(help="Run folder, model folder, or model registry (its `current` version).")],
+    model: Annotated[
+        Path,
+        typer.Argument(help="Run folder, model folder, or model registry (its `current` version)."),
+    ],
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", help="Port (0 = any free port; the URL is printed).")] = 8000,
-    api_key: Annotated[str | None, typer.Option("--api-key", envvar="LMTUNE_API_KEY", show_default=False,
-                                                help="Require 'Authorization: Bearer KEY' (all but /health).")] = None,
-    max_request_bytes: Annotated[int, typer.Option("--max-request-bytes", help="Larger bodies get 413.")] = 1_000_000,
-    max_tokens_cap: Annotated[int, typer.Option("--max-tokens-cap", help="Largest max_tokens a request may ask.")] = 512,
-    max_batch: Annotated[int, typer.Option("--max-batch", help="Most inputs (classify) or prompts per request.")] = 32,
-    log_predictions: Annotated[Path | None, typer.Option("--log-predictions", help="Append every prediction to this jsonl.")] = None,
+    port: Annotated[
+        int, typer.Option("--port", help="Port (0 = any free port; the URL is printed).")
+    ] = 8000,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            "--api-key",
+            envvar="LMTUNE_API_KEY",
+            show_default=False,
+            help="Require 'Authorization: Bearer KEY' (all but /health).",
+        ),
+    ] = None,
+    max_request_bytes: Annotated[
+        int, typer.Option("--max-request-bytes", help="Larger bodies get 413.")
+    ] = 1_000_000,
+    max_tokens_cap: Annotated[
+        int, typer.Option("--max-tokens-cap", help="Largest max_tokens a request may ask.")
+    ] = 512,
+    max_batch: Annotated[
+        int, typer.Option("--max-batch", help="Most inputs (classify) or prompts per request.")
+    ] = 32,
+    log_predictions: Annotated[
+        Path | None,
+        typer.Option("--log-predictions", help="Append every prediction to this jsonl."),
+    ] = None,
 ) -> None:
     """Serve a model over HTTP: OpenAI-style completions/chat, or /v1/classify; /health, /metrics."""
     from lmtune.ops.serve import ServeSettings, run_server
 
-    run_server(model, ServeSettings(host=host, port=port, api_key=api_key or None,
-                                    max_request_bytes=max_request_bytes, max_tokens_cap=max_tokens_cap,
-                                    max_batch=max_batch, log_predictions=log_predictions))
+    run_server(
+        model,
+        ServeSettings(
+            host=host,
+            port=port,
+            api_key=api_key or None,
+            max_request_bytes=max_request_bytes,
+            max_tokens_cap=max_tokens_cap,
+            max_batch=max_batch,
+            log_predictions=log_predictions,
+        ),
+    )
 
 
 @app.command()
@@ -334,7 +478,9 @@ def demo(
 def pipeline(
     config: ConfigArg,
     overrides: Overrides = None,
-    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar and no run summary table.")] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", help="No progress bar and no run summary table.")
+    ] = False,
 ) -> None:
     """Train, test on held-out data, gate (config gate:), release into the registry; exit 3 when refused."""
     from lmtune.config import load_config
@@ -350,13 +496,19 @@ def pipeline(
         _print_summary(result["summary"])
     print_decision(result["decision"], console)
     if result["released"]:
-        console.print(f"released {result['version']}: {result['path']} (now current)", highlight=False)
+        console.print(
+            f"released {result['version']}: {result['path']} (now current)", highlight=False
+        )
         return
-    console.print(f"refused: nothing released; see {Path(cfg.run.output_dir) / 'gate.md'}", highlight=False)
+    console.print(
+        f"refused: nothing released; see {Path(cfg.run.output_dir) / 'gate.md'}", highlight=False
+    )
     sys.exit(3)  # typer.Exit's code is lost in main(); 3 = the gate refused (2 = user error)
 
 
-registry_app = typer.Typer(no_args_is_help=True, help="The model registry `lmtune pipeline` releases into.")
+registry_app = typer.Typer(
+    no_args_is_help=True, help="The model registry `lmtune pipeline` releases into."
+)
 app.add_typer(registry_app, name="registry")
 RegistryArg = Annotated[Path, typer.Argument(help="Registry folder (the config's gate.registry).")]
 
@@ -370,8 +522,10 @@ def registry_list(registry: RegistryArg) -> None:
 
 
 @registry_app.command("rollback")
-def registry_rollback(registry: RegistryArg,
-                      version: Annotated[str, typer.Argument(help="Version to make current, e.g. v1.")]) -> None:
+def registry_rollback(
+    registry: RegistryArg,
+    version: Annotated[str, typer.Argument(help="Version to make current, e.g. v1.")],
+) -> None:
     """Point current at VERSION (atomic, logged in releases.jsonl); restart `lmtune serve` to load it."""
     from lmtune.ops.registry import rollback
 
@@ -379,30 +533,65 @@ def registry_rollback(registry: RegistryArg,
     console.print(f"current: {version} (was {previous or 'nothing'})", highlight=False)
 
 
-monitor_app = typer.Typer(no_args_is_help=True, help="Post-release monitoring: record batches, check drift, report.")
+monitor_app = typer.Typer(
+    no_args_is_help=True, help="Post-release monitoring: record batches, check drift, report."
+)
 app.add_typer(monitor_app, name="monitor")
-MonTarget = Annotated[Path, typer.Argument(help="Model folder, run folder, or registry (uses its current version).")]
-MonDb = Annotated[Path | None, typer.Option("--db", help="History database (default TARGET/monitor.db).")]
-MonNow = Annotated[str | None, typer.Option("--now", help="ISO time taken as now (default: $LMTUNE_NOW, else the clock).")]
-MonConfig = Annotated[Path | None, typer.Option("--config", help="YAML whose monitor: block sets the thresholds.")]
-MonSet = Annotated[list[str] | None, typer.Option("--set", help="Threshold key=value, e.g. psi_threshold=0.1 (repeatable).")]
+MonTarget = Annotated[
+    Path, typer.Argument(help="Model folder, run folder, or registry (uses its current version).")
+]
+MonDb = Annotated[
+    Path | None, typer.Option("--db", help="History database (default TARGET/monitor.db).")
+]
+MonNow = Annotated[
+    str | None,
+    typer.Option("--now", help="ISO time taken as now (default: $LMTUNE_NOW, else the clock)."),
+]
+MonConfig = Annotated[
+    Path | None, typer.Option("--config", help="YAML whose monitor: block sets the thresholds.")
+]
+MonSet = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Threshold key=value, e.g. psi_threshold=0.1 (repeatable)."),
+]
 
 
 @monitor_app.command("record")
-def monitor_record(target: MonTarget, data: Annotated[Path | None, typer.Option("--data", help="Labelled batch (jsonl/csv/tsv, like eval).")] = None,
-                   predictions: Annotated[Path | None, typer.Option("--predictions", help="Serving log (`lmtune serve --log-predictions`).")] = None,
-                   batch: Annotated[str | None, typer.Option("--name", help="Batch name (default: the file's stem).")] = None,
-                   db: MonDb = None, now: MonNow = None, batch_size: Annotated[int, typer.Option("--batch-size")] = 64) -> None:
+def monitor_record(
+    target: MonTarget,
+    data: Annotated[
+        Path | None, typer.Option("--data", help="Labelled batch (jsonl/csv/tsv, like eval).")
+    ] = None,
+    predictions: Annotated[
+        Path | None,
+        typer.Option("--predictions", help="Serving log (`lmtune serve --log-predictions`)."),
+    ] = None,
+    batch: Annotated[
+        str | None, typer.Option("--name", help="Batch name (default: the file's stem).")
+    ] = None,
+    db: MonDb = None,
+    now: MonNow = None,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 64,
+) -> None:
     """Score a labelled batch (or read a serving log) and append it to the monitoring history."""
     from lmtune.ops.monitor import record
 
     rec = record(target, data, predictions, db, batch, now, batch_size)
     shown = ", ".join(f"{k} {v:.4f}" for k, v in rec["drift"].items() if isinstance(v, float))
-    console.print(f"recorded '{rec['batch']}' ({rec['n']} rows) for {rec['model_version']}: {shown}", highlight=False)
+    console.print(
+        f"recorded '{rec['batch']}' ({rec['n']} rows) for {rec['model_version']}: {shown}",
+        highlight=False,
+    )
 
 
 @monitor_app.command("status")
-def monitor_status(target: MonTarget, db: MonDb = None, now: MonNow = None, config: MonConfig = None, sets: MonSet = None) -> None:
+def monitor_status(
+    target: MonTarget,
+    db: MonDb = None,
+    now: MonNow = None,
+    config: MonConfig = None,
+    sets: MonSet = None,
+) -> None:
     """Print recent records and the checks; exit 1 when an alert fires (for cron or CI)."""
     from lmtune.ops.monitor import status
 
@@ -410,8 +599,17 @@ def monitor_status(target: MonTarget, db: MonDb = None, now: MonNow = None, conf
 
 
 @monitor_app.command("report")
-def monitor_report(target: MonTarget, db: MonDb = None, out: Annotated[Path | None, typer.Option("--out", help="Folder (default: beside the database, monitor_report/).")] = None,
-                   now: MonNow = None, config: MonConfig = None, sets: MonSet = None) -> None:
+def monitor_report(
+    target: MonTarget,
+    db: MonDb = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Folder (default: beside the database, monitor_report/)."),
+    ] = None,
+    now: MonNow = None,
+    config: MonConfig = None,
+    sets: MonSet = None,
+) -> None:
     """Write report.html (metric, PSI and OOV over time) and monitor.json."""
     from lmtune.ops.monitor_report import report
 
@@ -461,9 +659,11 @@ def main() -> None:
             sys.exit(2)
         if debug:
             raise
-        err_console.print(f"[bold red]internal error[/] ({type(exc).__name__}): {escape(str(exc))}\n"
-                          "This is a bug in lmtune; rerun with --debug for the traceback and report it.",
-                          highlight=False)
+        err_console.print(
+            f"[bold red]internal error[/] ({type(exc).__name__}): {escape(str(exc))}\n"
+            "This is a bug in lmtune; rerun with --debug for the traceback and report it.",
+            highlight=False,
+        )
         sys.exit(1)
 
 

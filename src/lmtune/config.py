@@ -28,8 +28,17 @@ from lmtune.errors import UserError
 
 TaskName = Literal["sft", "classification", "reward", "dpo", "orpo", "rlhf", "qa"]
 FormatName = Literal[
-    "auto", "text", "instruction", "chat", "classification", "pair_classification",
-    "preference", "pairwise", "dialogue_pair", "prompt", "qa",
+    "auto",
+    "text",
+    "instruction",
+    "chat",
+    "classification",
+    "pair_classification",
+    "preference",
+    "pairwise",
+    "dialogue_pair",
+    "prompt",
+    "qa",
 ]
 # Tasks that learn from preference pairs, and the row formats that hold such pairs.
 PREFERENCE_TASKS = ("reward", "dpo", "orpo")
@@ -38,7 +47,9 @@ PREFERENCE_FORMATS = ("preference", "pairwise", "dialogue_pair")
 
 class RunConfig(Strict):
     name: str = Field("run", description="Run name; used in logs and the model card.")
-    output_dir: str = Field("runs/run", description="Folder that receives everything this run writes.")
+    output_dir: str = Field(
+        "runs/run", description="Folder that receives everything this run writes."
+    )
     seed: int = Field(42, description="Seed for data splits, shuffling, init and dropout.")
 
 
@@ -47,47 +58,101 @@ class ModelConfig(Strict):
         "builtin:minilm",
         description="Local directory, hub id, or builtin:NAME (builtin:minilm ships with lmtune).",
     )
-    trust_remote_code: bool = Field(False, description="Run model code from the checkpoint (off: it executes foreign code).")
+    trust_remote_code: bool = Field(
+        False, description="Run model code from the checkpoint (off: it executes foreign code)."
+    )
     max_length: int = Field(256, gt=8, description="Maximum tokens per example after templating.")
-    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) for hub ids.")
-    attn_implementation: str | None = Field(None, description="Attention kernel override (sdpa, eager); None lets transformers choose.")
-    pooling: Literal["cls", "mean"] = Field("cls", description="How a classifier or reward model reads the encoder (tasks classification, reward): cls is transformers' head (first token through the pooler); mean is the masked mean of the last layer, how sentence encoders such as builtin:minilm were trained (BERT encoders only; saved folders load in lmtune, plain transformers refuses them).")
-    dropout: float | None = Field(None, ge=0.0, lt=1.0, description="Set every dropout layer of the model to this probability; None keeps the checkpoint's. 0 is TRL's default for reward models and DPO (dropout makes scores noisy), and lets attention run a fused kernel that stores far fewer activations.")
+    revision: str | None = Field(
+        None, description="Hub revision (branch, tag or commit) for hub ids."
+    )
+    attn_implementation: str | None = Field(
+        None, description="Attention kernel override (sdpa, eager); None lets transformers choose."
+    )
+    pooling: Literal["cls", "mean"] = Field(
+        "cls",
+        description="How a classifier or reward model reads the encoder (tasks classification, reward): cls is transformers' head (first token through the pooler); mean is the masked mean of the last layer, how sentence encoders such as builtin:minilm were trained (BERT encoders only; saved folders load in lmtune, plain transformers refuses them).",
+    )
+    dropout: float | None = Field(
+        None,
+        ge=0.0,
+        lt=1.0,
+        description="Set every dropout layer of the model to this probability; None keeps the checkpoint's. 0 is TRL's default for reward models and DPO (dropout makes scores noisy), and lets attention run a fused kernel that stores far fewer activations.",
+    )
 
 
 class AdapterConfig(Strict):
-    type: Literal["full", "lora", "dora", "head"] = Field("lora", description="full: all weights; lora/dora: peft adapters; head: frozen base, train the task head only.")
+    type: Literal["full", "lora", "dora", "head"] = Field(
+        "lora",
+        description="full: all weights; lora/dora: peft adapters; head: frozen base, train the task head only.",
+    )
     r: int = Field(8, gt=0, description="LoRA rank.")
     alpha: int = Field(16, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
     dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
-    target_modules: list[str] | Literal["auto", "all-linear"] = Field("auto", description="Modules that get adapters; auto picks attention+MLP projections per architecture.")
-    bias: Literal["none", "all", "lora_only"] = Field("none", description="Which biases LoRA trains.")
-    modules_to_save: list[str] | Literal["auto"] = Field("auto", description="Modules trained in full beside the adapters; auto = the task head.")
+    target_modules: list[str] | Literal["auto", "all-linear"] = Field(
+        "auto",
+        description="Modules that get adapters; auto picks attention+MLP projections per architecture.",
+    )
+    bias: Literal["none", "all", "lora_only"] = Field(
+        "none", description="Which biases LoRA trains."
+    )
+    modules_to_save: list[str] | Literal["auto"] = Field(
+        "auto", description="Modules trained in full beside the adapters; auto = the task head."
+    )
 
 
 class NearDedupeConfig(Strict):
     enabled: bool = Field(False, description="Remove near-duplicates (MinHash over word shingles).")
-    threshold: float = Field(0.85, gt=0.0, le=1.0, description="Estimated Jaccard similarity at or above which rows are near-duplicates.")
+    threshold: float = Field(
+        0.85,
+        gt=0.0,
+        le=1.0,
+        description="Estimated Jaccard similarity at or above which rows are near-duplicates.",
+    )
     shingle: int = Field(5, gt=0, description="Words per shingle.")
     num_perm: int = Field(64, gt=0, description="MinHash permutations (more: slower, more exact).")
 
 
 class CleanConfig(Strict):
     normalize: bool = Field(True, description="Unicode NFC and whitespace normalisation.")
-    control_chars: bool = Field(True, description="Remove control characters (keeps newlines and tabs).")
+    control_chars: bool = Field(
+        True, description="Remove control characters (keeps newlines and tabs)."
+    )
     dedupe: bool = Field(True, description="Drop exact duplicate rows (after normalisation).")
-    near_dedupe: NearDedupeConfig = Field(default_factory=NearDedupeConfig, description="Near-duplicate removal.")
+    near_dedupe: NearDedupeConfig = Field(
+        default_factory=NearDedupeConfig, description="Near-duplicate removal."
+    )
     min_chars: int = Field(1, ge=0, description="Drop rows whose main text is shorter than this.")
-    max_chars: int | None = Field(None, description="Drop rows whose main text is longer than this (None: no limit).")
-    pii: bool = Field(True, description="Redact emails, phone numbers, IPs, credit cards (Luhn) and URLs.")
-    secrets: bool = Field(True, description="Redact API keys, access tokens and private-key blocks.")
+    max_chars: int | None = Field(
+        None, description="Drop rows whose main text is longer than this (None: no limit)."
+    )
+    pii: bool = Field(
+        True, description="Redact emails, phone numbers, IPs, credit cards (Luhn) and URLs."
+    )
+    secrets: bool = Field(
+        True, description="Redact API keys, access tokens and private-key blocks."
+    )
 
 
 class SplitConfig(Strict):
-    eval: float = Field(0.1, ge=0.0, lt=1.0, description="Fraction of rows for the eval split when no eval file is given.")
-    test: float = Field(0.0, ge=0.0, lt=1.0, description="Fraction of rows for the test split when no test file is given.")
-    stratify: bool = Field(True, description="Keep label proportions equal across splits (classification).")
-    group_by: str | None = Field(None, description="Column whose rows stay together in one split (e.g. title: no article in two splits); eval/test take whole groups in a seeded order until they hold their share of rows; not stratified.")
+    eval: float = Field(
+        0.1,
+        ge=0.0,
+        lt=1.0,
+        description="Fraction of rows for the eval split when no eval file is given.",
+    )
+    test: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Fraction of rows for the test split when no test file is given.",
+    )
+    stratify: bool = Field(
+        True, description="Keep label proportions equal across splits (classification)."
+    )
+    group_by: str | None = Field(
+        None,
+        description="Column whose rows stay together in one split (e.g. title: no article in two splits); eval/test take whole groups in a seeded order until they hold their share of rows; not stratified.",
+    )
 
     @model_validator(mode="after")
     def _fractions(self) -> SplitConfig:
@@ -97,145 +162,376 @@ class SplitConfig(Strict):
 
 
 class LeakageConfig(Strict):
-    check: bool = Field(True, description="Report exact and near-duplicate overlap between train and eval/test.")
+    check: bool = Field(
+        True, description="Report exact and near-duplicate overlap between train and eval/test."
+    )
     remove_from_train: bool = Field(False, description="Drop train rows that leak into eval/test.")
-    threshold: float = Field(0.85, gt=0.0, le=1.0, description="Near-duplicate similarity threshold for leakage.")
+    threshold: float = Field(
+        0.85, gt=0.0, le=1.0, description="Near-duplicate similarity threshold for leakage."
+    )
 
 
 class BalanceConfig(Strict):
-    column: str | None = Field(None, description="Column to balance (label or a group column such as a demographic attribute).")
-    strategy: Literal["none", "undersample", "oversample", "loss_weights"] = Field("none", description="How to balance the train split.")
+    column: str | None = Field(
+        None,
+        description="Column to balance (label or a group column such as a demographic attribute).",
+    )
+    strategy: Literal["none", "undersample", "oversample", "loss_weights"] = Field(
+        "none", description="How to balance the train split."
+    )
 
 
 class DataConfig(Strict):
-    train: str | list[str] | None = Field(None, description="Training file(s) or a datasets save_to_disk folder.")
-    eval: str | list[str] | None = Field(None, description="Eval file(s); if absent, split from train.")
-    test: str | list[str] | None = Field(None, description="Test file(s); if absent, split from train when split.test > 0.")
+    train: str | list[str] | None = Field(
+        None, description="Training file(s) or a datasets save_to_disk folder."
+    )
+    eval: str | list[str] | None = Field(
+        None, description="Eval file(s); if absent, split from train."
+    )
+    test: str | list[str] | None = Field(
+        None, description="Test file(s); if absent, split from train when split.test > 0."
+    )
     format: FormatName = Field("auto", description="Row format; auto detects from the columns.")
-    columns: dict[str, str] = Field(default_factory=dict, description="Map lmtune field -> your column, e.g. {text: review, label: stars}.")
-    labels: list[str] | None = Field(None, description="Allowed labels in order; rows with other labels are rejected. None: collected from train.")
+    columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="Map lmtune field -> your column, e.g. {text: review, label: stars}.",
+    )
+    labels: list[str] | None = Field(
+        None,
+        description="Allowed labels in order; rows with other labels are rejected. None: collected from train.",
+    )
 
     @field_validator("labels", mode="before")
     @classmethod
     def _labels_as_strings(cls, v: Any) -> Any:
         # YAML reads `labels: [0, 1]` as ints; labels are compared as strings everywhere.
         return [str(x) for x in v] if isinstance(v, list) else v
-    max_bad_fraction: float = Field(0.1, ge=0.0, le=1.0, description="Fail the run when more than this fraction of rows is rejected.")
+
+    max_bad_fraction: float = Field(
+        0.1,
+        ge=0.0,
+        le=1.0,
+        description="Fail the run when more than this fraction of rows is rejected.",
+    )
     clean: CleanConfig = Field(default_factory=CleanConfig, description="Cleaning steps.")
-    split: SplitConfig = Field(default_factory=SplitConfig, description="Splitting when eval/test files are absent.")
-    leakage: LeakageConfig = Field(default_factory=LeakageConfig, description="Train/eval/test overlap check.")
-    balance: BalanceConfig = Field(default_factory=BalanceConfig, description="Balancing by a label or group column.")
-    template: Literal["auto", "alpaca", "chatml"] = Field("auto", description="Prompt template for instruction/chat rows; auto uses the tokenizer's chat template when present.")
-    packing: bool = Field(False, description="Pack several SFT examples per sequence (block-diagonal attention, no cross-talk).")
-    bucketing: bool = Field(True, description="Group examples of similar length into batches to cut padding.")
-    limit: int | None = Field(None, gt=0, description="Use at most this many rows per input file (quick experiments).")
+    split: SplitConfig = Field(
+        default_factory=SplitConfig, description="Splitting when eval/test files are absent."
+    )
+    leakage: LeakageConfig = Field(
+        default_factory=LeakageConfig, description="Train/eval/test overlap check."
+    )
+    balance: BalanceConfig = Field(
+        default_factory=BalanceConfig, description="Balancing by a label or group column."
+    )
+    template: Literal["auto", "alpaca", "chatml"] = Field(
+        "auto",
+        description="Prompt template for instruction/chat rows; auto uses the tokenizer's chat template when present.",
+    )
+    packing: bool = Field(
+        False,
+        description="Pack several SFT examples per sequence (block-diagonal attention, no cross-talk).",
+    )
+    bucketing: bool = Field(
+        True, description="Group examples of similar length into batches to cut padding."
+    )
+    limit: int | None = Field(
+        None, gt=0, description="Use at most this many rows per input file (quick experiments)."
+    )
 
 
 class EarlyStopConfig(Strict):
-    metric: str = Field("eval_loss", description="Eval metric that decides the best checkpoint and early stopping.")
-    mode: Literal["min", "max"] = Field("min", description="Whether lower or higher is better for the metric.")
-    patience: int | None = Field(None, ge=1, description="Stop after this many evaluations without improvement (None: never stop early).")
-    min_delta: float = Field(0.0, ge=0.0, description="Smallest change that counts as an improvement.")
+    metric: str = Field(
+        "eval_loss", description="Eval metric that decides the best checkpoint and early stopping."
+    )
+    mode: Literal["min", "max"] = Field(
+        "min", description="Whether lower or higher is better for the metric."
+    )
+    patience: int | None = Field(
+        None,
+        ge=1,
+        description="Stop after this many evaluations without improvement (None: never stop early).",
+    )
+    min_delta: float = Field(
+        0.0, ge=0.0, description="Smallest change that counts as an improvement."
+    )
 
 
 class AverageConfig(Strict):
     """Weight averaging (SWA / checkpoint averaging) over the tail of training."""
 
-    start: float = Field(0.5, ge=0, lt=1, description="Fraction of the run's optimizer steps after which snapshots enter the mean (0.34 of 3 epochs: the last two).")
-    every: int = Field(50, ge=1, description="Optimizer steps between two snapshots (the last step is always one).")
+    start: float = Field(
+        0.5,
+        ge=0,
+        lt=1,
+        description="Fraction of the run's optimizer steps after which snapshots enter the mean (0.34 of 3 epochs: the last two).",
+    )
+    every: int = Field(
+        50, ge=1, description="Optimizer steps between two snapshots (the last step is always one)."
+    )
 
 
 class TrainConfig(Strict):
-    epochs: float = Field(3.0, gt=0, description="Passes over the training data (ignored when max_steps > 0).")
+    epochs: float = Field(
+        3.0, gt=0, description="Passes over the training data (ignored when max_steps > 0)."
+    )
     max_steps: int = Field(-1, description="Optimizer steps to run; -1 derives it from epochs.")
     batch_size: int = Field(16, gt=0, description="Examples per micro-batch per process.")
     eval_batch_size: int = Field(64, gt=0, description="Examples per eval batch.")
     grad_accum: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
     lr: float = Field(5e-5, gt=0, description="Peak learning rate.")
-    head_lr: float | None = Field(None, gt=0, description="Learning rate for a freshly initialised task head (None: same as lr).")
-    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (never applied to biases and norms).")
-    layer_lr_decay: float = Field(1.0, gt=0, le=1, description="Layer-wise LR decay: block i of n trains at lr * decay ** (n - i), embeddings lowest, heads at lr (1: off; 0.8-0.95 is usual for encoders).")
+    head_lr: float | None = Field(
+        None,
+        gt=0,
+        description="Learning rate for a freshly initialised task head (None: same as lr).",
+    )
+    weight_decay: float = Field(
+        0.01, ge=0, description="AdamW weight decay (never applied to biases and norms)."
+    )
+    layer_lr_decay: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="Layer-wise LR decay: block i of n trains at lr * decay ** (n - i), embeddings lowest, heads at lr (1: off; 0.8-0.95 is usual for encoders).",
+    )
     adam_betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
-    scheduler: Literal["linear", "cosine", "constant"] = Field("linear", description="LR schedule after warmup.")
+    scheduler: Literal["linear", "cosine", "constant"] = Field(
+        "linear", description="LR schedule after warmup."
+    )
     warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Warmup as a fraction of total steps.")
-    warmup_steps: int = Field(0, ge=0, description="Warmup steps (overrides warmup_ratio when > 0).")
-    max_grad_norm: float | None = Field(1.0, description="Gradient clipping norm (None: no clipping).")
-    precision: Literal["fp32", "bf16", "auto"] = Field("auto", description="fp32, or bf16 autocast; auto picks bf16 where the hardware supports it.")
-    eval_precision: Literal["fp32", "train"] = Field("fp32", description="Precision of the evaluations during training, which pick the best checkpoint. fp32: as `lmtune eval`, serve and the test split run the saved weights, so the kept checkpoint is chosen by the figure users will see (bf16 autocast can move a few predictions); train: the training precision (faster on large eval sets).")
-    eval_every: int = Field(0, ge=0, description="Evaluate every N optimizer steps (0: only per epoch).")
+    warmup_steps: int = Field(
+        0, ge=0, description="Warmup steps (overrides warmup_ratio when > 0)."
+    )
+    max_grad_norm: float | None = Field(
+        1.0, description="Gradient clipping norm (None: no clipping)."
+    )
+    precision: Literal["fp32", "bf16", "auto"] = Field(
+        "auto",
+        description="fp32, or bf16 autocast; auto picks bf16 where the hardware supports it.",
+    )
+    eval_precision: Literal["fp32", "train"] = Field(
+        "fp32",
+        description="Precision of the evaluations during training, which pick the best checkpoint. fp32: as `lmtune eval`, serve and the test split run the saved weights, so the kept checkpoint is chosen by the figure users will see (bf16 autocast can move a few predictions); train: the training precision (faster on large eval sets).",
+    )
+    eval_every: int = Field(
+        0, ge=0, description="Evaluate every N optimizer steps (0: only per epoch)."
+    )
     eval_each_epoch: bool = Field(True, description="Evaluate at the end of each epoch.")
     log_every: int = Field(10, gt=0, description="Log train loss every N optimizer steps.")
-    save_every: int = Field(0, ge=0, description="Checkpoint every N optimizer steps (0: at each evaluation).")
-    keep_last: int = Field(2, ge=1, description="Checkpoints to keep (the best one is always kept).")
-    early_stopping: EarlyStopConfig = Field(default_factory=EarlyStopConfig, description="Best-model selection and early stopping.")
-    average: AverageConfig | None = Field(None, description="Average the trainable weights over the tail of training; at the end the average is evaluated and kept when it scores at least as well as the best snapshot (None: off).")
-    class_weights: Literal["none", "balanced"] = Field("none", description="Class-weighted loss for imbalanced labels (classification).")
-    eval_before: bool = Field(True, description="Evaluate once before training (the untrained baseline in the summary).")
-    compile: bool = Field(False, description="torch.compile the model (helps long runs; costs start-up time).")
+    save_every: int = Field(
+        0, ge=0, description="Checkpoint every N optimizer steps (0: at each evaluation)."
+    )
+    keep_last: int = Field(
+        2, ge=1, description="Checkpoints to keep (the best one is always kept)."
+    )
+    early_stopping: EarlyStopConfig = Field(
+        default_factory=EarlyStopConfig, description="Best-model selection and early stopping."
+    )
+    average: AverageConfig | None = Field(
+        None,
+        description="Average the trainable weights over the tail of training; at the end the average is evaluated and kept when it scores at least as well as the best snapshot (None: off).",
+    )
+    class_weights: Literal["none", "balanced"] = Field(
+        "none", description="Class-weighted loss for imbalanced labels (classification)."
+    )
+    eval_before: bool = Field(
+        True, description="Evaluate once before training (the untrained baseline in the summary)."
+    )
+    compile: bool = Field(
+        False, description="torch.compile the model (helps long runs; costs start-up time)."
+    )
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
 
 
 class TrackingConfig(Strict):
     """Experiment tracking beside metrics.jsonl: off by default; the defaults write local files only."""
 
-    tensorboard: bool = Field(False, description="Write every train/eval event of metrics.jsonl as TensorBoard scalars (needs `pip install \"lmtune[tracking]\"`).")
-    tensorboard_dir: str | None = Field(None, description="Folder for this run's TensorBoard event files; None: RUN/tensorboard (view with `tensorboard --logdir RUN/tensorboard`).")
-    mlflow: bool = Field(False, description="Log the run to MLflow: the resolved config as parameters, train/eval metrics per step, summary metrics, report and model card (needs `pip install \"lmtune[tracking]\"`).")
-    mlflow_tracking_uri: str | None = Field(None, description="MLflow tracking store, e.g. sqlite:///runs/mlflow.db to share one store between runs; None: sqlite:///RUN/mlflow.db, with artifacts in RUN/mlartifacts.")
-    mlflow_experiment: str | None = Field(None, description="MLflow experiment name (created when missing); None: run.name.")
+    tensorboard: bool = Field(
+        False,
+        description='Write every train/eval event of metrics.jsonl as TensorBoard scalars (needs `pip install "lmtune[tracking]"`).',
+    )
+    tensorboard_dir: str | None = Field(
+        None,
+        description="Folder for this run's TensorBoard event files; None: RUN/tensorboard (view with `tensorboard --logdir RUN/tensorboard`).",
+    )
+    mlflow: bool = Field(
+        False,
+        description='Log the run to MLflow: the resolved config as parameters, train/eval metrics per step, summary metrics, report and model card (needs `pip install "lmtune[tracking]"`).',
+    )
+    mlflow_tracking_uri: str | None = Field(
+        None,
+        description="MLflow tracking store, e.g. sqlite:///runs/mlflow.db to share one store between runs; None: sqlite:///RUN/mlflow.db, with artifacts in RUN/mlartifacts.",
+    )
+    mlflow_experiment: str | None = Field(
+        None, description="MLflow experiment name (created when missing); None: run.name."
+    )
 
 
 class PreferenceConfig(Strict):
     """Preference learning (tasks reward, dpo, orpo): losses, reference model, truncation."""
 
-    loss: Literal["sigmoid", "robust", "ipo", "hinge", "simpo"] = Field("sigmoid", description="DPO-family loss (task dpo): sigmoid (DPO), robust (rDPO), ipo, hinge, or simpo (length-normalised, no reference model).")
-    beta: float = Field(0.1, gt=0, description="DPO/IPO/hinge/SimPO temperature beta (IPO: its tau); higher keeps the policy closer to the reference.")
-    label_smoothing: float = Field(0.0, ge=0.0, lt=0.5, description="Probability that a preference label is flipped: conservative DPO for sigmoid/simpo, rDPO for robust.")
-    simpo_gamma: float = Field(0.5, description="SimPO target reward margin gamma (absolute, in reward units; TRL's CPO simpo_gamma).")
-    orpo_lambda: float = Field(0.1, gt=0, description="ORPO weight lambda of the odds-ratio term beside the chosen-response NLL (TRL's ORPO beta).")
-    reference: Literal["auto", "precompute"] = Field("auto", description="DPO reference log-probs. auto: LoRA/DoRA use the base with the adapter disabled at each step, full/head fine-tuning precompute them once (cached in the run folder); precompute: always precompute.")
-    ties: Literal["drop", "keep"] = Field("drop", description="Pairwise rows whose preference is a tie: drop (counted in rejects.jsonl) or keep (task reward only: a tie trains both rewards toward equal, target P(a > b) = 0.5, and is left out of pairwise_accuracy).")
-    max_prompt_length: int | None = Field(None, gt=0, description="Prompts longer than this keep their last tokens (the end, next to the response); None: prompts are not cut, and a prompt that leaves no room for a response rejects the row.")
+    loss: Literal["sigmoid", "robust", "ipo", "hinge", "simpo"] = Field(
+        "sigmoid",
+        description="DPO-family loss (task dpo): sigmoid (DPO), robust (rDPO), ipo, hinge, or simpo (length-normalised, no reference model).",
+    )
+    beta: float = Field(
+        0.1,
+        gt=0,
+        description="DPO/IPO/hinge/SimPO temperature beta (IPO: its tau); higher keeps the policy closer to the reference.",
+    )
+    label_smoothing: float = Field(
+        0.0,
+        ge=0.0,
+        lt=0.5,
+        description="Probability that a preference label is flipped: conservative DPO for sigmoid/simpo, rDPO for robust.",
+    )
+    simpo_gamma: float = Field(
+        0.5,
+        description="SimPO target reward margin gamma (absolute, in reward units; TRL's CPO simpo_gamma).",
+    )
+    orpo_lambda: float = Field(
+        0.1,
+        gt=0,
+        description="ORPO weight lambda of the odds-ratio term beside the chosen-response NLL (TRL's ORPO beta).",
+    )
+    reference: Literal["auto", "precompute"] = Field(
+        "auto",
+        description="DPO reference log-probs. auto: LoRA/DoRA use the base with the adapter disabled at each step, full/head fine-tuning precompute them once (cached in the run folder); precompute: always precompute.",
+    )
+    ties: Literal["drop", "keep"] = Field(
+        "drop",
+        description="Pairwise rows whose preference is a tie: drop (counted in rejects.jsonl) or keep (task reward only: a tie trains both rewards toward equal, target P(a > b) = 0.5, and is left out of pairwise_accuracy).",
+    )
+    max_prompt_length: int | None = Field(
+        None,
+        gt=0,
+        description="Prompts longer than this keep their last tokens (the end, next to the response); None: prompts are not cut, and a prompt that leaves no room for a response rejects the row.",
+    )
 
 
 class RLHFConfig(Strict):
     """Online RL from a reward (task rlhf): sample, score, group-relative advantages, KL, clip."""
 
-    reward: str | None = Field(None, description="Where rewards come from: a reward-model run or model folder (a `task: reward` run), or a Python function as module:function (called as f(prompt, completion) -> float; imported from the current directory or PYTHONPATH).")
-    samples_per_prompt: int = Field(4, ge=2, description="Completions sampled per prompt each step (k); advantages compare the k completions of one prompt, so at least 2.")
-    max_new_tokens: int = Field(32, gt=0, description="Most tokens sampled per completion (sampling stops earlier at the end-of-sequence token).")
-    temperature: float = Field(1.0, gt=0, description="Sampling temperature for training rollouts; log-probs in the loss use the same temperature.")
-    top_p: float = Field(1.0, gt=0, le=1.0, description="Nucleus sampling: sample from the smallest token set with this much probability (1.0: off).")
-    advantage: Literal["rloo", "grpo"] = Field("rloo", description="Group-relative advantage: rloo (reward minus the mean of the other k-1 completions), grpo (reward minus the group mean, divided by the group standard deviation).")
-    kl_coef: float = Field(0.05, ge=0, description="Weight beta of the KL penalty against the reference (the initial model); 0 switches the reference off.")
-    kl_in: Literal["loss", "reward"] = Field("loss", description="Where the KL penalty goes: loss (GRPO: beta * per-token k3 estimate added to the loss) or reward (PPO/RLOO: beta * the summed per-token log-ratio subtracted from each completion's reward before advantages).")
-    clip_range: float = Field(0.2, gt=0, description="PPO ratio clipping epsilon: the policy ratio to the sampling-time policy is clipped to [1-eps, 1+eps]; only binds when updates_per_rollout > 1.")
-    updates_per_rollout: int = Field(1, ge=1, description="Optimizer steps on each set of sampled completions (PPO epochs, TRL's num_iterations); >1 reuses a rollout for the next steps, whose own prompts are then skipped.")
-    aggregation: Literal["sequence", "token_budget"] = Field("sequence", description="Per-completion loss: sequence (mean over its tokens, GRPO) or token_budget (sum over its tokens / max_new_tokens, Dr. GRPO: no preference for short or long completions).")
-    eval_temperature: float = Field(0.0, ge=0, description="Sampling temperature for evaluation completions (0: greedy).")
-    eval_seed: int = Field(0, description="Seed for sampled evaluation completions (eval never disturbs the training random stream).")
-    reward_batch_size: int = Field(32, gt=0, description="Completions per forward pass of a reward model.")
+    reward: str | None = Field(
+        None,
+        description="Where rewards come from: a reward-model run or model folder (a `task: reward` run), or a Python function as module:function (called as f(prompt, completion) -> float; imported from the current directory or PYTHONPATH).",
+    )
+    samples_per_prompt: int = Field(
+        4,
+        ge=2,
+        description="Completions sampled per prompt each step (k); advantages compare the k completions of one prompt, so at least 2.",
+    )
+    max_new_tokens: int = Field(
+        32,
+        gt=0,
+        description="Most tokens sampled per completion (sampling stops earlier at the end-of-sequence token).",
+    )
+    temperature: float = Field(
+        1.0,
+        gt=0,
+        description="Sampling temperature for training rollouts; log-probs in the loss use the same temperature.",
+    )
+    top_p: float = Field(
+        1.0,
+        gt=0,
+        le=1.0,
+        description="Nucleus sampling: sample from the smallest token set with this much probability (1.0: off).",
+    )
+    advantage: Literal["rloo", "grpo"] = Field(
+        "rloo",
+        description="Group-relative advantage: rloo (reward minus the mean of the other k-1 completions), grpo (reward minus the group mean, divided by the group standard deviation).",
+    )
+    kl_coef: float = Field(
+        0.05,
+        ge=0,
+        description="Weight beta of the KL penalty against the reference (the initial model); 0 switches the reference off.",
+    )
+    kl_in: Literal["loss", "reward"] = Field(
+        "loss",
+        description="Where the KL penalty goes: loss (GRPO: beta * per-token k3 estimate added to the loss) or reward (PPO/RLOO: beta * the summed per-token log-ratio subtracted from each completion's reward before advantages).",
+    )
+    clip_range: float = Field(
+        0.2,
+        gt=0,
+        description="PPO ratio clipping epsilon: the policy ratio to the sampling-time policy is clipped to [1-eps, 1+eps]; only binds when updates_per_rollout > 1.",
+    )
+    updates_per_rollout: int = Field(
+        1,
+        ge=1,
+        description="Optimizer steps on each set of sampled completions (PPO epochs, TRL's num_iterations); >1 reuses a rollout for the next steps, whose own prompts are then skipped.",
+    )
+    aggregation: Literal["sequence", "token_budget"] = Field(
+        "sequence",
+        description="Per-completion loss: sequence (mean over its tokens, GRPO) or token_budget (sum over its tokens / max_new_tokens, Dr. GRPO: no preference for short or long completions).",
+    )
+    eval_temperature: float = Field(
+        0.0, ge=0, description="Sampling temperature for evaluation completions (0: greedy)."
+    )
+    eval_seed: int = Field(
+        0,
+        description="Seed for sampled evaluation completions (eval never disturbs the training random stream).",
+    )
+    reward_batch_size: int = Field(
+        32, gt=0, description="Completions per forward pass of a reward model."
+    )
 
 
 class Config(Strict):
     """A whole run. Every section has defaults, so a config only states what differs."""
 
     run: RunConfig = Field(default_factory=RunConfig, description="Run identity and output folder.")
-    task: TaskName = Field("classification", description="What to train: sft (causal LM), classification, reward (Bradley-Terry reward model), dpo or orpo (preference tuning of a causal LM), rlhf (online RL of a causal LM from a reward).")
+    task: TaskName = Field(
+        "classification",
+        description="What to train: sft (causal LM), classification, reward (Bradley-Terry reward model), dpo or orpo (preference tuning of a causal LM), rlhf (online RL of a causal LM from a reward).",
+    )
     model: ModelConfig = Field(default_factory=ModelConfig, description="Base model.")
-    adapter: AdapterConfig = Field(default_factory=AdapterConfig, description="Which weights train.")
-    data: DataConfig = Field(default_factory=DataConfig, description="Data loading, cleaning and splitting.")
-    train: TrainConfig = Field(default_factory=TrainConfig, description="Optimisation and the training loop.")
-    tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="Experiment tracking: TensorBoard and MLflow (both off by default).")
-    preference: PreferenceConfig = Field(default_factory=PreferenceConfig, description="Preference learning (tasks reward, dpo, orpo).")
-    rlhf: RLHFConfig = Field(default_factory=RLHFConfig, description="Online RL from a reward model or reward function (task rlhf).")
-    forgetting: ForgettingConfig = Field(default_factory=ForgettingConfig, description="Forgetting: a reference set measured before and after training (forgetting.json), and mitigation (L2-SP, EWC, replay).")
-    monitor: MonitorConfig = Field(default_factory=MonitorConfig, description="Post-release monitoring thresholds (`lmtune monitor`).")
-    qa: QAConfig = Field(default_factory=QAConfig, description="Extractive question answering (task qa).")
-    baselines: BaselinesConfig = Field(default_factory=BaselinesConfig, description="Zero-/few-shot baselines of the base model beside the fine-tuned one (task classification).")
-    search: SearchConfig = Field(default_factory=SearchConfig, description="Hyperparameter search run by `lmtune tune` (ignored by `lmtune train`).")
-    audit: AuditConfig = Field(default_factory=AuditConfig, description="Bias audit before and after training (CrowS-Pairs, counterfactual term swaps); also `lmtune audit`.")
-    gate: GateConfig = Field(default_factory=GateConfig, description="Release gate and model registry for `lmtune pipeline` (ignored by `lmtune train`).")
+    adapter: AdapterConfig = Field(
+        default_factory=AdapterConfig, description="Which weights train."
+    )
+    data: DataConfig = Field(
+        default_factory=DataConfig, description="Data loading, cleaning and splitting."
+    )
+    train: TrainConfig = Field(
+        default_factory=TrainConfig, description="Optimisation and the training loop."
+    )
+    tracking: TrackingConfig = Field(
+        default_factory=TrackingConfig,
+        description="Experiment tracking: TensorBoard and MLflow (both off by default).",
+    )
+    preference: PreferenceConfig = Field(
+        default_factory=PreferenceConfig,
+        description="Preference learning (tasks reward, dpo, orpo).",
+    )
+    rlhf: RLHFConfig = Field(
+        default_factory=RLHFConfig,
+        description="Online RL from a reward model or reward function (task rlhf).",
+    )
+    forgetting: ForgettingConfig = Field(
+        default_factory=ForgettingConfig,
+        description="Forgetting: a reference set measured before and after training (forgetting.json), and mitigation (L2-SP, EWC, replay).",
+    )
+    monitor: MonitorConfig = Field(
+        default_factory=MonitorConfig,
+        description="Post-release monitoring thresholds (`lmtune monitor`).",
+    )
+    qa: QAConfig = Field(
+        default_factory=QAConfig, description="Extractive question answering (task qa)."
+    )
+    baselines: BaselinesConfig = Field(
+        default_factory=BaselinesConfig,
+        description="Zero-/few-shot baselines of the base model beside the fine-tuned one (task classification).",
+    )
+    search: SearchConfig = Field(
+        default_factory=SearchConfig,
+        description="Hyperparameter search run by `lmtune tune` (ignored by `lmtune train`).",
+    )
+    audit: AuditConfig = Field(
+        default_factory=AuditConfig,
+        description="Bias audit before and after training (CrowS-Pairs, counterfactual term swaps); also `lmtune audit`.",
+    )
+    gate: GateConfig = Field(
+        default_factory=GateConfig,
+        description="Release gate and model registry for `lmtune pipeline` (ignored by `lmtune train`).",
+    )
 
     @model_validator(mode="after")
     def _combinations(self) -> Config:
@@ -243,7 +539,9 @@ class Config(Strict):
         if self.task == "sft" and self.data.format in ("classification", "pair_classification"):
             problems.append("task sft cannot train on data.format " + self.data.format)
         if self.task == "classification" and self.data.format in ("text", "instruction", "chat"):
-            problems.append("task classification needs labelled rows, not data.format " + self.data.format)
+            problems.append(
+                "task classification needs labelled rows, not data.format " + self.data.format
+            )
         problems += self._preference_problems()
         problems += self._rlhf_problems()
         problems += self.forgetting.problems(self.task, self.adapter.type)
@@ -255,7 +553,9 @@ class Config(Strict):
         if self.train.class_weights != "none" and self.task != "classification":
             problems.append("train.class_weights only applies to task classification")
         if self.data.balance.strategy == "loss_weights" and self.task != "classification":
-            problems.append("data.balance.strategy loss_weights only applies to task classification")
+            problems.append(
+                "data.balance.strategy loss_weights only applies to task classification"
+            )
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -264,41 +564,59 @@ class Config(Strict):
         pref, fmt = self.preference, self.data.format
         problems = []
         if self.task in PREFERENCE_TASKS and fmt not in ("auto", *PREFERENCE_FORMATS):
-            problems.append(f"task {self.task} needs preference pairs (data.format "
-                            f"{', '.join(PREFERENCE_FORMATS)} or auto), not data.format {fmt}")
+            problems.append(
+                f"task {self.task} needs preference pairs (data.format "
+                f"{', '.join(PREFERENCE_FORMATS)} or auto), not data.format {fmt}"
+            )
         if self.task not in PREFERENCE_TASKS and fmt in PREFERENCE_FORMATS:
-            problems.append(f"data.format {fmt} holds preference pairs: use task "
-                            f"{', '.join(PREFERENCE_TASKS)}")
+            problems.append(
+                f"data.format {fmt} holds preference pairs: use task {', '.join(PREFERENCE_TASKS)}"
+            )
         # Compare with the defaults (not fields_set) so a dumped config still loads.
         if self.task not in PREFERENCE_TASKS and pref != PreferenceConfig():
-            problems.append(f"the preference section only applies to tasks {', '.join(PREFERENCE_TASKS)}")
+            problems.append(
+                f"the preference section only applies to tasks {', '.join(PREFERENCE_TASKS)}"
+            )
         if pref.ties == "keep" and self.task != "reward":
-            problems.append(f"preference.ties: keep is for task reward (a tie is a target of 0.5 "
-                            f"there); task {self.task} has no use for ties: use preference.ties: drop")
+            problems.append(
+                f"preference.ties: keep is for task reward (a tie is a target of 0.5 "
+                f"there); task {self.task} has no use for ties: use preference.ties: drop"
+            )
         if self.task in ("reward", "orpo") and pref.loss != "sigmoid":
-            problems.append(f"preference.loss picks a DPO-family loss; task {self.task} has its own")
+            problems.append(
+                f"preference.loss picks a DPO-family loss; task {self.task} has its own"
+            )
         if pref.label_smoothing > 0 and pref.loss in ("ipo", "hinge"):
-            problems.append(f"preference.label_smoothing does not apply to preference.loss {pref.loss} "
-                            "(use sigmoid, robust or simpo)")
+            problems.append(
+                f"preference.label_smoothing does not apply to preference.loss {pref.loss} "
+                "(use sigmoid, robust or simpo)"
+            )
         return problems
-
 
     def _rlhf_problems(self) -> list[str]:
         rl, fmt = self.rlhf, self.data.format
         if self.task != "rlhf":
-            problems = ["data.format prompt holds prompts only: use task rlhf"] if fmt == "prompt" else []
+            problems = (
+                ["data.format prompt holds prompts only: use task rlhf"] if fmt == "prompt" else []
+            )
             if rl != RLHFConfig():
                 problems.append("the rlhf section only applies to task rlhf")
             return problems
         problems = []
         if fmt not in ("auto", "prompt"):
-            problems.append(f"task rlhf reads prompts (data.format prompt or auto), not data.format {fmt}")
+            problems.append(
+                f"task rlhf reads prompts (data.format prompt or auto), not data.format {fmt}"
+            )
         if not rl.reward:
-            problems.append("task rlhf needs rlhf.reward: a reward-model run folder or a Python "
-                            "function as module:function (e.g. examples.rewards:vowel_share)")
+            problems.append(
+                "task rlhf needs rlhf.reward: a reward-model run folder or a Python "
+                "function as module:function (e.g. examples.rewards:vowel_share)"
+            )
         if rl.max_new_tokens >= self.model.max_length:
-            problems.append(f"rlhf.max_new_tokens ({rl.max_new_tokens}) must be below "
-                            f"model.max_length ({self.model.max_length}) to leave room for the prompt")
+            problems.append(
+                f"rlhf.max_new_tokens ({rl.max_new_tokens}) must be below "
+                f"model.max_length ({self.model.max_length}) to leave room for the prompt"
+            )
         return problems
 
     def _qa_problems(self) -> list[str]:
@@ -310,13 +628,17 @@ class Config(Strict):
                 problems.append("the qa section only applies to task qa")
             return problems
         if fmt not in ("auto", "qa"):
-            problems.append(f"task qa reads SQuAD JSON or context/question/answers rows "
-                            f"(data.format qa or auto), not data.format {fmt}")
+            problems.append(
+                f"task qa reads SQuAD JSON or context/question/answers rows "
+                f"(data.format qa or auto), not data.format {fmt}"
+            )
         if self.qa.doc_stride + 32 > self.model.max_length:
             # Each window holds the question, 3 special tokens, doc_stride old and some new context.
-            problems.append(f"qa.doc_stride ({self.qa.doc_stride}) must be at least 32 below "
-                            f"model.max_length ({self.model.max_length}) to leave room for the "
-                            "question and new context in each window")
+            problems.append(
+                f"qa.doc_stride ({self.qa.doc_stride}) must be at least 32 below "
+                f"model.max_length ({self.model.max_length}) to leave room for the "
+                "question and new context in each window"
+            )
         return problems
 
 
@@ -365,17 +687,23 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         p = Path(path)
         source = str(p)
         if not p.is_file():
-            raise UserError(f"config file {p} does not exist (check the path; shipped examples are in configs/)")
+            raise UserError(
+                f"config file {p} does not exist (check the path; shipped examples are in configs/)"
+            )
         try:
             loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            raise UserError(f"{p}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+            raise UserError(
+                f"{p}{where}: not valid YAML ({getattr(exc, 'problem', exc)})"
+            ) from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
-            raise UserError(f"{p}: the top level must be a mapping of sections (run, model, data, train, ...)")
+            raise UserError(
+                f"{p}: the top level must be a mapping of sections (run, model, data, train, ...)"
+            )
         data = loaded
     apply_overrides(data, list(overrides or []))
     try:
@@ -389,7 +717,9 @@ def dump_config(cfg: Config) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
 
 
-def describe_fields(model: type[BaseModel] = Config, prefix: str = "") -> list[tuple[str, str, str]]:
+def describe_fields(
+    model: type[BaseModel] = Config, prefix: str = ""
+) -> list[tuple[str, str, str]]:
     """(key path, default, description) for every field, for `config show --fields`."""
     rows = []
     for name, field in model.model_fields.items():

@@ -22,16 +22,29 @@ REVIEWS = Path(__file__).resolve().parent / "resources" / "reviews.jsonl"
 
 def demo_config(data_file: Path, out: Path) -> Config:
     """The demo run (configs/demo.yaml is the same run as a file; a test keeps them equal)."""
-    return Config.model_validate({
-        "run": {"name": "demo-reviews-lora", "output_dir": str(out), "seed": 42},
-        "task": "classification",
-        "model": {"name_or_path": "builtin:minilm", "max_length": 96},
-        "adapter": {"type": "lora", "r": 16, "alpha": 32, "dropout": 0.05},
-        "data": {"train": str(data_file), "split": {"eval": 0.1, "test": 0.2, "stratify": True}},
-        "train": {"epochs": 4, "batch_size": 16, "lr": 1e-3, "head_lr": 2e-3, "warmup_ratio": 0.06,
-                  "scheduler": "linear", "eval_each_epoch": True, "log_every": 10,
-                  "early_stopping": {"metric": "accuracy", "mode": "max"}},
-    })
+    return Config.model_validate(
+        {
+            "run": {"name": "demo-reviews-lora", "output_dir": str(out), "seed": 42},
+            "task": "classification",
+            "model": {"name_or_path": "builtin:minilm", "max_length": 96},
+            "adapter": {"type": "lora", "r": 16, "alpha": 32, "dropout": 0.05},
+            "data": {
+                "train": str(data_file),
+                "split": {"eval": 0.1, "test": 0.2, "stratify": True},
+            },
+            "train": {
+                "epochs": 4,
+                "batch_size": 16,
+                "lr": 1e-3,
+                "head_lr": 2e-3,
+                "warmup_ratio": 0.06,
+                "scheduler": "linear",
+                "eval_each_epoch": True,
+                "log_every": 10,
+                "early_stopping": {"metric": "accuracy", "mode": "max"},
+            },
+        }
+    )
 
 
 def run_demo(out: Path, quiet: bool = False) -> dict[str, Any]:
@@ -41,16 +54,26 @@ def run_demo(out: Path, quiet: bool = False) -> dict[str, Any]:
 
     data_file = REVIEWS
     n = sum(1 for line in data_file.open(encoding="utf-8") if line.strip())
-    console.print(f"[bold]lmtune demo[/]: {n} labelled reviews (positive/negative/neutral) from {data_file}")
+    console.print(
+        f"[bold]lmtune demo[/]: {n} labelled reviews (positive/negative/neutral) from {data_file}"
+    )
     cfg = demo_config(data_file, out)
     summary = run_training(cfg, quiet=quiet)
     before = (summary.get("eval_before") or {}).get("test", {})
     after = summary.get("test", {})
-    table = Table("held-out test split", "accuracy", "macro F1", title="before vs after fine-tuning")
-    table.add_row("before (random head)", f"{before.get('accuracy', float('nan')):.3f}",
-                  f"{before.get('macro_f1', float('nan')):.3f}")
-    table.add_row("after (LoRA fine-tune)", f"{after.get('accuracy', float('nan')):.3f}",
-                  f"{after.get('macro_f1', float('nan')):.3f}")
+    table = Table(
+        "held-out test split", "accuracy", "macro F1", title="before vs after fine-tuning"
+    )
+    table.add_row(
+        "before (random head)",
+        f"{before.get('accuracy', float('nan')):.3f}",
+        f"{before.get('macro_f1', float('nan')):.3f}",
+    )
+    table.add_row(
+        "after (LoRA fine-tune)",
+        f"{after.get('accuracy', float('nan')):.3f}",
+        f"{after.get('macro_f1', float('nan')):.3f}",
+    )
     console.print(table)
     # A few held-out test reviews the model never trained on, with their gold labels.
     test_file = out / "data" / "test.jsonl"
@@ -64,8 +87,12 @@ def run_demo(out: Path, quiet: bool = False) -> dict[str, Any]:
         mark = "" if p["label"] == r["label"] else " [red](wrong)[/]"
         pt.add_row(r["text"], r["label"], p["label"] + mark, f"{p['confidence']:.2f}")
     console.print(pt)
-    console.print(f"training took {summary['train_runtime_s']:.1f}s "
-                  f"({summary['train_samples_per_s']:.0f} samples/s)")
-    console.print(f"run folder: {out}  (model/ summary.json metrics.jsonl eval.json errors.jsonl "
-                  "data_report.md report.html sample_predictions.jsonl)")
+    console.print(
+        f"training took {summary['train_runtime_s']:.1f}s "
+        f"({summary['train_samples_per_s']:.0f} samples/s)"
+    )
+    console.print(
+        f"run folder: {out}  (model/ summary.json metrics.jsonl eval.json errors.jsonl "
+        "data_report.md report.html sample_predictions.jsonl)"
+    )
     return summary

@@ -26,8 +26,16 @@ import torch
 from lmtune.errors import UserError
 from lmtune.tasks.rollout import Prompt, encode_prompt_ids, sample
 
-KEYS = {"a": "a", "b": "b", "t": "tie", "tie": "tie", "s": "skip", "skip": "skip",
-        "q": "quit", "quit": "quit"}
+KEYS = {
+    "a": "a",
+    "b": "b",
+    "t": "tie",
+    "tie": "tie",
+    "s": "skip",
+    "skip": "skip",
+    "q": "quit",
+    "quit": "quit",
+}
 CAUSAL_TASKS = ("sft", "dpo", "orpo", "rlhf")
 
 
@@ -46,8 +54,10 @@ def load_policy(path: str) -> tuple[torch.nn.Module, Any, str]:
         return load_model(mcfg, "sft", tokenizer).eval(), tokenizer, "auto"
     model, tokenizer, meta, _ = load_for_inference(path)
     if meta["task"] not in CAUSAL_TASKS:
-        raise UserError(f"--model {path} is a {meta['task']} model, which cannot write "
-                        f"completions; give a causal LM (task {', '.join(CAUSAL_TASKS)})")
+        raise UserError(
+            f"--model {path} is a {meta['task']} model, which cannot write "
+            f"completions; give a causal LM (task {', '.join(CAUSAL_TASKS)})"
+        )
     return model, tokenizer, meta.get("template", "auto")
 
 
@@ -112,8 +122,10 @@ def read_answered(out: Path) -> tuple[Counter[str], Counter[str]]:
             per_prompt[prompt_key(row["prompt"])] += 1
             per_choice[row["preference"]] += 1
         except (json.JSONDecodeError, KeyError, TypeError):
-            raise UserError(f"{out} line {n} is not a feedback row (JSON with prompt and "
-                            "preference); fix or remove it, or pick another --out") from None
+            raise UserError(
+                f"{out} line {n} is not a feedback row (JSON with prompt and "
+                "preference); fix or remove it, or pick another --out"
+            ) from None
     return per_prompt, per_choice
 
 
@@ -158,9 +170,15 @@ class Session:
 
     def record(self, prompt: Prompt, a: str, b: str, preference: str, note: str) -> None:
         """Append one row and make it durable before the next question."""
-        row = {"prompt": prompt, "response_a": a, "response_b": b, "preference": preference,
-               "note": note, "model": self.model_name,
-               "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        row = {
+            "prompt": prompt,
+            "response_a": a,
+            "response_b": b,
+            "preference": preference,
+            "note": note,
+            "model": self.model_name,
+            "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
         with self.out.open("a", encoding="utf-8") as f:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
             f.flush()
@@ -168,16 +186,25 @@ class Session:
         self.counts[preference] += 1
 
 
-def run_feedback(model_path: str, prompts_path: str | Path, out_path: str | Path,
-                 samples_per_prompt: int = 2, max_new_tokens: int = 64, temperature: float = 1.0,
-                 top_p: float = 1.0, seed: int = 0, stdin: IO[str] | None = None,
-                 stdout: IO[str] | None = None) -> dict[str, Any]:
+def run_feedback(
+    model_path: str,
+    prompts_path: str | Path,
+    out_path: str | Path,
+    samples_per_prompt: int = 2,
+    max_new_tokens: int = 64,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    stdin: IO[str] | None = None,
+    stdout: IO[str] | None = None,
+) -> dict[str, Any]:
     """Run the terminal session; returns {this session's counts, file totals, path}."""
     if samples_per_prompt < 2:
         raise UserError("--samples-per-prompt must be at least 2 (two completions to compare)")
     if temperature <= 0:
-        raise UserError("--temperature must be above 0: greedy decoding gives the same "
-                        "completion twice")
+        raise UserError(
+            "--temperature must be above 0: greedy decoding gives the same completion twice"
+        )
     prompts = read_prompts(Path(prompts_path))
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -190,13 +217,23 @@ def run_feedback(model_path: str, prompts_path: str | Path, out_path: str | Path
         seen[prompt_key(p)] += 1
         if seen[prompt_key(p)] > answered[prompt_key(p)]:
             todo.append((i, p))
-    s.say(f"{len(prompts)} prompt(s), {len(prompts) - len(todo)} already in {out}; "
-          f"{len(todo)} to go. End any time with q or Ctrl-D: every answer is saved.")
+    s.say(
+        f"{len(prompts)} prompt(s), {len(prompts) - len(todo)} already in {out}; "
+        f"{len(todo)} to go. End any time with q or Ctrl-D: every answer is saved."
+    )
     for n, (i, prompt) in enumerate(todo, 1):
         torch.manual_seed(seed * 1_000_003 + i)  # per prompt: a resumed session matches
         ids = encode_prompt_ids(prompt, tokenizer, template, 10**9)
-        r = sample(model, tokenizer, [ids], [prompt], samples_per_prompt, max_new_tokens,
-                   temperature, top_p)
+        r = sample(
+            model,
+            tokenizer,
+            [ids],
+            [prompt],
+            samples_per_prompt,
+            max_new_tokens,
+            temperature,
+            top_p,
+        )
         # Two completions that differ once stripped (the pair reader strips and rejects equal ones).
         distinct: dict[str, str] = {}
         for text in r.texts:
@@ -216,11 +253,16 @@ def run_feedback(model_path: str, prompts_path: str | Path, out_path: str | Path
         if s.eof:
             break
     totals = before + s.counts
-    summary = {"session": {k: s.counts[k] for k in ("a", "b", "tie", "skip")},
-               "total": {k: totals[k] for k in ("a", "b", "tie", "skip")}, "file": str(out),
-               "remaining": len(todo) - sum(s.counts.values())}
+    summary = {
+        "session": {k: s.counts[k] for k in ("a", "b", "tie", "skip")},
+        "total": {k: totals[k] for k in ("a", "b", "tie", "skip")},
+        "file": str(out),
+        "remaining": len(todo) - sum(s.counts.values()),
+    }
     counts = ", ".join(f"{k} {v}" for k, v in summary["session"].items())
-    s.say(f"\nThis session: {counts}. File {out}: {sum(totals.values())} row(s) "
-          f"({', '.join(f'{k} {v}' for k, v in summary['total'].items())}); "
-          f"{summary['remaining']} prompt(s) left.")
+    s.say(
+        f"\nThis session: {counts}. File {out}: {sum(totals.values())} row(s) "
+        f"({', '.join(f'{k} {v}' for k, v in summary['total'].items())}); "
+        f"{summary['remaining']} prompt(s) left."
+    )
     return summary

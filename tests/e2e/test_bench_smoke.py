@@ -13,13 +13,27 @@ DATA = ROOT.parent / "shared" / "data"
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (DATA / "sst2" / "train.tsv").is_file() or not (DATA / "instruct_alpaca_1k").is_dir(),
-                    reason=f"the shared data folder {DATA} (sst2, instruct_alpaca_1k) is absent")
+@pytest.mark.skipif(
+    not (DATA / "sst2" / "train.tsv").is_file() or not (DATA / "instruct_alpaca_1k").is_dir(),
+    reason=f"the shared data folder {DATA} (sst2, instruct_alpaca_1k) is absent",
+)
 def test_bench_quick_prints_ratio(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_train.py"), "--quick",
-                        "--data-dir", str(DATA), "--out", str(out)],
-                       capture_output=True, text=True, cwd=ROOT, timeout=900)
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "bench_train.py"),
+            "--quick",
+            "--data-dir",
+            str(DATA),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=900,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     ratios = [line for line in r.stdout.splitlines() if line.startswith("ratio lmtune/HF")]
     assert {line.split()[2] for line in ratios} == {"classification", "sft"}, r.stdout
@@ -27,13 +41,27 @@ def test_bench_quick_prints_ratio(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (DATA / "hh_rlhf_harmless_base" / "test.jsonl").is_file(),
-                    reason=f"the shared data folder {DATA} (hh_rlhf_harmless_base) is absent")
+@pytest.mark.skipif(
+    not (DATA / "hh_rlhf_harmless_base" / "test.jsonl").is_file(),
+    reason=f"the shared data folder {DATA} (hh_rlhf_harmless_base) is absent",
+)
 def test_bench_align_quick_prints_ratio(tmp_path: Path) -> None:
     out = tmp_path / "align.json"
-    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_align.py"), "--quick",
-                        "--data-dir", str(DATA), "--out", str(out)],
-                       capture_output=True, text=True, cwd=ROOT, timeout=1800)
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "bench_align.py"),
+            "--quick",
+            "--data-dir",
+            str(DATA),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=1800,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     ratios = [line for line in r.stdout.splitlines() if line.startswith("ratio lmtune/TRL")]
     assert {line.split()[2].rstrip(":") for line in ratios} == {"dpo", "reward"}, r.stdout

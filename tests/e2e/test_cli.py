@@ -16,9 +16,13 @@ ROOT = Path(__file__).resolve().parents[2]
 LMTUNE = [sys.executable, "-m", "lmtune"]
 
 
-def lmtune(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+def lmtune(
+    *args: str, cwd: Path | None = None, env: dict | None = None
+) -> subprocess.CompletedProcess:
     e = {**os.environ, "PYTHONPATH": str(ROOT / "src"), **(env or {})}
-    return subprocess.run([*LMTUNE, *args], capture_output=True, text=True, cwd=cwd or ROOT, env=e, timeout=600)
+    return subprocess.run(
+        [*LMTUNE, *args], capture_output=True, text=True, cwd=cwd or ROOT, env=e, timeout=600
+    )
 
 
 def test_config_show_resolves_overrides() -> None:
@@ -37,7 +41,9 @@ def test_user_errors_exit_2_without_traceback(tmp_path: Path) -> None:
     r = lmtune("train", str(tmp_path / "missing.yaml"))
     assert r.returncode == 2 and "does not exist" in r.stderr and "Traceback" not in r.stderr
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"data: {{train: {tmp_path / 'nope.jsonl'}}}\nrun: {{output_dir: {tmp_path / 'run'}}}\n")
+    cfg.write_text(
+        f"data: {{train: {tmp_path / 'nope.jsonl'}}}\nrun: {{output_dir: {tmp_path / 'run'}}}\n"
+    )
     r = lmtune("train", str(cfg))
     assert r.returncode == 2 and "nope.jsonl" in r.stderr and "Traceback" not in r.stderr
     r = lmtune("eval", str(tmp_path), "--data", str(cfg))
@@ -56,15 +62,26 @@ def test_bad_rows_are_rejected_with_line_numbers(tmp_path: Path) -> None:
     data = tmp_path / "d.jsonl"
     data.write_text("\n".join(lines) + "\n")
     model_dir = tiny_bert_dir(tmp_path)
-    r = lmtune("prepare", "configs/demo.yaml", f"data.train={data}", f"model.name_or_path={model_dir}",
-               f"run.output_dir={tmp_path / 'run'}")
+    r = lmtune(
+        "prepare",
+        "configs/demo.yaml",
+        f"data.train={data}",
+        f"model.name_or_path={model_dir}",
+        f"run.output_dir={tmp_path / 'run'}",
+    )
     assert r.returncode == 0, r.stderr
     rejects = [json.loads(x) for x in (tmp_path / "run" / "rejects.jsonl").read_text().splitlines()]
     assert sorted(x["line"] for x in rejects) == [5, 10, 15]
     report = json.loads((tmp_path / "run" / "data_report.json").read_text())
     assert report
-    r = lmtune("prepare", "configs/demo.yaml", f"data.train={data}", f"model.name_or_path={model_dir}",
-               f"run.output_dir={tmp_path / 'run2'}", "data.max_bad_fraction=0.01")
+    r = lmtune(
+        "prepare",
+        "configs/demo.yaml",
+        f"data.train={data}",
+        f"model.name_or_path={model_dir}",
+        f"run.output_dir={tmp_path / 'run2'}",
+        "data.max_bad_fraction=0.01",
+    )
     assert r.returncode == 2 and "rejects.jsonl" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -72,9 +89,19 @@ def test_classification_train_eval_predict_export(tmp_path: Path) -> None:
     model_dir = tiny_bert_dir(tmp_path)
     data = write_jsonl(tmp_path / "d.jsonl", sentiment_rows(120))
     run = tmp_path / "run"
-    r = lmtune("train", "configs/demo.yaml", f"data.train={data}", f"model.name_or_path={model_dir}",
-               f"run.output_dir={run}", "train.epochs=6", "train.lr=5e-3", "train.head_lr=null", "train.batch_size=8",
-               "adapter.type=full", "--quiet")
+    r = lmtune(
+        "train",
+        "configs/demo.yaml",
+        f"data.train={data}",
+        f"model.name_or_path={model_dir}",
+        f"run.output_dir={run}",
+        "train.epochs=6",
+        "train.lr=5e-3",
+        "train.head_lr=null",
+        "train.batch_size=8",
+        "adapter.type=full",
+        "--quiet",
+    )
     assert r.returncode == 0, r.stderr
     summary = json.loads((run / "summary.json").read_text())
     assert summary["test"]["accuracy"] > 0.8
@@ -100,9 +127,17 @@ def test_sft_train_generate_resume(tmp_path: Path) -> None:
     model_dir = tiny_causal_dir(tmp_path, "llama")
     data = write_jsonl(tmp_path / "inst.jsonl", instruction_rows(80))
     run = tmp_path / "run"
-    args = ["configs/sft_alpaca_lora.yaml", f"model.name_or_path={model_dir}", f"data.train={data}",
-            f"run.output_dir={run}", "model.max_length=160", "train.epochs=2", "train.lr=1e-2",
-            "data.template=alpaca", "--quiet"]
+    args = [
+        "configs/sft_alpaca_lora.yaml",
+        f"model.name_or_path={model_dir}",
+        f"data.train={data}",
+        f"run.output_dir={run}",
+        "model.max_length=160",
+        "train.epochs=2",
+        "train.lr=1e-2",
+        "data.template=alpaca",
+        "--quiet",
+    ]
     r = lmtune("train", *args)
     assert r.returncode == 0, r.stderr
     r = lmtune("generate", str(run), "--prompt", "Repeat the word happy.", "--max-new-tokens", "5")
@@ -124,12 +159,23 @@ def test_two_processes_match_one(tmp_path: Path) -> None:
     """2 gloo processes with batch 4 each == 1 process with batch 8 (same global batch)."""
     model_dir = tiny_causal_dir(tmp_path, "llama")
     data = write_jsonl(tmp_path / "inst.jsonl", instruction_rows(64))
-    common = ["configs/sft_alpaca_lora.yaml", f"model.name_or_path={model_dir}", f"data.train={data}",
-              "model.max_length=160", "train.epochs=1", "train.lr=1e-2", "data.template=alpaca",
-              "adapter.dropout=0.0", "train.log_every=1", "--quiet"]
+    common = [
+        "configs/sft_alpaca_lora.yaml",
+        f"model.name_or_path={model_dir}",
+        f"data.train={data}",
+        "model.max_length=160",
+        "train.epochs=1",
+        "train.lr=1e-2",
+        "data.template=alpaca",
+        "adapter.dropout=0.0",
+        "train.log_every=1",
+        "--quiet",
+    ]
     one = lmtune("train", *common, f"run.output_dir={tmp_path / 'one'}", "train.batch_size=8")
     assert one.returncode == 0, one.stderr
-    two = lmtune("train", *common, f"run.output_dir={tmp_path / 'two'}", "train.batch_size=4", "--nproc", "2")
+    two = lmtune(
+        "train", *common, f"run.output_dir={tmp_path / 'two'}", "train.batch_size=4", "--nproc", "2"
+    )
     assert two.returncode == 0, two.stderr
     s2 = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert s2["world_size"] == 2
@@ -150,17 +196,37 @@ def test_two_processes_match_one(tmp_path: Path) -> None:
 def test_two_processes_share_the_dpo_reference_pass(tmp_path: Path) -> None:
     """Full-FT DPO on 2 processes: each scores half the pairs for the reference, all-gathered;
     the cached reference and the first loss equal the 1-process run's."""
-    pairs = [{"prompt": f"How was {w} number {i}?", "chosen": f"it was {w}", "rejected": f"it was not {w}"}
-             for i, w in enumerate(["good", "fine", "nice", "great"] * 6)]
-    common = ["configs/dpo_lora.yaml", f"model.name_or_path={tiny_causal_dir(tmp_path, 'llama')}",
-              f"data.train={write_jsonl(tmp_path / 'pairs.jsonl', pairs)}", "data.format=auto",
-              "adapter.type=full", "model.max_length=64", "train.max_steps=2", "train.grad_accum=1",
-              "train.log_every=1", "train.eval_before=false", "--quiet"]
+    pairs = [
+        {
+            "prompt": f"How was {w} number {i}?",
+            "chosen": f"it was {w}",
+            "rejected": f"it was not {w}",
+        }
+        for i, w in enumerate(["good", "fine", "nice", "great"] * 6)
+    ]
+    common = [
+        "configs/dpo_lora.yaml",
+        f"model.name_or_path={tiny_causal_dir(tmp_path, 'llama')}",
+        f"data.train={write_jsonl(tmp_path / 'pairs.jsonl', pairs)}",
+        "data.format=auto",
+        "adapter.type=full",
+        "model.max_length=64",
+        "train.max_steps=2",
+        "train.grad_accum=1",
+        "train.log_every=1",
+        "train.eval_before=false",
+        "--quiet",
+    ]
     one = lmtune("train", *common, f"run.output_dir={tmp_path / 'one'}", "train.batch_size=8")
     assert one.returncode == 0, one.stderr
-    two = lmtune("train", *common, f"run.output_dir={tmp_path / 'two'}", "train.batch_size=4", "--nproc", "2")
+    two = lmtune(
+        "train", *common, f"run.output_dir={tmp_path / 'two'}", "train.batch_size=4", "--nproc", "2"
+    )
     assert two.returncode == 0, two.stderr
-    ref = [json.loads((tmp_path / r / "reference_logps.json").read_text())["logps"] for r in ("one", "two")]
+    ref = [
+        json.loads((tmp_path / r / "reference_logps.json").read_text())["logps"]
+        for r in ("one", "two")
+    ]
     assert ref[0].keys() == ref[1].keys() and len(ref[0]) == 24
     assert max(abs(a - b) for k in ref[0] for a, b in zip(ref[0][k], ref[1][k], strict=True)) < 1e-4
 

@@ -17,8 +17,15 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def lmtune(*args: str, stdin: str = "") -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    return subprocess.run([sys.executable, "-m", "lmtune", *args], input=stdin,
-                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "lmtune", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=600,
+    )
 
 
 def _rows(path: Path) -> list[dict]:
@@ -27,16 +34,30 @@ def _rows(path: Path) -> list[dict]:
 
 def test_feedback_session_resume_and_training(tmp_path: Path) -> None:
     model = tiny_causal_dir(tmp_path)  # a plain transformers folder works as --model too
-    prompts = write_jsonl(tmp_path / "prompts.jsonl", [
-        {"prompt": "Describe the sea."},
-        {"prompt": [{"role": "user", "content": "Name a fruit."}]},
-        {"prompt": "Write a greeting."},
-        {"prompt": "What do owls eat?"},
-        {"prompt": "Suggest a hobby."},
-    ])
+    prompts = write_jsonl(
+        tmp_path / "prompts.jsonl",
+        [
+            {"prompt": "Describe the sea."},
+            {"prompt": [{"role": "user", "content": "Name a fruit."}]},
+            {"prompt": "Write a greeting."},
+            {"prompt": "What do owls eat?"},
+            {"prompt": "Suggest a hobby."},
+        ],
+    )
     out = tmp_path / "fb" / "prefs.jsonl"
-    args = ("feedback", "--model", str(model), "--prompts", str(prompts), "--out", str(out),
-            "--max-new-tokens", "6", "--seed", "3")
+    args = (
+        "feedback",
+        "--model",
+        str(model),
+        "--prompts",
+        str(prompts),
+        "--out",
+        str(out),
+        "--max-new-tokens",
+        "6",
+        "--seed",
+        "3",
+    )
 
     # Session 1: a (with a note), an invalid answer then b, a tie; end of input at prompt 4.
     r = lmtune(*args, stdin="a\nclearer\nx\nB\n\nt\n\n")
@@ -46,8 +67,15 @@ def test_feedback_session_resume_and_training(tmp_path: Path) -> None:
     assert [x["preference"] for x in rows] == ["a", "b", "tie"]
     assert rows[0]["note"] == "clearer" and rows[1]["note"] == ""
     assert rows[1]["prompt"] == [{"role": "user", "content": "Name a fruit."}]
-    assert set(rows[0]) == {"prompt", "response_a", "response_b", "preference", "note", "model",
-                            "time"}
+    assert set(rows[0]) == {
+        "prompt",
+        "response_a",
+        "response_b",
+        "preference",
+        "note",
+        "model",
+        "time",
+    }
     assert rows[0]["model"] == str(model) and rows[0]["response_a"] != rows[0]["response_b"]
     assert "This session: a 1, b 1, tie 1, skip 0" in r.stdout and str(out) in r.stdout
     assert "=== 4/5 (prompt 4) ===" in r.stdout  # shown, but not answered before the input ended
@@ -86,22 +114,47 @@ def test_feedback_session_resume_and_training(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     report = json.loads((tmp_path / "rm" / "data_report.json").read_text())
     assert report["drops"]["by_stage"] == {"ties": 2}
-    reasons = sorted(json.loads(x)["reason"].split(" (")[0]
-                     for x in (tmp_path / "rm" / "rejects.jsonl").read_text().splitlines())
+    reasons = sorted(
+        json.loads(x)["reason"].split(" (")[0]
+        for x in (tmp_path / "rm" / "rejects.jsonl").read_text().splitlines()
+    )
     assert reasons == ["preference is a tie", "preference is skip"]
     assert json.loads((tmp_path / "rm" / "summary.json").read_text())["data"]["train"] == 3
 
 
 def test_feedback_user_errors(tmp_path: Path) -> None:
     prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "hi"}, {"question": "no prompt"}])
-    r = lmtune("feedback", "--model", str(tmp_path), "--prompts", str(prompts), "--out",
-               str(tmp_path / "o.jsonl"))
+    r = lmtune(
+        "feedback",
+        "--model",
+        str(tmp_path),
+        "--prompts",
+        str(prompts),
+        "--out",
+        str(tmp_path / "o.jsonl"),
+    )
     assert r.returncode == 2 and "line 2" in r.stderr and "Traceback" not in r.stderr
     good = write_jsonl(tmp_path / "g.jsonl", [{"prompt": "hi"}])
-    r = lmtune("feedback", "--model", str(tmp_path), "--prompts", str(good), "--out",
-               str(tmp_path / "o.jsonl"), "--temperature", "0")
+    r = lmtune(
+        "feedback",
+        "--model",
+        str(tmp_path),
+        "--prompts",
+        str(good),
+        "--out",
+        str(tmp_path / "o.jsonl"),
+        "--temperature",
+        "0",
+    )
     assert r.returncode == 2 and "--temperature must be above 0" in r.stderr
     (tmp_path / "bad.jsonl").write_text("not json\n")
-    r = lmtune("feedback", "--model", str(tiny_causal_dir(tmp_path)), "--prompts", str(good),
-               "--out", str(tmp_path / "bad.jsonl"))
+    r = lmtune(
+        "feedback",
+        "--model",
+        str(tiny_causal_dir(tmp_path)),
+        "--prompts",
+        str(good),
+        "--out",
+        str(tmp_path / "bad.jsonl"),
+    )
     assert r.returncode == 2 and "bad.jsonl line 1 is not a feedback row" in r.stderr

@@ -29,16 +29,35 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path: Path) -> None:
     model_dir = tiny_bert_dir(tmp_path)
     data = write_jsonl(tmp_path / "d.jsonl", sentiment_rows(120))
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    common = [f"model.name_or_path={model_dir}", f"data.train={data}", "train.epochs=3",
-              "train.batch_size=4", "train.save_every=3", "train.eval_every=6", "train.lr=1e-3",
-              "train.early_stopping.patience=null", "train.keep_last=2"]
-    ref = subprocess.run(_cmd([*common, f"run.output_dir={tmp_path / 'ref'}"]), cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=600)
+    common = [
+        f"model.name_or_path={model_dir}",
+        f"data.train={data}",
+        "train.epochs=3",
+        "train.batch_size=4",
+        "train.save_every=3",
+        "train.eval_every=6",
+        "train.lr=1e-3",
+        "train.early_stopping.patience=null",
+        "train.keep_last=2",
+    ]
+    ref = subprocess.run(
+        _cmd([*common, f"run.output_dir={tmp_path / 'ref'}"]),
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert ref.returncode == 0, ref.stderr
 
     run = tmp_path / "killed"
-    proc = subprocess.Popen(_cmd([*common, f"run.output_dir={run}"]), cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _cmd([*common, f"run.output_dir={run}"]),
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 300
     ckpts = run / "checkpoints"
     while time.time() < deadline and proc.poll() is None:
@@ -50,8 +69,14 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path: Path) -> None:
     proc.wait()
     assert not (run / "model").exists()
 
-    resumed = subprocess.run(_cmd([*common, f"run.output_dir={run}", "--resume"]), cwd=ROOT, env=env,
-                             capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(
+        _cmd([*common, f"run.output_dir={run}", "--resume"]),
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed from" in resumed.stdout + resumed.stderr
     a, b = _weights(tmp_path / "ref"), _weights(run)

@@ -26,8 +26,14 @@ FILLER = "the quick brown fox jumps over the lazy dog . in the morning we walk t
 
 def lmtune(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    return subprocess.run([sys.executable, "-m", "lmtune", *args], capture_output=True, text=True,
-                          cwd=ROOT, env=env, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "lmtune", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=600,
+    )
 
 
 def squad_v2(path: Path, n_articles: int, seed: int) -> Path:
@@ -40,12 +46,24 @@ def squad_v2(path: Path, n_articles: int, seed: int) -> Path:
         for p in range(3):
             noun, adj = rng.choice(NOUNS), rng.choice(ADJS)
             context = f"the {noun} is {adj} . " + (FILLER + " ") * (p == 2) * 2 + FILLER
-            qas = [{"id": f"{seed}-{a}-{p}", "question": f"what is the {noun} ?", "is_impossible": False,
-                    "answers": [{"text": adj, "answer_start": len(f"the {noun} is ")}]}]
+            qas = [
+                {
+                    "id": f"{seed}-{a}-{p}",
+                    "question": f"what is the {noun} ?",
+                    "is_impossible": False,
+                    "answers": [{"text": adj, "answer_start": len(f"the {noun} is ")}],
+                }
+            ]
             other = next(x for x in NOUNS if x != noun)
             if p == 1:
-                qas.append({"id": f"{seed}-{a}-{p}-x", "question": f"what is the {other} ?",
-                            "is_impossible": True, "answers": []})
+                qas.append(
+                    {
+                        "id": f"{seed}-{a}-{p}-x",
+                        "question": f"what is the {other} ?",
+                        "is_impossible": True,
+                        "answers": [],
+                    }
+                )
             paras.append({"context": context, "qas": qas})
         data.append({"title": f"article {seed}-{a}", "paragraphs": paras})
     path.write_text(json.dumps({"version": "v2.0", "data": data}))
@@ -72,8 +90,10 @@ train: {{epochs: 3, batch_size: 8, lr: 0.01, precision: fp32, log_every: 2,
     assert r.returncode == 0, r.stderr
     summary = json.loads((run / "summary.json").read_text())
     assert summary["data"] == {"train": 36, "eval": 12}  # whole articles: 3 of 12 for eval
-    splits = {s: {json.loads(x)["title"] for x in (run / "data" / f"{s}.jsonl").read_text().splitlines()}
-              for s in ("train", "eval")}
+    splits = {
+        s: {json.loads(x)["title"] for x in (run / "data" / f"{s}.jsonl").read_text().splitlines()}
+        for s in ("train", "eval")
+    }
     assert not splits["train"] & splits["eval"]
     assert summary["best_eval"]["eval_windows"] > 12  # long contexts became several windows
     meta = json.loads((run / "model" / "lmtune_model.json").read_text())
@@ -87,19 +107,28 @@ train: {{epochs: 3, batch_size: 8, lr: 0.01, precision: fp32, log_every: 2,
         assert 0 <= ev[k] <= 100 if k != "eval_loss" else ev[k] > 0, k
     assert ev["exact"] == (ev["HasAns_exact"] * 9 + ev["NoAns_exact"] * 3) / 12
     preds = json.loads((tmp_path / "ev" / "predictions.json").read_text())
-    assert set(preds) == {q["id"] for a in json.loads(held_out.read_text())["data"]
-                          for p in a["paragraphs"] for q in p["qas"]}
+    assert set(preds) == {
+        q["id"]
+        for a in json.loads(held_out.read_text())["data"]
+        for p in a["paragraphs"]
+        for q in p["qas"]
+    }
     errors = [json.loads(x) for x in (tmp_path / "ev" / "errors.jsonl").read_text().splitlines()]
     assert [e["f1"] for e in errors] == sorted(e["f1"] for e in errors)
     assert all(preds[e["id"]] == e["predicted"] for e in errors)
 
     questions = tmp_path / "q.jsonl"
-    questions.write_text(json.dumps({"context": "the dog is lazy . " + FILLER, "question": "what is the dog ?"}) + "\n")
-    app(["predict", str(run), "--input", str(questions), "--out", str(tmp_path / "p.jsonl")],
-        standalone_mode=False)
+    questions.write_text(
+        json.dumps({"context": "the dog is lazy . " + FILLER, "question": "what is the dog ?"})
+        + "\n"
+    )
+    app(
+        ["predict", str(run), "--input", str(questions), "--out", str(tmp_path / "p.jsonl")],
+        standalone_mode=False,
+    )
     (pred,) = [json.loads(x) for x in (tmp_path / "p.jsonl").read_text().splitlines()]
     ctx = "the dog is lazy . " + FILLER
-    assert pred["answer"] == "" or ctx[pred["answer_start"]:].startswith(pred["answer"])
+    assert pred["answer"] == "" or ctx[pred["answer_start"] :].startswith(pred["answer"])
 
     app(["export", str(run), str(tmp_path / "merged")], standalone_mode=False)
     plain = AutoModelForQuestionAnswering.from_pretrained(str(tmp_path / "merged")).eval()

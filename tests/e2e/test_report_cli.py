@@ -17,8 +17,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def lmtune(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    return subprocess.run([sys.executable, "-m", "lmtune", *args], capture_output=True, text=True, cwd=ROOT,
-                          env=env, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "lmtune", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=600,
+    )
 
 
 def sections(page: str) -> list[str]:
@@ -26,32 +32,59 @@ def sections(page: str) -> list[str]:
 
 
 def pngs(page: str) -> list[bytes]:
-    return [base64.b64decode(b) for b in re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)]
+    return [
+        base64.b64decode(b)
+        for b in re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    ]
 
 
 def test_classification_run_writes_report_and_model_card(tmp_path: Path) -> None:
     model_dir = tiny_bert_dir(tmp_path)
     data = write_jsonl(tmp_path / "d.jsonl", sentiment_rows(96))
     run = tmp_path / "run"
-    r = lmtune("train", "configs/demo.yaml", f"data.train={data}", f"model.name_or_path={model_dir}",
-               f"run.output_dir={run}", "train.epochs=3", "train.lr=5e-3", "train.batch_size=8",
-               "model.max_length=32", "--quiet")
+    r = lmtune(
+        "train",
+        "configs/demo.yaml",
+        f"data.train={data}",
+        f"model.name_or_path={model_dir}",
+        f"run.output_dir={run}",
+        "train.epochs=3",
+        "train.lr=5e-3",
+        "train.batch_size=8",
+        "model.max_length=32",
+        "--quiet",
+    )
     assert r.returncode == 0, r.stderr
     assert "was not written" not in r.stderr
     ev = json.loads((run / "eval.json").read_text())
     preds = [json.loads(x) for x in (run / "predictions.jsonl").read_text().splitlines()]
     assert len(preds) == ev["eval_examples"] and 0.0 <= ev["ece"] <= 1.0
-    assert all(abs(sum(p["probs"].values()) - 1) < 1e-4 and p["prob"] == max(p["probs"].values()) for p in preds)
+    assert all(
+        abs(sum(p["probs"].values()) - 1) < 1e-4 and p["prob"] == max(p["probs"].values())
+        for p in preds
+    )
 
     page = (run / "report.html").read_text(encoding="utf-8")
-    for section in ("metrics", "curves", "per-class", "confusion", "calibration", "summary", "data", "config"):
+    for section in (
+        "metrics",
+        "curves",
+        "per-class",
+        "confusion",
+        "calibration",
+        "summary",
+        "data",
+        "config",
+    ):
         assert section in sections(page), section
     assert f"{ev['accuracy']:.4f}" in page and f"{ev['ece']:.4f}" in page
     assert len(pngs(page)) >= 5 and all(p[:4] == b"\x89PNG" for p in pngs(page))
     card = (run / "model" / "MODEL_CARD.md").read_text(encoding="utf-8")
     assert card == (run / "MODEL_CARD.md").read_text(encoding="utf-8")
     assert f"| base model | {model_dir} |" in card and "LoRA adapter" in card
-    assert f"| accuracy | {ev['accuracy']:.4f} |" in card and f"({int(ev['eval_examples'])} examples)" in card
+    assert (
+        f"| accuracy | {ev['accuracy']:.4f} |" in card
+        and f"({int(ev['eval_examples'])} examples)" in card
+    )
 
     # `lmtune report` rebuilds both from the folder's files (the typer app in-process: a
     # subprocess would spend seconds importing torch for a command that never uses it).
@@ -74,7 +107,11 @@ def test_classification_run_writes_report_and_model_card(tmp_path: Path) -> None
 
     ev2 = run_eval(run, data, tmp_path / "ev")
     page = (tmp_path / "ev" / "report.html").read_text(encoding="utf-8")
-    assert "evaluation · task" in page and f"{ev2['accuracy']:.4f}" in page and "confusion" in sections(page)
+    assert (
+        "evaluation · task" in page
+        and f"{ev2['accuracy']:.4f}" in page
+        and "confusion" in sections(page)
+    )
     export_merged(run / "model", tmp_path / "merged")
     assert (tmp_path / "merged" / "MODEL_CARD.md").read_text() == card
 
@@ -83,9 +120,19 @@ def test_sft_run_writes_report_and_model_card(tmp_path: Path) -> None:
     model_dir = tiny_causal_dir(tmp_path, "llama")
     data = write_jsonl(tmp_path / "inst.jsonl", instruction_rows(60))
     run = tmp_path / "run"
-    r = lmtune("train", "configs/sft_alpaca_lora.yaml", f"model.name_or_path={model_dir}", f"data.train={data}",
-               f"run.output_dir={run}", "model.max_length=96", "train.epochs=2", "train.lr=1e-2",
-               "data.template=alpaca", "train.eval_every=2", "--quiet")
+    r = lmtune(
+        "train",
+        "configs/sft_alpaca_lora.yaml",
+        f"model.name_or_path={model_dir}",
+        f"data.train={data}",
+        f"run.output_dir={run}",
+        "model.max_length=96",
+        "train.epochs=2",
+        "train.lr=1e-2",
+        "data.template=alpaca",
+        "train.eval_every=2",
+        "--quiet",
+    )
     assert r.returncode == 0, r.stderr
     summary = json.loads((run / "summary.json").read_text())
     page = (run / "report.html").read_text(encoding="utf-8")
@@ -95,4 +142,7 @@ def test_sft_run_writes_report_and_model_card(tmp_path: Path) -> None:
     assert len(pngs(page)) == 2  # loss/LR and eval metrics over steps
     card = (run / "model" / "MODEL_CARD.md").read_text(encoding="utf-8")
     assert "| task | sft |" in card and f"| perplexity | {best['perplexity']:.4f} |" in card
-    assert "lmtune generate MODEL_DIR" in card and "Loss of general ability (forgetting) was not measured" in card
+    assert (
+        "lmtune generate MODEL_DIR" in card
+        and "Loss of general ability (forgetting) was not measured" in card
+    )

@@ -24,30 +24,54 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def lmtune(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    return subprocess.run([sys.executable, "-m", "lmtune", *args], capture_output=True,
-                          text=True, cwd=ROOT, env=env, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "lmtune", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=600,
+    )
 
 
 def _pairs(n: int, seed: int) -> list[dict]:
     rng = random.Random(seed)
-    return [{"prompt": f"How was {noun}?", "chosen": f"{noun} was {rng.choice(POS)}",
-             "rejected": f"{noun} was {rng.choice(NEG)}"}
-            for noun in (rng.choice(NOUNS) for _ in range(n))]
+    return [
+        {
+            "prompt": f"How was {noun}?",
+            "chosen": f"{noun} was {rng.choice(POS)}",
+            "rejected": f"{noun} was {rng.choice(NEG)}",
+        }
+        for noun in (rng.choice(NOUNS) for _ in range(n))
+    ]
 
 
 def test_score_pairs_and_responses(tmp_path: Path) -> None:
     train = write_jsonl(tmp_path / "train.jsonl", _pairs(160, 0))
     run = tmp_path / "rm"
     model = tiny_bert_dir(tmp_path)
-    r = lmtune("train", "configs/reward_minilm.yaml", f"model.name_or_path={model}",
-               f"data.train={train}", "data.format=preference", f"run.output_dir={run}",
-               "model.max_length=64", "train.epochs=2", "train.lr=5e-3", "train.head_lr=null",
-               "train.batch_size=8", "train.eval_every=0", "--quiet")
+    r = lmtune(
+        "train",
+        "configs/reward_minilm.yaml",
+        f"model.name_or_path={model}",
+        f"data.train={train}",
+        "data.format=preference",
+        f"run.output_dir={run}",
+        "model.max_length=64",
+        "train.epochs=2",
+        "train.lr=5e-3",
+        "train.head_lr=null",
+        "train.batch_size=8",
+        "train.eval_every=0",
+        "--quiet",
+    )
     assert r.returncode == 0, r.stderr
 
     held_out = _pairs(30, 1)
-    rows = held_out + [{"prompt": p["prompt"], "response": p["chosen"], "id": i}
-                       for i, p in enumerate(held_out[:5])]
+    rows = held_out + [
+        {"prompt": p["prompt"], "response": p["chosen"], "id": i}
+        for i, p in enumerate(held_out[:5])
+    ]
     inp = write_jsonl(tmp_path / "in.jsonl", rows)
     out = tmp_path / "scores.jsonl"
     r = lmtune("score", str(run), "--input", str(inp), "--out", str(out))
@@ -65,7 +89,9 @@ def test_score_pairs_and_responses(tmp_path: Path) -> None:
     assert "pairwise_accuracy" in r.stdout and "written to" in r.stdout
     # A response scores the same alone as inside a pair; other columns pass through.
     # (Equal up to the batch's padding: the fused attention kernel rounds per batch shape.)
-    assert [s["score"] for s in singles] == pytest.approx([p["score_chosen"] for p in pairs[:5]], abs=1e-5)
+    assert [s["score"] for s in singles] == pytest.approx(
+        [p["score_chosen"] for p in pairs[:5]], abs=1e-5
+    )
     assert [s["id"] for s in singles] == [0, 1, 2, 3, 4]
 
     r = lmtune("score", str(run), "--input", str(write_jsonl(tmp_path / "one.jsonl", rows[30:31])))
@@ -85,8 +111,13 @@ def test_single_response_encoding_matches_training(kind: str) -> None:
     tok = make_bert_tokenizer() if kind == "bert" else make_tokenizer(pad=True)
     cfg = Config.model_validate({"task": "reward", "model": {"max_length": 64}})
     task = RewardTask(tok, cfg)
-    for row in _pairs(10, 2) + [{"prompt": [{"role": "user", "content": "Hello there"}],
-                                 "chosen": "fine thanks", "rejected": "go away"}]:
+    for row in _pairs(10, 2) + [
+        {
+            "prompt": [{"role": "user", "content": "Hello there"}],
+            "chosen": "fine thanks",
+            "rejected": "go away",
+        }
+    ]:
         feat = task.encode(row)
         for side in ("chosen", "rejected"):
             one = encode_response(task, row["prompt"], row[side])

@@ -36,8 +36,10 @@ from tiny import make_bert_tokenizer, make_causal, make_encoder_classifier, make
 ROOT = Path(__file__).resolve().parents[2]
 KEY = "test-key-123"
 AUTH = {"Authorization": f"Bearer {KEY}"}
-TEMPLATE = ("{{ bos_token }}{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
-            "{% if add_generation_prompt %}[assistant] {% endif %}")
+TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}[assistant] {% endif %}"
+)
 PROMPT = "The weather today is"
 
 
@@ -51,16 +53,27 @@ class Reply:
         return json.loads(self.text)
 
 
-def call(url: str, method: str = "GET", path: str = "/", body: Any = None, raw: bytes | None = None,
-         headers: dict[str, str] | None = None, timeout: float = 60) -> Reply:
+def call(
+    url: str,
+    method: str = "GET",
+    path: str = "/",
+    body: Any = None,
+    raw: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 60,
+) -> Reply:
     """One HTTP request with http.client (no client library between the test and the server)."""
     host, port = url.removeprefix("http://").rsplit(":", 1)
     conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
     try:
-        conn.request(method, path, body=data, headers={"Content-Type": "application/json", **(headers or {})})
+        conn.request(
+            method, path, body=data, headers={"Content-Type": "application/json", **(headers or {})}
+        )
         resp = conn.getresponse()
-        return Reply(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read().decode())
+        return Reply(
+            resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read().decode()
+        )
     finally:
         conn.close()
 
@@ -75,13 +88,16 @@ def events(reply: Reply) -> list[dict[str, Any]]:
     blocks = [b for b in reply.text.split("\n\n") if b]
     assert all(b.startswith("data: ") for b in blocks), reply.text
     assert blocks[-1] == "data: [DONE]"
-    return [json.loads(b[len("data: "):]) for b in blocks[:-1]]
+    return [json.loads(b[len("data: ") :]) for b in blocks[:-1]]
 
 
 def assert_error(reply: Reply, status: int, fragment: str = "") -> dict[str, Any]:
     """A JSON error in OpenAI's shape with the given status (and message fragment)."""
     assert reply.status == status, reply.text
-    assert reply.headers["content-type"].startswith("application/json") and "Traceback" not in reply.text
+    assert (
+        reply.headers["content-type"].startswith("application/json")
+        and "Traceback" not in reply.text
+    )
     err = reply.json()["error"]
     assert isinstance(err["message"], str) and fragment in err["message"], err
     return err
@@ -91,13 +107,21 @@ def assert_error(reply: Reply, status: int, fragment: str = "") -> dict[str, Any
 def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("serve")
     tok = copy.deepcopy(make_tokenizer(chat_template=TEMPLATE))
-    save_model(make_causal("llama", tok), tok, root / "chatbot",
-               extra={"task": "sft", "format": "chat", "template": "auto", "max_length": 128})
+    save_model(
+        make_causal("llama", tok),
+        tok,
+        root / "chatbot",
+        extra={"task": "sft", "format": "chat", "template": "auto", "max_length": 128},
+    )
     btok = make_bert_tokenizer()
     clf = make_encoder_classifier("bert", 2, btok, seed=3)
     clf.config.id2label, clf.config.label2id = {0: "neg", 1: "pos"}, {"neg": 0, "pos": 1}
-    save_model(clf, btok, root / "sentiment", extra={"task": "classification", "format": "classification",
-                                                     "max_length": 64})
+    save_model(
+        clf,
+        btok,
+        root / "sentiment",
+        extra={"task": "classification", "format": "classification", "max_length": 64},
+    )
     return {"root": root, "causal": root / "chatbot", "clf": root / "sentiment"}
 
 
@@ -109,15 +133,22 @@ class Served:
     ref: Any  # (model, tokenizer, meta): an independent copy of the same model folder
 
     def log_lines(self) -> list[dict[str, Any]]:
-        return [json.loads(x) for x in self.log.read_text().splitlines()] if self.log.exists() else []
+        return (
+            [json.loads(x) for x in self.log.read_text().splitlines()] if self.log.exists() else []
+        )
 
 
 @pytest.fixture(scope="module")
 def lm(folders: dict[str, Path]) -> Iterator[Served]:
     engine = load_engine(folders["causal"])
     log = folders["root"] / "lm_predictions.jsonl"
-    settings = {"api_key": KEY, "max_request_bytes": 4096, "max_tokens_cap": 64, "max_batch": 4,
-                "log_predictions": log}
+    settings = {
+        "api_key": KEY,
+        "max_request_bytes": 4096,
+        "max_tokens_cap": 64,
+        "max_batch": 4,
+        "log_predictions": log,
+    }
     with serve_in_thread(engine, ServeSettings(port=0, **settings)) as url:
         yield Served(url, engine, log, load_trained(folders["causal"]))
 
@@ -133,18 +164,38 @@ def classifier(folders: dict[str, Path]) -> Iterator[Served]:
 def greedy(ref: Any, ids: list[int], n: int) -> list[int]:
     """transformers' own greedy decoding of the reference copy (stops at EOS)."""
     model, tok, _ = ref
-    out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                         max_new_tokens=n, do_sample=False, eos_token_id=tok.eos_token_id, pad_token_id=0)
-    return out[0, len(ids):].tolist()
+    out = model.generate(
+        torch.tensor([ids]),
+        attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+        max_new_tokens=n,
+        do_sample=False,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=0,
+    )
+    return out[0, len(ids) :].tolist()
 
 
 def test_completion_is_greedy_generate_with_consistent_usage(lm: Served) -> None:
     tok = lm.ref[1]
-    r = post(lm.url, "/v1/completions", {"model": "x", "prompt": PROMPT, "max_tokens": 6, "temperature": 0,
-                                         "user": "ignored-field"}, headers=AUTH)
+    r = post(
+        lm.url,
+        "/v1/completions",
+        {
+            "model": "x",
+            "prompt": PROMPT,
+            "max_tokens": 6,
+            "temperature": 0,
+            "user": "ignored-field",
+        },
+        headers=AUTH,
+    )
     assert r.status == 200, r.text
     body = r.json()
-    assert body["object"] == "text_completion" and body["id"].startswith("cmpl-") and body["model"] == "chatbot"
+    assert (
+        body["object"] == "text_completion"
+        and body["id"].startswith("cmpl-")
+        and body["model"] == "chatbot"
+    )
     assert isinstance(body["created"], int)
     ids = tok(PROMPT)["input_ids"]
     expected = greedy(lm.ref, ids, 6)
@@ -152,17 +203,32 @@ def test_completion_is_greedy_generate_with_consistent_usage(lm: Served) -> None
     choice = body["choices"][0]
     assert choice["index"] == 0 and choice["finish_reason"] == "length"
     assert choice["text"] == tok.decode(expected, skip_special_tokens=True)
-    assert body["usage"] == {"prompt_tokens": len(ids), "completion_tokens": 6, "total_tokens": len(ids) + 6}
+    assert body["usage"] == {
+        "prompt_tokens": len(ids),
+        "completion_tokens": 6,
+        "total_tokens": len(ids) + 6,
+    }
     # A list of prompts: one choice each, usage summed.
-    r = post(lm.url, "/v1/completions", {"prompt": [PROMPT, "Hello"], "max_tokens": 3, "temperature": 0},
-             headers=AUTH)
+    r = post(
+        lm.url,
+        "/v1/completions",
+        {"prompt": [PROMPT, "Hello"], "max_tokens": 3, "temperature": 0},
+        headers=AUTH,
+    )
     two = r.json()
     assert [c["index"] for c in two["choices"]] == [0, 1]
     assert two["choices"][0]["text"] == tok.decode(expected[:3])
     assert two["usage"]["prompt_tokens"] == len(ids) + len(tok("Hello")["input_ids"])
     # Seeded sampling repeats; the default max_tokens is OpenAI's 16.
-    sampled = [post(lm.url, "/v1/completions", {"prompt": PROMPT, "temperature": 1.0, "top_p": 0.9, "seed": 5},
-                    headers=AUTH).json() for _ in range(2)]
+    sampled = [
+        post(
+            lm.url,
+            "/v1/completions",
+            {"prompt": PROMPT, "temperature": 1.0, "top_p": 0.9, "seed": 5},
+            headers=AUTH,
+        ).json()
+        for _ in range(2)
+    ]
     assert sampled[0]["choices"][0]["text"] == sampled[1]["choices"][0]["text"]
     assert sampled[0]["usage"]["completion_tokens"] <= 16
 
@@ -171,18 +237,33 @@ def test_streaming_matches_non_streaming_and_stop_strings_cut(lm: Served) -> Non
     req = {"prompt": PROMPT, "max_tokens": 12, "temperature": 0}
     whole = post(lm.url, "/v1/completions", req, headers=AUTH).json()
     text = whole["choices"][0]["text"]
-    chunks = events(post(lm.url, "/v1/completions", {**req, "stream": True,
-                                                      "stream_options": {"include_usage": True}}, headers=AUTH))
-    assert len({c["id"] for c in chunks}) == 1 and all(c["object"] == "text_completion" for c in chunks)
+    chunks = events(
+        post(
+            lm.url,
+            "/v1/completions",
+            {**req, "stream": True, "stream_options": {"include_usage": True}},
+            headers=AUTH,
+        )
+    )
+    assert len({c["id"] for c in chunks}) == 1 and all(
+        c["object"] == "text_completion" for c in chunks
+    )
     pieces = [c for c in chunks if c["choices"]]
     assert len(pieces) > 2 and "".join(c["choices"][0]["text"] for c in pieces) == text
-    assert [c["choices"][0]["finish_reason"] for c in pieces][-1] == whole["choices"][0]["finish_reason"]
+    assert [c["choices"][0]["finish_reason"] for c in pieces][-1] == whole["choices"][0][
+        "finish_reason"
+    ]
     assert all(c["choices"][0]["finish_reason"] is None for c in pieces[:-1])
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == whole["usage"]
     # A stop string: the text ends just before its first occurrence, finish_reason "stop".
-    stop = next(text[i:i + 2] for i in range(1, len(text) - 1) if text[i:i + 2].isalnum())
+    stop = next(text[i : i + 2] for i in range(1, len(text) - 1) if text[i : i + 2].isalnum())
     for stream in (False, True):
-        r = post(lm.url, "/v1/completions", {**req, "stop": ["@@nope", stop], "stream": stream}, headers=AUTH)
+        r = post(
+            lm.url,
+            "/v1/completions",
+            {**req, "stop": ["@@nope", stop], "stream": stream},
+            headers=AUTH,
+        )
         if stream:
             got = [c["choices"][0] for c in events(r)]
             cut, finish = "".join(c["text"] for c in got), got[-1]["finish_reason"]
@@ -193,22 +274,49 @@ def test_streaming_matches_non_streaming_and_stop_strings_cut(lm: Served) -> Non
 
 def test_chat_uses_the_model_chat_template(lm: Served) -> None:
     _, tok, _ = lm.ref
-    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello! How are you?"}]
-    r = post(lm.url, "/v1/chat/completions", {"messages": messages, "max_tokens": 5, "temperature": 0},
-             headers=AUTH)
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hello! How are you?"},
+    ]
+    r = post(
+        lm.url,
+        "/v1/chat/completions",
+        {"messages": messages, "max_tokens": 5, "temperature": 0},
+        headers=AUTH,
+    )
     body = r.json()
-    assert r.status == 200 and body["object"] == "chat.completion" and body["id"].startswith("chatcmpl-")
+    assert (
+        r.status == 200
+        and body["object"] == "chat.completion"
+        and body["id"].startswith("chatcmpl-")
+    )
     rendered = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     ids = tok(rendered, add_special_tokens=False)["input_ids"]
     expected = greedy(lm.ref, ids, 5)
     msg = body["choices"][0]["message"]
     assert msg == {"role": "assistant", "content": tok.decode(expected, skip_special_tokens=True)}
-    assert body["usage"]["prompt_tokens"] == len(ids) and body["usage"]["completion_tokens"] == len(expected)
+    assert body["usage"]["prompt_tokens"] == len(ids) and body["usage"]["completion_tokens"] == len(
+        expected
+    )
     # Content as a list of text parts, streamed: the same answer, role first.
-    parts = [messages[0], {"role": "user", "content": [{"type": "text", "text": "Hello! "},
-                                                        {"type": "text", "text": "How are you?"}]}]
-    chunks = events(post(lm.url, "/v1/chat/completions", {"messages": parts, "max_tokens": 5, "temperature": 0,
-                                                           "stream": True}, headers=AUTH))
+    parts = [
+        messages[0],
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "Hello! "},
+                {"type": "text", "text": "How are you?"},
+            ],
+        },
+    ]
+    chunks = events(
+        post(
+            lm.url,
+            "/v1/chat/completions",
+            {"messages": parts, "max_tokens": 5, "temperature": 0, "stream": True},
+            headers=AUTH,
+        )
+    )
     assert all(c["object"] == "chat.completion.chunk" for c in chunks)
     assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
     assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == msg["content"]
@@ -218,11 +326,17 @@ def test_chat_uses_the_model_chat_template(lm: Served) -> None:
 def test_api_key_guards_everything_but_health(lm: Served) -> None:
     req = {"prompt": "Hi", "max_tokens": 1}
     assert assert_error(post(lm.url, "/v1/completions", req), 401)["type"] == "authentication_error"
-    assert_error(post(lm.url, "/v1/completions", req, headers={"Authorization": "Bearer wrong"}), 401)
+    assert_error(
+        post(lm.url, "/v1/completions", req, headers={"Authorization": "Bearer wrong"}), 401
+    )
     assert_error(call(lm.url, path="/metrics"), 401)
     assert post(lm.url, "/v1/completions", req, headers=AUTH).status == 200
     health = call(lm.url, path="/health")
-    assert health.status == 200 and health.json()["status"] == "ok" and health.json()["kind"] == "causal"
+    assert (
+        health.status == 200
+        and health.json()["status"] == "ok"
+        and health.json()["kind"] == "causal"
+    )
     models = call(lm.url, path="/v1/models", headers=AUTH).json()
     assert [m["id"] for m in models["data"]] == ["chatbot"]
 
@@ -234,33 +348,80 @@ def test_limits_and_malformed_requests_get_json_errors(lm: Served) -> None:
     # The same without Content-Length (chunked upload): counted while read.
     host, port = u.removeprefix("http://").rsplit(":", 1)
     conn = http.client.HTTPConnection(host, int(port), timeout=30)
-    conn.request("POST", "/v1/completions", body=iter([b'{"prompt": "', b"y" * 3000, b"z" * 3000, b'"}']),
-                 headers={**AUTH, "Content-Type": "application/json"}, encode_chunked=True)
+    conn.request(
+        "POST",
+        "/v1/completions",
+        body=iter([b'{"prompt": "', b"y" * 3000, b"z" * 3000, b'"}']),
+        headers={**AUTH, "Content-Type": "application/json"},
+        encode_chunked=True,
+    )
     resp = conn.getresponse()
     assert resp.status == 413 and "error" in json.loads(resp.read())
     conn.close()
-    assert_error(post(u, "/v1/completions", None, raw=b'{"prompt": "a",', headers=AUTH), 400, "not valid JSON")
+    assert_error(
+        post(u, "/v1/completions", None, raw=b'{"prompt": "a",', headers=AUTH),
+        400,
+        "not valid JSON",
+    )
     assert_error(post(u, "/v1/completions", None, raw=b"", headers=AUTH), 400, "empty")
-    assert_error(post(u, "/v1/completions", {"prompt": "a"}, headers={**AUTH, "Content-Type": "text/plain"}), 415)
-    for bad, param in (({"prompt": "a", "max_tokens": "ten"}, "max_tokens"), ({"prompt": 5}, "prompt"),
-                       ({"prompt": "a", "temperature": 5}, "temperature"), ({"prompt": "a", "n": 2}, "n"),
-                       ({"prompt": "a", "stop": ["a", "b", "c", "d", "e"]}, "stop"), ({"max_tokens": 2}, "prompt"),
-                       ({"prompt": "a", "max_tokens": 0}, "max_tokens"), ({"prompt": ""}, "prompt"), ([1, 2], None)):
+    assert_error(
+        post(u, "/v1/completions", {"prompt": "a"}, headers={**AUTH, "Content-Type": "text/plain"}),
+        415,
+    )
+    for bad, param in (
+        ({"prompt": "a", "max_tokens": "ten"}, "max_tokens"),
+        ({"prompt": 5}, "prompt"),
+        ({"prompt": "a", "temperature": 5}, "temperature"),
+        ({"prompt": "a", "n": 2}, "n"),
+        ({"prompt": "a", "stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ({"max_tokens": 2}, "prompt"),
+        ({"prompt": "a", "max_tokens": 0}, "max_tokens"),
+        ({"prompt": ""}, "prompt"),
+        ([1, 2], None),
+    ):
         assert assert_error(post(u, "/v1/completions", bad, headers=AUTH), 422)["param"] == param
     assert_error(post(u, "/v1/chat/completions", {"messages": []}, headers=AUTH), 422)
-    assert_error(post(u, "/v1/chat/completions", {"messages": [{"role": "robot", "content": "x"}]},
-                      headers=AUTH), 422)
-    assert_error(post(u, "/v1/chat/completions", {"messages": [{"role": "assistant", "content": "x"}]},
-                      headers=AUTH), 400, "user message")
-    assert_error(post(u, "/v1/completions", {"prompt": "a", "max_tokens": 65}, headers=AUTH), 400, "limit of 64")
+    assert_error(
+        post(
+            u,
+            "/v1/chat/completions",
+            {"messages": [{"role": "robot", "content": "x"}]},
+            headers=AUTH,
+        ),
+        422,
+    )
+    assert_error(
+        post(
+            u,
+            "/v1/chat/completions",
+            {"messages": [{"role": "assistant", "content": "x"}]},
+            headers=AUTH,
+        ),
+        400,
+        "user message",
+    )
+    assert_error(
+        post(u, "/v1/completions", {"prompt": "a", "max_tokens": 65}, headers=AUTH),
+        400,
+        "limit of 64",
+    )
     long_prompt = "The quick brown fox jumps over the lazy dog. " * 40  # > 256 tokens, < 4096 bytes
-    err = assert_error(post(u, "/v1/completions", {"prompt": long_prompt}, headers=AUTH), 400, "at most 256")
+    err = assert_error(
+        post(u, "/v1/completions", {"prompt": long_prompt}, headers=AUTH), 400, "at most 256"
+    )
     assert err["code"] == "context_length_exceeded"
     mid_prompt = "The quick brown fox jumps over the lazy dog. " * 11
     assert 256 - 64 < len(lm.ref[1](mid_prompt)["input_ids"]) < 256  # fits, but not with 64 more
-    assert_error(post(u, "/v1/completions", {"prompt": mid_prompt, "max_tokens": 64}, headers=AUTH), 400,
-                 "context")
-    assert_error(post(u, "/v1/completions", {"prompt": ["a"] * 5, "max_tokens": 1}, headers=AUTH), 400, "limit of 4")
+    assert_error(
+        post(u, "/v1/completions", {"prompt": mid_prompt, "max_tokens": 64}, headers=AUTH),
+        400,
+        "context",
+    )
+    assert_error(
+        post(u, "/v1/completions", {"prompt": ["a"] * 5, "max_tokens": 1}, headers=AUTH),
+        400,
+        "limit of 4",
+    )
     err = assert_error(post(u, "/v1/classify", {"input": "a"}, headers=AUTH), 400, "causal")
     assert err["code"] == "wrong_model_kind"
     assert_error(call(u, path="/v1/nothing-here", headers=AUTH), 404, "/v1/completions")
@@ -278,8 +439,16 @@ def test_health_answers_while_a_generation_runs(lm: Served) -> None:
 
     handle = lm.engine.model.register_forward_pre_hook(hold)
     result: dict[str, Reply] = {}
-    worker = threading.Thread(target=lambda: result.update(r=post(
-        lm.url, "/v1/completions", {"prompt": PROMPT, "max_tokens": 4, "temperature": 0}, headers=AUTH)))
+    worker = threading.Thread(
+        target=lambda: result.update(
+            r=post(
+                lm.url,
+                "/v1/completions",
+                {"prompt": PROMPT, "max_tokens": 4, "temperature": 0},
+                headers=AUTH,
+            )
+        )
+    )
     try:
         worker.start()
         assert entered.wait(30), "generation did not start"
@@ -302,9 +471,18 @@ def test_concurrent_requests_all_succeed_and_are_counted(lm: Served) -> None:
     alone = post(lm.url, "/v1/completions", greedy_req, headers=AUTH).json()["choices"][0]["text"]
     jobs = [("/v1/completions", greedy_req)] * 4 + [
         ("/v1/completions", {**greedy_req, "stream": True}),
-        ("/v1/completions", {"prompt": "Tell me a joke.", "max_tokens": 8, "temperature": 0.8, "seed": 1}),
-        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 8}),
-        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Why?"}], "max_tokens": 8, "stream": True}),
+        (
+            "/v1/completions",
+            {"prompt": "Tell me a joke.", "max_tokens": 8, "temperature": 0.8, "seed": 1},
+        ),
+        (
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 8},
+        ),
+        (
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": "Why?"}], "max_tokens": 8, "stream": True},
+        ),
     ]
     replies: list[Reply | None] = [None] * len(jobs)
 
@@ -325,7 +503,9 @@ def test_concurrent_requests_all_succeed_and_are_counted(lm: Served) -> None:
     def count(snap: dict, endpoint: str) -> int:
         return snap["endpoints"].get(endpoint, {}).get("by_status", {}).get("200", 0)
 
-    assert count(after, "/v1/completions") - count(before, "/v1/completions") == 7  # 6 + the lone one
+    assert (
+        count(after, "/v1/completions") - count(before, "/v1/completions") == 7
+    )  # 6 + the lone one
     assert count(after, "/v1/chat/completions") - count(before, "/v1/chat/completions") == 2
     assert after["predictions_total"] - before["predictions_total"] == 9
     comp = after["endpoints"]["/v1/completions"]
@@ -333,19 +513,32 @@ def test_concurrent_requests_all_succeed_and_are_counted(lm: Served) -> None:
     assert after["completion_tokens_total"] > before["completion_tokens_total"]
     prom = call(lm.url, path="/metrics?format=prometheus", headers=AUTH)
     assert prom.headers["content-type"].startswith("text/plain")
-    line = next(x for x in prom.text.splitlines()
-                if x.startswith('lmtune_requests_total{endpoint="/v1/completions",status="200"}'))
+    line = next(
+        x
+        for x in prom.text.splitlines()
+        if x.startswith('lmtune_requests_total{endpoint="/v1/completions",status="200"}')
+    )
     assert int(line.split()[-1]) == count(after, "/v1/completions")
     assert len(lm.log_lines()) - lines_before == 9  # one line per prediction
 
 
 def test_prediction_log_has_one_line_per_prediction(lm: Served) -> None:
     n0 = len(lm.log_lines())
-    a = post(lm.url, "/v1/completions", {"prompt": [PROMPT, "Hi"], "max_tokens": 3, "temperature": 0},
-             headers=AUTH).json()
-    b = post(lm.url, "/v1/chat/completions", {"messages": [{"role": "user", "content": "Hey"}], "max_tokens": 3},
-             headers=AUTH).json()
-    post(lm.url, "/v1/completions", {"prompt": "x", "max_tokens": 999}, headers=AUTH)  # refused: not logged
+    a = post(
+        lm.url,
+        "/v1/completions",
+        {"prompt": [PROMPT, "Hi"], "max_tokens": 3, "temperature": 0},
+        headers=AUTH,
+    ).json()
+    b = post(
+        lm.url,
+        "/v1/chat/completions",
+        {"messages": [{"role": "user", "content": "Hey"}], "max_tokens": 3},
+        headers=AUTH,
+    ).json()
+    post(
+        lm.url, "/v1/completions", {"prompt": "x", "max_tokens": 999}, headers=AUTH
+    )  # refused: not logged
     lines = lm.log_lines()[n0:]
     assert [x["endpoint"] for x in lines] == ["/v1/completions"] * 2 + ["/v1/chat/completions"]
     assert [x["input"] for x in lines[:2]] == [PROMPT, "Hi"]
@@ -373,7 +566,9 @@ def test_classify_labels_scores_and_log(classifier: Served) -> None:
         assert abs(sum(row["scores"].values()) - 1) < 1e-5
         assert row["label"] == max(row["scores"], key=row["scores"].get)
         assert row["confidence"] == row["scores"][row["label"]]
-        assert [row["scores"]["neg"], row["scores"]["pos"]] == pytest.approx(probs[i].tolist(), abs=1e-5)
+        assert [row["scores"]["neg"], row["scores"]["pos"]] == pytest.approx(
+            probs[i].tolist(), abs=1e-5
+        )
     single = post(classifier.url, "/v1/classify", {"input": texts[0]}).json()["data"]
     assert len(single) == 1 and single[0]["label"] == body["data"][0]["label"]
     assert_error(post(classifier.url, "/v1/classify", {"input": ["a"] * 5}), 400, "limit of 4")
@@ -384,7 +579,9 @@ def test_classify_labels_scores_and_log(classifier: Served) -> None:
     assert len(lines) == 4 and [x["input"] for x in lines[:3]] == texts
     assert [x["label"] for x in lines[:3]] == [d["label"] for d in body["data"]]
     assert lines[0]["scores"] == body["data"][0]["scores"]
-    logged, preds, _ = read_prediction_log(classifier.log, ["neg", "pos"])  # what `lmtune monitor` reads
+    logged, preds, _ = read_prediction_log(
+        classifier.log, ["neg", "pos"]
+    )  # what `lmtune monitor` reads
     assert logged == [*texts, texts[0]] and preds == [x["label"] for x in lines]
 
 
@@ -397,11 +594,16 @@ def test_a_client_that_goes_away_cancels_its_stream(lm: Served) -> None:
 
     handle = lm.engine.model.register_forward_pre_hook(slow)
     host, port = lm.url.removeprefix("http://").rsplit(":", 1)
-    body = json.dumps({"prompt": PROMPT, "max_tokens": 64, "temperature": 0, "stream": True}).encode()
+    body = json.dumps(
+        {"prompt": PROMPT, "max_tokens": 64, "temperature": 0, "stream": True}
+    ).encode()
     try:
         with socket.create_connection((host, int(port)), timeout=30) as sock:
-            sock.sendall(f"POST /v1/completions HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {KEY}\r\n"
-                         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+            sock.sendall(
+                f"POST /v1/completions HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {KEY}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
             seen = b""
             while b"data: " not in seen:
                 seen += sock.recv(4096)
@@ -423,9 +625,24 @@ def test_cli_serve_registry_and_stop_cleanly(folders: dict[str, Path], tmp_path:
     (reg / "current").symlink_to("v2")
     log = tmp_path / "served.jsonl"
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "LMTUNE_API_KEY": KEY}
-    proc = subprocess.Popen([sys.executable, "-m", "lmtune", "serve", str(reg), "--port", "0",
-                             "--log-predictions", str(log)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env, cwd=tmp_path)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "lmtune",
+            "serve",
+            str(reg),
+            "--port",
+            "0",
+            "--log-predictions",
+            str(log),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
     out: queue.Queue = queue.Queue()
     reader = threading.Thread(target=_lines, args=(proc.stdout, out), daemon=True)
     reader.start()

@@ -21,10 +21,19 @@ def test_shipped_config_trains(path: Path, tmp_path: Path, monkeypatch: pytest.M
     cfg = load_config(path)
     if str(cfg.data.train).startswith("../shared") and not (ROOT / cfg.data.train).exists():
         pytest.skip("../shared/data is absent (real datasets live beside the repo)")
-    overrides = [f"run.output_dir={tmp_path / 'run'}", "train.max_steps=2", "train.eval_before=false",
-                 "data.limit=48", "train.batch_size=4", "train.eval_batch_size=8"]
+    overrides = [
+        f"run.output_dir={tmp_path / 'run'}",
+        "train.max_steps=2",
+        "train.eval_before=false",
+        "data.limit=48",
+        "train.batch_size=4",
+        "train.eval_batch_size=8",
+    ]
     if not cfg.model.name_or_path.startswith("builtin:"):
-        overrides += [f"model.name_or_path={tiny_causal_dir(tmp_path, 'llama')}", "model.max_length=200"]
+        overrides += [
+            f"model.name_or_path={tiny_causal_dir(tmp_path, 'llama')}",
+            "model.max_length=200",
+        ]
     if cfg.task in ("dpo", "orpo"):
         # HH-RLHF dialogues outgrow the tiny model's 256 positions: keep the prompts' ends.
         overrides += ["preference.max_prompt_length=96"]

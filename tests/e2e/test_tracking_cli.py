@@ -35,10 +35,14 @@ def _write_config(tmp_path: Path, tracking: dict[str, Any], **train: Any) -> tup
     """A tiny classification run (train/eval/test splits) as a YAML file; returns (yaml, run dir)."""
     model_dir = tiny_bert_dir(tmp_path)
     data = write_jsonl(tmp_path / "reviews.jsonl", sentiment_rows(60))
-    cfg = config(tmp_path, run={"name": "tiny-tracked"}, tracking=tracking,
-                 model={"name_or_path": str(model_dir), "max_length": 32},
-                 data={"train": str(data), "split": {"eval": 0.2, "test": 0.2}},
-                 train={"epochs": 2, "eval_every": 2, "log_every": 1, **train})
+    cfg = config(
+        tmp_path,
+        run={"name": "tiny-tracked"},
+        tracking=tracking,
+        model={"name_or_path": str(model_dir), "max_length": 32},
+        data={"train": str(data), "split": {"eval": 0.2, "test": 0.2}},
+        train={"epochs": 2, "eval_every": 2, "log_every": 1, **train},
+    )
     path = tmp_path / "run.yaml"
     path.write_text(dump_config(cfg))
     return path, tmp_path / "run"
@@ -65,7 +69,9 @@ def _mlflow_run(run_dir: Path) -> tuple[Any, Any]:
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=default_mlflow_uri(run_dir))
-    exp = client.get_experiment_by_name("tiny-tracked")  # tracking.mlflow_experiment defaults to run.name
+    exp = client.get_experiment_by_name(
+        "tiny-tracked"
+    )  # tracking.mlflow_experiment defaults to run.name
     runs = client.search_runs([exp.experiment_id])
     assert len(runs) == 1
     return client, runs[0]
@@ -87,9 +93,14 @@ def test_train_with_tensorboard_and_mlflow(tmp_path: Path, empty_store: Path) ->
 
     # TensorBoard: every train/eval number of metrics.jsonl at its step (float32).
     scalars = _tb_scalars(run_dir / "tensorboard")
-    want = {"train/loss": _series(train, "loss"), "train/lr": _series(train, "lr"),
-            "train/tokens": _series(train, "tokens"), "eval/loss": _series(evals, "eval_loss"),
-            "eval/accuracy": _series(evals, "accuracy"), "eval/macro_f1": _series(evals, "macro_f1")}
+    want = {
+        "train/loss": _series(train, "loss"),
+        "train/lr": _series(train, "lr"),
+        "train/tokens": _series(train, "tokens"),
+        "eval/loss": _series(evals, "eval_loss"),
+        "eval/accuracy": _series(evals, "accuracy"),
+        "eval/macro_f1": _series(evals, "macro_f1"),
+    }
     for tag, points in want.items():
         assert [s for s, _ in scalars[tag]] == [s for s, _ in points], tag
         assert [v for _, v in scalars[tag]] == pytest.approx([v for _, v in points], rel=1e-6), tag
@@ -102,18 +113,24 @@ def test_train_with_tensorboard_and_mlflow(tmp_path: Path, empty_store: Path) ->
     assert params["train.lr"] == "0.005" and params["train.batch_size"] == "8"
     assert params["model.name_or_path"] == str(tmp_path / "tiny-bert")
     assert params["tracking.mlflow"] == "true" and params["data.split.test"] == "0.2"
-    assert params["train.adam_betas"] == "[0.9, 0.999]" and params["tracking.mlflow_tracking_uri"] == "null"
+    assert (
+        params["train.adam_betas"] == "[0.9, 0.999]"
+        and params["tracking.mlflow_tracking_uri"] == "null"
+    )
     for tag, points in want.items():
         assert _history(client, run, tag) == points, tag  # float64: exact
     metrics = run.data.metrics
     assert metrics["summary/train_steps"] == 8
     assert metrics["summary/test/accuracy"] == summary["test"]["accuracy"]
     assert metrics["summary/best_metric_value"] == summary["best_metric_value"]
-    assert metrics["summary/eval_before/eval/accuracy"] == summary["eval_before"]["eval"]["accuracy"]
+    assert (
+        metrics["summary/eval_before/eval/accuracy"] == summary["eval_before"]["eval"]["accuracy"]
+    )
     artifacts = sorted(a.path for a in client.list_artifacts(run.info.run_id))
     assert artifacts == ["MODEL_CARD.md", "config.yaml", "eval.json", "report.html", "summary.json"]
-    assert (run_dir / "mlartifacts" / run.info.run_id / "artifacts" / "MODEL_CARD.md").read_text() == \
-        (run_dir / "MODEL_CARD.md").read_text()
+    assert (
+        run_dir / "mlartifacts" / run.info.run_id / "artifacts" / "MODEL_CARD.md"
+    ).read_text() == (run_dir / "MODEL_CARD.md").read_text()
 
 
 def test_resume_continues_the_tracked_run(tmp_path: Path, empty_store: Path) -> None:
@@ -124,7 +141,9 @@ def test_resume_continues_the_tracked_run(tmp_path: Path, empty_store: Path) -> 
     run_dir.mkdir()
     shutil.copy(empty_store, run_dir / "mlflow.db")
     cfg = load_config(path)
-    assert run_training(cfg, quiet=True, stop_after=5) == {"interrupted_at": 5}  # checkpoint: step 4
+    assert run_training(cfg, quiet=True, stop_after=5) == {
+        "interrupted_at": 5
+    }  # checkpoint: step 4
     client, run = _mlflow_run(run_dir)
     assert run.info.status == "KILLED"
     run_training(cfg, quiet=True, resume=True)
@@ -154,8 +173,14 @@ def test_tracking_off_imports_neither_package(tmp_path: Path) -> None:
         "print(json.dumps({'code': code, 'loaded': loaded}))\n"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
-                          cwd=tmp_path, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result == {"code": 0, "loaded": []}
@@ -163,8 +188,9 @@ def test_tracking_off_imports_neither_package(tmp_path: Path) -> None:
     assert not (run_dir / "tensorboard").exists() and not (run_dir / "mlflow.db").exists()
 
 
-def test_missing_package_stops_the_cli_before_training(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                        capsys: pytest.CaptureFixture) -> None:
+def test_missing_package_stops_the_cli_before_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     path, run_dir = _write_config(tmp_path, {"mlflow": True})
     monkeypatch.setitem(sys.modules, "mlflow", None)  # as if mlflow were not installed
     assert cli_exit("train", str(path), "--quiet") == 2

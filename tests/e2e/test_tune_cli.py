@@ -23,18 +23,32 @@ from runkit import config, sentiment_rows, tiny_bert_dir, write_jsonl
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_median_pruner_stops_the_worse_trials_and_leaves_their_folders_consistent(tmp_path: Path) -> None:
+def test_median_pruner_stops_the_worse_trials_and_leaves_their_folders_consistent(
+    tmp_path: Path,
+) -> None:
     model = tiny_bert_dir(tmp_path)
     data = write_jsonl(tmp_path / "d.jsonl", sentiment_rows(120))
     # lr 1e-6 leaves the model at chance (eval loss ln 2); lr 5e-3 overshoots in the first
     # steps, so its eval loss at step 4 is clearly worse than the median of earlier trials.
-    cfg = config(tmp_path, model={"name_or_path": str(model)}, data={"train": str(data)},
-                 adapter={"type": "full"},
-                 train={"epochs": 1, "eval_every": 4, "eval_before": False},
-                 search={"sampler": "grid", "seed": 0, "n_trials": 4, "metric": "eval_loss",
-                         "direction": "minimize", "pruner": {"type": "median", "n_startup_trials": 1},
-                         "space": {"train.lr": {"type": "categorical", "choices": [5e-3, 1e-6]},
-                                   "train.warmup_ratio": {"type": "float", "values": [0.0, 0.1]}}})
+    cfg = config(
+        tmp_path,
+        model={"name_or_path": str(model)},
+        data={"train": str(data)},
+        adapter={"type": "full"},
+        train={"epochs": 1, "eval_every": 4, "eval_before": False},
+        search={
+            "sampler": "grid",
+            "seed": 0,
+            "n_trials": 4,
+            "metric": "eval_loss",
+            "direction": "minimize",
+            "pruner": {"type": "median", "n_startup_trials": 1},
+            "space": {
+                "train.lr": {"type": "categorical", "choices": [5e-3, 1e-6]},
+                "train.warmup_ratio": {"type": "float", "values": [0.0, 0.1]},
+            },
+        },
+    )
     summary = run_search(cfg, quiet=True)
     out = tmp_path / "run"
     rows = json.loads((out / "trials.json").read_text())
@@ -48,7 +62,12 @@ def test_median_pruner_stops_the_worse_trials_and_leaves_their_folders_consisten
         # The evaluation that decided it is logged, then why the run ended; its checkpoint is
         # on disk (resumable) and no final model pretends the run finished.
         assert events[-2]["event"] == "eval" and events[-2]["step"] == r["pruned_at_step"]
-        assert events[-1] == {**events[-1], "event": "stopped", "step": r["pruned_at_step"], "reason": "TrialPruned"}
+        assert events[-1] == {
+            **events[-1],
+            "event": "stopped",
+            "step": r["pruned_at_step"],
+            "reason": "TrialPruned",
+        }
         assert (run / "checkpoints" / f"step-{r['pruned_at_step']:07d}").is_dir()
         assert not (run / "model").exists() and not (run / "summary.json").exists()
         assert json.loads((run / "trial.json").read_text())["state"] == "PRUNED"
@@ -75,7 +94,8 @@ def _main(monkeypatch: pytest.MonkeyPatch, *args: str) -> int:
 
 
 def test_tune_cli_resumes_without_redoing_trials_and_reruns_a_killed_one(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     model = tiny_bert_dir(tmp_path)
     data = write_jsonl(tmp_path / "d.jsonl", sentiment_rows(64))
     out = tmp_path / "search"
@@ -83,12 +103,24 @@ def test_tune_cli_resumes_without_redoing_trials_and_reruns_a_killed_one(
         "run": {"name": "tiny-search", "output_dir": str(out), "seed": 3},
         "model": {"name_or_path": str(model), "max_length": 64},
         "adapter": {"type": "full"},
-        "data": {"train": str(data), "split": {"eval": 0.25}, "clean": {"pii": False, "secrets": False}},
+        "data": {
+            "train": str(data),
+            "split": {"eval": 0.25},
+            "clean": {"pii": False, "secrets": False},
+        },
         "train": {"epochs": 1, "batch_size": 8, "precision": "fp32", "eval_before": False},
-        "search": {"sampler": "tpe", "n_startup_trials": 2, "n_trials": 2, "metric": "eval_loss",
-                   "direction": "minimize", "pruner": {"type": "none"},
-                   "space": {"train.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
-                             "train.warmup_ratio": {"type": "float", "low": 0.0, "high": 0.3}}},
+        "search": {
+            "sampler": "tpe",
+            "n_startup_trials": 2,
+            "n_trials": 2,
+            "metric": "eval_loss",
+            "direction": "minimize",
+            "pruner": {"type": "none"},
+            "space": {
+                "train.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+                "train.warmup_ratio": {"type": "float", "low": 0.0, "high": 0.3},
+            },
+        },
     }
     path = tmp_path / "tune.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -103,8 +135,13 @@ def test_tune_cli_resumes_without_redoing_trials_and_reruns_a_killed_one(
     assert "--resume" in capsys.readouterr().err
 
     # Continue to 4 trials in a real process, and kill it while its second new trial (3) trains.
-    proc = subprocess.Popen(_lmtune(str(path), "search.n_trials=4", "--resume"), cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _lmtune(str(path), "search.n_trials=4", "--resume"),
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     started = out / "trials" / "trial_0003" / "config.yaml"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None and not started.exists():
@@ -124,7 +161,10 @@ def test_tune_cli_resumes_without_redoing_trials_and_reruns_a_killed_one(
     study = optuna.load_study(study_name=STUDY_NAME, storage=f"sqlite:///{out / 'study.db'}")
     states = [t.state.name for t in study.trials]
     assert states == ["COMPLETE", "COMPLETE", "COMPLETE", "FAIL", "COMPLETE"]
-    assert study.trials[4].params == study.trials[3].params and study.trials[4].user_attrs["rerun_of"] == 3
+    assert (
+        study.trials[4].params == study.trials[3].params
+        and study.trials[4].user_attrs["rerun_of"] == 3
+    )
 
     # Results: 5 rows (the killed trial listed as failed), the best config ready to train.
     with (out / "trials.csv").open() as f:
@@ -141,8 +181,12 @@ def test_tune_cli_resumes_without_redoing_trials_and_reruns_a_killed_one(
         assert get_dotted(best_data, key) == float(best[key]) == study.best_params[key]
     assert best_cfg.run.output_dir == str(out / "best_run")
     trained = load_config(Path(best["run_dir"]) / "config.yaml").model_dump(mode="json")
-    assert {k: v for k, v in trained.items() if k != "run"} == {k: v for k, v in best_data.items() if k != "run"}
+    assert {k: v for k, v in trained.items() if k != "run"} == {
+        k: v for k, v in best_data.items() if k != "run"
+    }
     report = (out / "report.html").read_text()
     assert report.count("data:image/png;base64,") >= 2 and "trial_0004" in report
-    assert (out / "plots" / "history.png").is_file() and (out / "plots" / "importance.png").is_file()
+    assert (out / "plots" / "history.png").is_file() and (
+        out / "plots" / "importance.png"
+    ).is_file()
     assert "best: trial" in printed

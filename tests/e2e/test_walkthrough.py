@@ -25,14 +25,26 @@ LABELS = {"negative", "neutral", "positive"}
 
 
 def walkthrough(out: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WALKTHROUGH_OVERRIDES": QUICK, "LMTUNE": f"{sys.executable} -m lmtune",
-           "PYTHON": sys.executable, "PYTHONPATH": str(ROOT / "src"),
-           "COLUMNS": "250"}  # rich folds long lines (paths under tmp_path) at 80 columns otherwise
+    env = {
+        **os.environ,
+        "WALKTHROUGH_OVERRIDES": QUICK,
+        "LMTUNE": f"{sys.executable} -m lmtune",
+        "PYTHON": sys.executable,
+        "PYTHONPATH": str(ROOT / "src"),
+        "COLUMNS": "250",
+    }  # rich folds long lines (paths under tmp_path) at 80 columns otherwise
     env.pop("WALKTHROUGH_OUT", None)
     env.pop("WALKTHROUGH_REAL", None)
     # Its own process group: on a timeout the script and the server it started stop together.
-    proc = subprocess.Popen(["bash", str(SCRIPT), *args, str(out)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT, start_new_session=True)
+    proc = subprocess.Popen(
+        ["bash", str(SCRIPT), *args, str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        start_new_session=True,
+    )
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -43,7 +55,9 @@ def walkthrough(out: Path, *args: str, timeout: float = 900) -> subprocess.Compl
 
 
 def jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [
+        json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()
+    ]
 
 
 @pytest.mark.timeout(900)
@@ -59,8 +73,13 @@ def test_walkthrough_bundled(tmp_path: Path) -> None:
     assert (registry / "current").read_text() == "v1\n"
     metrics = json.loads((registry / "v1" / "metrics.json").read_text())
     assert metrics["metric"] == "accuracy" and metrics["value"] >= 0.85
-    assert [(e["event"], e["version"]) for e in jsonl(registry / "releases.jsonl")] == [("release", "v1")]
-    assert f"released v1: {registry / 'v1'}" in proc.stdout and f"{metrics['value']:.4f}" in proc.stdout
+    assert [(e["event"], e["version"]) for e in jsonl(registry / "releases.jsonl")] == [
+        ("release", "v1")
+    ]
+    assert (
+        f"released v1: {registry / 'v1'}" in proc.stdout
+        and f"{metrics['value']:.4f}" in proc.stdout
+    )
 
     # 3. The server answered: health, one text, three held-out texts, metrics; then stopped on SIGTERM.
     served = jsonl(out / "predictions.jsonl")
@@ -75,16 +94,25 @@ def test_walkthrough_bundled(tmp_path: Path) -> None:
 
     # 4-5. The history holds the released version's records: two healthy batches, then the shift.
     with sqlite3.connect(registry / "monitor.db") as conn:
-        records = conn.execute("SELECT model_version, batch, n, release FROM records ORDER BY id").fetchall()
-    assert [(v, b, n) for v, b, n, _ in records] == [("v1", "week1", 186), ("v1", "week2", 186),
-                                                     ("v1", "app_reviews_shifted", 30)]
+        records = conn.execute(
+            "SELECT model_version, batch, n, release FROM records ORDER BY id"
+        ).fetchall()
+    assert [(v, b, n) for v, b, n, _ in records] == [
+        ("v1", "week1", 186),
+        ("v1", "week2", 186),
+        ("v1", "app_reviews_shifted", 30),
+    ]
     assert json.loads(records[0][3])["metrics"]["accuracy"] == metrics["value"]
     healthy = (out / "status_healthy.txt").read_text()
     assert "all checks OK" in healthy and "ALERT" not in healthy
     assert "monitor status exit code: 0 (healthy, as expected)" in proc.stdout
     shifted = " ".join((out / "status_shifted.txt").read_text().split())
-    alerts = shifted[shifted.index("ALERT:"):]
-    for check in ("length_psi", "length_ks", "oov_increase"):  # the inputs changed, not only the labels
+    alerts = shifted[shifted.index("ALERT:") :]
+    for check in (
+        "length_psi",
+        "length_ks",
+        "oov_increase",
+    ):  # the inputs changed, not only the labels
         assert check in alerts, alerts
     assert "days_since_release" not in alerts
     assert "monitor status exit code: 1 (alert, as expected)" in proc.stdout

@@ -23,8 +23,17 @@ pytestmark = [pytest.mark.slow, needs_data("hh_rlhf_harmless_base/test.jsonl")]
 def _train(config: str, overrides: list[str], monkeypatch: pytest.MonkeyPatch) -> dict:
     monkeypatch.chdir(ROOT)  # the shipped configs' ../shared/data paths are relative to the repo
     summary = run_training(load_config(ROOT / "configs" / config, overrides), quiet=True)
-    print(json.dumps({"config": config, "test": summary.get("test"), "before": summary.get("eval_before"),
-                      "data": summary["data"], "train_runtime_s": summary["train_runtime_s"]}))
+    print(
+        json.dumps(
+            {
+                "config": config,
+                "test": summary.get("test"),
+                "before": summary.get("eval_before"),
+                "data": summary["data"],
+                "train_runtime_s": summary["train_runtime_s"],
+            }
+        )
+    )
     return summary
 
 
@@ -32,8 +41,16 @@ def _train(config: str, overrides: list[str], monkeypatch: pytest.MonkeyPatch) -
 def test_reward_minilm_hh(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Bradley-Terry on builtin:minilm, 1 epoch on 80% of the pairs: held-out pairwise accuracy
     clearly above the untrained head's."""
-    s = _train("reward_minilm.yaml", [f"run.output_dir={tmp_path / 'run'}", "data.split.eval=0.1",
-                                      "data.split.test=0.1", "train.eval_every=0"], monkeypatch)
+    s = _train(
+        "reward_minilm.yaml",
+        [
+            f"run.output_dir={tmp_path / 'run'}",
+            "data.split.eval=0.1",
+            "data.split.test=0.1",
+            "train.eval_every=0",
+        ],
+        monkeypatch,
+    )
     acc, before = s["test"]["pairwise_accuracy"], s["eval_before"]["test"]["pairwise_accuracy"]
     assert acc >= 0.60, (acc, before)
     assert acc >= before + 0.05, (acc, before)
@@ -49,11 +66,16 @@ def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.timeout(3600)
 @pytest.mark.parametrize("config", ["dpo_hh_tiny.yaml", "orpo_hh_tiny.yaml"])
-def test_preference_tiny_llama_hh(config: str, tiny_llama: Path, tmp_path: Path,
-                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_preference_tiny_llama_hh(
+    config: str, tiny_llama: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """DPO / ORPO end to end on HH-RLHF: held-out reward accuracy above chance (a random
     4-layer model learns the surface of harmless answers, not much more)."""
-    s = _train(config, [f"run.output_dir={tmp_path / 'run'}", f"model.name_or_path={tiny_llama}"], monkeypatch)
+    s = _train(
+        config,
+        [f"run.output_dir={tmp_path / 'run'}", f"model.name_or_path={tiny_llama}"],
+        monkeypatch,
+    )
     acc = s["test"]["reward_accuracy"]
     assert acc >= FLOORS[config], s["test"]
 

@@ -54,24 +54,58 @@ def test_crows_real_file_minilm_refused_and_causal_path(tmp_path: Path) -> None:
 
 @needs_sst2
 @pytest.mark.timeout(3600)
-def test_sst2_minilm_lora_counterfactual_probes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sst2_minilm_lora_counterfactual_probes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(ROOT)  # the shipped config's ../shared/data paths are relative to the repo
-    cfg = load_config(ROOT / "configs" / "sst2_minilm.yaml", [
-        f"run.output_dir={tmp_path / 'run'}", "data.limit=2000", "adapter.type=lora", "adapter.r=16",
-        "adapter.alpha=32", "train.lr=1e-3", "train.head_lr=2e-3", "train.eval_every=0", "train.epochs=1",
-        "audit.enabled=true", "audit.worst=10"])
+    cfg = load_config(
+        ROOT / "configs" / "sst2_minilm.yaml",
+        [
+            f"run.output_dir={tmp_path / 'run'}",
+            "data.limit=2000",
+            "adapter.type=lora",
+            "adapter.r=16",
+            "adapter.alpha=32",
+            "train.lr=1e-3",
+            "train.head_lr=2e-3",
+            "train.eval_every=0",
+            "train.epochs=1",
+            "audit.enabled=true",
+            "audit.worst=10",
+        ],
+    )
     start = time.perf_counter()
     summary = run_training(cfg, quiet=True)
     wall = time.perf_counter() - start
     audit = json.loads((tmp_path / "run" / "audit.json").read_text())
     cf = audit["counterfactual"]
-    print(json.dumps({
-        "dev_accuracy": summary["best_eval"]["accuracy"], "wall_s": round(wall, 1),
-        "overall": cf["overall"],
-        "by_category": {c: {k: r[k] for k in ("n", "texts", "flips", "flip_rate", "ci_low", "ci_high",
-                                               "mean_abs_change", "mean_change")}
-                        for c, r in cf["by_category"].items()},
-        "worst": cf["worst"][:5]}, indent=1))
+    print(
+        json.dumps(
+            {
+                "dev_accuracy": summary["best_eval"]["accuracy"],
+                "wall_s": round(wall, 1),
+                "overall": cf["overall"],
+                "by_category": {
+                    c: {
+                        k: r[k]
+                        for k in (
+                            "n",
+                            "texts",
+                            "flips",
+                            "flip_rate",
+                            "ci_low",
+                            "ci_high",
+                            "mean_abs_change",
+                            "mean_change",
+                        )
+                    }
+                    for c, r in cf["by_category"].items()
+                },
+                "worst": cf["worst"][:5],
+            },
+            indent=1,
+        )
+    )
     # Measured: dev accuracy 0.776; 504 probes on 162 of 872 dev texts, flip rate 0.056
     # (gender 1/103, names 2/29, nationality 24/346, religion 0/5, age 1/21).
     assert summary["best_eval"]["accuracy"] >= 0.72

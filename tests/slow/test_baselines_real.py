@@ -24,18 +24,37 @@ DESCRIPTIONS = {"0": "a negative, sad review", "1": "a positive, happy review"}
 
 
 @pytest.mark.timeout(3600)
-def test_sst2_minilm_baselines_beside_fine_tune(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sst2_minilm_baselines_beside_fine_tune(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """8k training sentences, full fine-tune, 1 epoch; baselines of the untouched encoder."""
     monkeypatch.chdir(ROOT)  # the shipped config's ../shared/data paths are relative to the repo
-    overrides = [f"run.output_dir={tmp_path / 'run'}", "data.limit=8000", "adapter.type=full",
-                 "train.eval_every=0", "train.epochs=1", "baselines.enabled=true", "baselines.shots=16", "baselines.seeds=3",
-                 "baselines.label_descriptions=" + json.dumps(DESCRIPTIONS)]
+    overrides = [
+        f"run.output_dir={tmp_path / 'run'}",
+        "data.limit=8000",
+        "adapter.type=full",
+        "train.eval_every=0",
+        "train.epochs=1",
+        "baselines.enabled=true",
+        "baselines.shots=16",
+        "baselines.seeds=3",
+        "baselines.label_descriptions=" + json.dumps(DESCRIPTIONS),
+    ]
     cfg = load_config(ROOT / "configs" / "sst2_minilm.yaml", overrides)
     summary = run_training(cfg, quiet=True)
     report = json.loads((tmp_path / "run" / "baselines.json").read_text())
     zero, few, tuned = report["rows"]
-    print(json.dumps({"zero_shot": zero, "few_shot": few, "fine_tuned": tuned, "notes": report["notes"],
-                      "train_runtime_s": summary["train_runtime_s"]}))
+    print(
+        json.dumps(
+            {
+                "zero_shot": zero,
+                "few_shot": few,
+                "fine_tuned": tuned,
+                "notes": report["notes"],
+                "train_runtime_s": summary["train_runtime_s"],
+            }
+        )
+    )
     assert [r["method"] for r in report["rows"]] == ["zero-shot", "few-shot", "fine-tuned"]
     assert report["data"] == "eval split" and report["eval_rows"] == 872
     assert report["base_model"] == "builtin:minilm" and report["base_kind"] == "encoder"
@@ -46,4 +65,7 @@ def test_sst2_minilm_baselines_beside_fine_tune(tmp_path: Path, monkeypatch: pyt
     # SST-2 training rows are short phrases, so 16 of them make noisy centroids.
     assert zero["accuracy"] >= 0.67, zero
     assert few["accuracy"] >= 0.58, few
-    assert tuned["accuracy"] >= 0.80 and tuned["accuracy"] > max(zero["accuracy"], few["accuracy"]) + 0.05
+    assert (
+        tuned["accuracy"] >= 0.80
+        and tuned["accuracy"] > max(zero["accuracy"], few["accuracy"]) + 0.05
+    )

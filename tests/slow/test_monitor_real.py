@@ -42,18 +42,30 @@ def test_sst2_model_alerts_on_amazon_reviews(tmp_path: Path, capsys: pytest.Capt
     test = sst2_test()
     release_test = write_jsonl(tmp_path / "sst2_release_test.jsonl", test[:600])
     run = tmp_path / "run"
-    code = cli_exit("train", str(ROOT / "configs" / "sst2_minilm.yaml"), f"data.train={train}",
-               f"data.eval={SHARED_DATA / 'sst2' / 'dev.tsv'}", f"data.test={release_test}",
-               f"run.output_dir={run}", "adapter.type=lora", "adapter.r=16", "adapter.alpha=32",
-               "train.lr=1e-3", "train.head_lr=2e-3", "train.eval_every=0", "train.eval_before=false", "train.epochs=1",
-               "--quiet")
+    code = cli_exit(
+        "train",
+        str(ROOT / "configs" / "sst2_minilm.yaml"),
+        f"data.train={train}",
+        f"data.eval={SHARED_DATA / 'sst2' / 'dev.tsv'}",
+        f"data.test={release_test}",
+        f"run.output_dir={run}",
+        "adapter.type=lora",
+        "adapter.r=16",
+        "adapter.alpha=32",
+        "train.lr=1e-3",
+        "train.head_lr=2e-3",
+        "train.eval_every=0",
+        "train.eval_before=false",
+        "train.epochs=1",
+        "--quiet",
+    )
     assert code == 0
     release = json.loads((run / "eval.json").read_text())["accuracy"]
     trained_s = time.time() - start
 
     healthy = test[600:]
     for i in range(3):
-        batch = write_jsonl(tmp_path / f"sst2_week{i + 1}.jsonl", healthy[i * 407:(i + 1) * 407])
+        batch = write_jsonl(tmp_path / f"sst2_week{i + 1}.jsonl", healthy[i * 407 : (i + 1) * 407])
         assert cli_exit("monitor", "record", str(run), "--data", str(batch)) == 0
     capsys.readouterr()
     assert cli_exit("monitor", "status", str(run)) == 0, capsys.readouterr().out
@@ -63,7 +75,7 @@ def test_sst2_model_alerts_on_amazon_reviews(tmp_path: Path, capsys: pytest.Capt
     capsys.readouterr()
     assert cli_exit("monitor", "status", str(run)) == 1
     out = " ".join(capsys.readouterr().out.split())
-    alerts = out[out.index("ALERT:"):]
+    alerts = out[out.index("ALERT:") :]
     # Input drift, not only the label skew (Amazon reviews are ~95% positive): longer texts
     # and words the SST vocabulary lacks.
     for check in ("length_psi", "length_ks", "oov_increase", "label_psi"):
@@ -72,10 +84,31 @@ def test_sst2_model_alerts_on_amazon_reviews(tmp_path: Path, capsys: pytest.Capt
     summary = json.loads((run / "monitor_report" / "monitor.json").read_text())
     healthy_oov = [abs(r["drift"]["oov_increase"]) for r in summary["records"][:3]]
     assert summary["records"][3]["drift"]["oov_increase"] > 3 * max(healthy_oov)
-    figures = [{"batch": r["batch"], "n": r["n"], "accuracy": round(r["metrics"]["accuracy"], 4),
-                **{k: round(r["drift"][k], 4) for k in ("length_psi", "oov_rate", "oov_reference",
-                                                        "label_psi", "prediction_psi")},
-                "ks_p": float(f"{r['drift']['length_ks']['pvalue']:.3g}")} for r in summary["records"]]
-    print(json.dumps({"release_accuracy": round(release, 4), "alerts": summary["alerts"], "records": figures,
-                      "train_s": round(trained_s, 1), "total_s": round(time.time() - start, 1)}, indent=1))
-    assert release >= 0.75  # a real sentiment model, so the healthy/shifted contrast means something
+    figures = [
+        {
+            "batch": r["batch"],
+            "n": r["n"],
+            "accuracy": round(r["metrics"]["accuracy"], 4),
+            **{
+                k: round(r["drift"][k], 4)
+                for k in ("length_psi", "oov_rate", "oov_reference", "label_psi", "prediction_psi")
+            },
+            "ks_p": float(f"{r['drift']['length_ks']['pvalue']:.3g}"),
+        }
+        for r in summary["records"]
+    ]
+    print(
+        json.dumps(
+            {
+                "release_accuracy": round(release, 4),
+                "alerts": summary["alerts"],
+                "records": figures,
+                "train_s": round(trained_s, 1),
+                "total_s": round(time.time() - start, 1),
+            },
+            indent=1,
+        )
+    )
+    assert (
+        release >= 0.75
+    )  # a real sentiment model, so the healthy/shifted contrast means something

@@ -34,15 +34,29 @@ def train(config: str, out: Path) -> dict:
     """`lmtune train configs/CONFIG` into OUT; its summary.json, with the last eval added."""
     assert cli_exit("train", f"configs/{config}", f"run.output_dir={out}", "--quiet") == 0
     summary = json.loads((out / "summary.json").read_text())
-    evals = [e for e in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
-             if e.get("event") == "eval"]
+    evals = [
+        e
+        for e in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+        if e.get("event") == "eval"
+    ]
     summary["last_eval"] = evals[-1]
     baselines = out / "baselines.json"
-    summary["baseline_rows"] = json.loads(baselines.read_text())["rows"] if baselines.is_file() else []
-    print(json.dumps({"config": config, "best": summary["best_metric_value"], "best_step": summary["best_step"],
-                      "last": {k: evals[-1].get(k) for k in ("step", "accuracy", "f1")},
-                      "train_runtime_s": summary["train_runtime_s"],
-                      "baselines": summary["baseline_rows"]}, default=str))
+    summary["baseline_rows"] = (
+        json.loads(baselines.read_text())["rows"] if baselines.is_file() else []
+    )
+    print(
+        json.dumps(
+            {
+                "config": config,
+                "best": summary["best_metric_value"],
+                "best_step": summary["best_step"],
+                "last": {k: evals[-1].get(k) for k in ("step", "accuracy", "f1")},
+                "train_runtime_s": summary["train_runtime_s"],
+                "baselines": summary["baseline_rows"],
+            },
+            default=str,
+        )
+    )
     return summary
 
 

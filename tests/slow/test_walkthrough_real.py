@@ -33,14 +33,25 @@ pytestmark = [pytest.mark.slow, needs_data(*REAL_FILES)]
 def test_walkthrough_real(tmp_path: Path) -> None:
     start = time.time()
     out = tmp_path / "walkthrough_real"
-    env = {**os.environ, "LMTUNE": f"{sys.executable} -m lmtune", "PYTHON": sys.executable,
-           "PYTHONPATH": str(ROOT / "src"), "COLUMNS": "250"}
+    env = {
+        **os.environ,
+        "LMTUNE": f"{sys.executable} -m lmtune",
+        "PYTHON": sys.executable,
+        "PYTHONPATH": str(ROOT / "src"),
+        "COLUMNS": "250",
+    }
     for key in ("WALKTHROUGH_OUT", "WALKTHROUGH_REAL", "WALKTHROUGH_OVERRIDES"):
         env.pop(key, None)
     # Its own process group: on a timeout the script and the server it started stop together.
-    proc = subprocess.Popen(["bash", str(ROOT / "examples" / "walkthrough.sh"), "--real", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        ["bash", str(ROOT / "examples" / "walkthrough.sh"), "--real", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        start_new_session=True,
+    )
     try:
         stdout, stderr = proc.communicate(timeout=1700)
     except subprocess.TimeoutExpired:
@@ -61,14 +72,33 @@ def test_walkthrough_real(tmp_path: Path) -> None:
     assert batches == ["sst2_week1", "sst2_week2", "sst2_week3", "amazon_beauty"]
     assert "all checks OK" in (out / "status_healthy.txt").read_text()
     shifted = " ".join((out / "status_shifted.txt").read_text().split())
-    alerts = shifted[shifted.index("ALERT:"):]
+    alerts = shifted[shifted.index("ALERT:") :]
     # Input drift, not only the label skew (Amazon reviews are ~95% positive).
     for check in ("length_psi", "length_ks", "oov_increase", "label_psi"):
         assert check in alerts, alerts
 
     summary = json.loads((out / "monitor_report" / "monitor.json").read_text())
-    figures = [{"batch": r["batch"], "n": r["n"], "accuracy": round(r["metrics"]["accuracy"], 4),
-                **{k: round(r["drift"][k], 4) for k in ("length_psi", "oov_rate", "label_psi", "prediction_psi")},
-                "ks_p": float(f"{r['drift']['length_ks']['pvalue']:.3g}")} for r in summary["records"]]
-    print(json.dumps({"release_accuracy": round(release["value"], 4), "alerts": summary["alerts"],
-                      "records": figures, "total_s": round(time.time() - start, 1)}, indent=1))
+    figures = [
+        {
+            "batch": r["batch"],
+            "n": r["n"],
+            "accuracy": round(r["metrics"]["accuracy"], 4),
+            **{
+                k: round(r["drift"][k], 4)
+                for k in ("length_psi", "oov_rate", "label_psi", "prediction_psi")
+            },
+            "ks_p": float(f"{r['drift']['length_ks']['pvalue']:.3g}"),
+        }
+        for r in summary["records"]
+    ]
+    print(
+        json.dumps(
+            {
+                "release_accuracy": round(release["value"], 4),
+                "alerts": summary["alerts"],
+                "records": figures,
+                "total_s": round(time.time() - start, 1),
+            },
+            indent=1,
+        )
+    )

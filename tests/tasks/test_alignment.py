@@ -219,12 +219,22 @@ def test_reward_ties_train_toward_equal_rewards(tmp_path: Path) -> None:
     from lmtune.losses.reward import bradley_terry
     from lmtune.train.run import setup
 
-    rows = [{"prompt": f"How was it? ({i})", "response_a": f"it was {POS[i % 5]}",
-             "response_b": f"it was {NEG[i % 5]}" if i % 3 else f"it was {POS[(i + 1) % 5]}",
-             "preference": "a" if i % 3 else "tie"} for i in range(30)]
-    cfg = config(tmp_path, task="reward", model={"name_or_path": str(tiny_bert_dir(tmp_path))},
-                 data={"train": str(write_jsonl(tmp_path / "pw.jsonl", rows)), "split": {"eval": 0.0}},
-                 preference={"ties": "keep"})
+    rows = [
+        {
+            "prompt": f"How was it? ({i})",
+            "response_a": f"it was {POS[i % 5]}",
+            "response_b": f"it was {NEG[i % 5]}" if i % 3 else f"it was {POS[(i + 1) % 5]}",
+            "preference": "a" if i % 3 else "tie",
+        }
+        for i in range(30)
+    ]
+    cfg = config(
+        tmp_path,
+        task="reward",
+        model={"name_or_path": str(tiny_bert_dir(tmp_path))},
+        data={"train": str(write_jsonl(tmp_path / "pw.jsonl", rows)), "split": {"eval": 0.0}},
+        preference={"ties": "keep"},
+    )
     parts = setup(cfg, tmp_path / "run")
     task, model = parts["task"], parts["model"].eval()
     feats = [task.encode(r) for r in parts["prepared"].splits["train"]]
@@ -239,5 +249,7 @@ def test_reward_ties_train_toward_equal_rewards(tmp_path: Path) -> None:
     expected = bradley_terry(scores[:n], scores[n:], batch["margin"], tie)
     assert torch.allclose(stats["loss"], expected)
     d = (scores[:n] - scores[n:])[tie]
-    assert torch.allclose(stats["loss"][tie], -(torch.nn.functional.logsigmoid(d)
-                                                + torch.nn.functional.logsigmoid(-d)) / 2)
+    assert torch.allclose(
+        stats["loss"][tie],
+        -(torch.nn.functional.logsigmoid(d) + torch.nn.functional.logsigmoid(-d)) / 2,
+    )

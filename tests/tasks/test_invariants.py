@@ -34,9 +34,17 @@ def test_grad_accum_4x2_equals_8x1_sft(tmp_path: Path, bucketing: bool) -> None:
     """Token-weighted SFT loss: micro-batches of different token counts must not bias the mean."""
     model_dir = tiny_causal_dir(tmp_path, "llama")
     data = write_jsonl(tmp_path / "d.jsonl", instruction_rows(64))
-    common = dict(task="sft", model={"name_or_path": str(model_dir)}, adapter={"type": "full"},
-                  data={"train": str(data), "format": "instruction", "template": "alpaca",
-                        "bucketing": bucketing})
+    common = dict(
+        task="sft",
+        model={"name_or_path": str(model_dir)},
+        adapter={"type": "full"},
+        data={
+            "train": str(data),
+            "format": "instruction",
+            "template": "alpaca",
+            "bucketing": bucketing,
+        },
+    )
     a = config(tmp_path / "a", **common, train={"batch_size": 8, "grad_accum": 1, "epochs": 1})
     b = config(tmp_path / "b", **common, train={"batch_size": 4, "grad_accum": 2, "epochs": 1})
     sa, sb = run_training(a, quiet=True), run_training(b, quiet=True)
@@ -48,14 +56,24 @@ def test_grad_accum_4x2_equals_8x1_sft(tmp_path: Path, bucketing: bool) -> None:
 def test_resume_equals_uninterrupted(tmp_path: Path) -> None:
     model_dir = tiny_bert_dir(tmp_path)
     data = write_jsonl(tmp_path / "d.jsonl", sentiment_rows(120))
-    common = dict(task="classification", model={"name_or_path": str(model_dir)},
-                  adapter={"type": "lora", "r": 4, "alpha": 8, "dropout": 0.1},  # dropout: RNG must resume too
-                  data={"train": str(data)})
+    common = dict(
+        task="classification",
+        model={"name_or_path": str(model_dir)},
+        adapter={
+            "type": "lora",
+            "r": 4,
+            "alpha": 8,
+            "dropout": 0.1,
+        },  # dropout: RNG must resume too
+        data={"train": str(data)},
+    )
     train = {"epochs": 3, "save_every": 4, "eval_every": 4}
     full = config(tmp_path / "full", **common, train=train)
     run_training(full, quiet=True)
     part = config(tmp_path / "part", **common, train=train)
-    out = run_training(part, quiet=True, stop_after=6)  # "killed" after step 6; last checkpoint is step 4
+    out = run_training(
+        part, quiet=True, stop_after=6
+    )  # "killed" after step 6; last checkpoint is step 4
     assert out == {"interrupted_at": 6}
     resumed = run_training(part, resume=True, quiet=True)
     assert resumed["train_steps"] > 6
@@ -65,10 +83,20 @@ def test_resume_equals_uninterrupted(tmp_path: Path) -> None:
 def test_early_stopping_keeps_best(tmp_path: Path) -> None:
     model_dir = tiny_bert_dir(tmp_path)
     data = write_jsonl(tmp_path / "d.jsonl", sentiment_rows(80))
-    cfg = config(tmp_path, task="classification", model={"name_or_path": str(model_dir)},
-                 adapter={"type": "full"}, data={"train": str(data)},
-                 train={"epochs": 30, "lr": 5e-2, "eval_every": 2, "eval_each_epoch": False,
-                        "early_stopping": {"metric": "eval_loss", "mode": "min", "patience": 2}})
+    cfg = config(
+        tmp_path,
+        task="classification",
+        model={"name_or_path": str(model_dir)},
+        adapter={"type": "full"},
+        data={"train": str(data)},
+        train={
+            "epochs": 30,
+            "lr": 5e-2,
+            "eval_every": 2,
+            "eval_each_epoch": False,
+            "early_stopping": {"metric": "eval_loss", "mode": "min", "patience": 2},
+        },
+    )
     s = run_training(cfg, quiet=True)
     assert s["stopped_early"]
     assert s["train_steps"] < 30 * 8
@@ -92,18 +120,33 @@ def test_every_epoch_gets_its_own_shuffle_and_resume_crosses_epochs(tmp_path: Pa
     try:
         model_dir = tiny_bert_dir(tmp_path)
         data = write_jsonl(tmp_path / "d.jsonl", sentiment_rows(60))
-        common = dict(task="classification", model={"name_or_path": str(model_dir)},
-                      adapter={"type": "full"}, data={"train": str(data), "split": {"eval": 0.0}})
-        train = {"epochs": 3, "batch_size": 16, "save_every": 2, "log_every": 1, "eval_each_epoch": False}
+        common = dict(
+            task="classification",
+            model={"name_or_path": str(model_dir)},
+            adapter={"type": "full"},
+            data={"train": str(data), "split": {"eval": 0.0}},
+        )
+        train = {
+            "epochs": 3,
+            "batch_size": 16,
+            "save_every": 2,
+            "log_every": 1,
+            "eval_each_epoch": False,
+        }
         full = config(tmp_path / "full", **common, train=train)
         summary = run_training(full, quiet=True)
         assert planned == [0, 1, 2] and summary["train_steps"] == 9
         import json
 
-        events = [json.loads(x) for x in (Path(full.run.output_dir) / "metrics.jsonl").read_text().splitlines()]
+        events = [
+            json.loads(x)
+            for x in (Path(full.run.output_dir) / "metrics.jsonl").read_text().splitlines()
+        ]
         assert [e["epoch"] for e in events if e["event"] == "train"] == [0] * 3 + [1] * 3 + [2] * 3
         part = config(tmp_path / "part", **common, train=train)
-        assert run_training(part, quiet=True, stop_after=5) == {"interrupted_at": 5}  # checkpoint: step 4
+        assert run_training(part, quiet=True, stop_after=5) == {
+            "interrupted_at": 5
+        }  # checkpoint: step 4
         run_training(part, resume=True, quiet=True)
     finally:
         loop.plan_steps = original

@@ -22,9 +22,11 @@ from runkit import (
     write_jsonl,
 )
 
-REFERENCE = ["The weather today is sunny with a light breeze from the west.",
-             "In the morning we walk to the park, and in the evening we read books at home.",
-             "She sells sea shells by the sea shore."] * 6
+REFERENCE = [
+    "The weather today is sunny with a light breeze from the west.",
+    "In the morning we walk to the park, and in the evening we read books at home.",
+    "She sells sea shells by the sea shore.",
+] * 6
 
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:
@@ -33,9 +35,15 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
 
 def _sft(tmp_path: Path, name: str, model_dir: Path, data: Path, **sections) -> dict:
     train = {"epochs": 1, "batch_size": 8, **sections.pop("train", {})}
-    cfg = config(tmp_path / name, task="sft", model={"name_or_path": str(model_dir)},
-                 adapter={"type": "full"}, data={"train": str(data), "format": "instruction",
-                                                 "template": "alpaca"}, train=train, **sections)
+    cfg = config(
+        tmp_path / name,
+        task="sft",
+        model={"name_or_path": str(model_dir)},
+        adapter={"type": "full"},
+        data={"train": str(data), "format": "instruction", "template": "alpaca"},
+        train=train,
+        **sections,
+    )
     return run_training(cfg, quiet=True)
 
 
@@ -45,8 +53,13 @@ def test_measuring_with_mitigation_off_leaves_training_bit_identical(tmp_path: P
     ref = tmp_path / "ref.txt"
     ref.write_text("\n".join(REFERENCE))
     plain = _sft(tmp_path, "plain", model_dir, data)
-    measured = _sft(tmp_path, "measured", model_dir, data,
-                    forgetting={"reference": str(ref), "mitigation": {"l2sp": 0.0, "ewc": {"weight": 0.0}}})
+    measured = _sft(
+        tmp_path,
+        "measured",
+        model_dir,
+        data,
+        forgetting={"reference": str(ref), "mitigation": {"l2sp": 0.0, "ewc": {"weight": 0.0}}},
+    )
     a, b = _weights(tmp_path / "plain" / "run"), _weights(tmp_path / "measured" / "run")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert "forgetting" not in plain and "overfitting" in plain
@@ -65,33 +78,50 @@ def test_penalty_counts_once_per_step_so_accum_4x2_equals_8x1(tmp_path: Path) ->
     ref = tmp_path / "ref.txt"
     ref.write_text("\n".join(REFERENCE))
     mit = {"reference": str(ref), "mitigation": {"l2sp": 5.0, "ewc": {"weight": 5.0, "samples": 4}}}
-    sa = _sft(tmp_path, "a", model_dir, data, forgetting=mit, train={"batch_size": 8, "grad_accum": 1})
-    sb = _sft(tmp_path, "b", model_dir, data, forgetting=mit, train={"batch_size": 4, "grad_accum": 2})
+    sa = _sft(
+        tmp_path, "a", model_dir, data, forgetting=mit, train={"batch_size": 8, "grad_accum": 1}
+    )
+    sb = _sft(
+        tmp_path, "b", model_dir, data, forgetting=mit, train={"batch_size": 4, "grad_accum": 2}
+    )
     assert sa["train_steps"] == sb["train_steps"] >= 3
     a, b = _weights(tmp_path / "a" / "run"), _weights(tmp_path / "b" / "run")
     assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-5
     pen = [e["penalty"] for e in train_events(tmp_path / "a" / "run")]
-    assert len(pen) == sa["train_steps"] and pen[0] == 0.0 and pen[-1] > 0  # 0 at the anchor, then grows
-    assert [e["penalty"] for e in train_events(tmp_path / "b" / "run")] == pytest.approx(pen, rel=1e-4)
+    assert (
+        len(pen) == sa["train_steps"] and pen[0] == 0.0 and pen[-1] > 0
+    )  # 0 at the anchor, then grows
+    assert [e["penalty"] for e in train_events(tmp_path / "b" / "run")] == pytest.approx(
+        pen, rel=1e-4
+    )
 
 
 def _noun_rows(n: int) -> list[dict[str, str]]:
     """A second task on the same sentences: which noun (3 labels), not which sentiment."""
     rows = sentiment_rows(n, seed=7)
-    return [{"text": r["text"], "label": f"n{NOUNS.index(r['text'].split(' was ')[0]) % 3}"} for r in rows]
+    return [
+        {"text": r["text"], "label": f"n{NOUNS.index(r['text'].split(' was ')[0]) % 3}"}
+        for r in rows
+    ]
 
 
 def _drift(run: Path, start: dict[str, torch.Tensor]) -> float:
     w = _weights(run)
-    return sum(float((w[k] - start[k]).pow(2).sum()) for k in start if not k.startswith("classifier"))
+    return sum(
+        float((w[k] - start[k]).pow(2).sum()) for k in start if not k.startswith("classifier")
+    )
 
 
 def test_prior_task_accuracy_and_l2sp_ewc_pull_back(tmp_path: Path) -> None:
     bert = tiny_bert_dir(tmp_path)
     common = {"task": "classification", "adapter": {"type": "full"}}
-    a = config(tmp_path / "a", **common, model={"name_or_path": str(bert), "max_length": 24},
-               data={"train": str(write_jsonl(tmp_path / "a.jsonl", sentiment_rows(160)))},
-               train={"epochs": 4, "early_stopping": {"metric": "accuracy", "mode": "max"}})
+    a = config(
+        tmp_path / "a",
+        **common,
+        model={"name_or_path": str(bert), "max_length": 24},
+        data={"train": str(write_jsonl(tmp_path / "a.jsonl", sentiment_rows(160)))},
+        train={"epochs": 4, "early_stopping": {"metric": "accuracy", "mode": "max"}},
+    )
     sa = run_training(a, quiet=True)
     assert sa["best_eval"]["accuracy"] >= 0.9
     a_model = Path(a.run.output_dir) / "model"
@@ -99,9 +129,14 @@ def test_prior_task_accuracy_and_l2sp_ewc_pull_back(tmp_path: Path) -> None:
     b_data = write_jsonl(tmp_path / "b.jsonl", _noun_rows(160))
 
     def run_b(name: str, mitigation: dict) -> dict:
-        cfg = config(tmp_path / name, **common, model={"name_or_path": str(a_model), "max_length": 24},
-                     data={"train": str(b_data)}, train={"epochs": 3},
-                     forgetting={"prior": "auto", "mitigation": mitigation})
+        cfg = config(
+            tmp_path / name,
+            **common,
+            model={"name_or_path": str(a_model), "max_length": 24},
+            data={"train": str(b_data)},
+            train={"epochs": 3},
+            forgetting={"prior": "auto", "mitigation": mitigation},
+        )
         return run_training(cfg, quiet=True)
 
     none = run_b("none", {})
@@ -125,8 +160,14 @@ def test_replay_mixes_reference_text_into_sft(tmp_path: Path) -> None:
     data = write_jsonl(tmp_path / "d.jsonl", instruction_rows(48))
     ref = tmp_path / "ref.txt"
     ref.write_text("\n".join(REFERENCE))
-    without = _sft(tmp_path, "without", model_dir, data, train={"epochs": 2},
-                   forgetting={"reference": str(ref)})
+    without = _sft(
+        tmp_path,
+        "without",
+        model_dir,
+        data,
+        train={"epochs": 2},
+        forgetting={"reference": str(ref)},
+    )
     replay = {"reference": str(ref), "mitigation": {"replay": {"data": str(ref), "fraction": 0.25}}}
     with_replay = _sft(tmp_path, "with", model_dir, data, train={"epochs": 2}, forgetting=replay)
     n_train = without["data"]["train"]

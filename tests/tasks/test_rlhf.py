@@ -31,8 +31,14 @@ def _examples_importable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(ROOT)  # rlhf.reward examples.rewards:... imports from the current folder
 
 
-def _rlhf(tmp: Path, model_dir: Path, steps: int = 60, adapter: dict | None = None,
-          lr: float = 3e-2, **rl: object) -> tuple[dict, list[dict]]:
+def _rlhf(
+    tmp: Path,
+    model_dir: Path,
+    steps: int = 60,
+    adapter: dict | None = None,
+    lr: float = 3e-2,
+    **rl: object,
+) -> tuple[dict, list[dict]]:
     cfg = config(
         tmp,
         task="rlhf",
@@ -40,8 +46,13 @@ def _rlhf(tmp: Path, model_dir: Path, steps: int = 60, adapter: dict | None = No
         adapter=adapter or {"type": "full"},
         data={"train": str(PROMPTS), "split": {"eval": 0.2, "test": 0.1}},
         train={"max_steps": steps, "batch_size": 4, "lr": lr, "eval_each_epoch": False},
-        rlhf={"reward": "examples.rewards:vowel_share", "samples_per_prompt": 8,
-              "max_new_tokens": 8, "kl_coef": 0.01, **rl},
+        rlhf={
+            "reward": "examples.rewards:vowel_share",
+            "samples_per_prompt": 8,
+            "max_new_tokens": 8,
+            "kl_coef": 0.01,
+            **rl,
+        },
     )
     summary = run_training(cfg, quiet=True)
     return summary, train_events(Path(cfg.run.output_dir))
@@ -54,12 +65,20 @@ def _mean(events: list[dict], key: str) -> float:
 def test_full_finetune_raises_the_reward(tmp_path: Path) -> None:
     summary, events = _rlhf(tmp_path, tiny_causal_dir(tmp_path))
     first, last = _mean(events[:10], "reward"), _mean(events[-10:], "reward")
-    print(f"\nrlhf/full: mean reward steps 1-10 {first:.3f} -> 51-60 {last:.3f}; "
-          f"KL {events[-1]['kl']:.2f}; eval reward {summary['eval_before']['eval']['reward']:.3f}"
-          f" -> {summary['best_eval']['reward']:.3f}")
+    print(
+        f"\nrlhf/full: mean reward steps 1-10 {first:.3f} -> 51-60 {last:.3f}; "
+        f"KL {events[-1]['kl']:.2f}; eval reward {summary['eval_before']['eval']['reward']:.3f}"
+        f" -> {summary['best_eval']['reward']:.3f}"
+    )
     assert last > first + 0.25
-    assert set(events[0]) >= {"loss", "reward", "reward_std", "kl", "completion_length",
-                              "clip_fraction"}
+    assert set(events[0]) >= {
+        "loss",
+        "reward",
+        "reward_std",
+        "kl",
+        "completion_length",
+        "clip_fraction",
+    }
     # Step 1 scores the initial policy against its frozen copy: identical, KL exactly 0.
     assert events[0]["kl"] == 0.0 and events[-1]["kl"] > 0.1
     assert all(e["clip_fraction"] == 0.0 for e in events)  # one update per rollout: ratio 1
@@ -86,8 +105,9 @@ def test_lora_uses_the_disabled_adapter_as_reference_and_kl_in_reward(
     # uniform): train it in full beside the adapters. Disabling the adapter disables that copy
     # too, so the reference is still exactly the initial model.
     lora = {"type": "lora", "r": 8, "alpha": 16, "dropout": 0.0, "modules_to_save": ["lm_head"]}
-    summary, events = _rlhf(tmp_path, tiny_causal_dir(tmp_path, "qwen2"), adapter=lora,
-                            advantage="grpo", kl_in="reward")
+    summary, events = _rlhf(
+        tmp_path, tiny_causal_dir(tmp_path, "qwen2"), adapter=lora, advantage="grpo", kl_in="reward"
+    )
     # No second copy of the model (peft copies only lm_head, the module to save).
     assert not any(isinstance(c, (PreTrainedModel, PeftModel)) for c in copies)
     first, last = _mean(events[:10], "reward"), _mean(events[-10:], "reward")
@@ -119,8 +139,15 @@ def score(prompt, completion):
 def test_rollouts_are_reused_and_the_ratio_is_clipped(tmp_path: Path, monkeypatch) -> None:
     (tmp_path / "counting_reward.py").write_text(textwrap.dedent(COUNTING))
     monkeypatch.syspath_prepend(str(tmp_path))
-    _, events = _rlhf(tmp_path, tiny_causal_dir(tmp_path), steps=12, lr=5e-2,
-                      reward="counting_reward:score", updates_per_rollout=3, clip_range=0.05)
+    _, events = _rlhf(
+        tmp_path,
+        tiny_causal_dir(tmp_path),
+        steps=12,
+        lr=5e-2,
+        reward="counting_reward:score",
+        updates_per_rollout=3,
+        clip_range=0.05,
+    )
     import counting_reward
 
     # 12 steps x 4 prompts x 8 samples, sampled every third step; greedy evaluation of the
@@ -133,13 +160,23 @@ def test_rollouts_are_reused_and_the_ratio_is_clipped(tmp_path: Path, monkeypatc
 
 def _reward_model_run(tmp: Path) -> Path:
     rng = random.Random(0)
-    rows = [{"prompt": f"How was {n}? ({i})", "chosen": f"{n} was {rng.choice(POS)}",
-             "rejected": f"{n} was {rng.choice(NEG)}"}
-            for i, n in enumerate(rng.choice(NOUNS) for _ in range(120))]
-    cfg = config(tmp, task="reward", model={"name_or_path": str(tiny_causal_dir(tmp, "gpt2"))},
-                 adapter={"type": "full"}, run={"output_dir": str(tmp / "rm"), "seed": 1},
-                 data={"train": str(write_jsonl(tmp / "pairs.jsonl", rows))},
-                 train={"epochs": 2, "lr": 5e-3, "eval_before": False})
+    rows = [
+        {
+            "prompt": f"How was {n}? ({i})",
+            "chosen": f"{n} was {rng.choice(POS)}",
+            "rejected": f"{n} was {rng.choice(NEG)}",
+        }
+        for i, n in enumerate(rng.choice(NOUNS) for _ in range(120))
+    ]
+    cfg = config(
+        tmp,
+        task="reward",
+        model={"name_or_path": str(tiny_causal_dir(tmp, "gpt2"))},
+        adapter={"type": "full"},
+        run={"output_dir": str(tmp / "rm"), "seed": 1},
+        data={"train": str(write_jsonl(tmp / "pairs.jsonl", rows))},
+        train={"epochs": 2, "lr": 5e-3, "eval_before": False},
+    )
     run_training(cfg, quiet=True)
     return tmp / "rm"
 
@@ -151,8 +188,9 @@ def test_reward_model_run_as_the_reward(tmp_path: Path) -> None:
     # The rewards in completions.jsonl are what `lmtune score` gives the same rows.
     lines = (tmp_path / "run" / "completions.jsonl").read_text().splitlines()
     done = [json.loads(x) for x in lines]
-    write_jsonl(tmp_path / "c.jsonl", [{"prompt": d["prompt"], "response": d["completion"]}
-                                       for d in done])
+    write_jsonl(
+        tmp_path / "c.jsonl", [{"prompt": d["prompt"], "response": d["completion"]} for d in done]
+    )
     scored, _ = run_score(rm, tmp_path / "c.jsonl")
     assert [s["score"] for s in scored] == pytest.approx([d["reward"] for d in done], abs=1e-5)
 
@@ -202,17 +240,34 @@ def test_config_and_prompt_rows(tmp_path: Path) -> None:
         load_config(None, ["task=rlhf", "rlhf.reward=m:f", "rlhf.max_new_tokens=300"])
     with pytest.raises(UserError, match="task rlhf reads prompts"):
         load_config(None, ["task=rlhf", "rlhf.reward=m:f", "data.format=chat"])
-    rows = [{"prompt": "hi"}, {"prompt": [{"role": "user", "content": "hello"}]},
-            {"prompt": "  "}, {"prompt": [{"role": "assistant", "content": "x"}]}, {"text": "no"}]
+    rows = [
+        {"prompt": "hi"},
+        {"prompt": [{"role": "user", "content": "hello"}]},
+        {"prompt": "  "},
+        {"prompt": [{"role": "assistant", "content": "x"}]},
+        {"text": "no"},
+    ]
     data = write_jsonl(tmp_path / "p.jsonl", rows * 4)
-    cfg = load_config(None, ["task=rlhf", "rlhf.reward=m:f", f"data.train={data}",
-                             "data.split.eval=0", "data.max_bad_fraction=0.9"])
+    cfg = load_config(
+        None,
+        [
+            "task=rlhf",
+            "rlhf.reward=m:f",
+            f"data.train={data}",
+            "data.split.eval=0",
+            "data.max_bad_fraction=0.9",
+        ],
+    )
     out = prepare_data(cfg, tmp_path / "run")
     assert out.format == "prompt"
-    assert [r["prompt"] for r in out.splits["train"]] == ["hi", [{"role": "user",
-                                                                  "content": "hello"}]]
-    reasons = [json.loads(x)["reason"] for x in (tmp_path / "run" / "rejects.jsonl").read_text()
-               .splitlines()]
+    assert [r["prompt"] for r in out.splits["train"]] == [
+        "hi",
+        [{"role": "user", "content": "hello"}],
+    ]
+    reasons = [
+        json.loads(x)["reason"]
+        for x in (tmp_path / "run" / "rejects.jsonl").read_text().splitlines()
+    ]
     assert any("empty" in r for r in reasons) and any("assistant turn" in r for r in reasons)
     assert any("missing field 'prompt'" in r for r in reasons)
 
@@ -220,11 +275,18 @@ def test_config_and_prompt_rows(tmp_path: Path) -> None:
 def test_shipped_config_runs_with_a_tiny_model(tmp_path: Path) -> None:
     from lmtune.config import load_config
 
-    cfg = load_config(ROOT / "configs" / "rlhf_reward_fn.yaml", [
-        f"model.name_or_path={tiny_causal_dir(tmp_path)}", "model.max_length=64",
-        f"run.output_dir={tmp_path / 'run'}", "rlhf.max_new_tokens=6", "train.max_steps=3",
-        "train.eval_every=3", "train.precision=fp32",
-    ])
+    cfg = load_config(
+        ROOT / "configs" / "rlhf_reward_fn.yaml",
+        [
+            f"model.name_or_path={tiny_causal_dir(tmp_path)}",
+            "model.max_length=64",
+            f"run.output_dir={tmp_path / 'run'}",
+            "rlhf.max_new_tokens=6",
+            "train.max_steps=3",
+            "train.eval_every=3",
+            "train.precision=fp32",
+        ],
+    )
     summary = run_training(cfg, quiet=True)
     events = train_events(tmp_path / "run")
     assert [e["step"] for e in events] == [1, 2, 3] and events[0]["kl"] == 0.0
@@ -238,11 +300,20 @@ def test_resume_equals_an_uninterrupted_run(tmp_path: Path) -> None:
 
     def cfg(out: str):
         return config(
-            tmp_path, task="rlhf", run={"output_dir": str(tmp_path / out), "seed": 1},
-            model={"name_or_path": str(model_dir), "max_length": 64}, adapter={"type": "full"},
+            tmp_path,
+            task="rlhf",
+            run={"output_dir": str(tmp_path / out), "seed": 1},
+            model={"name_or_path": str(model_dir), "max_length": 64},
+            adapter={"type": "full"},
             data={"train": str(PROMPTS), "split": {"eval": 0.2}},
-            train={"max_steps": 10, "batch_size": 4, "lr": 3e-2, "eval_every": 5,
-                   "save_every": 5, "eval_before": False},
+            train={
+                "max_steps": 10,
+                "batch_size": 4,
+                "lr": 3e-2,
+                "eval_every": 5,
+                "save_every": 5,
+                "eval_before": False,
+            },
             rlhf={"reward": "examples.rewards:vowel_share", "max_new_tokens": 6, "kl_coef": 0.1},
         )
 
@@ -253,4 +324,5 @@ def test_resume_equals_an_uninterrupted_run(tmp_path: Path) -> None:
     resumed = load_file(str(tmp_path / "split" / "model" / "model.safetensors"))
     assert all(torch.allclose(whole[k], resumed[k], atol=1e-6) for k in whole)
     assert train_events(tmp_path / "whole")[-1]["kl"] == pytest.approx(
-        train_events(tmp_path / "split")[-1]["kl"], abs=1e-5)
+        train_events(tmp_path / "split")[-1]["kl"], abs=1e-5
+    )

@@ -28,10 +28,14 @@ from runkit import (
 def test_sft_learns(tmp_path: Path, arch: str, adapter: str) -> None:
     model_dir = tiny_causal_dir(tmp_path, arch)
     data = write_jsonl(tmp_path / "inst.jsonl", instruction_rows(96))
-    cfg = config(tmp_path, task="sft", model={"name_or_path": str(model_dir)},
-                 adapter={"type": adapter, "r": 8, "alpha": 16, "dropout": 0.0},
-                 data={"train": str(data), "format": "instruction", "template": "alpaca"},
-                 train={"epochs": 8, "lr": 3e-2 if adapter != "full" else 1e-2})
+    cfg = config(
+        tmp_path,
+        task="sft",
+        model={"name_or_path": str(model_dir)},
+        adapter={"type": adapter, "r": 8, "alpha": 16, "dropout": 0.0},
+        data={"train": str(data), "format": "instruction", "template": "alpaca"},
+        train={"epochs": 8, "lr": 3e-2 if adapter != "full" else 1e-2},
+    )
     summary = run_training(cfg, quiet=True)
     events = train_events(Path(cfg.run.output_dir))
     first, last = events[0]["loss"], events[-1]["loss"]
@@ -58,11 +62,18 @@ def test_classification_learns(tmp_path: Path, adapter: str) -> None:
     # run on the real pre-trained builtin:minilm.
     model = str(tiny_bert_dir(tmp_path)) if adapter == "full" else "builtin:minilm"
     data = write_jsonl(tmp_path / "cls.jsonl", sentiment_rows(160))
-    cfg = config(tmp_path, task="classification", model={"name_or_path": model, "max_length": 24},
-                 adapter={"type": adapter, "r": 8, "alpha": 16, "dropout": 0.0},
-                 data={"train": str(data), "split": {"eval": 0.2, "test": 0.2}},
-                 train={"epochs": 4, "lr": {"full": 5e-3, "lora": 2e-3, "head": 1e-2}[adapter],
-                        "early_stopping": {"metric": "accuracy", "mode": "max"}})
+    cfg = config(
+        tmp_path,
+        task="classification",
+        model={"name_or_path": model, "max_length": 24},
+        adapter={"type": adapter, "r": 8, "alpha": 16, "dropout": 0.0},
+        data={"train": str(data), "split": {"eval": 0.2, "test": 0.2}},
+        train={
+            "epochs": 4,
+            "lr": {"full": 5e-3, "lora": 2e-3, "head": 1e-2}[adapter],
+            "early_stopping": {"metric": "accuracy", "mode": "max"},
+        },
+    )
     summary = run_training(cfg, quiet=True)
     losses = [e["loss"] for e in train_events(Path(cfg.run.output_dir))]
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5, losses  # single steps are noisy
@@ -77,8 +88,15 @@ def test_classification_learns(tmp_path: Path, adapter: str) -> None:
     for name in ("summary.json", "metrics.jsonl", "config.yaml", "data_report.json"):
         assert (run / name).is_file(), name
     s = json.loads((run / "summary.json").read_text())
-    for key in ("train_runtime_s", "train_samples_per_s", "train_tokens_per_s", "peak_rss_mb",
-                "final_train_loss", "best_eval", "best_checkpoint"):
+    for key in (
+        "train_runtime_s",
+        "train_samples_per_s",
+        "train_tokens_per_s",
+        "peak_rss_mb",
+        "final_train_loss",
+        "best_eval",
+        "best_checkpoint",
+    ):
         assert s.get(key) is not None, key
 
 
@@ -98,10 +116,20 @@ def test_evals_run_in_fp32_unless_asked(tmp_path: Path, monkeypatch, eval_precis
 
         monkeypatch.setattr(ClassificationTask, name, spy)
     data = write_jsonl(tmp_path / "cls.jsonl", sentiment_rows(48))
-    cfg = config(tmp_path, task="classification", model={"name_or_path": str(tiny_bert_dir(tmp_path))},
-                 adapter={"type": "full"}, data={"train": str(data), "split": {"eval": 0.25}},
-                 train={"epochs": 1, "eval_every": 2, "eval_before": False, "precision": "bf16",
-                        "eval_precision": eval_precision})
+    cfg = config(
+        tmp_path,
+        task="classification",
+        model={"name_or_path": str(tiny_bert_dir(tmp_path))},
+        adapter={"type": "full"},
+        data={"train": str(data), "split": {"eval": 0.25}},
+        train={
+            "epochs": 1,
+            "eval_every": 2,
+            "eval_before": False,
+            "precision": "bf16",
+            "eval_precision": eval_precision,
+        },
+    )
     summary = run_training(cfg, quiet=True)
     assert seen["loss"] and all(seen["loss"])  # training under bf16 autocast
     assert len(seen["evaluate"]) >= 2

@@ -18,15 +18,22 @@ def test_kept_average_is_the_mean_of_the_snapshots(tmp_path: Path, monkeypatch) 
     original = averaging.WeightAverage.update
 
     def spy(self, model):  # record exactly what enters the mean
-        snapshots.append({n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad})
+        snapshots.append(
+            {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        )
         original(self, model)
 
     monkeypatch.setattr(averaging.WeightAverage, "update", spy)
     model_dir = tiny_bert_dir(tmp_path)
     data = write_jsonl(tmp_path / "d.jsonl", sentiment_rows(64))
-    cfg = config(tmp_path, task="classification", model={"name_or_path": str(model_dir)},
-                 adapter={"type": "full"}, data={"train": str(data), "split": {"eval": 0.0}},
-                 train={"epochs": 2, "average": {"start": 0.5, "every": 3}})
+    cfg = config(
+        tmp_path,
+        task="classification",
+        model={"name_or_path": str(model_dir)},
+        adapter={"type": "full"},
+        data={"train": str(data), "split": {"eval": 0.0}},
+        train={"epochs": 2, "average": {"start": 0.5, "every": 3}},
+    )
     summary = run_training(cfg, quiet=True)
     # 8 steps/epoch x 2: snapshots from step 8 every 3 steps, plus the last step: 8, 11, 14, 16
     assert summary["train_steps"] == 16
@@ -38,27 +45,44 @@ def test_kept_average_is_the_mean_of_the_snapshots(tmp_path: Path, monkeypatch) 
         torch.testing.assert_close(saved[name], mean, atol=1e-6, rtol=0)
     run = Path(cfg.run.output_dir)
     assert "weight average" in (run / "report.html").read_text()
-    assert "mean of 4 snapshots, every 3 steps from step 8" in (run / "model" / "MODEL_CARD.md").read_text()
+    assert (
+        "mean of 4 snapshots, every 3 steps from step 8"
+        in (run / "model" / "MODEL_CARD.md").read_text()
+    )
 
 
 def test_average_resumes_after_a_kill_and_is_judged_on_eval(tmp_path: Path) -> None:
     model_dir = tiny_bert_dir(tmp_path)
     data = write_jsonl(tmp_path / "d.jsonl", sentiment_rows(120))
-    common = dict(task="classification", model={"name_or_path": str(model_dir)},
-                  adapter={"type": "lora", "r": 4, "alpha": 8, "dropout": 0.1}, data={"train": str(data)})
-    train = {"epochs": 3, "save_every": 4, "eval_every": 4, "average": {"start": 0.2, "every": 2},
-             "early_stopping": {"metric": "accuracy", "mode": "max"}}
+    common = dict(
+        task="classification",
+        model={"name_or_path": str(model_dir)},
+        adapter={"type": "lora", "r": 4, "alpha": 8, "dropout": 0.1},
+        data={"train": str(data)},
+    )
+    train = {
+        "epochs": 3,
+        "save_every": 4,
+        "eval_every": 4,
+        "average": {"start": 0.2, "every": 2},
+        "early_stopping": {"metric": "accuracy", "mode": "max"},
+    }
     full = config(tmp_path / "full", **common, train=train)
     s_full = run_training(full, quiet=True)
     part = config(tmp_path / "part", **common, train=train)
-    assert run_training(part, quiet=True, stop_after=7) == {"interrupted_at": 7}  # checkpoint: step 4
+    assert run_training(part, quiet=True, stop_after=7) == {
+        "interrupted_at": 7
+    }  # checkpoint: step 4
     s_part = run_training(part, resume=True, quiet=True)
     assert s_part["weight_average"] == s_full["weight_average"]
     a, b = folder_tensors(Path(s_full["model_dir"])), folder_tensors(Path(s_part["model_dir"]))
     assert a.keys() == b.keys() and max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-6
     avg = s_full["weight_average"]
     assert avg["snapshots"] >= 3 and "accuracy" in avg
-    events = [json.loads(x) for x in (Path(full.run.output_dir) / "metrics.jsonl").read_text().splitlines()]
+    events = [
+        json.loads(x)
+        for x in (Path(full.run.output_dir) / "metrics.jsonl").read_text().splitlines()
+    ]
     (judged,) = [e for e in events if e["event"] == "eval_average"]
     assert judged["accuracy"] == avg["accuracy"] and judged["kept"] == avg["kept"]
     best_snapshot = max(e["accuracy"] for e in events if e["event"] == "eval")

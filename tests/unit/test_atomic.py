@@ -42,7 +42,9 @@ def test_atomic_write_text_replaces_and_cleans_up(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["current"]
 
 
-def test_atomic_write_text_failure_keeps_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_atomic_write_text_failure_keeps_old_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "current"
     path.write_text("old")
 

@@ -69,12 +69,20 @@ def test_saved_mean_resumes_to_the_same_average() -> None:
         b.load({"0.weight": torch.zeros(4, 3)}, 1)
 
 
-@pytest.mark.parametrize(("mode", "best", "averaged", "kept"), [
-    ("max", 0.90, 0.85, False), ("max", 0.90, 0.90, True), ("max", 0.90, 0.92, True),
-    ("min", 0.30, 0.35, False), ("min", 0.30, 0.25, True), ("max", None, 0.50, True),
-])
+@pytest.mark.parametrize(
+    ("mode", "best", "averaged", "kept"),
+    [
+        ("max", 0.90, 0.85, False),
+        ("max", 0.90, 0.90, True),
+        ("max", 0.90, 0.92, True),
+        ("min", 0.30, 0.35, False),
+        ("min", 0.30, 0.25, True),
+        ("max", None, 0.50, True),
+    ],
+)
 def test_average_is_kept_unless_a_snapshot_scored_higher(
-        tmp_path: Path, mode: str, best: float | None, averaged: float, kept: bool) -> None:
+    tmp_path: Path, mode: str, best: float | None, averaged: float, kept: bool
+) -> None:
     model = _model()
     avg = WeightAverage(model, 1, 1, 10)
     _set(model, 2.0)
@@ -83,7 +91,9 @@ def test_average_is_kept_unless_a_snapshot_scored_higher(
     seen: list[float] = []
 
     def run_eval() -> dict[str, float]:
-        seen.append(float(model[1].bias[0].detach()))  # evaluated with the averaged weights in place
+        seen.append(
+            float(model[1].bias[0].detach())
+        )  # evaluated with the averaged weights in place
         return {"score": averaged}
 
     log = MetricsLog(tmp_path / "metrics.jsonl")
@@ -91,7 +101,13 @@ def test_average_is_kept_unless_a_snapshot_scored_higher(
     result = _judge_average(avg, model, run_eval, state, "score", mode, log)
     assert seen == [2.0] and float(model[1].bias[0].detach()) == 4.0
     assert result["kept"] is kept and result["snapshots"] == 1 and result["score"] == averaged
-    assert result["eval"] == {"event": "eval", "step": 7, "epoch": 1, "score": averaged, "weight_average": True}
+    assert result["eval"] == {
+        "event": "eval",
+        "step": 7,
+        "epoch": 1,
+        "score": averaged,
+        "weight_average": True,
+    }
     (event,) = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert event["event"] == "eval_average" and event["score"] == averaged and event["kept"] is kept
 
@@ -100,6 +116,13 @@ def test_without_eval_data_the_average_is_kept(tmp_path: Path) -> None:
     model = _model()
     avg = WeightAverage(model, 1, 1, 10)
     avg.update(model)
-    result = _judge_average(avg, model, lambda: None, {"step": 3, "epoch": 0, "best": None}, "eval_loss", "min",
-                            MetricsLog(tmp_path / "m.jsonl"))
+    result = _judge_average(
+        avg,
+        model,
+        lambda: None,
+        {"step": 3, "epoch": 0, "best": None},
+        "eval_loss",
+        "min",
+        MetricsLog(tmp_path / "m.jsonl"),
+    )
     assert result["kept"] is True and "eval" not in result

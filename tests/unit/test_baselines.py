@@ -29,7 +29,11 @@ class EchoLM(torch.nn.Module):
 
     def forward(self, input_ids, attention_mask, position_ids=None, logits_to_keep=0):  # noqa: ANN001, ANN201
         self.widths.append(input_ids.shape[1])
-        seen = (F.one_hot(input_ids, self.vocab).float() * attention_mask[..., None]).cumsum(1).clamp(max=1)
+        seen = (
+            (F.one_hot(input_ids, self.vocab).float() * attention_mask[..., None])
+            .cumsum(1)
+            .clamp(max=1)
+        )
         logits = 5.0 * seen
         return SimpleNamespace(logits=logits[:, -logits_to_keep:] if logits_to_keep else logits)
 
@@ -69,7 +73,9 @@ def test_zero_shot_similarity_to_several_descriptions() -> None:
     desc = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
     protos = bl.class_prototypes(desc, [1, 1, 0], 2)
     text = torch.tensor([[0.6, 0.6, 0.7]])
-    assert (bl.l2_normalize(text) @ bl.l2_normalize(desc).T).argmax().item() == 2  # nearest single: neg
+    assert (
+        bl.l2_normalize(text) @ bl.l2_normalize(desc).T
+    ).argmax().item() == 2  # nearest single: neg
     assert bl.nearest_prototype(text, protos).tolist() == [1]
 
 
@@ -107,8 +113,16 @@ def test_embed_is_mean_pooled_normalised_and_padding_invariant() -> None:
     torch.manual_seed(0)
     from transformers import BertConfig
 
-    model = BertModel(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                 intermediate_size=64, pad_token_id=tok.pad_token_id)).eval()
+    model = BertModel(
+        BertConfig(
+            vocab_size=len(tok),
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            pad_token_id=tok.pad_token_id,
+        )
+    ).eval()
     rows = [{"text": "the movie"}, {"text": "the quick brown fox jumps over the lazy dog"}]
     together = bl.embed(model, tok, rows, 64, batch_size=2)
     alone = bl.embed(model, tok, rows[:1], 64, batch_size=1)
@@ -121,10 +135,18 @@ def test_embed_is_mean_pooled_normalised_and_padding_invariant() -> None:
 
 def test_label_descriptions_default_and_errors() -> None:
     labels = ["0", "1"]
-    assert bl.label_descriptions(BaselinesConfig(), labels) == {"0": ["This text is 0."], "1": ["This text is 1."]}
-    cfg = BaselinesConfig(label_descriptions={0: "a negative review", 1: ["a positive review", "a happy one"]})
+    assert bl.label_descriptions(BaselinesConfig(), labels) == {
+        "0": ["This text is 0."],
+        "1": ["This text is 1."],
+    }
+    cfg = BaselinesConfig(
+        label_descriptions={0: "a negative review", 1: ["a positive review", "a happy one"]}
+    )
     assert bl.label_descriptions(cfg, labels)["1"] == ["a positive review", "a happy one"]
-    with pytest.raises(UserError, match=r"label_descriptions.*label\(s\) pos are not labels.*no entry for label\(s\) 1"):
+    with pytest.raises(
+        UserError,
+        match=r"label_descriptions.*label\(s\) pos are not labels.*no entry for label\(s\) 1",
+    ):
         bl.label_descriptions(BaselinesConfig(label_descriptions={"0": "x", "pos": "y"}), labels)
 
 
@@ -173,12 +195,17 @@ def test_candidates_tail_of_joint_tokenization() -> None:
     ctx, conts = bl.candidates(tok, "Text: the movie was great\nLabel:", ["great", "awful"])
     assert ctx == tok("Text: the movie was great\nLabel:", add_special_tokens=False)["input_ids"]
     assert conts == [tok(" great")["input_ids"], tok(" awful")["input_ids"]]
-    assert bl.render("R: {text} / {text_pair}", {"text": "a {x}", "text_pair": "b"}) == "R: a {x} / b"
+    assert (
+        bl.render("R: {text} / {text_pair}", {"text": "a {x}", "text_pair": "b"}) == "R: a {x} / b"
+    )
     assert bl.render("R: {text}", {"text": "a", "text_pair": "b"}) == "R: a\nb"
 
 
 def _rows(words: list[str], labels: list[str]) -> list[dict[str, str]]:
-    return [{"text": f"the movie was {w} {i}", "label": lab} for i, (w, lab) in enumerate(zip(words, labels, strict=True))]
+    return [
+        {"text": f"the movie was {w} {i}", "label": lab}
+        for i, (w, lab) in enumerate(zip(words, labels, strict=True))
+    ]
 
 
 def test_causal_zero_and_few_shot_with_a_known_model() -> None:
@@ -206,11 +233,14 @@ def test_causal_demonstrations_dropped_and_long_rows_cut_to_max_length() -> None
     demos = [{"text": "the show was lovely", "label": lab} for lab in ("pos", "neg", "pos", "neg")]
     n = lambda s: len(tok(s)["input_ids"])  # noqa: E731
     query, demo = n(bl.render(cfg.prompt, rows[0])), n(bl.render(cfg.prompt, demos[0]) + " pos\n\n")
-    assert demo == n(bl.render(cfg.prompt, demos[1]) + " neg\n\n")  # all demonstrations equally long
+    assert demo == n(
+        bl.render(cfg.prompt, demos[1]) + " neg\n\n"
+    )  # all demonstrations equally long
     longest = max(n(" pos"), n(" neg"))
     max_length = query + longest + 1 + 2 * demo + 1  # room for two demonstrations, not three
-    _, stats = bl.causal_predictions(lm, tok, cfg, ["neg", "pos"], rows, demos, ["pos", "neg", "pos", "neg"],
-                                     max_length, "cpu")
+    _, stats = bl.causal_predictions(
+        lm, tok, cfg, ["neg", "pos"], rows, demos, ["pos", "neg", "pos", "neg"], max_length, "cpu"
+    )
     assert stats["rows_with_dropped_demos"] == 2 and stats["demos_used"] == 4
     assert max(lm.widths) == query + 2 * demo + longest <= max_length
     lm.widths.clear()

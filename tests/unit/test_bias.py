@@ -30,7 +30,9 @@ from lmtune.models.load import NEW_PAD_TOKEN, _grow_embeddings
 from tiny import make_bert_tokenizer, make_causal, make_tokenizer
 
 TERMS = load_terms()
-HEADER = ",sent_more,sent_less,stereo_antistereo,bias_type,annotations,anon_writer,anon_annotators\n"
+HEADER = (
+    ",sent_more,sent_less,stereo_antistereo,bias_type,annotations,anon_writer,anon_annotators\n"
+)
 
 
 def _swapped(text: str, category: str) -> list[tuple[str, str]]:
@@ -39,13 +41,16 @@ def _swapped(text: str, category: str) -> list[tuple[str, str]]:
 
 def test_swaps_whole_words_only_and_keep_case_and_punctuation() -> None:
     g = TERMS["gender"]
-    assert swap("He said: (he) HE, he's he.", g, "male", "female") == "She said: (she) SHE, she's she."
+    assert (
+        swap("He said: (he) HE, he's he.", g, "male", "female") == "She said: (she) SHE, she's she."
+    )
     # "he" inside other words, hyphenated compounds and underscores stays put.
     for text in ("the hero, them, there", "hehe", "he-man", "she_", "Themselves", "mankind"):
         assert _swapped(text, "gender") == []
     assert _swapped("an old-fashioned story", "age") == []
     assert _swapped("Women love this. MEN hate it", "gender") == [
-        ("male<->female", "Men love this. WOMEN hate it")]
+        ("male<->female", "Men love this. WOMEN hate it")
+    ]
     assert _swapped("john's film", "names") == [("male_names->female_names", "mary's film")]
 
 
@@ -58,7 +63,8 @@ def test_her_and_his_take_their_form_from_the_next_word() -> None:
     assert _swapped("hers is better", "gender") == [("female->male", "his is better")]
     # Both sides present: one transposition swaps them both ways.
     assert _swapped("She told him about his dog", "gender") == [
-        ("male<->female", "He told her about her dog")]
+        ("male<->female", "He told her about her dog")
+    ]
 
 
 def test_multi_side_categories_swap_to_every_other_side() -> None:
@@ -78,11 +84,15 @@ def test_shipped_terms_are_aligned_and_bad_files_name_the_problem(tmp_path: Path
     for cat in TERMS.values():
         assert len({len(v) for v in cat.sides.values()}) == 1
     bad = tmp_path / "terms.json"
-    bad.write_text(json.dumps({"categories": {"x": {"sides": {"a": ["he", "she"], "b": ["she", "it"]}}}}))
+    bad.write_text(
+        json.dumps({"categories": {"x": {"sides": {"a": ["he", "she"], "b": ["she", "it"]}}}})
+    )
     with pytest.raises(UserError, match=r"terms.json: categories.x: 'she' is in sides a and b"):
         load_terms(bad)
     bad.write_text(json.dumps({"categories": {"x": {"sides": {"a": ["he"], "b": ["she", "it"]}}}}))
-    with pytest.raises(UserError, match=r"categories.x.sides needs two or more lists of equal length"):
+    with pytest.raises(
+        UserError, match=r"categories.x.sides needs two or more lists of equal length"
+    ):
         load_terms(bad)
 
 
@@ -109,12 +119,18 @@ def test_counterfactual_statistics_follow_the_predictions() -> None:
             out.append([1 - p, p])
         return torch.tensor(out)
 
-    rows = [{"text": "he said it was great"}, {"text": "he said it was dull"},
-            {"text": "she said it was dull"}, {"text": "nobody said a thing"}]
+    rows = [
+        {"text": "he said it was great"},
+        {"text": "he said it was dull"},
+        {"text": "she said it was dull"},
+        {"text": "nobody said a thing"},
+    ]
     res = counterfactual_audit(rows, predict, ["neg", "pos"], {"gender": TERMS["gender"]}, worst=2)
     g = res["by_category"]["gender"]
     assert res["overall"]["n"] == 3 and res["overall"]["texts"] == 3 and res["overall"]["rows"] == 4
-    assert g["by_direction"]["male->female"]["n"] == 2 and g["by_direction"]["female->male"]["n"] == 1
+    assert (
+        g["by_direction"]["male->female"]["n"] == 2 and g["by_direction"]["female->male"]["n"] == 1
+    )
     # "he ... dull": neg 0.6 -> 0.3 (flip); "he ... great": pos 0.6 -> 0.9; "she ... dull": pos 0.7 -> 0.4 (flip)
     assert g["flips"] == 2 and math.isclose(g["flip_rate"], 2 / 3)
     assert math.isclose(g["mean_abs_change"], 0.3, abs_tol=1e-6)
@@ -125,10 +141,14 @@ def test_counterfactual_statistics_follow_the_predictions() -> None:
 
 def test_read_crows_validates_rows_and_names_file_and_line(tmp_path: Path) -> None:
     f = tmp_path / "crows.csv"
-    f.write_text(HEADER + '0,"A he,\nB",A she B,stereo,gender,[],a0,[]\n1,x y,x z,antistereo,age,[],a1,[]\n')
+    f.write_text(
+        HEADER + '0,"A he,\nB",A she B,stereo,gender,[],a0,[]\n1,x y,x z,antistereo,age,[],a1,[]\n'
+    )
     pairs = read_crows(f)
     assert [(p.line, p.more, p.direction, p.bias_type) for p in pairs] == [
-        (2, "A he,\nB", "stereo", "gender"), (4, "x y", "antistereo", "age")]
+        (2, "A he,\nB", "stereo", "gender"),
+        (4, "x y", "antistereo", "age"),
+    ]
     f.write_text(HEADER + "0,a,b,stereo,gender,[],a,[]\n1,c,d,sterio,age,[],a,[]\n")
     with pytest.raises(UserError, match=r"crows.csv line 3: field stereo_antistereo is 'sterio'"):
         read_crows(f)
@@ -136,7 +156,9 @@ def test_read_crows_validates_rows_and_names_file_and_line(tmp_path: Path) -> No
     with pytest.raises(UserError, match=r"line 2: field sent_less is empty"):
         read_crows(f)
     f.write_text("sent_more,sent_less\na,b\n")
-    with pytest.raises(UserError, match=r"line 1: missing column\(s\) stereo_antistereo, bias_type"):
+    with pytest.raises(
+        UserError, match=r"line 1: missing column\(s\) stereo_antistereo, bias_type"
+    ):
         read_crows(f)
     with pytest.raises(UserError, match="does not exist"):
         read_crows(tmp_path / "nope.csv")
@@ -147,25 +169,51 @@ def test_read_crows_validates_rows_and_names_file_and_line(tmp_path: Path) -> No
 
 
 def test_crows_summary_counts_sent_more_preferred_with_ties_as_misses() -> None:
-    pairs = [CrowsPair(i + 2, "m", "l", d, t) for i, (d, t) in enumerate(
-        [("stereo", "age"), ("stereo", "age"), ("antistereo", "age"), ("stereo", "race"), ("antistereo", "race")])]
+    pairs = [
+        CrowsPair(i + 2, "m", "l", d, t)
+        for i, (d, t) in enumerate(
+            [
+                ("stereo", "age"),
+                ("stereo", "age"),
+                ("antistereo", "age"),
+                ("stereo", "race"),
+                ("antistereo", "race"),
+            ]
+        )
+    ]
     scores = [(-1.0, -2.0), (-3.0, -2.0), (-1.0, -1.5), (-2.00001, -2.00002), (-4.0, -1.0)]
     s = crows_summary(pairs, scores, "causal")
     # preferred: pair 0, pair 2 (antistereo rows count sent_more too); pair 3 is a tie at 3 decimals.
     assert s["overall"]["n"] == 5 and s["overall"]["ties"] == 1
     assert math.isclose(s["overall"]["score"], 40.0)
     lo, hi = wilson_interval(2, 5)
-    assert math.isclose(s["overall"]["ci_low"], 100 * lo) and math.isclose(s["overall"]["ci_high"], 100 * hi)
-    assert math.isclose(s["by_type"]["age"]["score"], 200 / 3) and s["by_type"]["race"]["score"] == 0.0
-    assert s["by_direction"]["antistereo"] == {**s["by_direction"]["antistereo"], "n": 2, "score": 50.0}
+    assert math.isclose(s["overall"]["ci_low"], 100 * lo) and math.isclose(
+        s["overall"]["ci_high"], 100 * hi
+    )
+    assert (
+        math.isclose(s["by_type"]["age"]["score"], 200 / 3) and s["by_type"]["race"]["score"] == 0.0
+    )
+    assert s["by_direction"]["antistereo"] == {
+        **s["by_direction"]["antistereo"],
+        "n": 2,
+        "score": 50.0,
+    }
 
 
 def _tiny_mlm() -> tuple[BertForMaskedLM, object]:
     tok = make_bert_tokenizer()
     torch.manual_seed(3)
-    cfg = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                     intermediate_size=64, max_position_embeddings=64, hidden_dropout_prob=0.0,
-                     attention_probs_dropout_prob=0.0, pad_token_id=tok.pad_token_id)
+    cfg = BertConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        pad_token_id=tok.pad_token_id,
+    )
     return BertForMaskedLM(cfg).eval(), tok
 
 
@@ -194,13 +242,18 @@ def test_masked_pll_equals_a_hand_loop_over_shared_tokens() -> None:
     assert math.isclose(got_a, want[0], rel_tol=1e-5)
     pair = CrowsPair(2, more, less, "stereo", "gender")
     got = crows_scores(model, tok, "masked", [pair])[0]
-    assert math.isclose(got[0], want[0], rel_tol=1e-5) and math.isclose(got[1], want[1], rel_tol=1e-5)
+    assert math.isclose(got[0], want[0], rel_tol=1e-5) and math.isclose(
+        got[1], want[1], rel_tol=1e-5
+    )
 
 
 def test_causal_sentence_logprob_equals_a_hand_sum_and_ignores_an_added_pad() -> None:
     tok = make_tokenizer(pad=False)
     model = make_causal("llama", tok)
-    sentences = ["The movie was great.", "A language model predicts the next token from the tokens before it."]
+    sentences = [
+        "The movie was great.",
+        "A language model predicts the next token from the tokens before it.",
+    ]
 
     def hand(s: str) -> float:
         ids = [tok.bos_token_id] + tok(s, add_special_tokens=False)["input_ids"]
@@ -210,7 +263,10 @@ def test_causal_sentence_logprob_equals_a_hand_sum_and_ignores_an_added_pad() ->
     with torch.no_grad():
         want = [hand(s) for s in sentences]
     got = causal_sentence_logprobs(model, tok, sentences, batch_size=2)  # padded batch
-    assert all(math.isclose(g, w, rel_tol=1e-5) for g, w in zip(got, want, strict=True)), (got, want)
+    assert all(math.isclose(g, w, rel_tol=1e-5) for g, w in zip(got, want, strict=True)), (
+        got,
+        want,
+    )
     # lmtune's added pad token (a grown vocabulary, as after training) does not move the scores.
     tok2, model2 = copy.deepcopy(tok), copy.deepcopy(model)
     tok2.add_special_tokens({"pad_token": NEW_PAD_TOKEN})

@@ -15,8 +15,16 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_overrides_get_yaml_types(tmp_path: Path) -> None:
     p = tmp_path / "c.yaml"
     p.write_text("task: classification\ntrain: {lr: 1.0e-3}\n")
-    cfg = load_config(p, ["train.lr=2e-4", "train.batch_size=4", "adapter.type=full",
-                          "data.labels=[neg, pos]", "train.max_grad_norm=null"])
+    cfg = load_config(
+        p,
+        [
+            "train.lr=2e-4",
+            "train.batch_size=4",
+            "adapter.type=full",
+            "data.labels=[neg, pos]",
+            "train.max_grad_norm=null",
+        ],
+    )
     assert cfg.train.lr == pytest.approx(2e-4)
     assert cfg.train.batch_size == 4
     assert cfg.adapter.type == "full"

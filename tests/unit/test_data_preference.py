@@ -129,22 +129,39 @@ def test_pairwise_with_ties_counted_and_dropped(tmp_path: Path) -> None:
 
 
 def test_ties_kept_for_reward_models_only(tmp_path: Path) -> None:
-    rows = [{"prompt": f"p{i}", "response_a": f"a{i}", "response_b": f"b{i}",
-             "preference": ["a", "tie"][i % 2]} for i in range(8)]
+    rows = [
+        {
+            "prompt": f"p{i}",
+            "response_a": f"a{i}",
+            "response_b": f"b{i}",
+            "preference": ["a", "tie"][i % 2],
+        }
+        for i in range(8)
+    ]
     path = _jsonl(tmp_path / "pw.jsonl", rows)
-    cfg = Config.model_validate({**_cfg({"train": path}, task="reward").model_dump(),
-                                 "preference": {"ties": "keep"}})
+    cfg = Config.model_validate(
+        {**_cfg({"train": path}, task="reward").model_dump(), "preference": {"ties": "keep"}}
+    )
     out = prepare_data(cfg, tmp_path / "run")
     ties = sorted(r["prompt"] for r in out.splits["train"] if r.get("tie"))
     assert ties == ["p1", "p3", "p5", "p7"] and len(out.splits["train"]) == 8
     with pytest.raises(ValueError, match="preference.ties: keep is for task reward"):
-        Config.model_validate({**_cfg({"train": path}).model_dump(), "preference": {"ties": "keep"}})
+        Config.model_validate(
+            {**_cfg({"train": path}).model_dump(), "preference": {"ties": "keep"}}
+        )
 
 
 def test_pairwise_skips_are_dropped_with_their_reason(tmp_path: Path) -> None:
     # `lmtune feedback` records skipped pairs too (their responses may even be identical).
-    rows = [{"prompt": f"p{i}", "response_a": f"a{i}", "response_b": f"b{i}",
-             "preference": ["a", "skip", "b"][i % 3]} for i in range(9)]
+    rows = [
+        {
+            "prompt": f"p{i}",
+            "response_a": f"a{i}",
+            "response_b": f"b{i}",
+            "preference": ["a", "skip", "b"][i % 3],
+        }
+        for i in range(9)
+    ]
     rows.append({"prompt": "same", "response_a": "x", "response_b": "x", "preference": "skip"})
     cfg = _cfg({"train": _jsonl(tmp_path / "fb.jsonl", rows), "format": "pairwise"})
     out = prepare_data(cfg, tmp_path / "run")
@@ -152,7 +169,9 @@ def test_pairwise_skips_are_dropped_with_their_reason(tmp_path: Path) -> None:
     report = json.loads((tmp_path / "run" / "data_report.json").read_text())
     assert report["drops"]["by_stage"] == {"ties": 4}
     reasons = _rejects(tmp_path / "run")
-    assert reasons[2].startswith("preference is skip") and reasons[10].startswith("preference is skip")
+    assert reasons[2].startswith("preference is skip") and reasons[10].startswith(
+        "preference is skip"
+    )
 
 
 def test_hh_dialogues_split_at_the_last_assistant_turn(tmp_path: Path) -> None:

@@ -33,23 +33,31 @@ def _hand_psi(e: list[float], a: list[float]) -> float:
 
 def test_psi_hand_values() -> None:
     # 50/50 -> 90/10 with smoothing: proportions 50.5/101 and 90.5/101, 10.5/101.
-    by_hand = (90.5 / 101 - 0.5) * math.log(90.5 / 50.5) + (10.5 / 101 - 0.5) * math.log(10.5 / 50.5)
+    by_hand = (90.5 / 101 - 0.5) * math.log(90.5 / 50.5) + (10.5 / 101 - 0.5) * math.log(
+        10.5 / 50.5
+    )
     assert psi([50, 50], [90, 10]) == pytest.approx(by_hand, abs=1e-12)
     assert psi([50, 50], [90, 10]) == pytest.approx(0.8531, abs=1e-4)
     # Large counts: smoothing vanishes and the textbook value 0.4 ln 1.8 + 0.4 ln 5 = 0.87889 remains.
     assert psi([50_000, 50_000], [90_000, 10_000]) == pytest.approx(0.8788898, abs=1e-4)
     assert psi([10, 20, 30], [10, 20, 30]) == 0.0
-    assert psi([1000, 2000, 3000], [100, 200, 300]) == pytest.approx(0.0, abs=1e-3)  # proportions, not counts
+    assert psi([1000, 2000, 3000], [100, 200, 300]) == pytest.approx(
+        0.0, abs=1e-3
+    )  # proportions, not counts
     assert psi([30, 70], [60, 40]) == pytest.approx(psi([60, 40], [30, 70]))  # symmetric
     # An empty bin stays finite.
     assert psi([100, 0], [50, 50]) == pytest.approx(_hand_psi([100, 0], [50, 50]), rel=1e-12)
-    assert psi([10, 0, 5, 7], [0, 9, 1, 3]) == pytest.approx(_hand_psi([10, 0, 5, 7], [0, 9, 1, 3]), rel=1e-12)
+    assert psi([10, 0, 5, 7], [0, 9, 1, 3]) == pytest.approx(
+        _hand_psi([10, 0, 5, 7], [0, 9, 1, 3]), rel=1e-12
+    )
     with pytest.raises(ValueError):
         psi([1, 2], [1, 2, 3])
 
 
 def test_psi_categorical_aligns_categories() -> None:
-    assert psi_categorical({"neg": 50, "pos": 50}, {"pos": 90, "neg": 10}) == pytest.approx(psi([50, 50], [10, 90]))
+    assert psi_categorical({"neg": 50, "pos": 50}, {"pos": 90, "neg": 10}) == pytest.approx(
+        psi([50, 50], [10, 90])
+    )
     # A category the reference never saw counts as an empty reference bin.
     assert psi_categorical({"a": 10}, {"a": 5, "b": 5}) == pytest.approx(psi([10, 0], [5, 5]))
 
@@ -111,14 +119,19 @@ def test_reference_oov_rate_is_leave_one_row_out() -> None:
     # b and c occur in one row each: held-out text from this source would miss them.
     assert reference_oov_rate([["a", "b"], ["a", "c"]], {"a", "b", "c"}) == pytest.approx(0.5)
     # a repeats inside one row only, so it is unseen too; a word outside vocab always is.
-    assert reference_oov_rate([["a", "a"], ["b"], ["b", "c", "c"]], {"a", "b", "c"}) == pytest.approx(4 / 6)
+    assert reference_oov_rate(
+        [["a", "a"], ["b"], ["b", "c", "c"]], {"a", "b", "c"}
+    ) == pytest.approx(4 / 6)
     assert reference_oov_rate([["a", "b"], ["a", "b"]], {"a"}) == pytest.approx(0.5)
 
 
 def test_data_profile_and_batch_stats() -> None:
     tok = make_bert_tokenizer()
-    rows = [{"text": "the movie was great", "label": "pos"}, {"text": "the food was awful", "label": "neg"},
-            {"text": "the movie was lovely \u2603", "label": "pos"}]
+    rows = [
+        {"text": "the movie was great", "label": "pos"},
+        {"text": "the food was awful", "label": "neg"},
+        {"text": "the movie was lovely \u2603", "label": "pos"},
+    ]
     prof = data_profile(rows, tok, ["neg", "pos"], vocab_size=3)
     lengths = [len(tok(r["text"], add_special_tokens=False)["input_ids"]) for r in rows]
     assert prof["rows"] == 3
@@ -132,15 +145,27 @@ def test_data_profile_and_batch_stats() -> None:
     assert prof["unk_rate"] == pytest.approx(1 / sum(lengths))
     json.dumps(prof)  # must be JSON-serialisable as written to data_profile.json
 
-    same = batch_stats([r["text"] for r in rows], tok, set(prof["vocab"]["words"]),
-                       [r["label"] for r in rows], ["pos", "neg", "pos"])
+    same = batch_stats(
+        [r["text"] for r in rows],
+        tok,
+        set(prof["vocab"]["words"]),
+        [r["label"] for r in rows],
+        ["pos", "neg", "pos"],
+    )
     drift = compare(prof, same)
     assert drift["length_psi"] == pytest.approx(0.0, abs=1e-12)
     assert drift["length_ks"]["statistic"] == 0.0 and drift["length_ks"]["pvalue"] == 1.0
-    assert drift["label_psi"] == pytest.approx(0.0, abs=1e-12) and drift["prediction_psi"] == pytest.approx(0.0, abs=1e-12)
+    assert drift["label_psi"] == pytest.approx(0.0, abs=1e-12) and drift[
+        "prediction_psi"
+    ] == pytest.approx(0.0, abs=1e-12)
 
-    shifted = batch_stats(["completely unrelated words appear here at remarkable length " * 3] * 4,
-                          tok, set(prof["vocab"]["words"]), ["neg"] * 4, ["neg"] * 4)
+    shifted = batch_stats(
+        ["completely unrelated words appear here at remarkable length " * 3] * 4,
+        tok,
+        set(prof["vocab"]["words"]),
+        ["neg"] * 4,
+        ["neg"] * 4,
+    )
     drift = compare(prof, shifted)
     assert drift["length_psi"] > 1.0 and drift["length_ks"]["statistic"] == 1.0
     assert drift["oov_rate"] == 1.0 and drift["oov_increase"] > 0.5
@@ -149,11 +174,25 @@ def test_data_profile_and_batch_stats() -> None:
 
 def test_prediction_log_reading(tmp_path) -> None:
     log = tmp_path / "log.jsonl"
-    lines = [{"time": "2025-01-01T00:00:00Z", "endpoint": "/v1/classify", "model_version": "v1",
-              "input": "the movie was great", "output": "pos", "label": "pos", "scores": {"pos": 0.9, "neg": 0.1}},
-             {"endpoint": "/v1/classify", "model_version": "v1", "input": {"text": "a", "text_pair": "b"},
-              "output": "neg", "label": "neg"},
-             {"endpoint": "/v1/classify", "model_version": "v0", "input": "older model", "label": "neg"}]
+    lines = [
+        {
+            "time": "2025-01-01T00:00:00Z",
+            "endpoint": "/v1/classify",
+            "model_version": "v1",
+            "input": "the movie was great",
+            "output": "pos",
+            "label": "pos",
+            "scores": {"pos": 0.9, "neg": 0.1},
+        },
+        {
+            "endpoint": "/v1/classify",
+            "model_version": "v1",
+            "input": {"text": "a", "text_pair": "b"},
+            "output": "neg",
+            "label": "neg",
+        },
+        {"endpoint": "/v1/classify", "model_version": "v0", "input": "older model", "label": "neg"},
+    ]
     log.write_text("".join(json.dumps(x) + "\n" for x in lines))
     texts, preds, counts = read_prediction_log(log, ["neg", "pos"], "v1")
     assert texts == ["the movie was great", "a b"] and preds == ["pos", "neg"]
@@ -178,11 +217,18 @@ def test_export_merged_keeps_the_data_profile(tmp_path) -> None:
     base = save_tiny(make_encoder_classifier(tokenizer=tok), tok, tmp_path / "base")
     mcfg = ModelConfig(name_or_path=str(base))
     tok = load_tokenizer(mcfg)
-    model = apply_adapter(load_model(mcfg, "classification", tok, labels=["neg", "pos"]),
-                          AdapterConfig(type="lora", r=4), "classification")
+    model = apply_adapter(
+        load_model(mcfg, "classification", tok, labels=["neg", "pos"]),
+        AdapterConfig(type="lora", r=4),
+        "classification",
+    )
     save_model(model, tok, tmp_path / "model")
-    write_profile(tmp_path / "model", [{"text": "the movie was great", "label": "pos"}], tok, ["neg", "pos"])
+    write_profile(
+        tmp_path / "model", [{"text": "the movie was great", "label": "pos"}], tok, ["neg", "pos"]
+    )
     export_merged(tmp_path / "model", tmp_path / "merged")
     assert not (tmp_path / "merged" / "adapter_config.json").exists()  # really the merge path
-    assert (tmp_path / "merged" / PROFILE_FILE).read_bytes() == (tmp_path / "model" / PROFILE_FILE).read_bytes()
+    assert (tmp_path / "merged" / PROFILE_FILE).read_bytes() == (
+        tmp_path / "model" / PROFILE_FILE
+    ).read_bytes()
     assert read_profile(tmp_path / "merged")["labels"] == {"neg": 0, "pos": 1}

@@ -39,7 +39,10 @@ TEXT = ["the movie was great and the food was lovely", "this book was awful", "o
 
 
 def test_l2sp_value_and_gradient_by_hand() -> None:
-    w = {"a": torch.tensor([1.0, 2.0], requires_grad=True), "b": torch.tensor([[3.0]], requires_grad=True)}
+    w = {
+        "a": torch.tensor([1.0, 2.0], requires_grad=True),
+        "b": torch.tensor([[3.0]], requires_grad=True),
+    }
     w0 = {"a": torch.tensor([0.5, 2.5]), "b": torch.tensor([[1.0]])}
     pen = l2sp_penalty(w, w0, weight=0.1)
     # 0.1 * (0.25 + 0.25 + 4) = 0.45; d/dw = 2 * 0.1 * (w - w0)
@@ -76,8 +79,12 @@ def test_diagonal_fisher_is_mean_squared_per_sample_gradient() -> None:
 
 
 def test_penalty_excludes_a_classifier_head_but_not_an_lm_head(tmp_path: Path) -> None:
-    bert = load_model(ModelConfig(name_or_path=str(tiny_bert_dir(tmp_path))), "classification",
-                      make_bert_tokenizer(), labels=["a", "b"])
+    bert = load_model(
+        ModelConfig(name_or_path=str(tiny_bert_dir(tmp_path))),
+        "classification",
+        make_bert_tokenizer(),
+        labels=["a", "b"],
+    )
     names = penalized_parameters(bert, head_module_names(bert))
     assert names and not any(n.startswith("classifier") for n in names)
     assert "bert.embeddings.word_embeddings.weight" in names
@@ -93,8 +100,12 @@ def test_penalty_excludes_a_classifier_head_but_not_an_lm_head(tmp_path: Path) -
 
 
 def test_regularizer_is_zero_at_the_anchor_and_none_when_off(tmp_path: Path) -> None:
-    bert = load_model(ModelConfig(name_or_path=str(tiny_bert_dir(tmp_path))), "classification",
-                      make_bert_tokenizer(), labels=["a", "b"])
+    bert = load_model(
+        ModelConfig(name_or_path=str(tiny_bert_dir(tmp_path))),
+        "classification",
+        make_bert_tokenizer(),
+        labels=["a", "b"],
+    )
     assert build_regularizer(bert, ["classifier"], l2sp=0.0, ewc=0.0) is None
     reg = build_regularizer(bert, ["classifier"], l2sp=0.5, ewc=0.0)
     assert float(reg(bert).detach()) == 0.0
@@ -111,9 +122,13 @@ def test_regularizer_is_zero_at_the_anchor_and_none_when_off(tmp_path: Path) -> 
 
 
 def _cfg(tmp_path: Path, model: Path, **forgetting) -> Config:
-    return Config.model_validate({"task": forgetting.pop("task", "classification"),
-                                  "model": {"name_or_path": str(model), "max_length": 32},
-                                  "forgetting": forgetting})
+    return Config.model_validate(
+        {
+            "task": forgetting.pop("task", "classification"),
+            "model": {"name_or_path": str(model), "max_length": 32},
+            "forgetting": forgetting,
+        }
+    )
 
 
 def test_perplexity_matches_a_hand_loop(tmp_path: Path) -> None:
@@ -131,7 +146,9 @@ def test_perplexity_matches_a_hand_loop(tmp_path: Path) -> None:
     with torch.no_grad():
         for c in chunks:
             logits = model(torch.tensor([c])).logits[0, :-1]
-            nll += float(torch.nn.functional.cross_entropy(logits, torch.tensor(c[1:]), reduction="sum"))
+            nll += float(
+                torch.nn.functional.cross_entropy(logits, torch.tensor(c[1:]), reduction="sum")
+            )
             n += len(c) - 1
     probe = build_probe(cfg, tok, model)
     got = probe.score(model)
@@ -143,10 +160,19 @@ def test_perplexity_matches_a_hand_loop(tmp_path: Path) -> None:
 def _tiny_mlm_dir(tmp_path: Path) -> Path:
     tok = make_bert_tokenizer()
     torch.manual_seed(3)
-    mlm = BertForMaskedLM(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2,
-                                     num_attention_heads=4, intermediate_size=64, max_position_embeddings=64,
-                                     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-                                     pad_token_id=tok.pad_token_id))
+    mlm = BertForMaskedLM(
+        BertConfig(
+            vocab_size=len(tok),
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            max_position_embeddings=64,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+            pad_token_id=tok.pad_token_id,
+        )
+    )
     return save_tiny(mlm, tok, tmp_path / "mlm")
 
 
@@ -156,7 +182,9 @@ def test_pseudo_perplexity_matches_a_hand_loop(tmp_path: Path) -> None:
     ref.write_text("\n".join(TEXT))
     cfg = _cfg(tmp_path, mlm_dir, reference=str(ref), batch_size=5)
     tok = load_tokenizer(cfg.model)
-    clf = load_model(cfg.model, "classification", tok, labels=["a", "b"])  # backbone from the MLM checkpoint
+    clf = load_model(
+        cfg.model, "classification", tok, labels=["a", "b"]
+    )  # backbone from the MLM checkpoint
     mlm = BertForMaskedLM.from_pretrained(str(mlm_dir)).eval()
     nll, n = 0.0, 0
     with torch.no_grad():
@@ -201,15 +229,27 @@ def test_prior_resolution(tmp_path: Path) -> None:
         resolve_prior(_cfg(tmp_path, tiny_bert_dir(tmp_path), prior=str(tmp_path / "nope")))
 
 
-@pytest.mark.parametrize(("overrides", "message"), [
-    (["task=classification", "forgetting.mitigation.replay.data=x.txt",
-      "forgetting.mitigation.replay.fraction=0.2"], "replay applies to task sft only"),
-    (["task=sft", "forgetting.mitigation.replay.fraction=0.2"], "needs both data"),
-    (["forgetting.mitigation.ewc.weight=1"], "ewc needs forgetting.reference or forgetting.prior"),
-    (["adapter.type=head", "forgetting.mitigation.l2sp=1"], "exclude the task head"),
-    (["task=sft", "forgetting.prior=runs/a"], "task sft cannot use it"),
-    (["task=sft", "forgetting.measure=pseudo_perplexity"], "is for encoders"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            [
+                "task=classification",
+                "forgetting.mitigation.replay.data=x.txt",
+                "forgetting.mitigation.replay.fraction=0.2",
+            ],
+            "replay applies to task sft only",
+        ),
+        (["task=sft", "forgetting.mitigation.replay.fraction=0.2"], "needs both data"),
+        (
+            ["forgetting.mitigation.ewc.weight=1"],
+            "ewc needs forgetting.reference or forgetting.prior",
+        ),
+        (["adapter.type=head", "forgetting.mitigation.l2sp=1"], "exclude the task head"),
+        (["task=sft", "forgetting.prior=runs/a"], "task sft cannot use it"),
+        (["task=sft", "forgetting.measure=pseudo_perplexity"], "is for encoders"),
+    ],
+)
 def test_impossible_forgetting_configs(overrides: list[str], message: str) -> None:
     with pytest.raises(UserError, match=message):
         load_config(None, overrides)
@@ -220,7 +260,9 @@ def test_impossible_forgetting_configs(overrides: list[str], message: str) -> No
 
 def _events(train: list[float], evals: list[float], every: int = 10) -> list[dict]:
     out = [{"event": "train", "step": (i + 1) * every, "loss": v} for i, v in enumerate(train)]
-    return out + [{"event": "eval", "step": (i + 1) * every, "eval_loss": v} for i, v in enumerate(evals)]
+    return out + [
+        {"event": "eval", "step": (i + 1) * every, "eval_loss": v} for i, v in enumerate(evals)
+    ]
 
 
 def test_overfitting_flags_on_synthetic_curves() -> None:
@@ -228,7 +270,9 @@ def test_overfitting_flags_on_synthetic_curves() -> None:
     assert healthy["flags"] == [] and healthy["best_step"] == 50
     assert healthy["gap_at_end"] == pytest.approx(0.15)
 
-    over = overfitting_flags(_events([1.0, 0.7, 0.5, 0.3, 0.2, 0.1], [1.0, 0.8, 0.85, 0.9, 1.0, 1.2]))
+    over = overfitting_flags(
+        _events([1.0, 0.7, 0.5, 0.3, 0.2, 0.1], [1.0, 0.8, 0.85, 0.9, 1.0, 1.2])
+    )
     assert over["best_step"] == 20
     assert over["gap_at_best"] == pytest.approx(0.1) and over["gap_at_end"] == pytest.approx(1.1)
     assert over["longest_rise"] == {"evaluations": 4, "from_step": 20, "to_step": 60}
@@ -241,10 +285,13 @@ def test_overfitting_flags_on_synthetic_curves() -> None:
 
 
 def test_overfitting_uses_the_last_train_log_and_survives_resume_duplicates() -> None:
-    events = [{"event": "train", "step": 5, "loss": 2.0}, {"event": "train", "step": 10, "loss": 1.0},
-              {"event": "eval", "step": 12, "eval_loss": 1.5},
-              {"event": "train", "step": 10, "loss": 0.9},  # logged again after a resume
-              {"event": "eval", "step": 12, "eval_loss": 1.4}]
+    events = [
+        {"event": "train", "step": 5, "loss": 2.0},
+        {"event": "train", "step": 10, "loss": 1.0},
+        {"event": "eval", "step": 12, "eval_loss": 1.5},
+        {"event": "train", "step": 10, "loss": 0.9},  # logged again after a resume
+        {"event": "eval", "step": 12, "eval_loss": 1.4},
+    ]
     out = overfitting_flags(events)
     assert out["evaluations"] == 1
     assert out["gap_at_end"] == pytest.approx(0.5)
@@ -256,12 +303,19 @@ def test_a_lora_run_folder_cannot_be_a_start_model_without_merging(tmp_path: Pat
 
     tok = make_bert_tokenizer()
     mcfg = ModelConfig(name_or_path=str(tiny_bert_dir(tmp_path)))
-    lora = apply_adapter(load_model(mcfg, "classification", tok, labels=["a", "b"]),
-                         Config(adapter={"r": 2}).adapter, "classification")
+    lora = apply_adapter(
+        load_model(mcfg, "classification", tok, labels=["a", "b"]),
+        Config(adapter={"r": 2}).adapter,
+        "classification",
+    )
     save_model(lora, tok, tmp_path / "run" / "model", extra={"task": "classification"})
     with pytest.raises(UserError, match="LoRA/DoRA adapter, not a full model.*lmtune export"):
-        load_model(ModelConfig(name_or_path=str(tmp_path / "run" / "model")), "classification", tok,
-                   labels=["x", "y"])
+        load_model(
+            ModelConfig(name_or_path=str(tmp_path / "run" / "model")),
+            "classification",
+            tok,
+            labels=["x", "y"],
+        )
 
 
 def test_swapped_heads_reads_a_lora_model_through_the_prior_head(tmp_path: Path) -> None:
@@ -269,8 +323,11 @@ def test_swapped_heads_reads_a_lora_model_through_the_prior_head(tmp_path: Path)
 
     tok = make_bert_tokenizer()
     mcfg = ModelConfig(name_or_path=str(tiny_bert_dir(tmp_path)))
-    model = apply_adapter(load_model(mcfg, "classification", tok, labels=["a", "b", "c"]),
-                          Config(adapter={"r": 2, "dropout": 0.0}).adapter, "classification").eval()
+    model = apply_adapter(
+        load_model(mcfg, "classification", tok, labels=["a", "b", "c"]),
+        Config(adapter={"r": 2, "dropout": 0.0}).adapter,
+        "classification",
+    ).eval()
     prior = torch.nn.Linear(32, 2)
     enc = tok(["the movie was great", "our trip was sad"], padding=True, return_tensors="pt")
     with torch.no_grad():

@@ -113,14 +113,27 @@ def _trl_grpo_loss(logp, old, ref, adv, mask, beta, eps, loss_type, max_len):
     n, t = logp.shape
     fake = SimpleNamespace(
         _get_per_token_logps_and_entropies=lambda *a, **k: (logp, torch.zeros_like(logp), None),
-        aux_loss_enabled=False, top_entropy_quantile=1.0, off_policy_mask_threshold=None,
-        importance_sampling_level="token", beta=beta, loss_type=loss_type,
+        aux_loss_enabled=False,
+        top_entropy_quantile=1.0,
+        off_policy_mask_threshold=None,
+        importance_sampling_level="token",
+        beta=beta,
+        loss_type=loss_type,
         args=SimpleNamespace(use_bias_correction_kl=False, delta=None),
-        epsilon_low=eps, epsilon_high=eps, use_vllm=False, model=SimpleNamespace(training=True),
-        current_gradient_accumulation_steps=1, _entropy_bonus_enabled=False,
-        max_completion_length=max_len, _metrics=defaultdict(lambda: defaultdict(list)),
-        accelerator=SimpleNamespace(gather=lambda x: x, gather_for_metrics=lambda x: x,
-                                    reduce=lambda x, reduction: x, num_processes=1),
+        epsilon_low=eps,
+        epsilon_high=eps,
+        use_vllm=False,
+        model=SimpleNamespace(training=True),
+        current_gradient_accumulation_steps=1,
+        _entropy_bonus_enabled=False,
+        max_completion_length=max_len,
+        _metrics=defaultdict(lambda: defaultdict(list)),
+        accelerator=SimpleNamespace(
+            gather=lambda x: x,
+            gather_for_metrics=lambda x: x,
+            reduce=lambda x, reduction: x,
+            num_processes=1,
+        ),
     )
     inputs = {
         "prompt_ids": torch.zeros(n, 2, dtype=torch.long),
@@ -134,8 +147,9 @@ def _trl_grpo_loss(logp, old, ref, adv, mask, beta, eps, loss_type, max_len):
     return trl.GRPOTrainer._compute_loss(fake, None, inputs)
 
 
-@pytest.mark.parametrize(("loss_type", "aggregation"), [("grpo", "sequence"),
-                                                         ("dr_grpo", "token_budget")])
+@pytest.mark.parametrize(
+    ("loss_type", "aggregation"), [("grpo", "sequence"), ("dr_grpo", "token_budget")]
+)
 def test_matches_trl_grpo_loss(loss_type: str, aggregation: str) -> None:
     g = torch.Generator().manual_seed(1)
     logp = (-torch.rand(6, 5, generator=g) * 3).requires_grad_()

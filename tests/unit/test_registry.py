@@ -16,7 +16,9 @@ def _model(root: Path, tag: str) -> Path:
     """A full-weights model folder as save_model writes it (export copies it as it is)."""
     m = root / f"model-{tag}"
     m.mkdir(parents=True)
-    (m / "lmtune_model.json").write_text(json.dumps({"task": "classification", "labels": ["a", "b"]}))
+    (m / "lmtune_model.json").write_text(
+        json.dumps({"task": "classification", "labels": ["a", "b"]})
+    )
     (m / "config.json").write_text("{}")
     (m / "model.safetensors").write_bytes(tag.encode() * 64)
     (m / "data_profile.json").write_text('{"format_version": 1}')
@@ -32,35 +34,58 @@ def _run(root: Path, tag: str) -> Path:
 
 
 def _release(root: Path, registry: Path, tag: str, acc: float) -> tuple[str, Path]:
-    return reg.release(registry, _model(root, tag), _run(root, tag),
-                       {"metric": "accuracy", "value": acc, "test": {"accuracy": acc}},
-                       {"run_dir": f"run-{tag}", "metric": "accuracy", "value": acc})
+    return reg.release(
+        registry,
+        _model(root, tag),
+        _run(root, tag),
+        {"metric": "accuracy", "value": acc, "test": {"accuracy": acc}},
+        {"run_dir": f"run-{tag}", "metric": "accuracy", "value": acc},
+    )
 
 
 def test_versions_increase_and_each_folder_is_complete(tmp_path: Path) -> None:
     r = tmp_path / "registry"
-    assert reg.next_version(r) == "v1" and reg.read_current(r) is None and reg.list_versions(r) == []
+    assert (
+        reg.next_version(r) == "v1" and reg.read_current(r) is None and reg.list_versions(r) == []
+    )
     assert _release(tmp_path, r, "a", 0.8) == ("v1", r / "v1")
     assert _release(tmp_path, r, "b", 0.9) == ("v2", r / "v2")
     assert reg.list_versions(r) == ["v1", "v2"] and reg.read_current(r) == "v2"
     assert (r / "current").read_text() == "v2\n"
     v2 = r / "v2"
     names = {p.name for p in v2.iterdir()}
-    assert {"lmtune_model.json", "model.safetensors", "config.json", "data_profile.json", "config.yaml",
-            "report.html", "metrics.json"} <= names
-    assert (v2 / "model.safetensors").read_bytes() == b"b" * 64 and "name: b" in (v2 / "config.yaml").read_text()
+    assert {
+        "lmtune_model.json",
+        "model.safetensors",
+        "config.json",
+        "data_profile.json",
+        "config.yaml",
+        "report.html",
+        "metrics.json",
+    } <= names
+    assert (v2 / "model.safetensors").read_bytes() == b"b" * 64 and "name: b" in (
+        v2 / "config.yaml"
+    ).read_text()
     metrics = json.loads((v2 / "metrics.json").read_text())
-    assert metrics["version"] == "v2" and metrics["test"] == {"accuracy": 0.9} and metrics["released_at"].endswith("Z")
+    assert (
+        metrics["version"] == "v2"
+        and metrics["test"] == {"accuracy": 0.9}
+        and metrics["released_at"].endswith("Z")
+    )
     assert json.loads((v2 / "lmtune_model.json").read_text())["version"] == "v2"
     assert not [p for p in r.iterdir() if p.name.startswith(".")]  # no temp folders or files left
     log = reg.read_log(r)
     assert [(e["event"], e["version"], e["previous"], e["value"]) for e in log] == [
-        ("release", "v1", None, 0.8), ("release", "v2", "v1", 0.9)]
+        ("release", "v1", None, 0.8),
+        ("release", "v2", "v1", 0.9),
+    ]
     assert reg.current_release(r)["test"]["accuracy"] == 0.9
     assert resolve_serve_dir(r) == (v2, "v2", r)  # what `lmtune serve REGISTRY` loads
 
 
-def test_crash_between_folder_and_pointer_keeps_the_old_current(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_crash_between_folder_and_pointer_keeps_the_old_current(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     r = tmp_path / "registry"
     _release(tmp_path, r, "a", 0.8)
 
@@ -137,7 +162,9 @@ def test_current_may_be_a_symlink_and_bad_pointers_are_named(tmp_path: Path) -> 
     with pytest.raises(UserError, match="names 'v7'.*registry rollback"):
         reg.read_current(r)
     assert [x["current"] for x in reg.version_rows(r)] == [False, False]  # listing still works
-    assert _release(tmp_path, r, "c", 0.5)[0] == "v3" and reg.read_current(r) == "v3"  # a release repairs it
+    assert (
+        _release(tmp_path, r, "c", 0.5)[0] == "v3" and reg.read_current(r) == "v3"
+    )  # a release repairs it
     with (r / "releases.jsonl").open("a") as f:
         f.write("{broken\n")
     with pytest.raises(UserError, match="releases.jsonl line 4"):

@@ -37,52 +37,157 @@ def dump_lines(path: Path, rows: list[dict[str, Any]]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
 
 
-TRAIN = [{"event": "train", "step": s, "epoch": 0, "loss": 1.2 - 0.1 * i, "lr": 1e-3 * (1 - s / 40),
-          "tokens": 100 * s, "elapsed_s": 0.1 * s} for i, s in enumerate((5, 10, 15, 20, 25, 30, 35, 40))]
-EVALS = [{"event": "eval", "step": s, "epoch": s // 20, "eval_loss": el, "accuracy": acc, "macro_f1": acc - 0.02}
-         for s, el, acc in ((10, 0.9, 0.6), (20, 0.7, 0.7), (30, 0.75, 0.78), (40, 0.8, 0.8125))]
-PER_CLASS = {"neg": {"precision": 0.875, "recall": 0.7, "f1": 0.7778, "support": 10},
-             "pos": {"precision": 0.6667, "recall": 0.8571, "f1": 0.75, "support": 7}}
-EVAL = {"split": "test", "eval_loss": 0.61, "accuracy": 0.8125, "macro_f1": 0.7639, "ece": 0.0912,
-        "eval_examples": 17.0, "notes_from_a_new_stage": {"custom_key": "custom value"},
-        "details": {"per_class": PER_CLASS, "confusion_matrix": {"labels": ["neg", "pos"],
-                                                                 "matrix": [[7, 3], [1, 6]]}}}
-BASELINES = {"metric": "accuracy", "base_model": "builtin:minilm", "label_descriptions": {"pos": "a happy text"},
-             "rows": [{"method": "zero-shot", "k": 0, "accuracy": 0.5312, "macro_f1": 0.41, "seeds": 1},
-                      {"method": "few-shot", "k": 16, "accuracy": 0.6471, "accuracy_std": 0.0433,
-                       "macro_f1": 0.6, "seeds": 3},
-                      {"method": "fine-tuned", "k": None, "accuracy": 0.8125, "macro_f1": 0.7639}]}
-FORGETTING = {"reference": "wikitext-2 sample", "measure": "pseudo_perplexity", "before": 12.5, "after": 14.25,
-              "abs_change": 1.75, "rel_change": 0.14, "higher_is_better": False,
-              "mitigation": {"l2sp": 0.01, "replay": None}, "an_extra_key": "shown generically"}
-AUDIT = {"model": "run/model",
-         "crows_pairs": {"overall": {"score": 0.5821, "ci_low": 0.55, "ci_high": 0.61, "n": 200},
-                         "by_type": {"gender": {"score": 0.6104, "ci_low": 0.5, "ci_high": 0.7, "n": 60}}},
-         "counterfactual": {"overall": {"flip_rate": 0.0417, "mean_abs_change": 0.031, "n": 48},
-                            "by_category": {"gender": {"flip_rate": 0.0625, "mean_abs_change": 0.04, "n": 16}},
-                            "worst": [{"text": "he was great", "swapped": "she was great", "category": "gender",
-                                       "pred": "pos", "pred_swapped": "neg", "change": 0.52}]},
-         "before": {"crows_pairs": {"overall": {"score": 0.5633, "ci_low": 0.53, "ci_high": 0.6, "n": 200}},
-                    "counterfactual": None}}
-DATA_REPORT = {"format": "classification", "task": "classification", "seed": 1, "splits_from": {"test": "train"},
-               "inputs": [{"split": "train", "file": "data/reviews.jsonl", "rows_read": 120, "rows_rejected": 2}],
-               "rows_in": 120, "rows_added": 0, "rows_out": {"train": 80, "eval": 21, "test": 17},
-               "drops": {"total": 2, "by_stage": {"validate": 2}, "by_reason": {"validate": {"empty text": 2}}},
-               "redactions": {"email": 3, "phone": 0}, "labels": ["neg", "pos"], "label_weights": None,
-               "label_distribution": {"train": {"neg": 40, "pos": 40}, "test": {"neg": 10, "pos": 7}},
-               "lengths": {"train": {"tokens": {"count": 80, "min": 3, "mean": 9.5, "p50": 9.0, "p95": 14.0,
-                                                "max": 300}}},
-               "leakage": {"checked": True, "train_rows_leaking": 0, "by_split": {}, "removed_from_train": 0,
-                           "examples": []}, "warnings": []}
+TRAIN = [
+    {
+        "event": "train",
+        "step": s,
+        "epoch": 0,
+        "loss": 1.2 - 0.1 * i,
+        "lr": 1e-3 * (1 - s / 40),
+        "tokens": 100 * s,
+        "elapsed_s": 0.1 * s,
+    }
+    for i, s in enumerate((5, 10, 15, 20, 25, 30, 35, 40))
+]
+EVALS = [
+    {
+        "event": "eval",
+        "step": s,
+        "epoch": s // 20,
+        "eval_loss": el,
+        "accuracy": acc,
+        "macro_f1": acc - 0.02,
+    }
+    for s, el, acc in ((10, 0.9, 0.6), (20, 0.7, 0.7), (30, 0.75, 0.78), (40, 0.8, 0.8125))
+]
+PER_CLASS = {
+    "neg": {"precision": 0.875, "recall": 0.7, "f1": 0.7778, "support": 10},
+    "pos": {"precision": 0.6667, "recall": 0.8571, "f1": 0.75, "support": 7},
+}
+EVAL = {
+    "split": "test",
+    "eval_loss": 0.61,
+    "accuracy": 0.8125,
+    "macro_f1": 0.7639,
+    "ece": 0.0912,
+    "eval_examples": 17.0,
+    "notes_from_a_new_stage": {"custom_key": "custom value"},
+    "details": {
+        "per_class": PER_CLASS,
+        "confusion_matrix": {"labels": ["neg", "pos"], "matrix": [[7, 3], [1, 6]]},
+    },
+}
+BASELINES = {
+    "metric": "accuracy",
+    "base_model": "builtin:minilm",
+    "label_descriptions": {"pos": "a happy text"},
+    "rows": [
+        {"method": "zero-shot", "k": 0, "accuracy": 0.5312, "macro_f1": 0.41, "seeds": 1},
+        {
+            "method": "few-shot",
+            "k": 16,
+            "accuracy": 0.6471,
+            "accuracy_std": 0.0433,
+            "macro_f1": 0.6,
+            "seeds": 3,
+        },
+        {"method": "fine-tuned", "k": None, "accuracy": 0.8125, "macro_f1": 0.7639},
+    ],
+}
+FORGETTING = {
+    "reference": "wikitext-2 sample",
+    "measure": "pseudo_perplexity",
+    "before": 12.5,
+    "after": 14.25,
+    "abs_change": 1.75,
+    "rel_change": 0.14,
+    "higher_is_better": False,
+    "mitigation": {"l2sp": 0.01, "replay": None},
+    "an_extra_key": "shown generically",
+}
+AUDIT = {
+    "model": "run/model",
+    "crows_pairs": {
+        "overall": {"score": 0.5821, "ci_low": 0.55, "ci_high": 0.61, "n": 200},
+        "by_type": {"gender": {"score": 0.6104, "ci_low": 0.5, "ci_high": 0.7, "n": 60}},
+    },
+    "counterfactual": {
+        "overall": {"flip_rate": 0.0417, "mean_abs_change": 0.031, "n": 48},
+        "by_category": {"gender": {"flip_rate": 0.0625, "mean_abs_change": 0.04, "n": 16}},
+        "worst": [
+            {
+                "text": "he was great",
+                "swapped": "she was great",
+                "category": "gender",
+                "pred": "pos",
+                "pred_swapped": "neg",
+                "change": 0.52,
+            }
+        ],
+    },
+    "before": {
+        "crows_pairs": {"overall": {"score": 0.5633, "ci_low": 0.53, "ci_high": 0.6, "n": 200}},
+        "counterfactual": None,
+    },
+}
+DATA_REPORT = {
+    "format": "classification",
+    "task": "classification",
+    "seed": 1,
+    "splits_from": {"test": "train"},
+    "inputs": [
+        {"split": "train", "file": "data/reviews.jsonl", "rows_read": 120, "rows_rejected": 2}
+    ],
+    "rows_in": 120,
+    "rows_added": 0,
+    "rows_out": {"train": 80, "eval": 21, "test": 17},
+    "drops": {
+        "total": 2,
+        "by_stage": {"validate": 2},
+        "by_reason": {"validate": {"empty text": 2}},
+    },
+    "redactions": {"email": 3, "phone": 0},
+    "labels": ["neg", "pos"],
+    "label_weights": None,
+    "label_distribution": {"train": {"neg": 40, "pos": 40}, "test": {"neg": 10, "pos": 7}},
+    "lengths": {
+        "train": {
+            "tokens": {"count": 80, "min": 3, "mean": 9.5, "p50": 9.0, "p95": 14.0, "max": 300}
+        }
+    },
+    "leakage": {
+        "checked": True,
+        "train_rows_leaking": 0,
+        "by_split": {},
+        "removed_from_train": 0,
+        "examples": [],
+    },
+    "warnings": [],
+}
 
 
 def predictions() -> list[dict[str, Any]]:
     rows = []
-    for i, (label, pred, prob) in enumerate([("neg", "neg", 0.91), ("neg", "pos", 0.83), ("pos", "pos", 0.77),
-                                             ("pos", "pos", 0.64), ("neg", "neg", 0.58), ("pos", "neg", 0.55)]):
+    for i, (label, pred, prob) in enumerate(
+        [
+            ("neg", "neg", 0.91),
+            ("neg", "pos", 0.83),
+            ("pos", "pos", 0.77),
+            ("pos", "pos", 0.64),
+            ("neg", "neg", 0.58),
+            ("pos", "neg", 0.55),
+        ]
+    ):
         other = "pos" if pred == "neg" else "neg"
-        rows.append({"text": f"row {i}", "label": label, "pred": pred, "prob": prob,
-                     "probs": {pred: prob, other: round(1 - prob, 6)}})
+        rows.append(
+            {
+                "text": f"row {i}",
+                "label": label,
+                "pred": pred,
+                "prob": prob,
+                "probs": {pred: prob, other: round(1 - prob, 6)},
+            }
+        )
     return rows
 
 
@@ -95,28 +200,63 @@ def make_run(root: Path, full: bool = True) -> Path:
         "max_length: 64}\nadapter: {type: lora, r: 8, alpha: 16, dropout: 0.05, target_modules: auto}\n"
         "data: {clean: {normalize: true, dedupe: true, pii: true}, split: {stratify: true}}\n"
         "train: {epochs: 2, batch_size: 8, lr: 0.001, scheduler: linear, early_stopping: {metric: accuracy, "
-        "mode: max}}\n")
+        "mode: max}}\n"
+    )
     dump_lines(run / "metrics.jsonl", TRAIN + EVALS)
-    summary = {"train_steps": 40, "train_runtime_s": 12.5, "final_train_loss": 0.5, "best_metric": "accuracy",
-               "best_step": 40, "best_eval": EVALS[-1], "trainable_params": 1000, "total_params": 50000,
-               "data": {"train": 80, "eval": 21, "test": 17}}
+    summary = {
+        "train_steps": 40,
+        "train_runtime_s": 12.5,
+        "final_train_loss": 0.5,
+        "best_metric": "accuracy",
+        "best_step": 40,
+        "best_eval": EVALS[-1],
+        "trainable_params": 1000,
+        "total_params": 50000,
+        "data": {"train": 80, "eval": 21, "test": 17},
+    }
     if full:
         summary["eval_before"] = {"test": {"eval_loss": 0.69, "accuracy": 0.4375, "macro_f1": 0.3}}
-        summary["overfitting"] = {"flags": ["eval_loss_rising: eval loss rose over 3 evaluations while train "
-                                            "loss fell (steps 20-40)"], "evaluations": 4, "gap_at_end": 0.4}
+        summary["overfitting"] = {
+            "flags": [
+                "eval_loss_rising: eval loss rose over 3 evaluations while train "
+                "loss fell (steps 20-40)"
+            ],
+            "evaluations": 4,
+            "gap_at_end": 0.4,
+        }
         dump(run / "eval.json", EVAL)
-        dump_lines(run / "errors.jsonl", [{"source": "d.jsonl:3", "text": XSS, "gold": "neg", "predicted": "pos",
-                                           "confidence": 0.83}])
+        dump_lines(
+            run / "errors.jsonl",
+            [
+                {
+                    "source": "d.jsonl:3",
+                    "text": XSS,
+                    "gold": "neg",
+                    "predicted": "pos",
+                    "confidence": 0.83,
+                }
+            ],
+        )
         dump_lines(run / "predictions.jsonl", predictions())
         dump(run / "data_report.json", DATA_REPORT)
         dump(run / "baselines.json", BASELINES)
         dump(run / "forgetting.json", FORGETTING)
         dump(run / "audit.json", AUDIT)
     dump(run / "summary.json", summary)
-    dump(run / "model" / "lmtune_model.json",
-         {"task": "classification", "labels": ["neg", "pos"], "format": "classification", "template": "auto",
-          "max_length": 64, "base_model": "builtin:minilm", "adapter": "lora", "run_name": "tiny-sentiment",
-          "merged": False})
+    dump(
+        run / "model" / "lmtune_model.json",
+        {
+            "task": "classification",
+            "labels": ["neg", "pos"],
+            "format": "classification",
+            "template": "auto",
+            "max_length": 64,
+            "base_model": "builtin:minilm",
+            "adapter": "lora",
+            "run_name": "tiny-sentiment",
+            "merged": False,
+        },
+    )
     return run
 
 
@@ -145,9 +285,13 @@ def test_every_plot_is_a_decodable_png() -> None:
     figs = {
         "loss_lr": plots.loss_lr_plot(TRAIN, EVALS),
         "eval": plots.eval_metrics_plot(EVALS),
-        "extras": plots.train_extras_plot([{**e, "reward": 0.1 * i, "kl": 0.01} for i, e in enumerate(TRAIN)]),
+        "extras": plots.train_extras_plot(
+            [{**e, "reward": 0.1 * i, "kl": 0.01} for i, e in enumerate(TRAIN)]
+        ),
         "cm": plots.confusion_matrix_plot(["neg", "pos"], [[7, 3], [1, 6]]),
-        "reliability": plots.reliability_plot(reliability_bins([0.9, 0.7, 0.6], [True, False, True]), 0.2),
+        "reliability": plots.reliability_plot(
+            reliability_bins([0.9, 0.7, 0.6], [True, False, True]), 0.2
+        ),
         "per_class": plots.per_class_plot(PER_CLASS),
         "baselines": plots.baselines_plot(BASELINES["rows"]),
     }
@@ -174,7 +318,10 @@ def test_plots_return_none_without_data() -> None:
 
 
 def images(page: str) -> list[bytes]:
-    return [base64.b64decode(b) for b in re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)]
+    return [
+        base64.b64decode(b)
+        for b in re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    ]
 
 
 def test_report_on_a_full_run_folder(tmp_path: Path) -> None:
@@ -184,8 +331,21 @@ def test_report_on_a_full_run_folder(tmp_path: Path) -> None:
     page = out.read_text(encoding="utf-8")
     # Every section, in page order, with the overfitting warning above them.
     ids = re.findall(r'<section id="([^"]+)">', page)
-    assert ids == ["metrics", "curves", "per-class", "confusion", "calibration", "errors", "baselines",
-                   "forgetting", "bias", "summary", "data", "other", "config"]
+    assert ids == [
+        "metrics",
+        "curves",
+        "per-class",
+        "confusion",
+        "calibration",
+        "errors",
+        "baselines",
+        "forgetting",
+        "bias",
+        "summary",
+        "data",
+        "other",
+        "config",
+    ]
     assert page.index('class="box warn"') < page.index('<section id="metrics">')
     assert "eval loss rose over 3 evaluations" in page
     # Header: name, task, base model, headline tiles from eval.json.
@@ -203,10 +363,17 @@ def test_report_on_a_full_run_folder(tmp_path: Path) -> None:
     # Baselines, forgetting, bias numbers as in their JSON files.
     assert "0.5312" in page and "0.6471" in page and "0.0433" in page
     assert "12.5000" in page and "14.2500" in page and "+14.0%" in page
-    assert "pseudo_perplexity went from 12.5000 to 14.2500 (lower is better): worse after fine-tuning" in page
+    assert (
+        "pseudo_perplexity went from 12.5000 to 14.2500 (lower is better): worse after fine-tuning"
+        in page
+    )
     assert "0.5821" in page and "0.5633" in page and "0.0417" in page and "she was great" in page
     # Unknown keys are shown generically, not dropped.
-    assert "shown generically" in page and "custom value" in page and "notes_from_a_new_stage.custom_key" in page
+    assert (
+        "shown generically" in page
+        and "custom value" in page
+        and "notes_from_a_new_stage.custom_key" in page
+    )
     # Data section: sizes, drops, redactions.
     assert "empty text" in page and "email" in page
     # User text is escaped, never live markup.
@@ -248,14 +415,33 @@ def test_overfitting_messages_of_several_shapes() -> None:
 def test_report_on_eval_folders_classification_and_qa(tmp_path: Path) -> None:
     run = make_run(tmp_path, full=False)
     ev = tmp_path / "ev"
-    dump(ev / "eval.json", {"model": str(run / "model"), "data": "held_out.jsonl", "rows": 17, "rejected": 1,
-                            **{k: v for k, v in EVAL.items() if k != "split"}})
+    dump(
+        ev / "eval.json",
+        {
+            "model": str(run / "model"),
+            "data": "held_out.jsonl",
+            "rows": 17,
+            "rejected": 1,
+            **{k: v for k, v in EVAL.items() if k != "split"},
+        },
+    )
     page = write_report(ev).read_text(encoding="utf-8")
     assert "evaluation · task" in page and "held_out.jsonl" in page and "tiny-sentiment" in page
     assert "per-class" in page and "curves" not in re.findall(r'<section id="([^"]+)">', page)
     qa = tmp_path / "qa"
-    dump(qa / "eval.json", {"model": "elsewhere", "data": "xquad.json", "rows": 40, "exact": 61.25, "f1": 72.5,
-                            "HasAns_exact": 70.0, "NoAns_exact": 52.5, "total": 40.0})
+    dump(
+        qa / "eval.json",
+        {
+            "model": "elsewhere",
+            "data": "xquad.json",
+            "rows": 40,
+            "exact": 61.25,
+            "f1": 72.5,
+            "HasAns_exact": 70.0,
+            "NoAns_exact": 52.5,
+            "total": 40.0,
+        },
+    )
     dump(qa / "predictions.json", {"q1": "Denver Broncos", "q2": "<b>bold</b>"})
     page = write_report(qa).read_text(encoding="utf-8")
     assert "61.2500" in page and "72.5000" in page and "HasAns_exact" in page and "52.5000" in page
@@ -285,19 +471,40 @@ def test_run_outputs_warn_instead_of_failing(tmp_path: Path) -> None:
 def test_model_card_from_the_run_files(tmp_path: Path) -> None:
     run = make_run(tmp_path)
     card = write_model_card(run, run / "model").read_text(encoding="utf-8")
-    for heading in ("## Model details", "## Training data", "## Training procedure", "## Evaluation",
-                    "## Baselines", "## Forgetting", "## Bias evaluation", "## Intended use", "## Limitations"):
+    for heading in (
+        "## Model details",
+        "## Training data",
+        "## Training procedure",
+        "## Evaluation",
+        "## Baselines",
+        "## Forgetting",
+        "## Bias evaluation",
+        "## Intended use",
+        "## Limitations",
+    ):
         assert heading in card, heading
     assert "| base model | builtin:minilm |" in card
-    assert "LoRA adapter (r 8, alpha 16" in card and "1,000 of 50,000 parameters trained (2.00%)" in card
+    assert (
+        "LoRA adapter (r 8, alpha 16" in card
+        and "1,000 of 50,000 parameters trained (2.00%)" in card
+    )
     assert "| train | reviews.jsonl | 120 | 2 |" in card  # file name, not the full path
-    assert "train 80, eval 21, test 17" in card and "test split off the train file with seed 1" in card
+    assert (
+        "train 80, eval 21, test 17" in card and "test split off the train file with seed 1" in card
+    )
     assert "email 3" in card and "| validate | empty text | 2 |" in card
     assert "| lr | 0.001 |" in card and "| batch_size | 8 |" in card
     assert "Measured on the test split (17 examples)" in card
-    assert "| accuracy | 0.8125 | 0.4375 |" in card and "| pos | 0.6667 | 0.8571 | 0.7500 | 7 |" in card
+    assert (
+        "| accuracy | 0.8125 | 0.4375 |" in card
+        and "| pos | 0.6667 | 0.8571 | 0.7500 | 7 |" in card
+    )
     assert "| few-shot | 16 | 0.6471 | 0.0433 |" in card
-    assert "| before | 12.5000 |" in card and "| after | 14.2500 |" in card and "| rel_change | +14.0% |" in card
+    assert (
+        "| before | 12.5000 |" in card
+        and "| after | 14.2500 |" in card
+        and "| rel_change | +14.0% |" in card
+    )
     assert "| after fine-tuning | 0.5821 |" in card and "| before fine-tuning | 0.5633 |" in card
     assert "Inputs are cut to 64 tokens; the longest training row had 300." in card
     assert "eval loss rose over 3 evaluations" in card
@@ -307,7 +514,11 @@ def test_model_card_from_the_run_files(tmp_path: Path) -> None:
 def test_model_card_says_what_was_not_measured(tmp_path: Path) -> None:
     run = make_run(tmp_path, full=False)
     card = write_model_card(run, run / "model").read_text(encoding="utf-8")
-    assert "No bias audit was run" in card and "## Baselines" not in card and "## Forgetting" not in card
+    assert (
+        "No bias audit was run" in card
+        and "## Baselines" not in card
+        and "## Forgetting" not in card
+    )
     # Numbers only from the files: the best eval's accuracy, no invented interval without a count.
     assert "| accuracy | 0.8125 |" in card and "confidence interval" not in card
 
@@ -316,7 +527,12 @@ def test_load_folder_skips_damaged_lines_and_keeps_the_resumed_steps(tmp_path: P
     run = make_run(tmp_path, full=False)
     with (run / "metrics.jsonl").open("a") as f:
         # Resumed from the step-30 checkpoint: steps 35 and 40 are logged again, then killed.
-        f.write(json.dumps({**TRAIN[-2], "loss": 0.42}) + "\n" + json.dumps({**TRAIN[-1], "loss": 0.41}) + "\n")
+        f.write(
+            json.dumps({**TRAIN[-2], "loss": 0.42})
+            + "\n"
+            + json.dumps({**TRAIN[-1], "loss": 0.41})
+            + "\n"
+        )
         f.write('{"event": "train", "step": 45, "loss"')  # a killed run's half-written last line
     folder = load_folder(run)
     assert [e["step"] for e in folder.train_events] == [e["step"] for e in TRAIN]

@@ -47,15 +47,30 @@ def test_no_weight_decay_on_bias_and_norm_and_head_lr() -> None:
 
 
 def test_layer_depths_across_architectures() -> None:
-    bert = ["bert.embeddings.word_embeddings.weight", "bert.embeddings.LayerNorm.weight",
-            "bert.encoder.layer.0.attention.self.query.weight", "bert.encoder.layer.1.output.dense.bias",
-            "bert.pooler.dense.weight", "classifier.weight"]
+    bert = [
+        "bert.embeddings.word_embeddings.weight",
+        "bert.embeddings.LayerNorm.weight",
+        "bert.encoder.layer.0.attention.self.query.weight",
+        "bert.encoder.layer.1.output.dense.bias",
+        "bert.pooler.dense.weight",
+        "classifier.weight",
+    ]
     assert list(layer_depths(bert).values()) == [0, 0, 1, 2, 3, 3]
-    llama = ["model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight",
-             "model.layers.2.mlp.up_proj.weight", "model.norm.weight", "lm_head.weight"]
+    llama = [
+        "model.embed_tokens.weight",
+        "model.layers.0.self_attn.q_proj.weight",
+        "model.layers.2.mlp.up_proj.weight",
+        "model.norm.weight",
+        "lm_head.weight",
+    ]
     assert list(layer_depths(llama).values()) == [0, 1, 3, 4, 4]
-    gpt2 = ["transformer.wte.weight", "transformer.wpe.weight", "transformer.h.0.attn.c_attn.weight",
-            "transformer.h.1.mlp.c_fc.weight", "transformer.ln_f.weight"]
+    gpt2 = [
+        "transformer.wte.weight",
+        "transformer.wpe.weight",
+        "transformer.h.0.attn.c_attn.weight",
+        "transformer.h.1.mlp.c_fc.weight",
+        "transformer.ln_f.weight",
+    ]
     assert list(layer_depths(gpt2).values()) == [0, 0, 1, 2, 3]
     # LoRA wraps names but keeps the block index.
     lora = ["base_model.model.bert.encoder.layer.5.attention.self.query.lora_A.default.weight"]
@@ -64,9 +79,15 @@ def test_layer_depths_across_architectures() -> None:
 
 def test_layer_lr_decay_scales_each_block() -> None:
     model = make_encoder_classifier()  # 2 blocks: depths 0 (embeddings), 1, 2, 3 (pooler, head)
-    groups = param_groups(model, weight_decay=0.0, lr=1.0, head_lr=10.0, head_names=["classifier"],
-                          layer_decay=0.5)
-    lr_of = {n: g["lr"] for n, p in model.named_parameters() for g in groups if any(p is q for q in g["params"])}
+    groups = param_groups(
+        model, weight_decay=0.0, lr=1.0, head_lr=10.0, head_names=["classifier"], layer_decay=0.5
+    )
+    lr_of = {
+        n: g["lr"]
+        for n, p in model.named_parameters()
+        for g in groups
+        if any(p is q for q in g["params"])
+    }
     assert lr_of["bert.embeddings.word_embeddings.weight"] == 0.125
     assert lr_of["bert.encoder.layer.0.attention.self.query.weight"] == 0.25
     assert lr_of["bert.encoder.layer.1.attention.self.query.weight"] == 0.5

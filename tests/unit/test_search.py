@@ -32,12 +32,14 @@ def _cfg(tmp: Path | None = None, **search) -> Config:
 
 
 def test_unknown_keys_bad_ranges_and_reserved_keys_are_reported_together() -> None:
-    cfg = _cfg(space={
-        "adaptor.r": {"type": "int", "low": 4, "high": 16},                     # typo
-        "train.lr": {"type": "float", "low": -1.0, "high": 1e-3},             # lr must be > 0
-        "run.output_dir": {"type": "categorical", "choices": ["a", "b"]},     # the tuner sets it
-        "adapter.dropout": {"type": "float", "low": 0.0, "high": 0.3},        # fine
-    })
+    cfg = _cfg(
+        space={
+            "adaptor.r": {"type": "int", "low": 4, "high": 16},  # typo
+            "train.lr": {"type": "float", "low": -1.0, "high": 1e-3},  # lr must be > 0
+            "run.output_dir": {"type": "categorical", "choices": ["a", "b"]},  # the tuner sets it
+            "adapter.dropout": {"type": "float", "low": 0.0, "high": 0.3},  # fine
+        }
+    )
     with pytest.raises(UserError) as err:
         parse_space(cfg)
     msg = str(err.value)
@@ -58,22 +60,33 @@ def test_empty_space_and_no_eval_split_are_user_errors(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="search.space is empty"):
         parse_space(_cfg())
     cfg = _cfg(tmp_path, space={"adapter.r": {"type": "categorical", "choices": [4, 8]}})
-    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"split": cfg.data.split.model_copy(update={"eval": 0.0})})})
+    cfg = cfg.model_copy(
+        update={
+            "data": cfg.data.model_copy(
+                update={"split": cfg.data.split.model_copy(update={"eval": 0.0})}
+            )
+        }
+    )
     with pytest.raises(UserError, match="needs an eval split"):
         run_search(cfg)
     assert not (tmp_path / "out").exists()  # refused before any study or trial
 
 
-@pytest.mark.parametrize(("spec", "needle"), [
-    ({"type": "float", "low": 1e-3, "high": 1e-5}, "must be below high"),
-    ({"type": "float", "low": 0.0, "high": 1e-3, "log": True}, "log: true needs low > 0"),
-    ({"type": "categorical"}, "needs choices"),
-    ({"type": "int", "low": 1, "high": 8.5}, "whole numbers"),
-    ({"type": "float", "low": 1e-5}, "both low and high"),
-    ({"type": "float", "choices": [1, 2]}, "choices are for type categorical"),
-    ({"type": "float", "low": 0.1, "high": 0.2, "sigma": 1}, "unknown key"),
-])
-def test_malformed_specs_fail_at_load_with_their_key_path(tmp_path: Path, spec: dict, needle: str) -> None:
+@pytest.mark.parametrize(
+    ("spec", "needle"),
+    [
+        ({"type": "float", "low": 1e-3, "high": 1e-5}, "must be below high"),
+        ({"type": "float", "low": 0.0, "high": 1e-3, "log": True}, "log: true needs low > 0"),
+        ({"type": "categorical"}, "needs choices"),
+        ({"type": "int", "low": 1, "high": 8.5}, "whole numbers"),
+        ({"type": "float", "low": 1e-5}, "both low and high"),
+        ({"type": "float", "choices": [1, 2]}, "choices are for type categorical"),
+        ({"type": "float", "low": 0.1, "high": 0.2, "sigma": 1}, "unknown key"),
+    ],
+)
+def test_malformed_specs_fail_at_load_with_their_key_path(
+    tmp_path: Path, spec: dict, needle: str
+) -> None:
     import yaml
 
     path = tmp_path / "c.yaml"
@@ -89,17 +102,31 @@ def test_a_search_needs_a_budget() -> None:
 
 
 def test_sampled_values_become_config_overrides(tmp_path: Path) -> None:
-    cfg = _cfg(space={
-        "train.lr": {"type": "float", "low": 1e-5, "high": 1e-2, "log": True},
-        "adapter.r": {"type": "categorical", "choices": [4, 8]},
-        "adapter.target_modules": {"type": "categorical", "choices": ["auto", ["query", "value"]]},
-        "train.epochs": {"type": "int", "low": 1, "high": 3},
-    })
+    cfg = _cfg(
+        space={
+            "train.lr": {"type": "float", "low": 1e-5, "high": 1e-2, "log": True},
+            "adapter.r": {"type": "categorical", "choices": [4, 8]},
+            "adapter.target_modules": {
+                "type": "categorical",
+                "choices": ["auto", ["query", "value"]],
+            },
+            "train.epochs": {"type": "int", "low": 1, "high": 3},
+        }
+    )
     params = parse_space(cfg)
-    stored = {"train.lr": 3e-4, "adapter.r": 8, "adapter.target_modules": '["query", "value"]', "train.epochs": 2}
+    stored = {
+        "train.lr": 3e-4,
+        "adapter.r": 8,
+        "adapter.target_modules": '["query", "value"]',
+        "train.epochs": 2,
+    }
     values = suggest(optuna.trial.FixedTrial(stored), params)
-    assert values == {"train.lr": 3e-4, "adapter.r": 8, "adapter.target_modules": ["query", "value"],
-                      "train.epochs": 2}
+    assert values == {
+        "train.lr": 3e-4,
+        "adapter.r": 8,
+        "adapter.target_modules": ["query", "value"],
+        "train.epochs": 2,
+    }
     assert decode(stored, params) == values
     trial = trial_config(cfg, values, tmp_path / "trial_0003")
     assert trial.train.lr == 3e-4 and trial.adapter.r == 8 and trial.train.epochs == 2
@@ -110,18 +137,31 @@ def test_sampled_values_become_config_overrides(tmp_path: Path) -> None:
 
 
 def test_grid_is_every_combination_of_choices_and_values() -> None:
-    cfg = _cfg(sampler="grid", n_trials=100, space={
-        "adapter.target_modules": {"type": "categorical", "choices": [["query"], ["query", "value"]]},
-        "adapter.r": {"type": "int", "values": [4, 8, 16]},
-    })
+    cfg = _cfg(
+        sampler="grid",
+        n_trials=100,
+        space={
+            "adapter.target_modules": {
+                "type": "categorical",
+                "choices": [["query"], ["query", "value"]],
+            },
+            "adapter.r": {"type": "int", "values": [4, 8, 16]},
+        },
+    )
     params = parse_space(cfg)
-    assert grid_space(params) == {"adapter.target_modules": ['["query"]', '["query", "value"]'],
-                                  "adapter.r": [4, 8, 16]}
+    assert grid_space(params) == {
+        "adapter.target_modules": ['["query"]', '["query", "value"]'],
+        "adapter.r": [4, 8, 16],
+    }
     study = optuna.create_study(sampler=optuna.samplers.GridSampler(grid_space(params), seed=0))
     seen = []
-    study.optimize(lambda t: seen.append(suggest(t, params)) or 0.0, n_trials=20)  # the grid stops it
-    expected = [{"adapter.target_modules": m, "adapter.r": r}
-                for m, r in itertools.product([["query"], ["query", "value"]], [4, 8, 16])]
+    study.optimize(
+        lambda t: seen.append(suggest(t, params)) or 0.0, n_trials=20
+    )  # the grid stops it
+    expected = [
+        {"adapter.target_modules": m, "adapter.r": r}
+        for m, r in itertools.product([["query"], ["query", "value"]], [4, 8, 16])
+    ]
     assert len(seen) == 6 and sorted(map(str, seen)) == sorted(map(str, expected))
 
 
@@ -136,15 +176,22 @@ def test_metric_names_with_or_without_eval_prefix() -> None:
     assert metric_key("eval_accuracy", metrics) == "accuracy"
     assert metric_key("accuracy", metrics) == "accuracy"
     assert metric_key("loss", metrics) == "eval_loss"
-    with pytest.raises(UserError, match="search.metric 'f1' .*available: accuracy, eval_examples, eval_loss"):
+    with pytest.raises(
+        UserError, match="search.metric 'f1' .*available: accuracy, eval_examples, eval_loss"
+    ):
         metric_key("f1", metrics)
 
 
 def test_on_eval_prunes_a_trial_behind_the_median() -> None:
-    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.MedianPruner(n_startup_trials=1))
+    study = optuna.create_study(
+        direction="maximize", pruner=optuna.pruners.MedianPruner(n_startup_trials=1)
+    )
     dist = {"x": optuna.distributions.FloatDistribution(0, 1)}
-    study.add_trial(optuna.trial.create_trial(params={"x": 0.5}, distributions=dist, value=0.9,
-                                              intermediate_values={10: 0.8, 20: 0.9}))
+    study.add_trial(
+        optuna.trial.create_trial(
+            params={"x": 0.5}, distributions=dist, value=0.9, intermediate_values={10: 0.8, 20: 0.9}
+        )
+    )
     good, evals = study.ask(), []
     make_on_eval(good, "eval_accuracy", evals)(10, {"accuracy": 0.85, "eval_loss": 0.3})
     assert evals == [(10, {"accuracy": 0.85, "eval_loss": 0.3})]
@@ -156,10 +203,18 @@ def test_on_eval_prunes_a_trial_behind_the_median() -> None:
         make_on_eval(study.ask(), "bleu", [])(10, {"accuracy": 0.2})
 
 
-def test_resume_requeues_a_killed_trial_once_counts_the_budget_and_keeps_the_metric(tmp_path: Path) -> None:
-    cfg = _cfg(tmp_path, sampler="random", n_trials=5, space={
-        "adapter.r": {"type": "categorical", "choices": [4, 8]},
-        "train.lr": {"type": "float", "low": 1e-5, "high": 1e-3, "log": True}})
+def test_resume_requeues_a_killed_trial_once_counts_the_budget_and_keeps_the_metric(
+    tmp_path: Path,
+) -> None:
+    cfg = _cfg(
+        tmp_path,
+        sampler="random",
+        n_trials=5,
+        space={
+            "adapter.r": {"type": "categorical", "choices": [4, 8]},
+            "train.lr": {"type": "float", "low": 1e-5, "high": 1e-3, "log": True},
+        },
+    )
     params = parse_space(cfg)
     study, storage = open_study(cfg, params, resume=False)
     for value in (0.3, 0.2):
@@ -179,8 +234,13 @@ def test_resume_requeues_a_killed_trial_once_counts_the_budget_and_keeps_the_met
     study, storage = open_study(cfg, params, resume=True)
     assert requeue_interrupted(study, storage, params) == [killed.number]
     states = [t.state for t in study.trials]
-    assert states == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL,
-                      TrialState.WAITING]
+    assert states == [
+        TrialState.COMPLETE,
+        TrialState.COMPLETE,
+        TrialState.PRUNED,
+        TrialState.FAIL,
+        TrialState.WAITING,
+    ]
     queued = study.trials[-1]
     assert queued.user_attrs["rerun_of"] == killed.number
     assert queued.system_attrs["fixed_params"] == killed_params
@@ -199,7 +259,9 @@ def test_halving_pruner_keeps_only_the_top_share_at_a_rung() -> None:
     pruner = make_pruner(PrunerConfig(type="halving", min_resource=5, reduction_factor=2))
     study = optuna.create_study(direction="minimize", pruner=pruner)
     first = study.ask()
-    make_on_eval(first, "eval_loss", [])(5, {"eval_loss": 0.30})  # rung 0 is at step 5; alone, it goes on
+    make_on_eval(first, "eval_loss", [])(
+        5, {"eval_loss": 0.30}
+    )  # rung 0 is at step 5; alone, it goes on
     study.tell(first, 0.30)
     with pytest.raises(optuna.TrialPruned):  # not in the better half of the rung
         make_on_eval(study.ask(), "eval_loss", [])(5, {"eval_loss": 0.45})
@@ -207,9 +269,15 @@ def test_halving_pruner_keeps_only_the_top_share_at_a_rung() -> None:
 
 
 def test_a_trial_is_scored_by_the_model_it_keeps() -> None:
-    evals = [(4, {"eval_accuracy": 0.7}), (8, {"eval_accuracy": 0.8}), (12, {"eval_accuracy": 0.75})]
+    evals = [
+        (4, {"eval_accuracy": 0.7}),
+        (8, {"eval_accuracy": 0.8}),
+        (12, {"eval_accuracy": 0.75}),
+    ]
     assert kept_eval({"best_step": 8}, evals) == {"eval_accuracy": 0.8}
     assert kept_eval({}, evals) == {"eval_accuracy": 0.75}
-    averaged = {"best_step": 12, "best_eval": {"event": "eval", "step": 12, "eval_accuracy": 0.85,
-                                                "weight_average": True}}
+    averaged = {
+        "best_step": 12,
+        "best_eval": {"event": "eval", "step": 12, "eval_accuracy": 0.85, "weight_average": True},
+    }
     assert kept_eval(averaged, evals)["eval_accuracy"] == 0.85

@@ -30,14 +30,24 @@ from tiny import (
     save_tiny,
 )
 
-TEMPLATE = ("{{ bos_token }}{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
-            "{% if add_generation_prompt %}[assistant] {% endif %}")
+TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}[assistant] {% endif %}"
+)
 
 
 def _engine(tok, meta: dict | None = None, arch: str = "llama") -> Engine:
     model = make_causal(arch, tok)
-    return Engine(model=model, tokenizer=tok, meta={"task": "sft", **(meta or {})}, kind="causal",
-                  model_id="tiny", version=None, max_context=256, eos_ids={tok.eos_token_id})
+    return Engine(
+        model=model,
+        tokenizer=tok,
+        meta={"task": "sft", **(meta or {})},
+        kind="causal",
+        model_id="tiny",
+        version=None,
+        max_context=256,
+        eos_ids={tok.eos_token_id},
+    )
 
 
 def test_sample_next_greedy_nucleus_and_temperature() -> None:
@@ -74,10 +84,18 @@ def test_decoding_loop_matches_generate_greedy() -> None:
     for arch in ("llama", "gpt2"):
         model = make_causal(arch, tok)
         ids = tok("The quick brown fox")["input_ids"]
-        ref = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                             max_new_tokens=20, do_sample=False, eos_token_id=None, pad_token_id=0)
-        got = list(decode_tokens(model, ids, GenParams(max_tokens=20, temperature=0), set(), lambda: False))
-        assert got == ref[0, len(ids):].tolist(), arch
+        ref = model.generate(
+            torch.tensor([ids]),
+            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+            max_new_tokens=20,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=0,
+        )
+        got = list(
+            decode_tokens(model, ids, GenParams(max_tokens=20, temperature=0), set(), lambda: False)
+        )
+        assert got == ref[0, len(ids) :].tolist(), arch
 
 
 def test_seeded_sampling_is_reproducible_and_tiny_top_p_is_greedy() -> None:
@@ -92,8 +110,20 @@ def test_seeded_sampling_is_reproducible_and_tiny_top_p_is_greedy() -> None:
     assert run(temperature=1.0, seed=7) != run(temperature=1.0, seed=8)
     assert run(temperature=1.0, top_p=1e-6, seed=3) == run(temperature=0.0)
     calls = iter(range(100))
-    assert len(list(decode_tokens(model, ids, GenParams(max_tokens=12, temperature=0), set(),
-                                  lambda: next(calls) >= 4))) == 4  # cancelled after 4 tokens
+    assert (
+        len(
+            list(
+                decode_tokens(
+                    model,
+                    ids,
+                    GenParams(max_tokens=12, temperature=0),
+                    set(),
+                    lambda: next(calls) >= 4,
+                )
+            )
+        )
+        == 4
+    )  # cancelled after 4 tokens
 
 
 def test_generate_finish_reasons_and_stop_strings() -> None:
@@ -104,16 +134,19 @@ def test_generate_finish_reasons_and_stop_strings() -> None:
     text = "".join(p.text for p in full)
     assert full[-1].finish_reason == "length" and full[-1].completion_tokens == 16
     assert all(p.finish_reason is None for p in full[:-1])
-    ref_ids = list(decode_tokens(eng.model, ids, GenParams(max_tokens=16, temperature=0), set(),
-                                 lambda: False))
+    ref_ids = list(
+        decode_tokens(eng.model, ids, GenParams(max_tokens=16, temperature=0), set(), lambda: False)
+    )
     assert text == tok.decode(ref_ids, skip_special_tokens=True)
-    stop = next(text[i:i + 2] for i in range(1, len(text) - 1) if text[i:i + 2].isalnum())
+    stop = next(text[i : i + 2] for i in range(1, len(text) - 1) if text[i : i + 2].isalnum())
     cut = list(eng.generate(ids, GenParams(max_tokens=16, temperature=0, stop=("@@never@@", stop))))
     assert "".join(p.text for p in cut) == text[: text.find(stop)]
     assert cut[-1].finish_reason == "stop" and cut[-1].completion_tokens <= 16
     # An EOS ends a generation with "stop" (and is not text): let the first greedy token be EOS.
     eng.eos_ids = {ref_ids[0]}
-    assert list(eng.generate(ids, GenParams(max_tokens=16, temperature=0))) == [Piece("", "stop", 1)]
+    assert list(eng.generate(ids, GenParams(max_tokens=16, temperature=0))) == [
+        Piece("", "stop", 1)
+    ]
 
 
 def test_chat_prompts_use_the_trained_template() -> None:
@@ -127,14 +160,23 @@ def test_chat_prompts_use_the_trained_template() -> None:
     plain = make_tokenizer()
     alpaca = _engine(plain, {"format": "instruction", "template": "auto"})
     text = plain.decode(alpaca.encode_chat(messages))
-    assert "### Instruction:\nHello!" in text and "system: Be brief." in text and text.endswith("### Response:\n")
+    assert (
+        "### Instruction:\nHello!" in text
+        and "system: Be brief." in text
+        and text.endswith("### Response:\n")
+    )
     with pytest.raises(UserError, match="end with a user message"):
         eng.encode_chat([*messages, {"role": "assistant", "content": "Hi"}])
 
 
 def test_alpaca_row_puts_earlier_turns_in_the_input() -> None:
-    row = alpaca_row([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
-                      {"role": "user", "content": "c"}])
+    row = alpaca_row(
+        [
+            {"role": "user", "content": "a"},
+            {"role": "assistant", "content": "b"},
+            {"role": "user", "content": "c"},
+        ]
+    )
     assert row == {"instruction": "c", "input": "user: a\nassistant: b"}
 
 
@@ -177,8 +219,10 @@ def test_adapter_merged_export_and_registry_serve_the_same_model(tmp_path: Path)
     tok = make_tokenizer()
     base = save_tiny(make_causal("gpt2", tok), tok, tmp_path / "base")
     torch.manual_seed(1)
-    lora = get_peft_model(make_causal("gpt2", tok), LoraConfig(r=4, target_modules=["c_attn"],
-                                                               init_lora_weights=False))
+    lora = get_peft_model(
+        make_causal("gpt2", tok),
+        LoraConfig(r=4, target_modules=["c_attn"], init_lora_weights=False),
+    )
     lora.peft_config["default"].base_model_name_or_path = str(base)
     meta = {"task": "sft", "format": "text", "template": "auto", "max_length": 128}
     save_model(lora, tok, tmp_path / "adapter", extra=meta)
@@ -192,13 +236,18 @@ def test_adapter_merged_export_and_registry_serve_the_same_model(tmp_path: Path)
     for name in ("adapter", "merged", "registry"):
         eng = load_engine(tmp_path / name)
         assert eng.kind == "causal" and eng.encode_completion("The weather today is") == ids
-        outs[name] = list(decode_tokens(eng.model, ids, GenParams(max_tokens=8, temperature=0), set(),
-                                        lambda: False))
+        outs[name] = list(
+            decode_tokens(
+                eng.model, ids, GenParams(max_tokens=8, temperature=0), set(), lambda: False
+            )
+        )
         with torch.no_grad():
             logits[name] = eng.model(torch.tensor([ids])).logits
     assert outs["adapter"] == outs["merged"] == outs["registry"]
     assert torch.allclose(logits["adapter"], logits["merged"], atol=1e-4)
-    assert not torch.allclose(logits["adapter"], base_logits, atol=1e-3)  # the adapter does something
+    assert not torch.allclose(
+        logits["adapter"], base_logits, atol=1e-3
+    )  # the adapter does something
     reg = load_engine(tmp_path / "registry" / "current")
     assert (reg.model_id, reg.version) == ("registry", "v1")
 
@@ -206,6 +255,11 @@ def test_adapter_merged_export_and_registry_serve_the_same_model(tmp_path: Path)
 def test_a_model_kind_without_endpoints_is_refused_at_start(tmp_path: Path) -> None:
     tok = make_bert_tokenizer()
     reward = make_encoder_classifier("bert", 1, tok)
-    save_model(reward, tok, tmp_path / "rm", extra={"task": "reward", "format": "preference", "max_length": 64})
+    save_model(
+        reward,
+        tok,
+        tmp_path / "rm",
+        extra={"task": "reward", "format": "preference", "max_length": 64},
+    )
     with pytest.raises(UserError, match="reward model"):
         load_engine(tmp_path / "rm")

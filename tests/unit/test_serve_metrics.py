@@ -29,23 +29,40 @@ def test_metrics_count_statuses_errors_tokens_and_render_prometheus() -> None:
     m.add_tokens(0, 0, predictions=3)
     snap = m.snapshot()
     comp = snap["endpoints"]["/v1/completions"]
-    assert comp["requests"] == 4 and comp["errors"] == 1 and comp["by_status"] == {"200": 3, "400": 1}
+    assert (
+        comp["requests"] == 4 and comp["errors"] == 1 and comp["by_status"] == {"200": 3, "400": 1}
+    )
     assert comp["latency_s"] == {"p50": 0.1, "p90": 0.3, "p99": 0.3}
     assert snap["requests_total"] == 5 and snap["errors_total"] == 1 and snap["in_flight"] == 0
-    assert (snap["prompt_tokens_total"], snap["completion_tokens_total"], snap["predictions_total"]) == (10, 5, 4)
+    assert (
+        snap["prompt_tokens_total"],
+        snap["completion_tokens_total"],
+        snap["predictions_total"],
+    ) == (10, 5, 4)
     text = prometheus_text(snap)
     assert 'lmtune_requests_total{endpoint="/v1/completions",status="400"} 1' in text
-    assert 'lmtune_request_latency_seconds{endpoint="/v1/completions",quantile="0.9"} 0.300000' in text
+    assert (
+        'lmtune_request_latency_seconds{endpoint="/v1/completions",quantile="0.9"} 0.300000' in text
+    )
     assert "lmtune_completion_tokens_total 5" in text.splitlines()
 
 
 def test_prediction_log_appends_one_flushed_line_per_record(tmp_path: Path) -> None:
     path = tmp_path / "logs" / "pred.jsonl"
     log = PredictionLog(path, "tiny", "v3")
-    log.write("/v1/classify", "clf-1", 0.0123, [{"input": "a", "label": "pos"}, {"input": "b", "label": "neg"}])
+    log.write(
+        "/v1/classify",
+        "clf-1",
+        0.0123,
+        [{"input": "a", "label": "pos"}, {"input": "b", "label": "neg"}],
+    )
     lines = [json.loads(x) for x in path.read_text().splitlines()]  # readable before close: flushed
     assert [x["input"] for x in lines] == ["a", "b"]
-    assert lines[0]["model_version"] == "v3" and lines[0]["latency_ms"] == 12.3 and lines[0]["endpoint"] == "/v1/classify"
+    assert (
+        lines[0]["model_version"] == "v3"
+        and lines[0]["latency_ms"] == 12.3
+        and lines[0]["endpoint"] == "/v1/classify"
+    )
     log.close()
     again = PredictionLog(path, "tiny", "v3")  # a restarted server appends
     again.write("/v1/completions", "cmpl-2", 0.5, [{"input": "c", "output": "d"}])
@@ -54,8 +71,10 @@ def test_prediction_log_appends_one_flushed_line_per_record(tmp_path: Path) -> N
 
 
 def _receive(chunks: list[bytes], then_disconnect: bool = True):
-    messages = [{"type": "http.request", "body": c, "more_body": i < len(chunks) - 1}
-                for i, c in enumerate(chunks)]
+    messages = [
+        {"type": "http.request", "body": c, "more_body": i < len(chunks) - 1}
+        for i, c in enumerate(chunks)
+    ]
 
     async def receive() -> dict:
         if messages:
@@ -112,7 +131,10 @@ def test_guard_answers_401_and_413_itself_and_counts_them() -> None:
 
     auth = [(b"authorization", b"Bearer key")]
     out = run("/v1/completions", [], b"{}")
-    assert out[0]["status"] == 401 and json.loads(out[1]["body"])["error"]["type"] == "authentication_error"
+    assert (
+        out[0]["status"] == 401
+        and json.loads(out[1]["body"])["error"]["type"] == "authentication_error"
+    )
     assert run("/health", [], b"")[0]["status"] == 204  # open without the key
     out = run("/v1/completions", auth, b"0123456789")
     assert out[0]["status"] == 413 and "8 bytes" in json.loads(out[1]["body"])["error"]["message"]

@@ -23,8 +23,9 @@ def test_span_positions_inside_outside_and_partial() -> None:
 
 
 def _task(max_length: int = 40, stride: int = 8, **qa) -> QATask:
-    cfg = Config.model_validate({"task": "qa", "model": {"max_length": max_length},
-                                 "qa": {"doc_stride": stride, **qa}})
+    cfg = Config.model_validate(
+        {"task": "qa", "model": {"max_length": max_length}, "qa": {"doc_stride": stride, **qa}}
+    )
     return QATask(make_bert_tokenizer(), cfg)
 
 
@@ -33,8 +34,13 @@ def test_long_context_windows_overlap_and_only_answer_windows_point_at_it() -> N
     filler = " ".join(["the quick brown fox jumps over the lazy dog ."] * 8)
     context = f"{filler} the capital of france is paris . {filler}"
     start = context.index("paris")
-    feats = task.encode({"question": "what is the capital?", "context": context,
-                         "answers": {"text": ["paris"], "answer_start": [start]}})
+    feats = task.encode(
+        {
+            "question": "what is the capital?",
+            "context": context,
+            "answers": {"text": ["paris"], "answer_start": [start]},
+        }
+    )
     assert len(feats) > 4 and all(f["length"] <= 40 for f in feats)
     hits = [f for f in feats if (f["start"], f["end"]) != (0, 0)]
     assert 1 <= len(hits) < len(feats)
@@ -53,8 +59,13 @@ def test_long_context_windows_overlap_and_only_answer_windows_point_at_it() -> N
 
 def test_unanswerable_rows_target_cls_and_prediction_rows_have_no_target() -> None:
     task = _task()
-    feats = task.encode({"question": "who?", "context": "the lazy dog .",
-                         "answers": {"text": [], "answer_start": []}})
+    feats = task.encode(
+        {
+            "question": "who?",
+            "context": "the lazy dog .",
+            "answers": {"text": [], "answer_start": []},
+        }
+    )
     assert [(f["start"], f["end"]) for f in feats] == [(0, 0)]
     feats = task.encode({"question": "who?", "context": "the lazy dog ."})
     assert "start" not in feats[0]
@@ -71,18 +82,26 @@ def test_best_span_obeys_context_order_and_length() -> None:
     end = np.array([9.0, 0, 0, 0, 4.0, 0.2, 3.0, 0.1, 0])
     # Best pair overall would be (0, 0) or question tokens: excluded. (7, 7)=5.1; (4, 4)=5.0;
     # (7, 6) has end < start: excluded.
-    assert best_span(start, end, OFFSETS, n_best=4, max_answer_length=5) == pytest.approx((5.1, 13, 20))
+    assert best_span(start, end, OFFSETS, n_best=4, max_answer_length=5) == pytest.approx(
+        (5.1, 13, 20)
+    )
     # A max answer length of 1 token still allows single-token spans only.
     start2 = np.array([0, 0, 0, 0, 6.0, 0, 0, 0, 0])
     end2 = np.array([0, 0, 0, 0, 0, 0, 0, 6.0, 0])
-    assert best_span(start2, end2, OFFSETS, n_best=4, max_answer_length=4) == pytest.approx((12.0, 0, 20))
+    assert best_span(start2, end2, OFFSETS, n_best=4, max_answer_length=4) == pytest.approx(
+        (12.0, 0, 20)
+    )
     assert best_span(start2, end2, OFFSETS, n_best=4, max_answer_length=3)[0] < 12.0
     assert best_span(start, end, [None] * 9, 4, 5) is None
 
 
 def test_decode_picks_best_window_and_min_null_score() -> None:
     context = "abc defgh ij klmnopq rstu"
-    w1 = (np.array([1.0, 0, 0, 0, 2.0, 0, 0, 0, 0]), np.array([1.0, 0, 0, 0, 2.0, 0, 0, 0, 0]), OFFSETS)
+    w1 = (
+        np.array([1.0, 0, 0, 0, 2.0, 0, 0, 0, 0]),
+        np.array([1.0, 0, 0, 0, 2.0, 0, 0, 0, 0]),
+        OFFSETS,
+    )
     offsets2 = [None, None, None, None, (10, 12), (13, 20), (21, 25), None]
     w2 = (np.array([3.0, 0, 0, 0, 0, 5.0, 0, 0]), np.array([-1.0, 0, 0, 0, 0, 0, 4.0, 0]), offsets2)
     d = decode([w1, w2], context, n_best=3, max_answer_length=10)

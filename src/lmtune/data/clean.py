@@ -71,8 +71,9 @@ def content_key(row: dict[str, Any], fmt: str) -> str:
     """What exact dedupe and leakage compare: the content fields (never the label)."""
     if fmt == "chat":
         return "\x1e".join(f"{m['role']}\x1f{m['content']}" for m in row["messages"])
-    return "\x1e".join(_messages_key(row[f]) if isinstance(row[f], list) else row[f]
-                       for f in CONTENT_FIELDS[fmt])
+    return "\x1e".join(
+        _messages_key(row[f]) if isinstance(row[f], list) else row[f] for f in CONTENT_FIELDS[fmt]
+    )
 
 
 def _messages_key(messages: list[dict[str, str]]) -> str:

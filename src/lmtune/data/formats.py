@@ -30,7 +30,13 @@ from lmtune.errors import UserError
 
 PREFERENCE = ("preference", "pairwise", "dialogue_pair")
 FORMATS = (
-    "text", "instruction", "chat", "classification", "pair_classification", *PREFERENCE, "prompt",
+    "text",
+    "instruction",
+    "chat",
+    "classification",
+    "pair_classification",
+    *PREFERENCE,
+    "prompt",
     "qa",
 )
 LABELLED = ("classification", "pair_classification")

@@ -101,7 +101,10 @@ def group_split_indices(
     members: dict[str, list[int]] = {g: [] for g in names}
     for i, g in enumerate(groups):
         members[g].append(i)
-    targets = {"eval": split_size(len(groups), eval_frac), "test": split_size(len(groups), test_frac)}
+    targets = {
+        "eval": split_size(len(groups), eval_frac),
+        "test": split_size(len(groups), test_frac),
+    }
     place: dict[str, list[str]] = {"train": [], "eval": [], "test": []}
     count = {"eval": 0, "test": 0}
     for gi in np.random.default_rng(seed).permutation(len(names)).tolist():

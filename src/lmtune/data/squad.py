@@ -56,7 +56,9 @@ def squad_records(path: str, articles: list[Any], limit: int | None = None) -> l
     for i, art in enumerate(articles):
         paras = art.get("paragraphs") if isinstance(art, dict) else None
         if not isinstance(paras, list):
-            out.append(_bad(path, len(out) + 1, f"data[{i}]", "article (no 'paragraphs' list)", art))
+            out.append(
+                _bad(path, len(out) + 1, f"data[{i}]", "article (no 'paragraphs' list)", art)
+            )
             if full():
                 return out
             continue
@@ -72,11 +74,23 @@ def squad_records(path: str, articles: list[Any], limit: int | None = None) -> l
             for k, qa in enumerate(qas):
                 n = len(out) + 1
                 if not isinstance(qa, dict):
-                    out.append(_bad(path, n, f"data[{i}].paragraphs[{j}].qas[{k}]",
-                                    "question (not an object)", qa))
+                    out.append(
+                        _bad(
+                            path,
+                            n,
+                            f"data[{i}].paragraphs[{j}].qas[{k}]",
+                            "question (not an object)",
+                            qa,
+                        )
+                    )
                 else:
-                    row = {"id": qa.get("id"), "title": title, "context": para.get("context"),
-                           "question": qa.get("question"), "answers": qa.get("answers", [])}
+                    row = {
+                        "id": qa.get("id"),
+                        "title": title,
+                        "context": para.get("context"),
+                        "question": qa.get("question"),
+                        "answers": qa.get("answers", []),
+                    }
                     if "is_impossible" in qa:
                         row["is_impossible"] = qa["is_impossible"]
                     out.append(Record(path, n, row))
@@ -96,7 +110,9 @@ def _string(raw: dict[str, Any], field: str, mapping: dict[str, str]) -> str:
     v = raw[col]
     if not isinstance(v, str):
         got = "null" if v is None else type(v).__name__
-        raise RowError(f"field '{field}' must be a string, got {got}", f"field '{field}' is not a string")
+        raise RowError(
+            f"field '{field}' must be a string, got {got}", f"field '{field}' is not a string"
+        )
     if has_surrogate(v):
         raise RowError(f"undecodable bytes (not valid UTF-8) in field '{field}'")
     if not v.strip():
@@ -110,8 +126,10 @@ def _start(v: Any, i: int) -> int:
     if isinstance(v, float) and math.isfinite(v) and v.is_integer():
         v = int(v)
     if isinstance(v, bool) or not isinstance(v, int):
-        raise RowError(f"answers[{i}].answer_start must be an integer character offset, got {v!r}",
-                       "answer_start is not an integer")
+        raise RowError(
+            f"answers[{i}].answer_start must be an integer character offset, got {v!r}",
+            "answer_start is not an integer",
+        )
     return v
 
 
@@ -121,24 +139,34 @@ def _answer_list(value: Any) -> list[tuple[Any, Any]]:
         try:
             value = json.loads(value)
         except json.JSONDecodeError:
-            raise RowError("field 'answers' is text but not JSON; write it as "
-                           '[{"text": ..., "answer_start": ...}]', "answers is not JSON") from None
+            raise RowError(
+                "field 'answers' is text but not JSON; write it as "
+                '[{"text": ..., "answer_start": ...}]',
+                "answers is not JSON",
+            ) from None
     if isinstance(value, dict) and "text" in value and "answer_start" in value:
         texts, starts = value["text"], value["answer_start"]
         if not isinstance(texts, list) or not isinstance(starts, list) or len(texts) != len(starts):
-            raise RowError("answers.text and answers.answer_start must be lists of equal length",
-                           "answers lists differ in length")
+            raise RowError(
+                "answers.text and answers.answer_start must be lists of equal length",
+                "answers lists differ in length",
+            )
         return list(zip(texts, starts, strict=True))
     if isinstance(value, list):
         pairs = []
         for i, a in enumerate(value):
             if not isinstance(a, dict) or "text" not in a or "answer_start" not in a:
-                raise RowError(f"answers[{i}] must be an object with text and answer_start",
-                               "answer is not {text, answer_start}")
+                raise RowError(
+                    f"answers[{i}] must be an object with text and answer_start",
+                    "answer is not {text, answer_start}",
+                )
             pairs.append((a["text"], a["answer_start"]))
         return pairs
-    raise RowError("field 'answers' must be a list of {text, answer_start} objects or "
-                   "{text: [...], answer_start: [...]}", "answers has a wrong type")
+    raise RowError(
+        "field 'answers' must be a list of {text, answer_start} objects or "
+        "{text: [...], answer_start: [...]}",
+        "answers has a wrong type",
+    )
 
 
 def _check_answer(context: str, text: Any, start: Any, i: int) -> tuple[str, int]:
@@ -146,14 +174,19 @@ def _check_answer(context: str, text: Any, start: Any, i: int) -> tuple[str, int
     if not isinstance(text, str) or not text.strip():
         raise RowError(f"answers[{i}].text must be a non-empty string", "empty answer text")
     start = _start(start, i)
-    if context[start:start + len(text)] != text:
+    if context[start : start + len(text)] != text:
         found = context.find(text)
-        hint = (f"the text occurs at {found}" if found >= 0 else "the text does not occur in the context")
+        hint = (
+            f"the text occurs at {found}"
+            if found >= 0
+            else "the text does not occur in the context"
+        )
         raise RowError(
             f"answers[{i}].answer_start {start} does not point at the answer {text[:60]!r} in the "
             f"context (context[{start}:{start + len(text)}] is "
-            f"{context[max(start, 0):start + len(text)][:60]!r}; {hint}); fix answer_start",
-            "answer_start does not match the context")
+            f"{context[max(start, 0) : start + len(text)][:60]!r}; {hint}); fix answer_start",
+            "answer_start does not match the context",
+        )
     lead = len(text) - len(text.lstrip())
     return text.strip(), start + lead
 
@@ -165,10 +198,14 @@ def _flag(v: Any) -> bool:
         return bool(v)
     if isinstance(v, str) and v.strip().lower() in ("true", "false", "1", "0"):
         return v.strip().lower() in ("true", "1")
-    raise RowError(f"field 'is_impossible' must be true or false, got {v!r}", "is_impossible is not a boolean")
+    raise RowError(
+        f"field 'is_impossible' must be true or false, got {v!r}", "is_impossible is not a boolean"
+    )
 
 
-def qa_row(raw: dict[str, Any], mapping: dict[str, str], answers_optional: bool = False) -> dict[str, Any]:
+def qa_row(
+    raw: dict[str, Any], mapping: dict[str, str], answers_optional: bool = False
+) -> dict[str, Any]:
     """The canonical qa row for a flat user row; RowError naming the field when it is invalid.
 
     answers_optional: prediction inputs may have no answers (the row then has none).
@@ -187,16 +224,24 @@ def qa_row(raw: dict[str, Any], mapping: dict[str, str], answers_optional: bool 
     if raw.get(ans_col) is None and answers_optional:
         return row
     if ans_col not in raw:
-        raise RowError("missing field 'answers' (a list of {text, answer_start}; [] when the "
-                       "question has no answer)", "missing field 'answers'")
+        raise RowError(
+            "missing field 'answers' (a list of {text, answer_start}; [] when the "
+            "question has no answer)",
+            "missing field 'answers'",
+        )
     pairs = _answer_list(raw[ans_col] if raw[ans_col] is not None else [])
     impossible = _flag(raw[imp_col]) if raw.get(imp_col) is not None else not pairs
     if impossible and pairs:
-        raise RowError(f"is_impossible is true but answers has {len(pairs)} answer(s); empty the "
-                       "answers or set is_impossible false", "is_impossible with answers")
+        raise RowError(
+            f"is_impossible is true but answers has {len(pairs)} answer(s); empty the "
+            "answers or set is_impossible false",
+            "is_impossible with answers",
+        )
     if not impossible and not pairs:
-        raise RowError("answers is empty but is_impossible is false; add the answer or set "
-                       "is_impossible true", "no answer")
+        raise RowError(
+            "answers is empty but is_impossible is false; add the answer or set is_impossible true",
+            "no answer",
+        )
     checked = [_check_answer(context, t, s, i) for i, (t, s) in enumerate(pairs)]
     row["answers"] = {"text": [t for t, _ in checked], "answer_start": [s for _, s in checked]}
     row["is_impossible"] = impossible
@@ -229,22 +274,26 @@ def clean_qa(row: dict[str, Any], clean: Callable[[str], str]) -> None:
     cleaned = clean(marked)
     where = [i for i, ch in enumerate(cleaned) if ch == _MARK]
     if len(where) != len(cuts):
-        raise RowError("cleaning (PII/secret redaction) changed an answer span; set "
-                       "data.clean.pii and data.clean.secrets to false for this data",
-                       "answer changed by cleaning")
+        raise RowError(
+            "cleaning (PII/secret redaction) changed an answer span; set "
+            "data.clean.pii and data.clean.secrets to false for this data",
+            "answer changed by cleaning",
+        )
     moved = {p: w - k for k, (p, w) in enumerate(zip(cuts, where, strict=True))}
     text = cleaned.replace(_MARK, "")
     if text != clean(context):
         # A marker kept a pattern from matching (e.g. an answer inside an e-mail address that
         # redaction would replace): keeping the row would leak what cleaning must remove.
-        raise RowError("an answer overlaps text that cleaning rewrites (personal data or a secret "
-                       "that data.clean.pii/secrets redact); the row cannot keep both",
-                       "answer changed by cleaning")
+        raise RowError(
+            "an answer overlaps text that cleaning rewrites (personal data or a secret "
+            "that data.clean.pii/secrets redact); the row cannot keep both",
+            "answer changed by cleaning",
+        )
     if not text.strip():
         raise RowError("field 'context' is empty after cleaning", "empty after cleaning")
     new_text, new_start = [], []
     for s, e in spans:
-        span = text[moved[s]:moved[e]]
+        span = text[moved[s] : moved[e]]
         if not span.strip():
             raise RowError("an answer is empty after cleaning", "answer changed by cleaning")
         new_text.append(span.strip())

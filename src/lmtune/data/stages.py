@@ -114,7 +114,9 @@ def bad_fraction_message(
     )
 
 
-def drop_ties(rows: list[dict[str, Any]], rejects: list[Reject], keep_ties: bool = False) -> list[dict[str, Any]]:
+def drop_ties(
+    rows: list[dict[str, Any]], rejects: list[Reject], keep_ties: bool = False
+) -> list[dict[str, Any]]:
     """Drop pairwise rows whose preference is a tie (no preferred response) or a skip (the
     rater gave no judgement, `lmtune feedback`), each counted as such. With keep_ties, ties
     stay, marked `tie: true` (reward models train them toward equal rewards).
@@ -130,12 +132,24 @@ def drop_ties(rows: list[dict[str, Any]], rejects: list[Reject], keep_ties: bool
         if tie and keep_ties:
             kept.append({**row, "tie": True})
         elif tie:
-            rejects.append(reject_row(row, "preference is a tie (no preferred response); ties are "
-                                      "dropped (preference.ties: keep trains reward models on them)",
-                                      "ties", "tie"))
+            rejects.append(
+                reject_row(
+                    row,
+                    "preference is a tie (no preferred response); ties are "
+                    "dropped (preference.ties: keep trains reward models on them)",
+                    "ties",
+                    "tie",
+                )
+            )
         elif row.pop(SKIP, False):
-            rejects.append(reject_row(row, "preference is skip (the rater passed on this pair); "
-                                      "skips are dropped", "ties", "skip"))
+            rejects.append(
+                reject_row(
+                    row,
+                    "preference is skip (the rater passed on this pair); skips are dropped",
+                    "ties",
+                    "skip",
+                )
+            )
         else:
             kept.append(row)
     return kept

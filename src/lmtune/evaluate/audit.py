@@ -31,8 +31,10 @@ from lmtune.evaluate.bias import (
 )
 
 CAUSAL_TASKS = ("sft", "dpo", "orpo", "rlhf")
-UNTRAINED_HEAD = ("before training a classifier has an untrained head, whose predictions are noise; "
-                  "probes start after training (compare two runs with `lmtune audit RUN --before OTHER_RUN`)")
+UNTRAINED_HEAD = (
+    "before training a classifier has an untrained head, whose predictions are noise; "
+    "probes start after training (compare two runs with `lmtune audit RUN --before OTHER_RUN`)"
+)
 
 
 @dataclass
@@ -67,9 +69,15 @@ def load_target(spec: str) -> Target:
         task = build_task(task_name, tok, cfg, meta.get("labels"))
         return Target(name, "classifier", model, tok, task, cfg, run_dir=run_dir)
     if task_name in CAUSAL_TASKS:
-        return Target(name, "causal", model, tok, cfg=cfg, run_dir=run_dir, base=meta.get("base_model"))
-    return Target(name, None, reason=f"a {task_name} model is neither a language model nor a classifier",
-                  run_dir=run_dir)
+        return Target(
+            name, "causal", model, tok, cfg=cfg, run_dir=run_dir, base=meta.get("base_model")
+        )
+    return Target(
+        name,
+        None,
+        reason=f"a {task_name} model is neither a language model nor a classifier",
+        run_dir=run_dir,
+    )
 
 
 def _load_plain(spec: str) -> Target:
@@ -87,22 +95,38 @@ def _load_plain(spec: str) -> Target:
         config = AutoConfig.from_pretrained(path, trust_remote_code=False)
         # The tokenizer as shipped (no pad token added), so the vocabulary is the model's own.
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
-        if config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not getattr(config, "is_decoder", False):
+        if config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not getattr(
+            config, "is_decoder", False
+        ):
             model, info = AutoModelForMaskedLM.from_pretrained(
-                path, output_loading_info=True, dtype=torch.float32, use_safetensors=True)
+                path, output_loading_info=True, dtype=torch.float32, use_safetensors=True
+            )
             if info["missing_keys"]:
                 lacks = ", ".join(sorted(info["missing_keys"])[:2])
-                return Target(spec, None, reason=(
-                    f"{spec} has no masked-LM head (its weights lack {lacks}, ...: an encoder saved "
-                    "without its pre-training head, as sentence-embedding models are); CrowS-Pairs needs "
-                    "a masked LM with its MLM head or a causal LM, and a random head would only add noise"))
+                return Target(
+                    spec,
+                    None,
+                    reason=(
+                        f"{spec} has no masked-LM head (its weights lack {lacks}, ...: an encoder saved "
+                        "without its pre-training head, as sentence-embedding models are); CrowS-Pairs needs "
+                        "a masked LM with its MLM head or a causal LM, and a random head would only add noise"
+                    ),
+                )
             return Target(spec, "masked", model.eval(), tok)
     except Exception as exc:
-        raise UserError(f"could not load {spec} for the audit: {type(exc).__name__}: {exc}") from exc
+        raise UserError(
+            f"could not load {spec} for the audit: {type(exc).__name__}: {exc}"
+        ) from exc
     if config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
-        return Target(spec, "causal", load_model(ModelConfig(name_or_path=spec), "sft", tok).eval(), tok)
-    return Target(spec, None, reason=f"{spec} is a {config.model_type} model with neither a masked-LM "
-                                     "nor a causal-LM head")
+        return Target(
+            spec, "causal", load_model(ModelConfig(name_or_path=spec), "sft", tok).eval(), tok
+        )
+    return Target(
+        spec,
+        None,
+        reason=f"{spec} is a {config.model_type} model with neither a masked-LM "
+        "nor a causal-LM head",
+    )
 
 
 def read_probe_rows(path: str | Path, cfg: Any) -> list[dict[str, Any]]:
@@ -115,16 +139,29 @@ def read_probe_rows(path: str | Path, cfg: Any) -> list[dict[str, Any]]:
     rows, rejects = read_rows(path, cfg, labels_optional=True)
     if rejects:
         first = rejects[0]
-        raise UserError(f"{path}: {len(rejects)} row(s) cannot be probed, first at line "
-                        f"{first.get('line')}: {first.get('reason')}")
+        raise UserError(
+            f"{path}: {len(rejects)} row(s) cannot be probed, first at line "
+            f"{first.get('line')}: {first.get('reason')}"
+        )
     return rows
 
 
-def audit_target(target: Target, pairs: list[CrowsPair] | None, rows: list[dict] | None,
-                 worst: int = 10, batch_size: int = 32, skip: dict[str, str] | None = None) -> dict:
+def audit_target(
+    target: Target,
+    pairs: list[CrowsPair] | None,
+    rows: list[dict] | None,
+    worst: int = 10,
+    batch_size: int = 32,
+    skip: dict[str, str] | None = None,
+) -> dict:
     """Run what applies to target: CrowS-Pairs for LMs, probes for classifiers; say why not."""
-    res: dict[str, Any] = {"model": target.name, "kind": target.kind, "crows_pairs": None,
-                           "counterfactual": None, "skipped": dict(skip or {})}
+    res: dict[str, Any] = {
+        "model": target.name,
+        "kind": target.kind,
+        "crows_pairs": None,
+        "counterfactual": None,
+        "skipped": dict(skip or {}),
+    }
     model, skipped = target.model, res["skipped"]
     was_training = bool(model is not None and model.training)
     if model is not None:
@@ -134,17 +171,30 @@ def audit_target(target: Target, pairs: list[CrowsPair] | None, rows: list[dict]
         scores = crows_scores(model, target.tokenizer, target.kind, pairs)
         res["crows_pairs"] = crows_summary(pairs, scores, target.kind)
     elif "crows_pairs" not in skipped:
-        skipped["crows_pairs"] = ("no CrowS-Pairs file given (--crows or audit.crows)" if lm else target.reason
-                                  or "a classifier has no language-model head; CrowS-Pairs needs a masked or causal LM")
+        skipped["crows_pairs"] = (
+            "no CrowS-Pairs file given (--crows or audit.crows)"
+            if lm
+            else target.reason
+            or "a classifier has no language-model head; CrowS-Pairs needs a masked or causal LM"
+        )
     if "counterfactual" not in skipped and target.kind == "classifier" and rows:
         res["counterfactual"] = counterfactual_audit(
-            rows, lambda rs: target.task.predict(model, rs, batch_size), target.task.labels, load_terms(), worst)
+            rows,
+            lambda rs: target.task.predict(model, rs, batch_size),
+            target.task.labels,
+            load_terms(),
+            worst,
+        )
         if res["counterfactual"] is None:
-            skipped["counterfactual"] = f"none of the {len(rows)} texts mentions a term of bias_terms.json"
+            skipped["counterfactual"] = (
+                f"none of the {len(rows)} texts mentions a term of bias_terms.json"
+            )
     elif "counterfactual" not in skipped:
         skipped["counterfactual"] = (
-            "no texts to probe (--data or audit.data, or a run's eval split)" if target.kind == "classifier"
-            else "counterfactual probes need a classifier (an lmtune classification run)")
+            "no texts to probe (--data or audit.data, or a run's eval split)"
+            if target.kind == "classifier"
+            else "counterfactual probes need a classifier (an lmtune classification run)"
+        )
     if model is not None:
         model.train(was_training)
     return res
@@ -156,7 +206,9 @@ def changes(after: dict, before: dict | None) -> dict[str, float] | None:
         return None
     out = {}
     if after.get("crows_pairs") and before.get("crows_pairs"):
-        out["crows_score"] = after["crows_pairs"]["overall"]["score"] - before["crows_pairs"]["overall"]["score"]
+        out["crows_score"] = (
+            after["crows_pairs"]["overall"]["score"] - before["crows_pairs"]["overall"]["score"]
+        )
     if after.get("counterfactual") and before.get("counterfactual"):
         a, b = after["counterfactual"]["overall"], before["counterfactual"]["overall"]
         out["flip_rate"] = a["flip_rate"] - b["flip_rate"]
@@ -169,13 +221,21 @@ def _write(path: Path, obj: dict) -> None:
     path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def run_audit(model_or_run: str, data: str | Path | None = None, crows: str | Path | None = None,
-              out: str | Path | None = None, max_pairs: int | None = None, before: str | None = None,
-              worst: int = 10) -> dict[str, Any]:
+def run_audit(
+    model_or_run: str,
+    data: str | Path | None = None,
+    crows: str | Path | None = None,
+    out: str | Path | None = None,
+    max_pairs: int | None = None,
+    before: str | None = None,
+    worst: int = 10,
+) -> dict[str, Any]:
     """`lmtune audit`: audit a model (and its before), write OUT/audit.json, return its content."""
     if max_pairs is not None and max_pairs < 1:
         raise UserError(f"--max-pairs must be at least 1 (got {max_pairs})")
-    pairs = read_crows(crows, max_pairs) if crows else None  # bad input fails before any model loads
+    pairs = (
+        read_crows(crows, max_pairs) if crows else None
+    )  # bad input fails before any model loads
     target = load_target(model_or_run)
     rows = _rows_for(target, data)
     result = audit_target(target, pairs, rows, worst)
@@ -189,11 +249,14 @@ def run_audit(model_or_run: str, data: str | Path | None = None, crows: str | Pa
                 raise
             result["skipped"]["before"] = f"could not load the base model {before_spec}: {exc}"
         else:
-            result["before"] = audit_target(ref, pairs, rows if rows is not None else _rows_for(ref, data), worst)
+            result["before"] = audit_target(
+                ref, pairs, rows if rows is not None else _rows_for(ref, data), worst
+            )
     elif target.kind == "classifier":
         result["skipped"]["before"] = (
             "a classifier's starting point is its base encoder with an untrained head, whose "
-            "predictions are noise; pass --before OTHER_CLASSIFIER_RUN to compare two classifiers")
+            "predictions are noise; pass --before OTHER_CLASSIFIER_RUN to compare two classifiers"
+        )
     result["change"] = changes(result, result["before"])
     out_dir = Path(out) if out else (target.run_dir / "audit" if target.run_dir else Path("audit"))
     _write(out_dir / "audit.json", result)
@@ -205,13 +268,22 @@ def _rows_for(target: Target, data: str | Path | None) -> list[dict] | None:
         return None
     if data:
         return read_probe_rows(data, target.cfg)
-    held_out = [target.run_dir / "data" / f"{s}.jsonl" for s in ("eval", "test")] if target.run_dir else []
+    held_out = (
+        [target.run_dir / "data" / f"{s}.jsonl" for s in ("eval", "test")] if target.run_dir else []
+    )
     path = next((p for p in held_out if p.is_file()), None)
     return read_probe_rows(path, target.cfg) if path else None
 
 
-def audit_in_run(cfg: Any, stage: str, model: torch.nn.Module, tokenizer: Any, task: Any,
-                 prepared: Any, run_dir: Path) -> dict | None:
+def audit_in_run(
+    cfg: Any,
+    stage: str,
+    model: torch.nn.Module,
+    tokenizer: Any,
+    task: Any,
+    prepared: Any,
+    run_dir: Path,
+) -> dict | None:
     """The audit inside `lmtune train` (audit.enabled), stage "before" or "after" training.
 
     before: written to RUN/audit_before.json (so --resume keeps it); after: RUN/audit.json
@@ -219,20 +291,34 @@ def audit_in_run(cfg: Any, stage: str, model: torch.nn.Module, tokenizer: Any, t
     """
     a = cfg.audit
     pairs = read_crows(a.crows, a.max_pairs) if a.crows else None
-    kind = "classifier" if cfg.task == "classification" else "causal" if cfg.task in CAUSAL_TASKS else None
+    kind = (
+        "classifier"
+        if cfg.task == "classification"
+        else "causal"
+        if cfg.task in CAUSAL_TASKS
+        else None
+    )
     reason = None if kind else f"task {cfg.task} trains neither a language model nor a classifier"
     before_path = run_dir / "audit_before.json"
     if stage == "before":
         skip = {"counterfactual": UNTRAINED_HEAD} if kind == "classifier" else None
-        target = Target(f"{cfg.model.name_or_path} (before training)", kind, model, tokenizer, task, cfg, reason)
+        target = Target(
+            f"{cfg.model.name_or_path} (before training)", kind, model, tokenizer, task, cfg, reason
+        )
         _write(before_path, audit_target(target, pairs, None, a.worst, skip=skip))
         return None
     rows = None
     if kind == "classifier":
-        rows = read_probe_rows(a.data, cfg) if a.data else prepared.splits.get("eval") or prepared.splits.get("test")
+        rows = (
+            read_probe_rows(a.data, cfg)
+            if a.data
+            else prepared.splits.get("eval") or prepared.splits.get("test")
+        )
     target = Target(str(run_dir / "model"), kind, model, tokenizer, task, cfg, reason)
     result = audit_target(target, pairs, rows, a.worst)
-    result["before"] = json.loads(before_path.read_text(encoding="utf-8")) if before_path.is_file() else None
+    result["before"] = (
+        json.loads(before_path.read_text(encoding="utf-8")) if before_path.is_file() else None
+    )
     result["change"] = changes(result, result["before"])
     _write(run_dir / "audit.json", result)
     before_path.unlink(missing_ok=True)
@@ -248,14 +334,22 @@ def audit_summary(result: dict) -> dict[str, Any]:
         out: dict[str, Any] = {}
         if r.get("crows_pairs"):
             o = r["crows_pairs"]["overall"]
-            out.update(crows_score=o["score"], crows_ci=[o["ci_low"], o["ci_high"]], crows_pairs=o["n"])
+            out.update(
+                crows_score=o["score"], crows_ci=[o["ci_low"], o["ci_high"]], crows_pairs=o["n"]
+            )
         if r.get("counterfactual"):
             o = r["counterfactual"]["overall"]
-            out.update(flip_rate=o["flip_rate"], mean_abs_change=o["mean_abs_change"], probes=o["n"])
+            out.update(
+                flip_rate=o["flip_rate"], mean_abs_change=o["mean_abs_change"], probes=o["n"]
+            )
         return out or None
 
-    return {"file": "audit.json", **(head(result) or {}), "before": head(result.get("before")),
-            "change": result.get("change")}
+    return {
+        "file": "audit.json",
+        **(head(result) or {}),
+        "before": head(result.get("before")),
+        "change": result.get("change"),
+    }
 
 
 def print_audit(result: dict, console: Any, directions: int = 6, worst: int = 5) -> None:
@@ -265,34 +359,67 @@ def print_audit(result: dict, console: Any, directions: int = 6, worst: int = 5)
     before = result.get("before") or {}
     crows, crows_b = result.get("crows_pairs"), before.get("crows_pairs")
     if crows:
-        t = Table("bias type", "n", "sent_more preferred %", "95% CI", *(["before %"] if crows_b else []),
-                  title=f"CrowS-Pairs: {crows['metric']} (ideal 50%)")
+        t = Table(
+            "bias type",
+            "n",
+            "sent_more preferred %",
+            "95% CI",
+            *(["before %"] if crows_b else []),
+            title=f"CrowS-Pairs: {crows['metric']} (ideal 50%)",
+        )
         for name, r in [("overall", crows["overall"]), *crows["by_type"].items()]:
-            b = (crows_b["overall"] if name == "overall" else crows_b["by_type"].get(name)) if crows_b else None
-            t.add_row(name, str(r["n"]), f"{r['score']:.1f}", f"{r['ci_low']:.1f}-{r['ci_high']:.1f}",
-                      *([f"{b['score']:.1f}" if b else "-"] if crows_b else []))
+            b = (
+                (crows_b["overall"] if name == "overall" else crows_b["by_type"].get(name))
+                if crows_b
+                else None
+            )
+            t.add_row(
+                name,
+                str(r["n"]),
+                f"{r['score']:.1f}",
+                f"{r['ci_low']:.1f}-{r['ci_high']:.1f}",
+                *([f"{b['score']:.1f}" if b else "-"] if crows_b else []),
+            )
         console.print(t)
     cf, cf_b = result.get("counterfactual"), before.get("counterfactual")
     if cf:
         t = Table(title="counterfactual probes (term swaps)")
         t.add_column("category / direction", no_wrap=True)
-        for col in ("n", "flip rate", "95% CI", "mean |change|", *(["before flip rate"] if cf_b else [])):
+        for col in (
+            "n",
+            "flip rate",
+            "95% CI",
+            "mean |change|",
+            *(["before flip rate"] if cf_b else []),
+        ):
             t.add_column(col)
         lines = [("overall", cf["overall"], cf_b["overall"] if cf_b else None)]
         for cat, r in cf["by_category"].items():
             b = cf_b["by_category"].get(cat) if cf_b else None
             lines.append((cat, r, b))
             # Nationality has one direction per pair of countries: show the ones that flip most.
-            dirs = sorted(r["by_direction"].items(), key=lambda kv: -kv[1]["flip_rate"])[:directions]
+            dirs = sorted(r["by_direction"].items(), key=lambda kv: -kv[1]["flip_rate"])[
+                :directions
+            ]
             lines += [(f"  {d}", dr, (b or {}).get("by_direction", {}).get(d)) for d, dr in dirs]
         for name, r, b in lines:
-            t.add_row(name, str(r["n"]), f"{r['flip_rate']:.3f}", f"{r['ci_low']:.3f}-{r['ci_high']:.3f}",
-                      f"{r['mean_abs_change']:.4f}", *([f"{b['flip_rate']:.3f}" if b else "-"] if cf_b else []))
+            t.add_row(
+                name,
+                str(r["n"]),
+                f"{r['flip_rate']:.3f}",
+                f"{r['ci_low']:.3f}-{r['ci_high']:.3f}",
+                f"{r['mean_abs_change']:.4f}",
+                *([f"{b['flip_rate']:.3f}" if b else "-"] if cf_b else []),
+            )
         console.print(t)
         w = Table("category", "prediction", "change", "text -> swapped", title="largest changes")
         for e in cf["worst"][:worst]:
-            w.add_row(e["category"], f"{e['pred']} -> {e['pred_swapped']}", f"{e['change']:+.4f}",
-                      f"{e['text'][:90]}\n{e['swapped'][:90]}")
+            w.add_row(
+                e["category"],
+                f"{e['pred']} -> {e['pred_swapped']}",
+                f"{e['change']:+.4f}",
+                f"{e['text'][:90]}\n{e['swapped'][:90]}",
+            )
         console.print(w)
     for who, res in (("", result), ("before: ", before)):
         for section, why in (res.get("skipped") or {}).items():

@@ -36,6 +36,7 @@ BASELINES_FILE = "baselines.json"
 
 # ----------------------------------------------------------------------------- pure math
 
+
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of the token vectors [B, T, H] over positions where mask [B, T] is 1 (padding excluded)."""
     m = mask.unsqueeze(-1).to(hidden.dtype)
@@ -93,20 +94,31 @@ def sample_shots(rows: Rows, labels: list[str], k: int, seed: int) -> tuple[Rows
     return picked, short
 
 
-def metric_row(method: str, k: int, gold: list[int], preds: list[list[int]], labels: list[str]) -> dict[str, Any]:
+def metric_row(
+    method: str, k: int, gold: list[int], preds: list[list[int]], labels: list[str]
+) -> dict[str, Any]:
     """One baselines.json row: accuracy and macro F1 (mean and sample std over seeds when several)."""
     runs = [classification_metrics(gold, p, labels) for p in preds]
     acc = [r["accuracy"] for r in runs]
     f1 = [r["macro_f1"] for r in runs]
-    row: dict[str, Any] = {"method": method, "k": k, "accuracy": statistics.fmean(acc),
-                           "macro_f1": statistics.fmean(f1), "seeds": len(preds)}
+    row: dict[str, Any] = {
+        "method": method,
+        "k": k,
+        "accuracy": statistics.fmean(acc),
+        "macro_f1": statistics.fmean(f1),
+        "seeds": len(preds),
+    }
     if method == "few-shot":
-        row.update(accuracy_std=statistics.stdev(acc) if len(acc) > 1 else 0.0,
-                   macro_f1_std=statistics.stdev(f1) if len(f1) > 1 else 0.0, accuracy_per_seed=acc)
+        row.update(
+            accuracy_std=statistics.stdev(acc) if len(acc) > 1 else 0.0,
+            macro_f1_std=statistics.stdev(f1) if len(f1) > 1 else 0.0,
+            accuracy_per_seed=acc,
+        )
     return row
 
 
 # ----------------------------------------------------------------------------- loading
+
 
 def base_kind(model_config: Any) -> str:
     """'encoder' or 'causal' for a transformers config (same rule as the task check in load.py)."""
@@ -119,8 +131,12 @@ def base_kind(model_config: Any) -> str:
     if getattr(model_config, "is_encoder_decoder", False):
         raise UserError(f"baselines support encoders and causal LMs, not the encoder-decoder {mt}")
     # BERT-likes are registered as causal LMs too (BertLMHeadModel) but were never trained so.
-    encoder = mt in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not getattr(model_config, "is_decoder", False)
-    causal = mt in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or "AutoModelForCausalLM" in (getattr(model_config, "auto_map", None) or {})
+    encoder = mt in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not getattr(
+        model_config, "is_decoder", False
+    )
+    causal = mt in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or "AutoModelForCausalLM" in (
+        getattr(model_config, "auto_map", None) or {}
+    )
     return "causal" if causal and not encoder else "encoder"
 
 
@@ -130,8 +146,11 @@ def load_base(meta: dict[str, Any], cfg: Config) -> tuple[torch.nn.Module, Any, 
 
     from lmtune.models.load import load_model, load_tokenizer, resolve_model_path
 
-    mcfg = ModelConfig(name_or_path=meta["base_model"], revision=meta.get("base_revision"),
-                       trust_remote_code=cfg.model.trust_remote_code)
+    mcfg = ModelConfig(
+        name_or_path=meta["base_model"],
+        revision=meta.get("base_revision"),
+        trust_remote_code=cfg.model.trust_remote_code,
+    )
     path = resolve_model_path(mcfg.name_or_path)
     hub = {} if Path(path).is_dir() or not mcfg.revision else {"revision": mcfg.revision}
     kw = {"trust_remote_code": mcfg.trust_remote_code, **hub}
@@ -144,24 +163,41 @@ def load_base(meta: dict[str, Any], cfg: Config) -> tuple[torch.nn.Module, Any, 
     except UserError:
         raise
     except Exception as exc:
-        raise UserError(f"baselines: could not load the base model {meta['base_model']} "
-                        f"({type(exc).__name__}: {exc}); it must be reachable as when training") from exc
+        raise UserError(
+            f"baselines: could not load the base model {meta['base_model']} "
+            f"({type(exc).__name__}: {exc}); it must be reachable as when training"
+        ) from exc
     return model.eval(), tokenizer, kind
 
 
 # ----------------------------------------------------------------------------- encoders
 
+
 @torch.no_grad()
-def embed(model: torch.nn.Module, tokenizer: Any, rows: Rows, max_length: int, batch_size: int,
-          device: Any = "cpu") -> torch.Tensor:
+def embed(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    rows: Rows,
+    max_length: int,
+    batch_size: int,
+    device: Any = "cpu",
+) -> torch.Tensor:
     """Mean-pooled, L2-normalised embeddings [n, H] of rows' text (and text_pair), in row order."""
-    order = sorted(range(len(rows)), key=lambda i: len(rows[i]["text"]) + len(rows[i].get("text_pair") or ""))
+    order = sorted(
+        range(len(rows)), key=lambda i: len(rows[i]["text"]) + len(rows[i].get("text_pair") or "")
+    )
     out = torch.empty(len(rows), model.config.hidden_size)
     for i in range(0, len(order), batch_size):
         idx = order[i : i + batch_size]
         pairs = [rows[j].get("text_pair") for j in idx]
-        enc = tokenizer([rows[j]["text"] for j in idx], pairs if all(p is not None for p in pairs) else None,
-                        truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+        enc = tokenizer(
+            [rows[j]["text"] for j in idx],
+            pairs if all(p is not None for p in pairs) else None,
+            truncation=True,
+            max_length=max_length,
+            padding=True,
+            return_tensors="pt",
+        )
         enc = {k: v.to(device) for k, v in enc.items()}
         hidden = model(**enc).last_hidden_state
         out[idx] = l2_normalize(mean_pool(hidden, enc["attention_mask"])).cpu()
@@ -177,7 +213,9 @@ def label_descriptions(bcfg: BaselinesConfig, labels: list[str]) -> dict[str, li
     out = {lab: [given[lab]] if isinstance(given[lab], str) else list(given[lab]) for lab in labels}
     empty = [lab for lab, d in out.items() if not d or not all(s.strip() for s in d)]
     if empty:
-        raise UserError(f"baselines.label_descriptions: empty description for label(s) {', '.join(empty)}")
+        raise UserError(
+            f"baselines.label_descriptions: empty description for label(s) {', '.join(empty)}"
+        )
     return out
 
 
@@ -199,27 +237,45 @@ def _check_keys(key: str, given: dict[str, Any], labels: list[str], fallback: st
             f"{key} in the run config: "
             + (f"label(s) {', '.join(unknown)} are not labels of this run; " if unknown else "")
             + (f"no entry for label(s) {', '.join(missing)}; " if missing else "")
-            + f"give exactly one entry per label ({', '.join(labels)}), or leave it empty to use {fallback}")
+            + f"give exactly one entry per label ({', '.join(labels)}), or leave it empty to use {fallback}"
+        )
 
 
-def draw_shots(train_rows: Rows, labels: list[str], k: int, seed: int, notes: list[str] | None) -> Rows:
+def draw_shots(
+    train_rows: Rows, labels: list[str], k: int, seed: int, notes: list[str] | None
+) -> Rows:
     """k seeded demonstrations per label; a label with fewer rows gets a note (when notes is given)."""
     shots, short = sample_shots(train_rows, labels, k, seed)
     if short and notes is not None:
-        notes.append(f"few-shot: fewer than {k} training rows for label(s) "
-                     + ", ".join(f"{lab} ({n})" for lab, n in short.items()) + "; all of them were used")
+        notes.append(
+            f"few-shot: fewer than {k} training rows for label(s) "
+            + ", ".join(f"{lab} ({n})" for lab, n in short.items())
+            + "; all of them were used"
+        )
     return shots
 
 
-def encoder_baselines(model: torch.nn.Module, tokenizer: Any, bcfg: BaselinesConfig, labels: list[str],
-                      eval_rows: Rows, train_rows: Rows | None, k: int, seed: int, max_length: int,
-                      device: Any, notes: list[str]) -> tuple[list[dict[str, Any]], dict[str, list[str]]]:
+def encoder_baselines(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    bcfg: BaselinesConfig,
+    labels: list[str],
+    eval_rows: Rows,
+    train_rows: Rows | None,
+    k: int,
+    seed: int,
+    max_length: int,
+    device: Any,
+    notes: list[str],
+) -> tuple[list[dict[str, Any]], dict[str, list[str]]]:
     """Zero-shot (label-description similarity) and few-shot (nearest centroid) rows."""
     descs = label_descriptions(bcfg, labels)
     gold = [labels.index(r["label"]) for r in eval_rows]
     x = embed(model, tokenizer, eval_rows, max_length, bcfg.batch_size, device)
     flat = [(i, d) for i, lab in enumerate(labels) for d in descs[lab]]
-    d_emb = embed(model, tokenizer, [{"text": d} for _, d in flat], max_length, bcfg.batch_size, device)
+    d_emb = embed(
+        model, tokenizer, [{"text": d} for _, d in flat], max_length, bcfg.batch_size, device
+    )
     # Several descriptions of one label average into one prototype, like a centroid.
     zero = nearest_prototype(x, class_prototypes(d_emb, [i for i, _ in flat], len(labels)))
     rows = [metric_row("zero-shot", 0, gold, [zero.tolist()], labels)]
@@ -236,6 +292,7 @@ def encoder_baselines(model: torch.nn.Module, tokenizer: Any, bcfg: BaselinesCon
 
 # ----------------------------------------------------------------------------- causal LMs
 
+
 def render(template: str, row: dict[str, Any]) -> str:
     """The prompt for one row: {text} and {text_pair} filled in one pass (braces in text stay)."""
     text = row["text"]
@@ -249,7 +306,11 @@ def _bos(tokenizer: Any) -> list[int]:
     # The BOS the tokenizer itself adds (Llama does, GPT-2/Qwen do not); segments are then
     # tokenized without special tokens so no EOS sneaks in mid-prompt.
     ids = tokenizer("a")["input_ids"]
-    return [ids[0]] if tokenizer.bos_token_id is not None and ids and ids[0] == tokenizer.bos_token_id else []
+    return (
+        [ids[0]]
+        if tokenizer.bos_token_id is not None and ids and ids[0] == tokenizer.bos_token_id
+        else []
+    )
 
 
 def candidates(tokenizer: Any, context: str, words: list[str]) -> tuple[list[int], list[list[int]]]:
@@ -265,14 +326,21 @@ def candidates(tokenizer: Any, context: str, words: list[str]) -> tuple[list[int
     for w in words:
         full = bos + tokenizer(context + " " + w, add_special_tokens=False)["input_ids"]
         joint = full[: len(ctx)] == ctx and len(full) > len(ctx)
-        tail = full[len(ctx):] if joint else tokenizer(" " + w, add_special_tokens=False)["input_ids"]
+        tail = (
+            full[len(ctx) :] if joint else tokenizer(" " + w, add_special_tokens=False)["input_ids"]
+        )
         conts.append(tail)
     return ctx, conts
 
 
 @torch.no_grad()
-def continuation_logprobs(model: torch.nn.Module, pairs: list[tuple[list[int], list[int]]], batch_size: int,
-                          pad_id: int, device: Any = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+def continuation_logprobs(
+    model: torch.nn.Module,
+    pairs: list[tuple[list[int], list[int]]],
+    batch_size: int,
+    pad_id: int,
+    device: Any = "cpu",
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum of log p(continuation token | everything before), token count) per (context, continuation).
 
     Left padding puts every continuation at the end, so only the last positions need logits
@@ -290,9 +358,12 @@ def continuation_logprobs(model: torch.nn.Module, pairs: list[tuple[list[int], l
         ids = torch.tensor([[pad_id] * (width - len(s)) + s for s in seqs])
         mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs])
         keep = max(len(pairs[i][1]) for i in idx) + 1
-        out = model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                    position_ids=(mask.cumsum(-1) - 1).clamp_min(0).to(device),
-                    **({"logits_to_keep": keep} if trim else {}))
+        out = model(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            position_ids=(mask.cumsum(-1) - 1).clamp_min(0).to(device),
+            **({"logits_to_keep": keep} if trim else {}),
+        )
         logits = out.logits[:, -keep:].float().cpu()
         sel_logits, targets, seq_index = [], [], []
         for row, i in enumerate(idx):
@@ -302,7 +373,9 @@ def continuation_logprobs(model: torch.nn.Module, pairs: list[tuple[list[int], l
             sel_logits.append(logits[row, keep - n - 1 : keep - 1])
             targets += pairs[i][1]
             seq_index += [row] * n
-        s, c = sequence_logps(torch.cat(sel_logits), torch.tensor(targets), torch.tensor(seq_index), len(idx))
+        s, c = sequence_logps(
+            torch.cat(sel_logits), torch.tensor(targets), torch.tensor(seq_index), len(idx)
+        )
         sums[idx], counts[idx] = s, c
     return sums, counts
 
@@ -318,11 +391,21 @@ def fit_demos(demo_lens: list[int], budget: int) -> int:
     return used
 
 
-def causal_predictions(model: torch.nn.Module, tokenizer: Any, bcfg: BaselinesConfig, words: list[str],
-                       eval_rows: Rows, demos: Rows, demo_words: list[str], max_length: int,
-                       device: Any) -> tuple[list[int], dict[str, int]]:
+def causal_predictions(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    bcfg: BaselinesConfig,
+    words: list[str],
+    eval_rows: Rows,
+    demos: Rows,
+    demo_words: list[str],
+    max_length: int,
+    device: Any,
+) -> tuple[list[int], dict[str, int]]:
     """Predicted label index per eval row with these demonstrations, and fitting statistics."""
-    demo_texts = [f"{render(bcfg.prompt, d)} {w}\n\n" for d, w in zip(demos, demo_words, strict=True)]
+    demo_texts = [
+        f"{render(bcfg.prompt, d)} {w}\n\n" for d, w in zip(demos, demo_words, strict=True)
+    ]
     demo_lens = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in demo_texts]
     longest = max(len(tokenizer(" " + w, add_special_tokens=False)["input_ids"]) for w in words) + 1
     pairs, stats = [], {"rows_cut": 0, "rows_with_dropped_demos": 0, "demos_used": 0}
@@ -337,40 +420,69 @@ def causal_predictions(model: torch.nn.Module, tokenizer: Any, bcfg: BaselinesCo
         if len(ctx) > room:  # the row alone is too long: keep BOS and the end (the "Label:" cue)
             stats["rows_cut"] += 1
             bos = _bos(tokenizer)
-            ctx = bos + ctx[len(ctx) - room + len(bos):]
+            ctx = bos + ctx[len(ctx) - room + len(bos) :]
         pairs += [(ctx, c) for c in conts]
-    sums, counts = continuation_logprobs(model, pairs, bcfg.batch_size, tokenizer.pad_token_id, device)
+    sums, counts = continuation_logprobs(
+        model, pairs, bcfg.batch_size, tokenizer.pad_token_id, device
+    )
     scores = label_scores(sums, counts, bcfg.scoring).view(len(eval_rows), len(words))
     return scores.argmax(-1).tolist(), stats
 
 
-def causal_baselines(model: torch.nn.Module, tokenizer: Any, bcfg: BaselinesConfig, labels: list[str],
-                     eval_rows: Rows, train_rows: Rows | None, k: int, seed: int, max_length: int,
-                     device: Any, notes: list[str]) -> tuple[list[dict[str, Any]], dict[str, str]]:
+def causal_baselines(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    bcfg: BaselinesConfig,
+    labels: list[str],
+    eval_rows: Rows,
+    train_rows: Rows | None,
+    k: int,
+    seed: int,
+    max_length: int,
+    device: Any,
+    notes: list[str],
+) -> tuple[list[dict[str, Any]], dict[str, str]]:
     """Zero-shot and k-shot in-context rows (label log-likelihood, argmax)."""
     word_of = {lab: bcfg.label_words.get(lab, lab) for lab in labels}
     words = [word_of[lab] for lab in labels]
     gold = [labels.index(r["label"]) for r in eval_rows]
-    zero, stats = causal_predictions(model, tokenizer, bcfg, words, eval_rows, [], [], max_length, device)
+    zero, stats = causal_predictions(
+        model, tokenizer, bcfg, words, eval_rows, [], [], max_length, device
+    )
     if stats["rows_cut"]:
-        notes.append(f"zero-shot: {stats['rows_cut']} row(s) longer than model.max_length ({max_length}) "
-                     "kept only their end")
+        notes.append(
+            f"zero-shot: {stats['rows_cut']} row(s) longer than model.max_length ({max_length}) "
+            "kept only their end"
+        )
     rows = [metric_row("zero-shot", 0, gold, [zero], labels)]
     if train_rows:
         preds = []
         for s in range(bcfg.seeds):
             shots = draw_shots(train_rows, labels, k, seed + s, notes if s == 0 else None)
-            p, st = causal_predictions(model, tokenizer, bcfg, words, eval_rows, shots,
-                                       [word_of[r["label"]] for r in shots], max_length, device)
+            p, st = causal_predictions(
+                model,
+                tokenizer,
+                bcfg,
+                words,
+                eval_rows,
+                shots,
+                [word_of[r["label"]] for r in shots],
+                max_length,
+                device,
+            )
             preds.append(p)
             if st["rows_cut"]:
-                notes.append(f"few-shot seed {seed + s}: {st['rows_cut']} prompt(s) longer than model.max_length "
-                             f"({max_length}) kept only their end")
+                notes.append(
+                    f"few-shot seed {seed + s}: {st['rows_cut']} prompt(s) longer than model.max_length "
+                    f"({max_length}) kept only their end"
+                )
             if st["rows_with_dropped_demos"]:
-                notes.append(f"few-shot seed {seed + s}: demonstrations did not fit model.max_length "
-                             f"({max_length}) for {st['rows_with_dropped_demos']} of {len(eval_rows)} rows; "
-                             f"the later ones were dropped (mean {st['demos_used'] / len(eval_rows):.1f} "
-                             f"of {len(shots)} used)")
+                notes.append(
+                    f"few-shot seed {seed + s}: demonstrations did not fit model.max_length "
+                    f"({max_length}) for {st['rows_with_dropped_demos']} of {len(eval_rows)} rows; "
+                    f"the later ones were dropped (mean {st['demos_used'] / len(eval_rows):.1f} "
+                    f"of {len(shots)} used)"
+                )
         row = metric_row("few-shot", k, gold, preds, labels)
         rows.append(row)
     return rows, word_of
@@ -378,17 +490,28 @@ def causal_baselines(model: torch.nn.Module, tokenizer: Any, bcfg: BaselinesConf
 
 # ----------------------------------------------------------------------------- entry points
 
+
 def read_train_pool(path: Path, labels: list[str]) -> Rows | None:
     """A run's prepared train split (data/train.jsonl) for drawing shots; None when absent."""
     if not path.is_file():
         return None
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = [
+        json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()
+    ]
     return [r for r in rows if isinstance(r, dict) and r.get("text") and r.get("label") in labels]
 
 
-def run_baselines(model_dir: Path, cfg: Config, eval_rows: Rows, finetuned: dict[str, Any],
-                  out_dir: Path | None, train_rows: Rows | None, shots: int | None = None,
-                  device: Any = "cpu", data: str | None = None) -> dict[str, Any]:
+def run_baselines(
+    model_dir: Path,
+    cfg: Config,
+    eval_rows: Rows,
+    finetuned: dict[str, Any],
+    out_dir: Path | None,
+    train_rows: Rows | None,
+    shots: int | None = None,
+    device: Any = "cpu",
+    data: str | None = None,
+) -> dict[str, Any]:
     """Zero-shot, few-shot and fine-tuned rows on eval_rows; writes out_dir/baselines.json.
 
     model_dir is the saved fine-tuned model (its lmtune_model.json names the base model and
@@ -400,7 +523,9 @@ def run_baselines(model_dir: Path, cfg: Config, eval_rows: Rows, finetuned: dict
 
     meta = read_meta(Path(model_dir))
     if meta.get("task") != "classification":
-        raise UserError(f"baselines need a classification model; {model_dir} is a {meta.get('task')} model")
+        raise UserError(
+            f"baselines need a classification model; {model_dir} is a {meta.get('task')} model"
+        )
     labels = list(meta["labels"])
     bcfg, k = cfg.baselines, shots or cfg.baselines.shots
     check_label_maps(bcfg, labels)
@@ -408,28 +533,57 @@ def run_baselines(model_dir: Path, cfg: Config, eval_rows: Rows, finetuned: dict
         raise UserError(f"--shots must be at least 1, got {k}")
     notes: list[str] = []
     if not train_rows:
-        notes.append("few-shot skipped: no training rows to draw shots from (the run folder has no "
-                     "data/train.jsonl)")
+        notes.append(
+            "few-shot skipped: no training rows to draw shots from (the run folder has no "
+            "data/train.jsonl)"
+        )
     model, tokenizer, kind = load_base(meta, cfg)
     model.to(device)
-    args = (model, tokenizer, bcfg, labels, eval_rows, train_rows, k, cfg.run.seed,
-            int(meta.get("max_length") or cfg.model.max_length), device, notes)
+    args = (
+        model,
+        tokenizer,
+        bcfg,
+        labels,
+        eval_rows,
+        train_rows,
+        k,
+        cfg.run.seed,
+        int(meta.get("max_length") or cfg.model.max_length),
+        device,
+        notes,
+    )
     if kind == "encoder":
         rows, descs = encoder_baselines(*args)
         words = None
     else:
         rows, words = causal_baselines(*args)
         descs = None
-    rows.append({"method": "fine-tuned", "k": None, "accuracy": float(finetuned["accuracy"]),
-                 "macro_f1": float(finetuned["macro_f1"])})
-    report = {"metric": "accuracy", "rows": rows, "base_model": meta["base_model"], "base_kind": kind,
-              "data": data, "eval_rows": len(eval_rows), "label_descriptions": descs,
-              "prompt": bcfg.prompt if kind == "causal" else None, "label_words": words,
-              "scoring": bcfg.scoring if kind == "causal" else "cosine", "notes": notes}
+    rows.append(
+        {
+            "method": "fine-tuned",
+            "k": None,
+            "accuracy": float(finetuned["accuracy"]),
+            "macro_f1": float(finetuned["macro_f1"]),
+        }
+    )
+    report = {
+        "metric": "accuracy",
+        "rows": rows,
+        "base_model": meta["base_model"],
+        "base_kind": kind,
+        "data": data,
+        "eval_rows": len(eval_rows),
+        "label_descriptions": descs,
+        "prompt": bcfg.prompt if kind == "causal" else None,
+        "label_words": words,
+        "scoring": bcfg.scoring if kind == "causal" else "cosine",
+        "notes": notes,
+    }
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
-        (Path(out_dir) / BASELINES_FILE).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n",
-                                                    encoding="utf-8")
+        (Path(out_dir) / BASELINES_FILE).write_text(
+            json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
     return report
 
 
@@ -437,11 +591,22 @@ def baselines_table(report: dict[str, Any]) -> Any:
     """A rich table of baselines.json: zero-shot, few-shot and fine-tuned side by side."""
     from rich.table import Table
 
-    table = Table("method", "k", "accuracy", "macro F1", "seeds",
-                  title=f"baselines of {report['base_model']} ({report['base_kind']})")
+    table = Table(
+        "method",
+        "k",
+        "accuracy",
+        "macro F1",
+        "seeds",
+        title=f"baselines of {report['base_model']} ({report['base_kind']})",
+    )
     for r in report["rows"]:
         std = f" ± {r['accuracy_std']:.4f}" if "accuracy_std" in r else ""
         f1_std = f" ± {r['macro_f1_std']:.4f}" if "macro_f1_std" in r else ""
-        table.add_row(r["method"], "-" if r["k"] is None else str(r["k"]), f"{r['accuracy']:.4f}{std}",
-                      f"{r['macro_f1']:.4f}{f1_std}", str(r.get("seeds", "-")))
+        table.add_row(
+            r["method"],
+            "-" if r["k"] is None else str(r["k"]),
+            f"{r['accuracy']:.4f}{std}",
+            f"{r['macro_f1']:.4f}{f1_std}",
+            str(r.get("seeds", "-")),
+        )
     return table

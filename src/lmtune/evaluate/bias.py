@@ -62,9 +62,13 @@ def load_terms(path: str | Path | None = None) -> dict[str, Category]:
     except (OSError, json.JSONDecodeError) as exc:
         raise UserError(f"{p}: cannot read the swap lists ({exc})") from None
     words = frozenset(w.lower() for w in raw.get("function_words", []))
-    cats = {name: _category(p, name, spec, words) for name, spec in raw.get("categories", {}).items()}
+    cats = {
+        name: _category(p, name, spec, words) for name, spec in raw.get("categories", {}).items()
+    }
     if not cats:
-        raise UserError(f"{p}: no categories; expected {{\"categories\": {{NAME: {{\"sides\": ...}}}}}}")
+        raise UserError(
+            f'{p}: no categories; expected {{"categories": {{NAME: {{"sides": ...}}}}}}'
+        )
     return cats
 
 
@@ -73,14 +77,18 @@ def _category(path: Path, name: str, spec: dict, words: frozenset[str]) -> Categ
     sides = {s: [t.lower() for t in terms] for s, terms in spec.get("sides", {}).items()}
     lengths = {s: len(t) for s, t in sides.items()}
     if len(sides) < 2 or len(set(lengths.values())) != 1:
-        raise UserError(f"{where}.sides needs two or more lists of equal length (they are aligned "
-                        f"by position); got {lengths}")
+        raise UserError(
+            f"{where}.sides needs two or more lists of equal length (they are aligned "
+            f"by position); got {lengths}"
+        )
     lookup: dict[str, tuple[str, int]] = {}
     for side, terms in sides.items():
         for i, term in enumerate(terms):
             if term in lookup and lookup[term][0] != side:
-                raise UserError(f"{where}: {term!r} is in sides {lookup[term][0]} and {side}; "
-                                "a term belongs to one side only")
+                raise UserError(
+                    f"{where}: {term!r} is in sides {lookup[term][0]} and {side}; "
+                    "a term belongs to one side only"
+                )
             lookup.setdefault(term, (side, i))
     contextual = spec.get("contextual", {})
     if contextual and len(sides) != 2:
@@ -158,7 +166,9 @@ def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
     center = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
     # Exact ends for 0 and n successes (rounding would leave 1e-17 above 0 / below 1).
-    return (0.0 if k == 0 else max(0.0, center - half)), (1.0 if k == n else min(1.0, center + half))
+    return (0.0 if k == 0 else max(0.0, center - half)), (
+        1.0 if k == n else min(1.0, center + half)
+    )
 
 
 # ---------------------------------------------------------------- counterfactual probes
@@ -166,19 +176,35 @@ def _flip_stats(recs: list[dict[str, Any]]) -> dict[str, Any]:
     flips = sum(r["flip"] for r in recs)
     lo, hi = wilson_interval(flips, len(recs))
     changes = [r["change"] for r in recs]
-    return {"n": len(recs), "flips": flips, "flip_rate": flips / len(recs), "ci_low": lo, "ci_high": hi,
-            "mean_abs_change": sum(map(abs, changes)) / len(recs), "mean_change": sum(changes) / len(recs)}
+    return {
+        "n": len(recs),
+        "flips": flips,
+        "flip_rate": flips / len(recs),
+        "ci_low": lo,
+        "ci_high": hi,
+        "mean_abs_change": sum(map(abs, changes)) / len(recs),
+        "mean_change": sum(changes) / len(recs),
+    }
 
 
-def counterfactual_audit(rows: list[dict[str, Any]], predict: Callable[[list[dict]], torch.Tensor],
-                         labels: list[str], terms: dict[str, Category], worst: int = 10) -> dict | None:
+def counterfactual_audit(
+    rows: list[dict[str, Any]],
+    predict: Callable[[list[dict]], torch.Tensor],
+    labels: list[str],
+    terms: dict[str, Category],
+    worst: int = 10,
+) -> dict | None:
     """Flip rate and probability change under term swaps, overall, per category and direction.
 
     predict(rows) returns class probabilities [n, num_labels]. change = p_swapped(c) - p(c)
     for c the class predicted on the original text. None when no text mentions any term.
     """
-    probes = [(i, name, d, s) for i, r in enumerate(rows) for name, cat in terms.items()
-              for d, s in counterfactuals(r, cat)]
+    probes = [
+        (i, name, d, s)
+        for i, r in enumerate(rows)
+        for name, cat in terms.items()
+        for d, s in counterfactuals(r, cat)
+    ]
     if not probes:
         return None
     probed = sorted({i for i, *_ in probes})
@@ -187,20 +213,38 @@ def counterfactual_audit(rows: list[dict[str, Any]], predict: Callable[[list[dic
     recs = []
     for (i, name, d, s), ps in zip(probes, p_swap, strict=True):
         pred, pred_s = int(p_orig[i].argmax()), int(ps.argmax())
-        recs.append({"row": i, "category": name, "direction": d, "flip": pred != pred_s,
-                     "change": float(ps[pred] - p_orig[i][pred]), "text": rows[i]["text"],
-                     "swapped": s["text"], "pred": labels[pred], "pred_swapped": labels[pred_s]})
+        recs.append(
+            {
+                "row": i,
+                "category": name,
+                "direction": d,
+                "flip": pred != pred_s,
+                "change": float(ps[pred] - p_orig[i][pred]),
+                "text": rows[i]["text"],
+                "swapped": s["text"],
+                "pred": labels[pred],
+                "pred_swapped": labels[pred_s],
+            }
+        )
     by_cat = {}
     for name in terms:
         sub = [r for r in recs if r["category"] == name]
         if sub:
             dirs = sorted({r["direction"] for r in sub})
-            by_cat[name] = {**_flip_stats(sub), "texts": len({r["row"] for r in sub}),
-                            "by_direction": {d: _flip_stats([r for r in sub if r["direction"] == d]) for d in dirs}}
+            by_cat[name] = {
+                **_flip_stats(sub),
+                "texts": len({r["row"] for r in sub}),
+                "by_direction": {
+                    d: _flip_stats([r for r in sub if r["direction"] == d]) for d in dirs
+                },
+            }
     keys = ("text", "swapped", "category", "direction", "pred", "pred_swapped", "change")
     top = sorted(recs, key=lambda r: -abs(r["change"]))[:worst]
-    return {"overall": {**_flip_stats(recs), "texts": len(probed), "rows": len(rows)},
-            "by_category": by_cat, "worst": [{k: r[k] for k in keys} for r in top]}
+    return {
+        "overall": {**_flip_stats(recs), "texts": len(probed), "rows": len(rows)},
+        "by_category": by_cat,
+        "worst": [{k: r[k] for k in keys} for r in top],
+    }
 
 
 # ---------------------------------------------------------------- CrowS-Pairs
@@ -223,16 +267,20 @@ def read_crows(path: str | Path, max_pairs: int | None = None, seed: int = 0) ->
     p = Path(path)
     p = p / "crows_pairs_anonymized.csv" if p.is_dir() else p
     if not p.is_file():
-        raise UserError(f"CrowS-Pairs file {p} does not exist: pass crows_pairs_anonymized.csv "
-                        "from github.com/nyu-mll/crows-pairs (--crows or audit.crows)")
+        raise UserError(
+            f"CrowS-Pairs file {p} does not exist: pass crows_pairs_anonymized.csv "
+            "from github.com/nyu-mll/crows-pairs (--crows or audit.crows)"
+        )
     pairs, end = [], 1
     try:
         with p.open(encoding="utf-8", newline="") as f:
             reader = csv.DictReader(f)
             missing = [c for c in CROWS_COLUMNS if c not in (reader.fieldnames or [])]
             if missing:
-                raise UserError(f"{p} line 1: missing column(s) {', '.join(missing)}; a CrowS-Pairs "
-                                f"file has the header columns {', '.join(CROWS_COLUMNS)}")
+                raise UserError(
+                    f"{p} line 1: missing column(s) {', '.join(missing)}; a CrowS-Pairs "
+                    f"file has the header columns {', '.join(CROWS_COLUMNS)}"
+                )
             for row in reader:
                 line, end = end + 1, reader.line_num  # a quoted field may span lines
                 pairs.append(_crows_pair(p, line, row))
@@ -251,14 +299,23 @@ def read_crows(path: str | Path, max_pairs: int | None = None, seed: int = 0) ->
 def _crows_pair(p: Path, line: int, row: dict[str, Any]) -> CrowsPair:
     for col in CROWS_COLUMNS:
         if not (row.get(col) or "").strip():
-            raise UserError(f"{p} line {line}: field {col} is empty; every pair needs sent_more, "
-                            "sent_less, stereo_antistereo and bias_type")
+            raise UserError(
+                f"{p} line {line}: field {col} is empty; every pair needs sent_more, "
+                "sent_less, stereo_antistereo and bias_type"
+            )
     direction = row["stereo_antistereo"].strip()
     if direction not in ("stereo", "antistereo"):
-        raise UserError(f"{p} line {line}: field stereo_antistereo is {direction!r}; it must be "
-                        "stereo or antistereo")
-    return CrowsPair(line, row["sent_more"].strip(), row["sent_less"].strip(), direction,
-                     row["bias_type"].strip())
+        raise UserError(
+            f"{p} line {line}: field stereo_antistereo is {direction!r}; it must be "
+            "stereo or antistereo"
+        )
+    return CrowsPair(
+        line,
+        row["sent_more"].strip(),
+        row["sent_less"].strip(),
+        direction,
+        row["bias_type"].strip(),
+    )
 
 
 def _device(model: torch.nn.Module) -> torch.device:
@@ -274,16 +331,19 @@ def _vocab_end(tokenizer: Any) -> int | None:
 
 
 @torch.no_grad()
-def causal_sentence_logprobs(model: torch.nn.Module, tokenizer: Any, sentences: list[str],
-                             batch_size: int = 8) -> list[float]:
+def causal_sentence_logprobs(
+    model: torch.nn.Module, tokenizer: Any, sentences: list[str], batch_size: int = 8
+) -> list[float]:
     """Summed log p(token | tokens before) over each sentence's tokens.
 
     BOS (else EOS, as GPT-2 uses it) goes first so the first word is scored too; without
     either the first token is only context.
     """
     start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-    seqs = [([start] if start is not None else []) + tokenizer(s, add_special_tokens=False)["input_ids"]
-            for s in sentences]
+    seqs = [
+        ([start] if start is not None else []) + tokenizer(s, add_special_tokens=False)["input_ids"]
+        for s in sentences
+    ]
     device, end, out = _device(model), _vocab_end(tokenizer), []
     for i in range(0, len(seqs), batch_size):
         chunk = seqs[i : i + batch_size]
@@ -303,15 +363,20 @@ def shared_positions(a: list[int], b: list[int], special: set[int]) -> tuple[lis
     pa, pb = [], []
     for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes():
         if tag == "equal":
-            keep = [(i, j) for i, j in zip(range(i1, i2), range(j1, j2), strict=True) if a[i] not in special]
+            keep = [
+                (i, j)
+                for i, j in zip(range(i1, i2), range(j1, j2), strict=True)
+                if a[i] not in special
+            ]
             pa += [i for i, _ in keep]
             pb += [j for _, j in keep]
     return pa, pb
 
 
 @torch.no_grad()
-def masked_pll(model: torch.nn.Module, mask_id: int, ids: list[int], positions: list[int],
-               batch_size: int = 32) -> float:
+def masked_pll(
+    model: torch.nn.Module, mask_id: int, ids: list[int], positions: list[int], batch_size: int = 32
+) -> float:
     """Sum over positions of log p(original token | ids with only that position masked)."""
     base, device, total = torch.tensor(ids), _device(model), 0.0
     for i in range(0, len(positions), batch_size):
@@ -319,24 +384,34 @@ def masked_pll(model: torch.nn.Module, mask_id: int, ids: list[int], positions: 
         rows = torch.arange(len(pos))
         batch = base.repeat(len(pos), 1)
         batch[rows, pos] = mask_id  # one masked copy of the sentence per position
-        logits = model(input_ids=batch.to(device), attention_mask=torch.ones_like(batch).to(device)).logits
+        logits = model(
+            input_ids=batch.to(device), attention_mask=torch.ones_like(batch).to(device)
+        ).logits
         lp = logits[rows.to(device), pos.to(device)].float().log_softmax(-1)
         total += float(lp.gather(-1, base[pos][:, None].to(device)).sum())
     return total
 
 
-def crows_scores(model: torch.nn.Module, tokenizer: Any, kind: str, pairs: list[CrowsPair]) -> list[tuple[float, float]]:
+def crows_scores(
+    model: torch.nn.Module, tokenizer: Any, kind: str, pairs: list[CrowsPair]
+) -> list[tuple[float, float]]:
     """(score of sent_more, score of sent_less) per pair: masked PLL or causal log-likelihood."""
     if kind == "causal":
-        lps = causal_sentence_logprobs(model, tokenizer, [p.more for p in pairs] + [p.less for p in pairs])
+        lps = causal_sentence_logprobs(
+            model, tokenizer, [p.more for p in pairs] + [p.less for p in pairs]
+        )
         return list(zip(lps[: len(pairs)], lps[len(pairs) :], strict=True))
     special = set(tokenizer.all_special_ids)
     out = []
     for p in pairs:
         a, b = tokenizer(p.more)["input_ids"], tokenizer(p.less)["input_ids"]
         pa, pb = shared_positions(a, b, special)
-        out.append((masked_pll(model, tokenizer.mask_token_id, a, pa),
-                    masked_pll(model, tokenizer.mask_token_id, b, pb)))
+        out.append(
+            (
+                masked_pll(model, tokenizer.mask_token_id, a, pa),
+                masked_pll(model, tokenizer.mask_token_id, b, pb),
+            )
+        )
     return out
 
 
@@ -354,7 +429,16 @@ def crows_summary(pairs: list[CrowsPair], scores: list[tuple[float, float]], kin
         return {g: block([i for i, p in enumerate(pairs) if key(p) == g]) for g in names}
 
     ties = sum(round(m, 3) == round(s, 3) for m, s in scores)
-    metric = ("pseudo-log-likelihood of the shared tokens (masked LM)" if kind == "masked"
-              else "summed token log-likelihood (causal LM)")
-    return {"overall": {**block(list(range(len(pairs)))), "ties": ties}, "by_type": groups(lambda p: p.bias_type),
-            "by_direction": groups(lambda p: p.direction), "ideal": 50.0, "ci": "Wilson 95%", "metric": metric}
+    metric = (
+        "pseudo-log-likelihood of the shared tokens (masked LM)"
+        if kind == "masked"
+        else "summed token log-likelihood (causal LM)"
+    )
+    return {
+        "overall": {**block(list(range(len(pairs)))), "ties": ties},
+        "by_type": groups(lambda p: p.bias_type),
+        "by_direction": groups(lambda p: p.direction),
+        "ideal": 50.0,
+        "ci": "Wilson 95%",
+        "metric": metric,
+    }

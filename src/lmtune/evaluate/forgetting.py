@@ -51,8 +51,10 @@ def read_texts(path: str, limit: int | None, key: str = "forgetting.reference") 
     """Text rows of a file: lines of .txt/.raw, else the `text` column of jsonl/csv/... rows."""
     p = Path(path).expanduser()
     if not p.exists():
-        raise UserError(f"{key}: no file at {path} (relative paths are relative to the current "
-                        f"directory {Path.cwd()})")
+        raise UserError(
+            f"{key}: no file at {path} (relative paths are relative to the current "
+            f"directory {Path.cwd()})"
+        )
     if p.is_file() and p.suffix.lower() in TEXT_FILES:
         lines = [ln.strip() for ln in p.read_text(encoding="utf-8", errors="replace").splitlines()]
         rows = [ln for ln in lines if ln]
@@ -63,8 +65,10 @@ def read_texts(path: str, limit: int | None, key: str = "forgetting.reference") 
     for rec in read_file(str(p), "eval", limit):
         value = rec.data.get("text") if isinstance(rec.data, dict) else None
         if not isinstance(value, str):
-            raise UserError(f"{key}: {path} line {rec.line} has no string field 'text' "
-                            "(reference text needs a text column, or use a .txt file)")
+            raise UserError(
+                f"{key}: {path} line {rec.line} has no string field 'text' "
+                "(reference text needs a text column, or use a .txt file)"
+            )
         if value.strip():
             texts.append(value.strip())
     return texts
@@ -101,7 +105,9 @@ def perplexity_probe(cfg: Config, tokenizer: Any) -> Probe:
     from lmtune.tasks.sft import SFTTask
 
     fc = cfg.forgetting
-    chunks = text_chunks(read_texts(fc.reference, fc.limit), tokenizer, cfg.model.max_length, fc.max_tokens)
+    chunks = text_chunks(
+        read_texts(fc.reference, fc.limit), tokenizer, cfg.model.max_length, fc.max_tokens
+    )
     if not chunks:
         raise UserError(f"forgetting.reference {fc.reference}: no text to measure")
     lm = SFTTask(tokenizer, "text", cfg.model.max_length)
@@ -140,10 +146,14 @@ def load_mlm(path: str) -> torch.nn.Module | None:
     from transformers import AutoConfig, AutoModelForMaskedLM
     from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
-    if getattr(AutoConfig.from_pretrained(path), "model_type", None) not in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+    if (
+        getattr(AutoConfig.from_pretrained(path), "model_type", None)
+        not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    ):
         return None
-    mlm, info = AutoModelForMaskedLM.from_pretrained(path, dtype=torch.float32, use_safetensors=True,
-                                                     output_loading_info=True)
+    mlm, info = AutoModelForMaskedLM.from_pretrained(
+        path, dtype=torch.float32, use_safetensors=True, output_loading_info=True
+    )
     prefix = mlm.base_model_prefix + "."
     # Missing weights outside the backbone = a freshly initialised (random) MLM head.
     return None if any(not k.startswith(prefix) for k in info["missing_keys"]) else mlm
@@ -161,9 +171,11 @@ def pseudo_perplexity_probe(cfg: Config, tokenizer: Any, model: torch.nn.Module)
     path = resolve_model_path(cfg.model.name_or_path)
     mlm = load_mlm(path)
     if mlm is None:
-        raise UserError(f"forgetting: {cfg.model.name_or_path} has no masked-LM head, so "
-                        "pseudo-perplexity cannot be measured; set forgetting.prior to an earlier "
-                        "classification run (prior-task accuracy) instead")
+        raise UserError(
+            f"forgetting: {cfg.model.name_or_path} has no masked-LM head, so "
+            "pseudo-perplexity cannot be measured; set forgetting.prior to an earlier "
+            "classification run (prior-task accuracy) instead"
+        )
     # Freeze the MLM head first: after the swap its encoder IS the trained model's encoder.
     mlm.requires_grad_(False).to(next(model.parameters()).device)
     setattr(mlm, mlm.base_model_prefix, _backbone(model))
@@ -171,8 +183,9 @@ def pseudo_perplexity_probe(cfg: Config, tokenizer: Any, model: torch.nn.Module)
         mlm.get_output_embeddings().weight = _backbone(model).get_input_embeddings().weight
     masked: list[tuple[list[int], int]] = []  # (ids, position to mask)
     for text in read_texts(fc.reference, fc.limit):
-        enc = tokenizer(text, truncation=True, max_length=cfg.model.max_length,
-                        return_special_tokens_mask=True)
+        enc = tokenizer(
+            text, truncation=True, max_length=cfg.model.max_length, return_special_tokens_mask=True
+        )
         masked += [(enc["input_ids"], i) for i, s in enumerate(enc["special_tokens_mask"]) if not s]
         if len(masked) >= fc.max_tokens:
             break
@@ -186,7 +199,9 @@ def pseudo_perplexity_probe(cfg: Config, tokenizer: Any, model: torch.nn.Module)
         ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
         for r, (row, _) in enumerate(batch):
             ids[r, : len(row)] = torch.tensor(row)
-        attn = (torch.arange(width)[None, :] < torch.tensor([len(r) for r, _ in batch])[:, None]).long()
+        attn = (
+            torch.arange(width)[None, :] < torch.tensor([len(r) for r, _ in batch])[:, None]
+        ).long()
         pos = torch.tensor([p for _, p in batch])
         gold = ids[torch.arange(len(batch)), pos].clone()
         ids[torch.arange(len(batch)), pos] = tokenizer.mask_token_id
@@ -231,8 +246,10 @@ def resolve_prior(cfg: Config) -> Path | None:
     if task != "classification":
         if auto:
             return None
-        raise UserError(f"forgetting.prior: {model_dir} is a {task} model; the prior task must be a "
-                        "classification run (its head scores the prior task)")
+        raise UserError(
+            f"forgetting.prior: {model_dir} is a {task} model; the prior task must be a "
+            "classification run (its head scores the prior task)"
+        )
     return model_dir
 
 
@@ -256,7 +273,9 @@ def swapped_heads(model: torch.nn.Module, heads: dict[str, torch.nn.Module]) -> 
             setattr(base, name, head)
 
 
-def prior_accuracy_probe(cfg: Config, tokenizer: Any, model: torch.nn.Module, prior_dir: Path) -> Probe:
+def prior_accuracy_probe(
+    cfg: Config, tokenizer: Any, model: torch.nn.Module, prior_dir: Path
+) -> Probe:
     """Accuracy on the prior task's rows, through the prior run's head on this model's encoder."""
     from lmtune.data.pipeline import read_rows
     from lmtune.evaluate.run import load_for_inference
@@ -268,11 +287,17 @@ def prior_accuracy_probe(cfg: Config, tokenizer: Any, model: torch.nn.Module, pr
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     names = head_module_names(prior_model)
     if (prior_model.config.model_type, prior_model.config.hidden_size) != (
-            base.config.model_type, base.config.hidden_size) or not set(names) <= set(head_module_names(model)):
-        raise UserError(f"forgetting.prior: {prior_dir} is a {prior_model.config.model_type} model "
-                        f"(hidden size {prior_model.config.hidden_size}); its head cannot read this "
-                        f"{base.config.model_type} model: start model.name_or_path from the prior run's model")
-    prior_base = prior_model.get_base_model() if hasattr(prior_model, "get_base_model") else prior_model
+        base.config.model_type,
+        base.config.hidden_size,
+    ) or not set(names) <= set(head_module_names(model)):
+        raise UserError(
+            f"forgetting.prior: {prior_dir} is a {prior_model.config.model_type} model "
+            f"(hidden size {prior_model.config.hidden_size}); its head cannot read this "
+            f"{base.config.model_type} model: start model.name_or_path from the prior run's model"
+        )
+    prior_base = (
+        prior_model.get_base_model() if hasattr(prior_model, "get_base_model") else prior_model
+    )
     heads = {n: _plain_head(getattr(prior_base, n)).requires_grad_(False) for n in names}
     for h in heads.values():
         h.to(next(model.parameters()).device)
@@ -281,20 +306,30 @@ def prior_accuracy_probe(cfg: Config, tokenizer: Any, model: torch.nn.Module, pr
         reference = str(prior_dir.parent / "data" / "eval.jsonl")
         prior_cfg.data.columns = {}  # the run's own split files hold canonical rows
         if not Path(reference).is_file():
-            raise UserError(f"forgetting.prior: {prior_dir.parent} has no data/eval.jsonl; set "
-                            "forgetting.reference to labelled rows of the prior task")
+            raise UserError(
+                f"forgetting.prior: {prior_dir.parent} has no data/eval.jsonl; set "
+                "forgetting.reference to labelled rows of the prior task"
+            )
     prior_cfg.data.limit = fc.limit
     rows, rejects = read_rows(reference, prior_cfg)
     if not rows:
-        raise UserError(f"forgetting.reference {reference}: no rows of the prior task "
-                        f"({len(rejects)} rejected, e.g. {rejects[0]['reason'] if rejects else 'empty'})")
-    clf = ClassificationTask(tokenizer, meta["labels"], int(meta.get("max_length") or cfg.model.max_length))
+        raise UserError(
+            f"forgetting.reference {reference}: no rows of the prior task "
+            f"({len(rejects)} rejected, e.g. {rejects[0]['reason'] if rejects else 'empty'})"
+        )
+    clf = ClassificationTask(
+        tokenizer, meta["labels"], int(meta.get("max_length") or cfg.model.max_length)
+    )
 
     def score(model: torch.nn.Module) -> dict[str, float]:
         with swapped_heads(model, heads), torch.no_grad():
             m = clf.evaluate(model, rows, fc.batch_size, None)
-        return {"value": m["accuracy"], "macro_f1": m["macro_f1"], "eval_loss": m["eval_loss"],
-                "rows": float(len(rows))}
+        return {
+            "value": m["accuracy"],
+            "macro_f1": m["macro_f1"],
+            "eval_loss": m["eval_loss"],
+            "rows": float(len(rows)),
+        }
 
     def sample_losses(model: torch.nn.Module, samples: int) -> Iterator[torch.Tensor]:
         device = next(model.parameters()).device
@@ -317,8 +352,10 @@ def build_probe(cfg: Config, tokenizer: Any, model: torch.nn.Module) -> Probe | 
     if prior is not None and fc.measure in ("auto", "prior_accuracy"):
         return prior_accuracy_probe(cfg, tokenizer, model, prior)
     if fc.measure == "prior_accuracy":
-        raise UserError("forgetting.measure prior_accuracy needs forgetting.prior: an earlier "
-                        "classification run (or auto, with model.name_or_path pointing at its model)")
+        raise UserError(
+            "forgetting.measure prior_accuracy needs forgetting.prior: an earlier "
+            "classification run (or auto, with model.name_or_path pointing at its model)"
+        )
     return pseudo_perplexity_probe(cfg, tokenizer, model) if fc.reference else None
 
 
@@ -343,8 +380,10 @@ def replay_features(cfg: Config, tokenizer: Any, n_train: int) -> list[dict[str,
     if len(feats) < want:
         from lmtune.train.dist import Dist
 
-        Dist.get().print(f"forgetting.mitigation.replay: {rp.data} has {len(feats)} usable rows, "
-                         f"fewer than the {want} that fraction {rp.fraction} asks for; all are used")
+        Dist.get().print(
+            f"forgetting.mitigation.replay: {rp.data} has {len(feats)} usable rows, "
+            f"fewer than the {want} that fraction {rp.fraction} asks for; all are used"
+        )
     return feats
 
 
@@ -362,22 +401,38 @@ class Forgetting:
         """Measure after training; write and return forgetting.json."""
         result: dict[str, Any] = {"mitigation": self.mitigation}
         if self.probe is None:
-            result.update(measure=None, note="nothing measured: no forgetting.reference and no "
-                                             "prior task found (forgetting.prior)")
+            result.update(
+                measure=None,
+                note="nothing measured: no forgetting.reference and no "
+                "prior task found (forgetting.prior)",
+            )
         else:
             with torch.random.fork_rng(devices=[]):
                 after = self.probe.score(model)
             x, y = self.before["value"], after["value"]
-            result = {"reference": self.probe.reference, "measure": self.probe.measure, "before": x,
-                      "after": y, "abs_change": y - x, "rel_change": (y - x) / x if x else None,
-                      "higher_is_better": self.probe.higher_is_better, **result,
-                      "details": {"before": self.before, "after": after}}
+            result = {
+                "reference": self.probe.reference,
+                "measure": self.probe.measure,
+                "before": x,
+                "after": y,
+                "abs_change": y - x,
+                "rel_change": (y - x) / x if x else None,
+                "higher_is_better": self.probe.higher_is_better,
+                **result,
+                "details": {"before": self.before, "after": after},
+            }
         (Path(run_dir) / "forgetting.json").write_text(json.dumps(result, indent=2))
         return result
 
 
-def start_forgetting(cfg: Config, model: torch.nn.Module, tokenizer: Any, head_names: list[str],
-                     n_train: int, is_main: bool = True) -> Forgetting:
+def start_forgetting(
+    cfg: Config,
+    model: torch.nn.Module,
+    tokenizer: Any,
+    head_names: list[str],
+    n_train: int,
+    is_main: bool = True,
+) -> Forgetting:
     """Before training: measure the reference (main process), build L2-SP/EWC and replay.
 
     Runs on a forked random stream, so switching the measurement on or off leaves the
@@ -392,9 +447,12 @@ def start_forgetting(cfg: Config, model: torch.nn.Module, tokenizer: Any, head_n
         losses = (lambda: probe.sample_losses(model, m.ewc.samples)) if probe is not None else None
         regularizer = build_regularizer(model, head_names, m.l2sp, m.ewc.weight, losses)
     replay = replay_features(cfg, tokenizer, n_train)
-    info = {"l2sp": m.l2sp, "ewc": m.ewc.model_dump() if m.ewc.weight > 0 else None,
-            "replay": {**m.replay.model_dump(), "rows": len(replay)} if replay else None,
-            "adapter": cfg.adapter.type}
+    info = {
+        "l2sp": m.l2sp,
+        "ewc": m.ewc.model_dump() if m.ewc.weight > 0 else None,
+        "replay": {**m.replay.model_dump(), "rows": len(replay)} if replay else None,
+        "adapter": cfg.adapter.type,
+    }
     return Forgetting(probe, before, regularizer, replay, info)
 
 
@@ -404,8 +462,9 @@ def forgetting_on(cfg: Config) -> bool:
     return bool(fc.reference or fc.prior or m.l2sp > 0 or m.ewc.weight > 0 or m.replay.fraction > 0)
 
 
-def overfitting_flags(events: list[dict[str, Any]], rising_evals: int = 3,
-                      gap_tolerance: float = 0.5) -> dict[str, Any]:
+def overfitting_flags(
+    events: list[dict[str, Any]], rising_evals: int = 3, gap_tolerance: float = 0.5
+) -> dict[str, Any]:
     """Overfitting signs in metrics.jsonl events: the train/eval loss gap and a rising eval loss.
 
     The train loss at an evaluation is the last logged train loss at or before its step.
@@ -414,14 +473,23 @@ def overfitting_flags(events: list[dict[str, Any]], rising_evals: int = 3,
     loss rose over `rising_evals` consecutive evaluations while the train loss fell.
     """
     # Keyed by step, the last entry wins: a resumed run logs the steps after its checkpoint twice.
-    train = sorted({e["step"]: e["loss"] for e in events if e.get("event") == "train" and "loss" in e}.items())
-    evals = sorted({e["step"]: e["eval_loss"] for e in events
-                    if e.get("event") == "eval" and "eval_loss" in e}.items())
+    train = sorted(
+        {e["step"]: e["loss"] for e in events if e.get("event") == "train" and "loss" in e}.items()
+    )
+    evals = sorted(
+        {
+            e["step"]: e["eval_loss"]
+            for e in events
+            if e.get("event") == "eval" and "eval_loss" in e
+        }.items()
+    )
     points = []
     for step, ev in evals:
         before = [loss for s, loss in train if s <= step]
         if before and math.isfinite(ev):
-            points.append({"step": step, "train_loss": before[-1], "eval_loss": ev, "gap": ev - before[-1]})
+            points.append(
+                {"step": step, "train_loss": before[-1], "eval_loss": ev, "gap": ev - before[-1]}
+            )
     if not points:
         return {"flags": [], "evaluations": 0}
     best = min(points, key=lambda p: p["eval_loss"])
@@ -438,11 +506,20 @@ def overfitting_flags(events: list[dict[str, Any]], rising_evals: int = 3,
             streak = 0
     flags = []
     if end["gap"] > gap_tolerance * abs(end["train_loss"]) and end["gap"] > best["gap"]:
-        flags.append(f"large_gap: eval loss {end['eval_loss']:.4f} vs train loss {end['train_loss']:.4f} "
-                     f"at step {end['step']} (gap {end['gap']:.4f}, {best['gap']:.4f} at the best eval)")
+        flags.append(
+            f"large_gap: eval loss {end['eval_loss']:.4f} vs train loss {end['train_loss']:.4f} "
+            f"at step {end['step']} (gap {end['gap']:.4f}, {best['gap']:.4f} at the best eval)"
+        )
     if longest[0] >= rising_evals:
-        flags.append(f"eval_loss_rising: eval loss rose over {longest[0]} evaluations while train loss "
-                     f"fell (steps {longest[1]}-{longest[2]})")
-    return {"flags": flags, "evaluations": len(points), "best_step": best["step"],
-            "gap_at_best": best["gap"], "gap_at_end": end["gap"],
-            "longest_rise": {"evaluations": longest[0], "from_step": longest[1], "to_step": longest[2]}}
+        flags.append(
+            f"eval_loss_rising: eval loss rose over {longest[0]} evaluations while train loss "
+            f"fell (steps {longest[1]}-{longest[2]})"
+        )
+    return {
+        "flags": flags,
+        "evaluations": len(points),
+        "best_step": best["step"],
+        "gap_at_best": best["gap"],
+        "gap_at_end": end["gap"],
+        "longest_rise": {"evaluations": longest[0], "from_step": longest[1], "to_step": longest[2]},
+    }

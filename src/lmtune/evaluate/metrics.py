@@ -51,8 +51,12 @@ def classification_metrics(gold: Sequence[int], pred: Sequence[int], labels: lis
         out.update(precision=float(precision[1]), recall=float(recall[1]), f1=float(f1[1]))
     details = {
         "per_class": {
-            labels[i]: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
-                        "support": int(support[i])}
+            labels[i]: {
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(support[i]),
+            }
             for i in range(k)
         },
         "confusion_matrix": {"labels": labels, "matrix": cm.tolist()},

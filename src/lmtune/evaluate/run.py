@@ -22,8 +22,10 @@ def resolve_model_dir(path: str | Path) -> Path:
         return p
     if p.is_dir() and (p / "best" / "lmtune_model.json").is_file():
         return p / "best"  # a run that was interrupted after its first evaluation
-    raise UserError(f"{p} is neither a run folder (with model/) nor a model folder written by lmtune "
-                    "(no lmtune_model.json); pass the output_dir of a finished `lmtune train` run")
+    raise UserError(
+        f"{p} is neither a run folder (with model/) nor a model folder written by lmtune "
+        "(no lmtune_model.json); pass the output_dir of a finished `lmtune train` run"
+    )
 
 
 def load_for_inference(path: str | Path) -> tuple[torch.nn.Module, Any, dict[str, Any], Config]:
@@ -34,7 +36,11 @@ def load_for_inference(path: str | Path) -> tuple[torch.nn.Module, Any, dict[str
     model, tokenizer, meta = load_trained(model_dir)
     model.eval()
     # A released version keeps its resolved config beside the weights; a run folder above model/.
-    run_cfg = model_dir / "config.yaml" if (model_dir / "config.yaml").is_file() else model_dir.parent / "config.yaml"
+    run_cfg = (
+        model_dir / "config.yaml"
+        if (model_dir / "config.yaml").is_file()
+        else model_dir.parent / "config.yaml"
+    )
     data: dict[str, Any] = {}
     if run_cfg.is_file():
         data = yaml.safe_load(run_cfg.read_text()) or {}
@@ -56,8 +62,14 @@ def _task_for(meta: dict[str, Any], tokenizer: Any, cfg: Config) -> Any:
     return build_task(meta["task"], tokenizer, cfg, meta.get("labels"), None, meta.get("format"))
 
 
-def run_eval(model_path: str | Path, data_path: str | Path, out_dir: str | Path | None = None,
-             batch_size: int = 64, baselines: bool = False, shots: int | None = None) -> dict[str, Any]:
+def run_eval(
+    model_path: str | Path,
+    data_path: str | Path,
+    out_dir: str | Path | None = None,
+    batch_size: int = 64,
+    baselines: bool = False,
+    shots: int | None = None,
+) -> dict[str, Any]:
     """Evaluate a trained model on a labelled file; writes eval.json (+ errors.jsonl) and report.html.
 
     baselines=True also scores the base model zero-/few-shot (`shots` per class) on the same
@@ -67,22 +79,31 @@ def run_eval(model_path: str | Path, data_path: str | Path, out_dir: str | Path 
 
     model, tokenizer, meta, cfg = load_for_inference(model_path)
     if baselines and meta["task"] != "classification":
-        raise UserError(f"--baselines needs a classification model; {model_path} is a {meta['task']} model")
+        raise UserError(
+            f"--baselines needs a classification model; {model_path} is a {meta['task']} model"
+        )
     if baselines:
         from lmtune.evaluate.baselines import check_label_maps
 
         check_label_maps(cfg.baselines, meta["labels"])  # a config typo fails before any work
     rows, rejects = read_rows(data_path, cfg)
     if not rows:
-        raise UserError(f"{data_path}: no usable rows ({len(rejects)} rejected; first: "
-                        f"{rejects[0]['reason'] if rejects else 'file is empty'})")
+        raise UserError(
+            f"{data_path}: no usable rows ({len(rejects)} rejected; first: "
+            f"{rejects[0]['reason'] if rejects else 'file is empty'})"
+        )
     out = Path(out_dir) if out_dir else resolve_model_dir(model_path).parent / "eval"
     out.mkdir(parents=True, exist_ok=True)
     task = _task_for(meta, tokenizer, cfg)
     with torch.no_grad():
         metrics = task.evaluate(model, rows, batch_size, out)
-    result = {"model": str(resolve_model_dir(model_path)), "data": str(data_path), "rows": len(rows),
-              "rejected": len(rejects), **metrics}
+    result = {
+        "model": str(resolve_model_dir(model_path)),
+        "data": str(data_path),
+        "rows": len(rows),
+        "rejected": len(rejects),
+        **metrics,
+    }
     (out / "eval.json").write_text(json.dumps(result, indent=2))
     if rejects:
         with (out / "rejects.jsonl").open("w", encoding="utf-8") as f:
@@ -93,8 +114,17 @@ def run_eval(model_path: str | Path, data_path: str | Path, out_dir: str | Path 
 
         model_dir = resolve_model_dir(model_path)
         pool = read_train_pool(model_dir.parent / "data" / "train.jsonl", meta["labels"])
-        result["baselines"] = run_baselines(model_dir, cfg, rows, metrics, out, pool, shots,
-                                            device=next(model.parameters()).device, data=str(data_path))
+        result["baselines"] = run_baselines(
+            model_dir,
+            cfg,
+            rows,
+            metrics,
+            out,
+            pool,
+            shots,
+            device=next(model.parameters()).device,
+            data=str(data_path),
+        )
     from lmtune.report import write_eval_report
 
     write_eval_report(out)  # report.html beside eval.json (warns, never raises)
@@ -108,21 +138,31 @@ def read_texts(path: str | Path, text_field: str = "text") -> list[dict[str, Any
     if not p.is_file():
         raise UserError(f"input file {p} does not exist")
     if p.suffix == ".txt":
-        return [{"text": line.strip()} for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return [
+            {"text": line.strip()}
+            for line in p.read_text(encoding="utf-8").splitlines()
+            if line.strip()
+        ]
     from lmtune.data.io import read_file
 
     return [rec.data for rec in read_file(str(p)) if isinstance(rec.data, dict)]
 
 
-def run_predict(model_path: str | Path, input_path: str | Path, out_path: str | Path | None,
-                batch_size: int = 64) -> list[dict[str, Any]]:
+def run_predict(
+    model_path: str | Path,
+    input_path: str | Path,
+    out_path: str | Path | None,
+    batch_size: int = 64,
+) -> list[dict[str, Any]]:
     """Label every text in a file with a trained classifier; writes predictions jsonl."""
     model, tokenizer, meta, cfg = load_for_inference(model_path)
     if meta["task"] == "qa":
         return _predict_qa(model, tokenizer, meta, cfg, input_path, out_path, batch_size)
     if meta["task"] != "classification":
-        raise UserError(f"predict needs a classification model; {model_path} is a {meta['task']} model "
-                        "(use `lmtune generate` for causal LMs)")
+        raise UserError(
+            f"predict needs a classification model; {model_path} is a {meta['task']} model "
+            "(use `lmtune generate` for causal LMs)"
+        )
     if Path(input_path).suffix == ".txt":
         rows = read_texts(input_path)
     else:
@@ -132,17 +172,27 @@ def run_predict(model_path: str | Path, input_path: str | Path, out_path: str | 
         rows, rejects = read_rows(input_path, cfg, labels_optional=True)
         if rejects:
             first = rejects[0]
-            raise UserError(f"{input_path}: {len(rejects)} row(s) cannot be predicted, first at line "
-                            f"{first.get('line')}: {first.get('reason')}")
+            raise UserError(
+                f"{input_path}: {len(rejects)} row(s) cannot be predicted, first at line "
+                f"{first.get('line')}: {first.get('reason')}"
+            )
     task = _task_for(meta, tokenizer, cfg)
     probs = task.predict(model, rows, batch_size)
     labels = meta["labels"]
     preds = []
     for r, p in zip(rows, probs, strict=True):
         top = int(p.argmax())
-        preds.append({"text": r["text"], **({"text_pair": r["text_pair"]} if "text_pair" in r else {}),
-                      "label": labels[top], "confidence": round(float(p[top]), 4),
-                      "scores": {lab: round(float(s), 4) for lab, s in zip(labels, p.tolist(), strict=True)}})
+        preds.append(
+            {
+                "text": r["text"],
+                **({"text_pair": r["text_pair"]} if "text_pair" in r else {}),
+                "label": labels[top],
+                "confidence": round(float(p[top]), 4),
+                "scores": {
+                    lab: round(float(s), 4) for lab, s in zip(labels, p.tolist(), strict=True)
+                },
+            }
+        )
     if out_path:
         with Path(out_path).open("w", encoding="utf-8") as f:
             for row in preds:
@@ -150,16 +200,25 @@ def run_predict(model_path: str | Path, input_path: str | Path, out_path: str | 
     return preds
 
 
-def _predict_qa(model: torch.nn.Module, tokenizer: Any, meta: dict[str, Any], cfg: Config,
-                input_path: str | Path, out_path: str | Path | None, batch_size: int) -> list[dict[str, Any]]:
+def _predict_qa(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    meta: dict[str, Any],
+    cfg: Config,
+    input_path: str | Path,
+    out_path: str | Path | None,
+    batch_size: int,
+) -> list[dict[str, Any]]:
     """Answers for a SQuAD JSON or context/question rows file (answers may be absent)."""
     from lmtune.data.pipeline import read_rows
 
     rows, rejects = read_rows(input_path, cfg, labels_optional=True)
     if rejects:
         first = rejects[0]
-        raise UserError(f"{input_path}: {len(rejects)} row(s) cannot be answered, first at row "
-                        f"{first.get('line')}: {first.get('reason')}")
+        raise UserError(
+            f"{input_path}: {len(rejects)} row(s) cannot be answered, first at row "
+            f"{first.get('line')}: {first.get('reason')}"
+        )
     preds = _task_for(meta, tokenizer, cfg).answer(model, rows, batch_size)
     if out_path:
         with Path(out_path).open("w", encoding="utf-8") as f:
@@ -168,30 +227,51 @@ def _predict_qa(model: torch.nn.Module, tokenizer: Any, meta: dict[str, Any], cf
     return preds
 
 
-def run_generate(model_path: str | Path, prompts: list[str], max_new_tokens: int = 64,
-                 temperature: float = 0.0, top_p: float = 1.0, seed: int = 0) -> list[str]:
+def run_generate(
+    model_path: str | Path,
+    prompts: list[str],
+    max_new_tokens: int = 64,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+) -> list[str]:
     """Complete prompts with a causal LM, rendered with the template it was trained with."""
     from lmtune.data.templates import encode_prompt
 
     model, tokenizer, meta, _ = load_for_inference(model_path)
     if meta["task"] not in ("sft", "dpo", "orpo", "rlhf"):
-        raise UserError(f"generate needs a causal LM (task sft, dpo, orpo or rlhf); {model_path} is a "
-                        f"{meta['task']} model")
+        raise UserError(
+            f"generate needs a causal LM (task sft, dpo, orpo or rlhf); {model_path} is a "
+            f"{meta['task']} model"
+        )
     torch.manual_seed(seed)
     fmt = meta.get("format", "text")
     outs = []
     for prompt in prompts:
         if fmt == "instruction":
-            ids = encode_prompt({"instruction": prompt, "input": ""}, fmt, tokenizer, meta.get("template", "auto"))
+            ids = encode_prompt(
+                {"instruction": prompt, "input": ""}, fmt, tokenizer, meta.get("template", "auto")
+            )
         elif fmt == "chat":
-            ids = encode_prompt([{"role": "user", "content": prompt}], fmt, tokenizer, meta.get("template", "auto"))
+            ids = encode_prompt(
+                [{"role": "user", "content": prompt}], fmt, tokenizer, meta.get("template", "auto")
+            )
         else:
             ids = tokenizer(prompt)["input_ids"]
         # The exact prompt ids training used (BOS included where the template adds it).
-        enc = {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long)}
+        enc = {
+            "input_ids": torch.tensor([ids]),
+            "attention_mask": torch.ones(1, len(ids), dtype=torch.long),
+        }
         sample = temperature > 0
-        gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=sample,
-                             temperature=temperature if sample else None, top_p=top_p if sample else None,
-                             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-        outs.append(tokenizer.decode(gen[0, enc["input_ids"].shape[1]:], skip_special_tokens=True))
+        gen = model.generate(
+            **enc,
+            max_new_tokens=max_new_tokens,
+            do_sample=sample,
+            temperature=temperature if sample else None,
+            top_p=top_p if sample else None,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        outs.append(tokenizer.decode(gen[0, enc["input_ids"].shape[1] :], skip_special_tokens=True))
     return outs

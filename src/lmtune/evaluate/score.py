@@ -41,8 +41,10 @@ class FunctionReward:
     def __init__(self, spec: str, where: str = "rlhf.reward") -> None:
         module_name, _, func_name = spec.partition(":")
         if not module_name or not func_name:
-            raise UserError(f"{where} {spec!r}: a reward function is module:function "
-                            "(e.g. examples.rewards:vowel_share)")
+            raise UserError(
+                f"{where} {spec!r}: a reward function is module:function "
+                "(e.g. examples.rewards:vowel_share)"
+            )
         self.spec, self.where = spec, where
         cwd = os.getcwd()
         if cwd not in sys.path and "" not in sys.path:
@@ -58,13 +60,18 @@ class FunctionReward:
                 ) from None
             raise UserError(f"{where} {spec!r}: importing {module_name} failed: {exc}") from None
         except Exception as exc:  # the user's module raised while importing
-            raise UserError(f"{where} {spec!r}: importing {module_name} raised "
-                            f"{type(exc).__name__}: {exc}") from None
+            raise UserError(
+                f"{where} {spec!r}: importing {module_name} raised {type(exc).__name__}: {exc}"
+            ) from None
         fn = getattr(module, func_name, None)
         if not callable(fn):
-            names = sorted(n for n, v in vars(module).items()
-                           if callable(v) and not n.startswith("_") and
-                           getattr(v, "__module__", None) == module.__name__)
+            names = sorted(
+                n
+                for n, v in vars(module).items()
+                if callable(v)
+                and not n.startswith("_")
+                and getattr(v, "__module__", None) == module.__name__
+            )
             what = "has no" if fn is None else "has a non-callable"
             raise UserError(
                 f"{where} {spec!r}: module {module_name} ({getattr(module, '__file__', '?')}) "
@@ -94,8 +101,12 @@ class FunctionReward:
 
 
 def _fit_one(
-    prompt: list[int], response: list[int], max_length: int, max_prompt: int | None,
-    keep_first: int, reserved: int,
+    prompt: list[int],
+    response: list[int],
+    max_length: int,
+    max_prompt: int | None,
+    keep_first: int,
+    reserved: int,
 ) -> tuple[list[int], list[int]]:
     """Prompt keeps its end, response its start; when both do not fit, the prompt keeps at
     least half of the room so the response is always read."""
@@ -116,10 +127,18 @@ def encode_response(task: Any, prompt: Prompt, response: str) -> dict[str, list[
 
         if isinstance(prompt, list):
             prompt = render_prompt(prompt, "chat", tok, task.template)
-        p, r = task.backend.encode(prompt, add_special_tokens=False), task.backend.encode(
-            response, add_special_tokens=False)
-        pids, rids = _fit_one(p.ids, r.ids, task.max_length, task.max_prompt_length, 0,
-                              tok.num_special_tokens_to_add(pair=True))
+        p, r = (
+            task.backend.encode(prompt, add_special_tokens=False),
+            task.backend.encode(response, add_special_tokens=False),
+        )
+        pids, rids = _fit_one(
+            p.ids,
+            r.ids,
+            task.max_length,
+            task.max_prompt_length,
+            0,
+            tok.num_special_tokens_to_add(pair=True),
+        )
         if len(pids) < len(p.ids):
             p.truncate(len(pids), direction="left")
         if len(rids) < len(r.ids):
@@ -130,7 +149,8 @@ def encode_response(task: Any, prompt: Prompt, response: str) -> dict[str, list[
             feat["token_type_ids"] = list(full.type_ids)
         return feat
     pids, rids, _ = task.causal.prompt_and_responses(
-        {"prompt": prompt, "chosen": response, "rejected": response})
+        {"prompt": prompt, "chosen": response, "rejected": response}
+    )
     bos = tok.bos_token_id
     keep_first = 1 if bos is not None and pids[:1] == [bos] else 0
     pids, rids = _fit_one(pids, rids, task.max_length, task.max_prompt_length, keep_first, 0)
@@ -147,8 +167,10 @@ class RewardModel:
 
         model, tokenizer, meta, cfg = load_for_inference(path)
         if meta["task"] != "reward":
-            raise UserError(f"{where} {path}: a {meta['task']} model, not a reward model "
-                            "(train one with task: reward)")
+            raise UserError(
+                f"{where} {path}: a {meta['task']} model, not a reward model "
+                "(train one with task: reward)"
+            )
         self.device = Dist.get().device
         self.model = model.to(self.device).eval().requires_grad_(False)
         self.task = RewardTask(tokenizer, cfg)
@@ -174,8 +196,10 @@ class RewardModel:
         from lmtune.data.collate import pad_batch
         from lmtune.tasks.pairs import to_device
 
-        feats = [encode_response(self.task, self._text(p), self._text(r))
-                 for p, r in zip(prompts, responses, strict=True)]
+        feats = [
+            encode_response(self.task, self._text(p), self._text(r))
+            for p, r in zip(prompts, responses, strict=True)
+        ]
         order = sorted(range(len(feats)), key=lambda i: len(feats[i]["input_ids"]))
         scores = [0.0] * len(feats)
         pad = self.task.tokenizer.pad_token_id
@@ -194,9 +218,11 @@ def load_reward(spec: str, batch_size: int = 32, where: str = "rlhf.reward") -> 
         return RewardModel(Path(spec).expanduser(), batch_size, where)
     if ":" in spec:
         return FunctionReward(spec, where)
-    raise UserError(f"{where} {spec!r}: no folder at that path, and not module:function; give a "
-                    "reward-model run folder or a Python function such as "
-                    "examples.rewards:vowel_share")
+    raise UserError(
+        f"{where} {spec!r}: no folder at that path, and not module:function; give a "
+        "reward-model run folder or a Python function such as "
+        "examples.rewards:vowel_share"
+    )
 
 
 # ---- lmtune score ---------------------------------------------------------------------------
@@ -224,8 +250,10 @@ def _score_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
             keys = ("response",) if "response" in row else ("chosen", "rejected")
             for k in keys:
                 if not isinstance(row.get(k), str):
-                    raise RowError(f"'{k}' must be a string (rows hold prompt + response, or "
-                                   "prompt + chosen + rejected)")
+                    raise RowError(
+                        f"'{k}' must be a string (rows hold prompt + response, or "
+                        "prompt + chosen + rejected)"
+                    )
         except RowError as exc:
             problems.append(f"line {rec.line}: {exc.reason}")
             continue
@@ -238,8 +266,12 @@ def _score_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
     return rows
 
 
-def run_score(model_path: str | Path, input_path: str | Path, out_path: str | Path | None = None,
-              batch_size: int = 32) -> tuple[list[dict[str, Any]], dict[str, float]]:
+def run_score(
+    model_path: str | Path,
+    input_path: str | Path,
+    out_path: str | Path | None = None,
+    batch_size: int = 32,
+) -> tuple[list[dict[str, Any]], dict[str, float]]:
     """Score every row of a file with a reward model: prompt + response rows get `score`,
     prompt + chosen + rejected rows get score_chosen, score_rejected and margin (chosen minus
     rejected). Writes jsonl to out_path when given; returns (rows, summary)."""
@@ -262,8 +294,11 @@ def run_score(model_path: str | Path, input_path: str | Path, out_path: str | Pa
             margins.append(row["margin"])
     summary: dict[str, float] = {"rows": float(len(out)), "mean_score": sum(scores) / len(scores)}
     if margins:
-        summary.update(pairs=float(len(margins)), mean_margin=sum(margins) / len(margins),
-                       pairwise_accuracy=sum(m > 0 for m in margins) / len(margins))
+        summary.update(
+            pairs=float(len(margins)),
+            mean_margin=sum(margins) / len(margins),
+            pairwise_accuracy=sum(m > 0 for m in margins) / len(margins),
+        )
     if out_path is not None:
         Path(out_path).parent.mkdir(parents=True, exist_ok=True)
         with Path(out_path).open("w", encoding="utf-8") as f:

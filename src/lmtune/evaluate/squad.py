@@ -58,8 +58,10 @@ def gold_answers(answers: Sequence[str]) -> list[str]:
 def score_one(prediction: str, answers: Sequence[str]) -> tuple[float, float]:
     """(exact, f1) of one prediction: the maximum over the gold answers, each 0 or 1 scaled."""
     golds = gold_answers(answers)
-    return (float(max(exact_score(prediction, g) for g in golds)),
-            max(f1_score(prediction, g) for g in golds))
+    return (
+        float(max(exact_score(prediction, g) for g in golds)),
+        max(f1_score(prediction, g) for g in golds),
+    )
 
 
 def _mean(values: list[float]) -> float:

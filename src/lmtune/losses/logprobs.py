@@ -18,7 +18,9 @@ def sequence_logps(
     targets [N] those tokens, seq_index [N] the sequence each belongs to. The fp32 upcast
     happens here, on N rows only.
     """
-    return sequence_sums(-F.cross_entropy(logits.float(), targets, reduction="none"), seq_index, num_seqs)
+    return sequence_sums(
+        -F.cross_entropy(logits.float(), targets, reduction="none"), seq_index, num_seqs
+    )
 
 
 def sequence_sums(
@@ -26,9 +28,12 @@ def sequence_sums(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum of the per-token values of each sequence, its token count); seq_index [N] names
     the sequence of every value."""
-    sums = torch.zeros(num_seqs, dtype=values.dtype, device=values.device).index_add(0, seq_index, values)
+    sums = torch.zeros(num_seqs, dtype=values.dtype, device=values.device).index_add(
+        0, seq_index, values
+    )
     counts = torch.zeros(num_seqs, dtype=values.dtype, device=values.device).index_add(
-        0, seq_index, torch.ones_like(values))
+        0, seq_index, torch.ones_like(values)
+    )
     return sums, counts
 
 
@@ -41,8 +46,14 @@ class _ChunkedLinearLogp(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                targets: torch.Tensor, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        ctx: Any,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        targets: torch.Tensor,
+        chunk: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         autocast = _autocast_state(hidden.device.type)
         logps, preds = [], []
         for i in range(0, hidden.shape[0], chunk):
@@ -61,34 +72,56 @@ class _ChunkedLinearLogp(torch.autograd.Function):
     def backward(ctx: Any, grad_logp: torch.Tensor, _grad_pred: Any) -> tuple[Any, ...]:
         hidden, weight, bias, targets = ctx.saved_tensors
         grad_h = torch.zeros_like(hidden) if ctx.needs_input_grad[0] else None
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if ctx.needs_input_grad[1] else None
-        grad_b = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) \
-            if bias is not None and ctx.needs_input_grad[2] else None
+        grad_w = (
+            torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+            if ctx.needs_input_grad[1]
+            else None
+        )
+        grad_b = (
+            torch.zeros(bias.shape, dtype=torch.float32, device=bias.device)
+            if bias is not None and ctx.needs_input_grad[2]
+            else None
+        )
         for i in range(0, hidden.shape[0], ctx.chunk):
             h = hidden[i : i + ctx.chunk]
             with torch.no_grad():
                 logits = _logits(h, weight, bias, ctx.autocast)
                 # d logp / d logits = onehot - softmax, times the upstream gradient (per row).
                 g = torch.softmax(logits, dim=1).mul_(-grad_logp[i : i + ctx.chunk, None])
-                g.scatter_add_(1, targets[i : i + ctx.chunk, None], grad_logp[i : i + ctx.chunk, None])
+                g.scatter_add_(
+                    1, targets[i : i + ctx.chunk, None], grad_logp[i : i + ctx.chunk, None]
+                )
                 if grad_h is not None:
                     grad_h[i : i + ctx.chunk] = (g @ weight.float()).to(hidden.dtype)
                 if grad_w is not None:
                     grad_w.addmm_(g.t(), h.float())
                 if grad_b is not None:
                     grad_b.add_(g.sum(0))
-        return (grad_h, grad_w.to(weight.dtype) if grad_w is not None else None,
-                grad_b.to(bias.dtype) if grad_b is not None else None, None, None)
+        return (
+            grad_h,
+            grad_w.to(weight.dtype) if grad_w is not None else None,
+            grad_b.to(bias.dtype) if grad_b is not None else None,
+            None,
+            None,
+        )
 
 
 def _autocast_state(device_type: str) -> tuple[str, bool, torch.dtype]:
     if device_type not in ("cpu", "cuda"):
         return device_type, False, torch.float32
-    return device_type, torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type)
+    return (
+        device_type,
+        torch.is_autocast_enabled(device_type),
+        torch.get_autocast_dtype(device_type),
+    )
 
 
-def _logits(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-            autocast: tuple[str, bool, torch.dtype]) -> torch.Tensor:
+def _logits(
+    h: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    autocast: tuple[str, bool, torch.dtype],
+) -> torch.Tensor:
     """One chunk's logits in fp32 (the head matmul itself under the caller's autocast)."""
     device_type, enabled, dtype = autocast
     with torch.autocast(device_type=device_type, dtype=dtype, enabled=enabled):
@@ -96,7 +129,10 @@ def _logits(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
 
 
 def linear_token_logps(
-    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor,
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    targets: torch.Tensor,
     chunk: int = 256,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(log p(target), argmax) per row of hidden [N, D] under the LM head (weight [V, D], bias),

@@ -50,10 +50,15 @@ DEFAULT_TARGETS: dict[str, list[str]] = {
     "deberta-v2": ["query_proj", "key_proj", "value_proj", "dense"],
 }
 
-_TASK_TYPES = {"sft": TaskType.CAUSAL_LM, "dpo": TaskType.CAUSAL_LM, "orpo": TaskType.CAUSAL_LM,
-               "rlhf": TaskType.CAUSAL_LM,
-               "classification": TaskType.SEQ_CLS, "reward": TaskType.SEQ_CLS,
-               "qa": TaskType.QUESTION_ANS}
+_TASK_TYPES = {
+    "sft": TaskType.CAUSAL_LM,
+    "dpo": TaskType.CAUSAL_LM,
+    "orpo": TaskType.CAUSAL_LM,
+    "rlhf": TaskType.CAUSAL_LM,
+    "classification": TaskType.SEQ_CLS,
+    "reward": TaskType.SEQ_CLS,
+    "qa": TaskType.QUESTION_ANS,
+}
 
 
 def _base(model: torch.nn.Module) -> torch.nn.Module:

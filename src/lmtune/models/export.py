@@ -142,8 +142,11 @@ def load_trained(
         tokenizer.padding_side = "right"
     task, labels = meta["task"], meta.get("labels")
     if _is_adapter(model_dir):
-        base_cfg = ModelConfig(name_or_path=meta["base_model"], revision=meta.get("base_revision"),
-                               pooling=meta.get("pooling", "cls"))
+        base_cfg = ModelConfig(
+            name_or_path=meta["base_model"],
+            revision=meta.get("base_revision"),
+            pooling=meta.get("pooling", "cls"),
+        )
         base = load_model(base_cfg, task, tokenizer, labels=labels)
         with warnings.catch_warnings():
             # peft 0.21 calls a transformers 5 API that warns of its own deprecation.

@@ -60,7 +60,10 @@ def _hf_model(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def target_logps(
-    model: torch.nn.Module, inputs: dict[str, torch.Tensor], labels: torch.Tensor, ignore: int = -100
+    model: torch.nn.Module,
+    inputs: dict[str, torch.Tensor],
+    labels: torch.Tensor,
+    ignore: int = -100,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(log p(target), argmax prediction, target, row index) at every position t whose next
     token labels[:, t + 1] is not `ignore`; the model sees `inputs` (input_ids, masks)."""

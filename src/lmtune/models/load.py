@@ -51,9 +51,15 @@ _BUILTIN_PACKAGES: dict[str, tuple[str, str, str]] = {
 NEW_PAD_TOKEN = "<|pad|>"
 TASKS = ("sft", "classification", "reward", "dpo", "orpo", "rlhf", "qa")
 # What each task loads: a causal LM, or a sequence classifier (reward: one output, the score).
-MODEL_KIND = {"sft": "causal", "dpo": "causal", "orpo": "causal", "rlhf": "causal",
-              "classification": "classifier", "reward": "classifier",
-              "qa": "qa"}  # qa: a span head (start/end logits per token) on an encoder
+MODEL_KIND = {
+    "sft": "causal",
+    "dpo": "causal",
+    "orpo": "causal",
+    "rlhf": "causal",
+    "classification": "classifier",
+    "reward": "classifier",
+    "qa": "qa",
+}  # qa: a span head (start/end logits per token) on an encoder
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
@@ -235,13 +241,19 @@ def _use_mean_pooling(config: PretrainedConfig, task: str, path: str, load_kwarg
     reach the model's __init__), so the labels move into the config.
     """
     if task not in ("classification", "reward"):
-        raise UserError(f"model.pooling: mean applies to tasks classification and reward, not {task}; "
-                        "remove it or set model.pooling: cls")
+        raise UserError(
+            f"model.pooling: mean applies to tasks classification and reward, not {task}; "
+            "remove it or set model.pooling: cls"
+        )
     model_type = getattr(config, "model_type", "?")
     if model_type not in pooling.MEAN_POOL_BASES:
-        raise UserError(f"model.pooling: mean needs a BERT encoder, and {path} is a {model_type} model: "
-                        "set model.pooling: cls (its own classification head)")
-    labels = {k: load_kwargs.pop(k) for k in ("num_labels", "id2label", "label2id") if k in load_kwargs}
+        raise UserError(
+            f"model.pooling: mean needs a BERT encoder, and {path} is a {model_type} model: "
+            "set model.pooling: cls (its own classification head)"
+        )
+    labels = {
+        k: load_kwargs.pop(k) for k in ("num_labels", "id2label", "label2id") if k in load_kwargs
+    }
     load_kwargs["config"] = pooling.mean_pool_config(config, **labels)
 
 
@@ -259,12 +271,17 @@ def load_model(
     embeddings when the tokenizer gained tokens (e.g. a new pad token).
     """
     path = resolve_model_path(mcfg.name_or_path)
-    if _is_local(path) and (Path(path) / "adapter_config.json").is_file() and not (
-            Path(path) / "config.json").is_file():
+    if (
+        _is_local(path)
+        and (Path(path) / "adapter_config.json").is_file()
+        and not (Path(path) / "config.json").is_file()
+    ):
         # A LoRA/DoRA run's model folder holds only the adapter; a new run (say, the next task
         # after this one) must start from the merged weights.
-        raise UserError(f"{path} holds a LoRA/DoRA adapter, not a full model: merge it first with "
-                        f"`lmtune export {path} MERGED_DIR` and set model.name_or_path to MERGED_DIR")
+        raise UserError(
+            f"{path} holds a LoRA/DoRA adapter, not a full model: merge it first with "
+            f"`lmtune export {path} MERGED_DIR` and set model.name_or_path to MERGED_DIR"
+        )
     kwargs = _hub_kwargs(mcfg, path)
     try:
         config = AutoConfig.from_pretrained(path, **kwargs)
@@ -279,8 +296,12 @@ def load_model(
         load_kwargs["attn_implementation"] = mcfg.attn_implementation
     if task == "reward":
         # One output: the scalar reward. A checkpoint's own head (other size) is replaced.
-        load_kwargs.update(num_labels=1, id2label={0: "reward"}, label2id={"reward": 0},
-                           ignore_mismatched_sizes=True)
+        load_kwargs.update(
+            num_labels=1,
+            id2label={0: "reward"},
+            label2id={"reward": 0},
+            ignore_mismatched_sizes=True,
+        )
         auto_cls = AutoModelForSequenceClassification
     elif task == "classification":
         if labels is not None:

@@ -50,7 +50,11 @@ class MeanPoolBertForSequenceClassification(BertPreTrainedModel):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.bert = BertModel(config, add_pooling_layer=False)
-        dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        dropout = (
+            config.classifier_dropout
+            if config.classifier_dropout is not None
+            else config.hidden_dropout_prob
+        )
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
@@ -66,8 +70,14 @@ class MeanPoolBertForSequenceClassification(BertPreTrainedModel):
         **kwargs: object,
     ) -> SequenceClassifierOutput:
         """Logits [batch, num_labels]; with labels also the loss (cross-entropy, MSE for one output)."""
-        out = self.bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                        position_ids=position_ids, inputs_embeds=inputs_embeds, **kwargs)
+        out = self.bert(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            **kwargs,
+        )
         logits = self.classifier(self.dropout(masked_mean(out.last_hidden_state, attention_mask)))
         loss = None
         if labels is not None:
@@ -75,8 +85,9 @@ class MeanPoolBertForSequenceClassification(BertPreTrainedModel):
                 loss = nn.functional.mse_loss(logits.squeeze(-1).float(), labels.float())
             else:
                 loss = nn.functional.cross_entropy(logits.float(), labels.view(-1))
-        return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states,
-                                        attentions=out.attentions)
+        return SequenceClassifierOutput(
+            loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions
+        )
 
 
 def mean_pool_config(config: BertConfig, **overrides: object) -> MeanPoolBertConfig:
@@ -92,6 +103,8 @@ def register() -> None:
     """Make AutoConfig / AutoModelForSequenceClassification load saved mean-pooled folders."""
     try:
         AutoConfig.register(MEAN_POOL_MODEL_TYPE, MeanPoolBertConfig)
-        AutoModelForSequenceClassification.register(MeanPoolBertConfig, MeanPoolBertForSequenceClassification)
+        AutoModelForSequenceClassification.register(
+            MeanPoolBertConfig, MeanPoolBertForSequenceClassification
+        )
     except ValueError:  # already registered (a second import path): nothing to do
         pass

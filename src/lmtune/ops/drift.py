@@ -48,7 +48,9 @@ def proportions(counts: Sequence[float], smoothing: float = PSI_SMOOTHING) -> li
     return [(c + smoothing) / total for c in counts]
 
 
-def psi(expected: Sequence[float], actual: Sequence[float], smoothing: float = PSI_SMOOTHING) -> float:
+def psi(
+    expected: Sequence[float], actual: Sequence[float], smoothing: float = PSI_SMOOTHING
+) -> float:
     """Population stability index of two count vectors over the same bins."""
     if len(expected) != len(actual):
         raise ValueError(f"psi needs aligned bins, got {len(expected)} and {len(actual)}")
@@ -56,8 +58,9 @@ def psi(expected: Sequence[float], actual: Sequence[float], smoothing: float = P
     return float(sum((ai - ei) * math.log(ai / ei) for ei, ai in zip(e, a, strict=True)))
 
 
-def psi_categorical(expected: Mapping[str, float], actual: Mapping[str, float],
-                    smoothing: float = PSI_SMOOTHING) -> float:
+def psi_categorical(
+    expected: Mapping[str, float], actual: Mapping[str, float], smoothing: float = PSI_SMOOTHING
+) -> float:
     """PSI of two categorical distributions (e.g. labels); a category missing on one side counts 0."""
     keys = sorted(set(expected) | set(actual))
     return psi([expected.get(k, 0) for k in keys], [actual.get(k, 0) for k in keys], smoothing)
@@ -97,7 +100,9 @@ def kolmogorov_sf(x: float) -> float:
     if x < 1.18:
         # The theta-function form converges fast for small x, where the alternating one does not.
         y = math.pi**2 / (8 * x * x)
-        cdf = math.sqrt(2 * math.pi) / x * sum(math.exp(-((2 * k - 1) ** 2) * y) for k in range(1, 8))
+        cdf = (
+            math.sqrt(2 * math.pi) / x * sum(math.exp(-((2 * k - 1) ** 2) * y) for k in range(1, 8))
+        )
         return min(max(1.0 - cdf, 0.0), 1.0)
     total = sum((-1) ** (k - 1) * math.exp(-2 * k * k * x * x) for k in range(1, 101))
     return min(max(2.0 * total, 0.0), 1.0)
@@ -131,7 +136,9 @@ def int_keys(counts: Mapping[str, int]) -> dict[int, int]:
     return {int(k): int(v) for k, v in counts.items()}
 
 
-def compare(profile: Mapping[str, Any], stats: Mapping[str, Any], n_bins: int = 10) -> dict[str, Any]:
+def compare(
+    profile: Mapping[str, Any], stats: Mapping[str, Any], n_bins: int = 10
+) -> dict[str, Any]:
     """Drift of one batch (profile.batch_stats) against the training profile (profile.data_profile).
 
     Returns the figures the monitor checks: length PSI and KS, OOV and unknown-token rates

@@ -86,7 +86,9 @@ def parse_time(raw: str, what: str) -> datetime:
     try:
         t = datetime.fromisoformat(raw.strip().replace("Z", "+00:00"))
     except ValueError:
-        raise UserError(f"{what}: '{raw}' is not an ISO 8601 time (example: 2025-06-01T12:00:00Z)") from None
+        raise UserError(
+            f"{what}: '{raw}' is not an ISO 8601 time (example: 2025-06-01T12:00:00Z)"
+        ) from None
     return (t if t.tzinfo else t.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
 
 
@@ -104,18 +106,26 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 def _run_dir(model_dir: Path) -> Path | None:
     """The run folder around a run's model/ (None for a registry version or a loose folder)."""
     parent = model_dir.parent
-    return parent if model_dir.name in ("model", "best") and (parent / "config.yaml").is_file() else None
+    return (
+        parent
+        if model_dir.name in ("model", "best") and (parent / "config.yaml").is_file()
+        else None
+    )
 
 
 def _numbers(d: dict[str, Any]) -> dict[str, float]:
-    return {k: float(v) for k, v in d.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {
+        k: float(v) for k, v in d.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
 
 
 def release_metrics(model_dir: Path) -> tuple[dict[str, float], str | None]:
     """Release-time metrics: the registry's metrics.json, else the run's test (or best eval) metrics."""
     found = _read_json(model_dir / "metrics.json")
     if found is not None:
-        inner = next((found[k] for k in ("test", "metrics") if isinstance(found.get(k), dict)), found)
+        inner = next(
+            (found[k] for k in ("test", "metrics") if isinstance(found.get(k), dict)), found
+        )
         return _numbers(inner), str(model_dir / "metrics.json")
     run = _run_dir(model_dir)
     if run is not None:
@@ -149,34 +159,51 @@ def resolve_target(path: str | Path) -> Target:
     meta = read_meta(model_dir)
     when, when_source = release_time(model_dir)
     if version is None:  # a registry version folder says its name; a retrained run gets a new time
-        version = meta.get("version") or f"{meta.get('run_name') or model_dir.name}@{when:%Y-%m-%dT%H:%M:%SZ}"
+        version = (
+            meta.get("version")
+            or f"{meta.get('run_name') or model_dir.name}@{when:%Y-%m-%dT%H:%M:%SZ}"
+        )
     metrics, source = release_metrics(model_dir)
     p = Path(path)
     home = registry if registry is not None else (p if p.is_dir() else p.parent)
     return Target(model_dir, version, when, when_source, metrics, source, home)
 
 
-def thresholds(target: Target, config: Path | None = None, sets: list[str] | None = None) -> MonitorConfig:
+def thresholds(
+    target: Target, config: Path | None = None, sets: list[str] | None = None
+) -> MonitorConfig:
     """Defaults < the model's run config `monitor:` block < --config file's block < --set key=value."""
     if config is not None and not Path(config).is_file():
         raise UserError(f"--config {config} does not exist")
     data: dict[str, Any] = {}
     run = _run_dir(target.model_dir)
-    for f in [target.model_dir / "config.yaml", *([run / "config.yaml"] if run else []), *([config] if config else [])]:
+    for f in [
+        target.model_dir / "config.yaml",
+        *([run / "config.yaml"] if run else []),
+        *([config] if config else []),
+    ]:
         if Path(f).is_file():
             try:
-                block = (yaml.safe_load(Path(f).read_text(encoding="utf-8")) or {}).get("monitor") or {}
+                block = (yaml.safe_load(Path(f).read_text(encoding="utf-8")) or {}).get(
+                    "monitor"
+                ) or {}
             except (yaml.YAMLError, AttributeError) as exc:
                 raise UserError(f"{f}: not a YAML mapping of config sections ({exc})") from None
             if not isinstance(block, dict):
-                raise UserError(f"{f}: monitor must be a mapping of thresholds (see `lmtune config show --fields`)")
+                raise UserError(
+                    f"{f}: monitor must be a mapping of thresholds (see `lmtune config show --fields`)"
+                )
             data.update(block)
     sets = [s.removeprefix("monitor.") for s in sets or []]
     try:
         return MonitorConfig.model_validate(apply_overrides(data, sets))
     except ValidationError as err:
-        problems = "; ".join(f"monitor.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
-        raise UserError(f"monitor thresholds: {problems} (`lmtune config show --fields` lists them)") from None
+        problems = "; ".join(
+            f"monitor.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()
+        )
+        raise UserError(
+            f"monitor thresholds: {problems} (`lmtune config show --fields` lists them)"
+        ) from None
 
 
 def db_path(target: Target, db: Path | None) -> Path:
@@ -200,12 +227,16 @@ def open_db(path: Path, create: bool = True) -> sqlite3.Connection | None:
         row = conn.execute("SELECT version FROM schema_version").fetchone()
     except sqlite3.DatabaseError as exc:
         conn.close()
-        raise UserError(f"{path} is not an lmtune monitor database ({exc}); pass another --db "
-                        "or move the file away to start a new history") from None
+        raise UserError(
+            f"{path} is not an lmtune monitor database ({exc}); pass another --db "
+            "or move the file away to start a new history"
+        ) from None
     if row is None or row[0] != SCHEMA_VERSION:
         conn.close()
-        raise UserError(f"{path} has monitor schema version {row[0] if row else None}; this lmtune "
-                        f"reads version {SCHEMA_VERSION} (start a new history with --db)")
+        raise UserError(
+            f"{path} has monitor schema version {row[0] if row else None}; this lmtune "
+            f"reads version {SCHEMA_VERSION} (start a new history with --db)"
+        )
     return conn
 
 
@@ -224,7 +255,9 @@ def load_records(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _labelled(target: Target, data: Path, vocab: set[str] | None, batch_size: int) -> tuple[dict, dict]:
+def _labelled(
+    target: Target, data: Path, vocab: set[str] | None, batch_size: int
+) -> tuple[dict, dict]:
     """(metrics, input stats) of the model on a labelled file."""
     import torch
 
@@ -236,8 +269,10 @@ def _labelled(target: Target, data: Path, vocab: set[str] | None, batch_size: in
     model, tokenizer, meta, cfg = load_for_inference(target.model_dir)
     rows, rejects = read_rows(data, cfg)
     if not rows:
-        raise UserError(f"{data}: no usable rows ({len(rejects)} rejected; first: "
-                        f"{rejects[0]['reason'] if rejects else 'file is empty'})")
+        raise UserError(
+            f"{data}: no usable rows ({len(rejects)} rejected; first: "
+            f"{rejects[0]['reason'] if rejects else 'file is empty'})"
+        )
     task = build_task(meta["task"], tokenizer, cfg, meta.get("labels"), None, meta.get("format"))
     texts, gold, preds = [row_text(r) for r in rows], None, None
     with torch.no_grad():
@@ -258,9 +293,15 @@ def _labelled(target: Target, data: Path, vocab: set[str] | None, batch_size: in
     return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}, stats
 
 
-def record(target_path: Path, data: Path | None = None, predictions: Path | None = None,
-           db: Path | None = None, batch: str | None = None, now: str | None = None,
-           batch_size: int = 64) -> dict[str, Any]:
+def record(
+    target_path: Path,
+    data: Path | None = None,
+    predictions: Path | None = None,
+    db: Path | None = None,
+    batch: str | None = None,
+    now: str | None = None,
+    batch_size: int = 64,
+) -> dict[str, Any]:
     """Score/describe one batch, compare it with the training profile, append it to the history."""
     if (data is None) == (predictions is None):
         raise UserError("give exactly one of --data LABELLED_FILE or --predictions SERVING_LOG")
@@ -277,22 +318,41 @@ def record(target_path: Path, data: Path | None = None, predictions: Path | None
         from lmtune.models.export import read_meta
 
         kind, source, metrics = "predictions", Path(predictions), {}
-        texts, preds, lines = read_prediction_log(source, read_meta(target.model_dir).get("labels"),
-                                                  target.version)
+        texts, preds, lines = read_prediction_log(
+            source, read_meta(target.model_dir).get("labels"), target.version
+        )
         tokenizer = AutoTokenizer.from_pretrained(str(target.model_dir))
         stats = {**batch_stats(texts, tokenizer, vocab, None, preds), "log": lines}
-    drift = compare(profile, stats) if profile else {
-        "note": f"no data_profile.json in {target.model_dir} (saved before lmtune wrote profiles); retrain to get drift checks"}
-    rec = {"time": when.isoformat(timespec="seconds"), "model_version": target.version,
-           "batch": batch or source.stem, "kind": kind, "source": str(source), "n": stats["n"],
-           "metrics": metrics, "input_stats": stats, "drift": drift,
-           "release": {"time": target.release_time.isoformat(timespec="seconds"),
-                       "metrics": target.release_metrics, "source": target.release_metrics_source}}
+    drift = (
+        compare(profile, stats)
+        if profile
+        else {
+            "note": f"no data_profile.json in {target.model_dir} (saved before lmtune wrote profiles); retrain to get drift checks"
+        }
+    )
+    rec = {
+        "time": when.isoformat(timespec="seconds"),
+        "model_version": target.version,
+        "batch": batch or source.stem,
+        "kind": kind,
+        "source": str(source),
+        "n": stats["n"],
+        "metrics": metrics,
+        "input_stats": stats,
+        "drift": drift,
+        "release": {
+            "time": target.release_time.isoformat(timespec="seconds"),
+            "metrics": target.release_metrics,
+            "source": target.release_metrics_source,
+        },
+    }
     conn = open_db(db_path(target, db))
     with conn:
         cols = list(rec)
-        conn.execute(f"INSERT INTO records ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
-                     [json.dumps(rec[c]) if c in JSON_COLUMNS else rec[c] for c in cols])
+        conn.execute(
+            f"INSERT INTO records ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+            [json.dumps(rec[c]) if c in JSON_COLUMNS else rec[c] for c in cols],
+        )
     conn.close()
     return rec
 
@@ -308,20 +368,42 @@ def _metric_checks(mine: list[dict], target: Target, th: MonitorConfig) -> list[
     sign = 1.0 if th.mode == "max" else -1.0  # "worse by" is positive for a drop in a max metric
     if not labelled:
         na = f"no labelled batch with {th.metric} for this version yet (record one with --data)"
-        return [Check("metric_vs_release", "n/a", None, th.max_metric_drop, na),
-                Check("metric_vs_previous", "n/a", None, th.max_metric_drop, na)]
+        return [
+            Check("metric_vs_release", "n/a", None, th.max_metric_drop, na),
+            Check("metric_vs_previous", "n/a", None, th.max_metric_drop, na),
+        ]
     cur = labelled[-1]["metrics"][th.metric]
     rel = target.release_metrics.get(th.metric)
-    out = [_limit_check("metric_vs_release", None if rel is None else sign * (rel - cur), th.max_metric_drop,
-                        f"{th.metric} {cur:.4f} in '{labelled[-1]['batch']}' vs {rel:.4f} at release"
-                        if rel is not None
-                        else f"no release-time {th.metric} found (metrics.json or the run's eval.json)")]
+    out = [
+        _limit_check(
+            "metric_vs_release",
+            None if rel is None else sign * (rel - cur),
+            th.max_metric_drop,
+            f"{th.metric} {cur:.4f} in '{labelled[-1]['batch']}' vs {rel:.4f} at release"
+            if rel is not None
+            else f"no release-time {th.metric} found (metrics.json or the run's eval.json)",
+        )
+    ]
     if len(labelled) < 2:
-        out.append(Check("metric_vs_previous", "n/a", None, th.max_metric_drop, "only one labelled batch so far"))
+        out.append(
+            Check(
+                "metric_vs_previous",
+                "n/a",
+                None,
+                th.max_metric_drop,
+                "only one labelled batch so far",
+            )
+        )
     else:
         prev = labelled[-2]["metrics"][th.metric]
-        out.append(_limit_check("metric_vs_previous", sign * (prev - cur), th.max_metric_drop,
-                                f"{th.metric} {cur:.4f} vs {prev:.4f} in '{labelled[-2]['batch']}'"))
+        out.append(
+            _limit_check(
+                "metric_vs_previous",
+                sign * (prev - cur),
+                th.max_metric_drop,
+                f"{th.metric} {cur:.4f} vs {prev:.4f} in '{labelled[-2]['batch']}'",
+            )
+        )
     return out
 
 
@@ -332,45 +414,95 @@ def _drift_checks(latest: dict | None, th: MonitorConfig) -> list[Check]:
         return [Check("input_drift", "n/a", None, None, why)]
     where = f"batch '{latest['batch']}'"
     ks = drift["length_ks"]
-    out = [_limit_check("length_psi", drift["length_psi"], th.psi_threshold, f"token-length PSI, {where}")]
+    out = [
+        _limit_check(
+            "length_psi", drift["length_psi"], th.psi_threshold, f"token-length PSI, {where}"
+        )
+    ]
     ks_alert = th.ks_pvalue > 0 and ks["pvalue"] < th.ks_pvalue
-    out.append(Check("length_ks", "ALERT" if ks_alert else "OK", ks["pvalue"], th.ks_pvalue,
-                     f"KS D={ks['statistic']:.3f} (n={ks['n']}, m={ks['m']}); alerts when p < threshold"))
+    out.append(
+        Check(
+            "length_ks",
+            "ALERT" if ks_alert else "OK",
+            ks["pvalue"],
+            th.ks_pvalue,
+            f"KS D={ks['statistic']:.3f} (n={ks['n']}, m={ks['m']}); alerts when p < threshold",
+        )
+    )
     for key, ref in (("oov", "out-of-vocabulary word"), ("unk", "unknown-token")):
-        out.append(_limit_check(f"{key}_increase", drift[f"{key}_increase"], th.max_oov_increase,
-                                f"{ref} rate {drift[f'{key}_rate']:.4f} vs {drift[f'{key}_reference']:.4f} in training"))
+        out.append(
+            _limit_check(
+                f"{key}_increase",
+                drift[f"{key}_increase"],
+                th.max_oov_increase,
+                f"{ref} rate {drift[f'{key}_rate']:.4f} vs {drift[f'{key}_reference']:.4f} in training",
+            )
+        )
     for key in ("label_psi", "prediction_psi"):
         if key in drift:
-            out.append(_limit_check(key, drift[key], th.psi_threshold, f"vs training labels, {where}"))
+            out.append(
+                _limit_check(key, drift[key], th.psi_threshold, f"vs training labels, {where}")
+            )
     return out
 
 
-def run_checks(records: list[dict], target: Target, th: MonitorConfig, now: datetime) -> list[Check]:
+def run_checks(
+    records: list[dict], target: Target, th: MonitorConfig, now: datetime
+) -> list[Check]:
     """Every check on the current version's latest records, plus the release age."""
     mine = [r for r in records if r["model_version"] == target.version]
     checks = _metric_checks(mine, target, th) + _drift_checks(mine[-1] if mine else None, th)
     days = (now - target.release_time).total_seconds() / 86400
     limit = th.max_days_since_release
     detail = f"released {target.release_time:%Y-%m-%d %H:%M} UTC ({target.release_time_source})"
-    checks.append(Check("days_since_release", "n/a", days, None, detail + "; no limit set") if limit is None
-                  else _limit_check("days_since_release", days, limit, detail))
+    checks.append(
+        Check("days_since_release", "n/a", days, None, detail + "; no limit set")
+        if limit is None
+        else _limit_check("days_since_release", days, limit, detail)
+    )
     return checks
 
 
-RECORD_COLUMNS = ("time", "version", "batch", "kind", "n", "METRIC", "length PSI", "KS p", "OOV rate",
-                  "label PSI", "prediction PSI")
+RECORD_COLUMNS = (
+    "time",
+    "version",
+    "batch",
+    "kind",
+    "n",
+    "METRIC",
+    "length PSI",
+    "KS p",
+    "OOV rate",
+    "label PSI",
+    "prediction PSI",
+)
 
 
 def record_row(r: dict[str, Any], metric: str) -> list[Any]:
     """One record as the values under RECORD_COLUMNS (None where a batch has no such figure)."""
     d = r["drift"]
-    return [r["time"], r["model_version"], r["batch"], r["kind"], r["n"], r["metrics"].get(metric),
-            d.get("length_psi"), (d.get("length_ks") or {}).get("pvalue"), d.get("oov_rate"),
-            d.get("label_psi"), d.get("prediction_psi")]
+    return [
+        r["time"],
+        r["model_version"],
+        r["batch"],
+        r["kind"],
+        r["n"],
+        r["metrics"].get(metric),
+        d.get("length_psi"),
+        (d.get("length_ks") or {}).get("pvalue"),
+        d.get("oov_rate"),
+        d.get("label_psi"),
+        d.get("prediction_psi"),
+    ]
 
 
-def evaluate(target_path: Path, db: Path | None = None, now: str | None = None, config: Path | None = None,
-             sets: list[str] | None = None) -> tuple[Target, MonitorConfig, Path, list[dict], list[Check]]:
+def evaluate(
+    target_path: Path,
+    db: Path | None = None,
+    now: str | None = None,
+    config: Path | None = None,
+    sets: list[str] | None = None,
+) -> tuple[Target, MonitorConfig, Path, list[dict], list[Check]]:
     """(target, thresholds, database path, records, checks): what status and report show."""
     target = resolve_target(target_path)
     th = thresholds(target, config, sets)
@@ -379,23 +511,38 @@ def evaluate(target_path: Path, db: Path | None = None, now: str | None = None, 
     return target, th, path, records, run_checks(records, target, th, parse_now(now))
 
 
-def status(target_path: Path, db: Path | None = None, now: str | None = None, config: Path | None = None,
-           sets: list[str] | None = None, console: Any = None, recent: int = 10) -> int:
+def status(
+    target_path: Path,
+    db: Path | None = None,
+    now: str | None = None,
+    config: Path | None = None,
+    sets: list[str] | None = None,
+    console: Any = None,
+    recent: int = 10,
+) -> int:
     """Print recent records and the checks; 1 when any check alerts, else 0."""
     from rich.console import Console
     from rich.table import Table
 
     if console is None or not console.is_terminal:
-        console = Console(width=160)  # cron and CI logs have no width to fit: do not fold the tables
+        console = Console(
+            width=160
+        )  # cron and CI logs have no width to fit: do not fold the tables
     target, th, path, records, checks = evaluate(target_path, db, now, config, sets)
     table = Table(title=f"recent records ({len(records)} in {path})")
     for head in RECORD_COLUMNS:
-        table.add_column(head.replace("METRIC", th.metric), overflow="fold")  # fold, never hide behind "…"
+        table.add_column(
+            head.replace("METRIC", th.metric), overflow="fold"
+        )  # fold, never hide behind "…"
     for r in records[-recent:]:
         row = record_row({**r, "time": r["time"][:16].replace("T", " ")}, th.metric)
-        table.add_row(*("–" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v) for v in row))
+        table.add_row(
+            *("–" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v) for v in row)
+        )
     console.print(table)
-    checks_table = Table("check", "result", "value", "threshold", "detail", title=f"checks for {target.version}")
+    checks_table = Table(
+        "check", "result", "value", "threshold", "detail", title=f"checks for {target.version}"
+    )
     style = {"ALERT": "bold red", "OK": "green", "n/a": "dim"}
     for c in checks:
         shown = ["–" if v is None else f"{v:.4g}" for v in (c.value, c.threshold)]

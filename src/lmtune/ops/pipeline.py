@@ -35,33 +35,48 @@ def preflight(cfg: Config) -> None:
     g, problems = cfg.gate, []
     metric, _ = gate_metric(cfg)
     if cfg.data.test is None and cfg.data.split.test <= 0:
-        problems.append("the gate judges held-out test metrics, but the config has no test split: "
-                        "set data.test (a file) or data.split.test (e.g. 0.2)")
+        problems.append(
+            "the gate judges held-out test metrics, but the config has no test split: "
+            "set data.test (a file) or data.split.test (e.g. 0.2)"
+        )
     if g.threshold is None and not (g.require_beat_baseline or g.require_beat_current):
-        problems.append("the gate has no condition: set gate.threshold (e.g. 0.85), or turn on "
-                        "gate.require_beat_baseline or gate.require_beat_current")
+        problems.append(
+            "the gate has no condition: set gate.threshold (e.g. 0.85), or turn on "
+            "gate.require_beat_baseline or gate.require_beat_current"
+        )
     if g.require_beat_baseline:
         if not cfg.baselines.enabled:
-            problems.append("gate.require_beat_baseline needs the zero-shot baseline: set baselines.enabled: true")
+            problems.append(
+                "gate.require_beat_baseline needs the zero-shot baseline: set baselines.enabled: true"
+            )
         if metric.removeprefix("eval_") not in gatelib.BASELINE_METRICS:
-            problems.append(f"gate.require_beat_baseline compares {' or '.join(gatelib.BASELINE_METRICS)}; "
-                            f"the gate metric is {metric} (set gate.metric)")
+            problems.append(
+                f"gate.require_beat_baseline compares {' or '.join(gatelib.BASELINE_METRICS)}; "
+                f"the gate metric is {metric} (set gate.metric)"
+            )
     registry = Path(g.registry)
     if registry.exists() and not registry.is_dir():
         problems.append(f"gate.registry {registry} is a file; it must name a folder")
     elif registry.resolve() == Path(cfg.run.output_dir).resolve():
-        problems.append("gate.registry must not be the run folder (run.output_dir); use e.g. runs/registry")
+        problems.append(
+            "gate.registry must not be the run folder (run.output_dir); use e.g. runs/registry"
+        )
     elif g.require_beat_current:
         try:  # the current release must carry the same metric, or the comparison is meaningless
             current = reg.current_release(registry)
             if current is not None:
-                gatelib.pick_metric(current.get("test") or {}, metric,
-                                    f"the current release {current['version']} (its metrics.json)")
+                gatelib.pick_metric(
+                    current.get("test") or {},
+                    metric,
+                    f"the current release {current['version']} (its metrics.json)",
+                )
         except UserError as exc:
             problems.append(str(exc))
     if problems:
-        raise UserError(f"lmtune pipeline: {len(problems)} problem(s) with the gate:\n"
-                        + "\n".join(f"  - {p}" for p in problems))
+        raise UserError(
+            f"lmtune pipeline: {len(problems)} problem(s) with the gate:\n"
+            + "\n".join(f"  - {p}" for p in problems)
+        )
 
 
 def fingerprint_test_split(run_dir: Path) -> dict[str, Any] | None:
@@ -74,7 +89,9 @@ def fingerprint_test_split(run_dir: Path) -> dict[str, Any] | None:
     for line in path.read_text(encoding="utf-8").splitlines():
         if line.strip():
             row = json.loads(line)
-            rows.append(json.dumps({k: v for k, v in row.items() if not k.startswith("_")}, sort_keys=True))
+            rows.append(
+                json.dumps({k: v for k, v in row.items() if not k.startswith("_")}, sort_keys=True)
+            )
     digest = hashlib.sha256("\n".join(sorted(rows)).encode("utf-8")).hexdigest()
     return {"rows": len(rows), "sha256": digest}
 
@@ -85,19 +102,31 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 def _write_decision(run_dir: Path, decision: dict[str, Any]) -> None:
     (run_dir / GATE_JSON).write_text(json.dumps(decision, indent=2) + "\n", encoding="utf-8")
-    (run_dir / GATE_MD).write_text(gatelib.gate_markdown(decision, decision["run_dir"], decision.get("released")),
-                                   encoding="utf-8")
+    (run_dir / GATE_MD).write_text(
+        gatelib.gate_markdown(decision, decision["run_dir"], decision.get("released")),
+        encoding="utf-8",
+    )
 
 
-def release_metrics(cfg: Config, summary: dict[str, Any], decision: dict[str, Any],
-                    test_data: dict[str, Any] | None) -> dict[str, Any]:
+def release_metrics(
+    cfg: Config, summary: dict[str, Any], decision: dict[str, Any], test_data: dict[str, Any] | None
+) -> dict[str, Any]:
     """What VERSION/metrics.json records: the test metrics, the gate decision and their origin."""
     baselines = summary.get("baselines") or {}
-    return {"run_dir": cfg.run.output_dir, "run_name": cfg.run.name, "task": cfg.task,
-            "base_model": cfg.model.name_or_path, "metric": decision["metric"], "mode": decision["mode"],
-            "value": decision["value"], "test": summary["test"], "test_data": test_data,
-            "best_step": summary.get("best_step"),
-            "baselines": baselines.get("rows"), "gate": {"passed": True, "checks": decision["checks"]}}
+    return {
+        "run_dir": cfg.run.output_dir,
+        "run_name": cfg.run.name,
+        "task": cfg.task,
+        "base_model": cfg.model.name_or_path,
+        "metric": decision["metric"],
+        "mode": decision["mode"],
+        "value": decision["value"],
+        "test": summary["test"],
+        "test_data": test_data,
+        "best_step": summary.get("best_step"),
+        "baselines": baselines.get("rows"),
+        "gate": {"passed": True, "checks": decision["checks"]},
+    }
 
 
 def metric_guard(metric: str) -> Callable[[int, dict[str, float]], None]:
@@ -105,22 +134,35 @@ def metric_guard(metric: str) -> Callable[[int, dict[str, float]], None]:
     report the gate's metric (a typo in gate.metric must not cost a whole run)."""
 
     def check(step: int, metrics: dict[str, float]) -> None:
-        gatelib.pick_metric(metrics, metric, f"the evaluation at step {step}")  # UserError if absent
+        gatelib.pick_metric(
+            metrics, metric, f"the evaluation at step {step}"
+        )  # UserError if absent
 
     return check
 
 
 def card_section(cfg: Config, decision: dict[str, Any]) -> str:
     """The model card's Release section ({version} and {released_at} are filled in at release)."""
-    merged = (f" The {cfg.adapter.type.upper()} adapter is merged into the base weights in this folder, "
-              "so plain transformers loads it." if cfg.adapter.type in ("lora", "dora") else "")
+    merged = (
+        f" The {cfg.adapter.type.upper()} adapter is merged into the base weights in this folder, "
+        "so plain transformers loads it."
+        if cfg.adapter.type in ("lora", "dora")
+        else ""
+    )
     better = "higher" if decision["mode"] == "max" else "lower"
-    return "\n".join([
-        "## Release", "",
-        f"Released as {{version}} at {{released_at}} by `lmtune pipeline` from the run "
-        f"`{cfg.run.output_dir}`.{merged}", "",
-        f"Release gate on the held-out test split: {decision['metric']} = {decision['value']:.4f} "
-        f"({better} is better).", "", *gatelib.checks_markdown(decision)])
+    return "\n".join(
+        [
+            "## Release",
+            "",
+            f"Released as {{version}} at {{released_at}} by `lmtune pipeline` from the run "
+            f"`{cfg.run.output_dir}`.{merged}",
+            "",
+            f"Release gate on the held-out test split: {decision['metric']} = {decision['value']:.4f} "
+            f"({better} is better).",
+            "",
+            *gatelib.checks_markdown(decision),
+        ]
+    )
 
 
 def run_pipeline(cfg: Config, quiet: bool = False) -> dict[str, Any]:
@@ -138,23 +180,41 @@ def run_pipeline(cfg: Config, quiet: bool = False) -> dict[str, Any]:
     metric, mode = gate_metric(cfg)
     summary = run_training(cfg, quiet=quiet, on_eval=metric_guard(metric))
     if not summary.get("test"):
-        raise UserError(f"the gate needs held-out test metrics, but {run_dir} evaluated no test rows "
-                        "(the test split is empty); give more data, raise data.split.test or set data.test")
+        raise UserError(
+            f"the gate needs held-out test metrics, but {run_dir} evaluated no test rows "
+            "(the test split is empty); give more data, raise data.split.test or set data.test"
+        )
     baselines = summary.get("baselines") or _read_json(run_dir / "baselines.json")
     current = reg.current_release(cfg.gate.registry) if cfg.gate.require_beat_current else None
     test_data = fingerprint_test_split(run_dir)
-    decision = gatelib.evaluate_gate(cfg.gate, metric, mode, summary["test"], baselines, current, test_data)
-    decision.update(run_dir=cfg.run.output_dir, registry=cfg.gate.registry, time=reg.now_iso(),
-                    test_data=test_data, released=None)
+    decision = gatelib.evaluate_gate(
+        cfg.gate, metric, mode, summary["test"], baselines, current, test_data
+    )
+    decision.update(
+        run_dir=cfg.run.output_dir,
+        registry=cfg.gate.registry,
+        time=reg.now_iso(),
+        test_data=test_data,
+        released=None,
+    )
     _write_decision(run_dir, decision)
     result: dict[str, Any] = {"released": False, "decision": decision, "summary": summary}
     if not decision["passed"]:
         return result
-    log = {"run_dir": cfg.run.output_dir, "metric": metric, "value": decision["value"],
-           "checks": [{k: c.get(k) for k in ("name", "passed", "margin")} for c in decision["checks"]]}
-    version, path = reg.release(cfg.gate.registry, summary["model_dir"], run_dir,
-                                release_metrics(cfg, summary, decision, test_data), log,
-                                card_section(cfg, decision))
+    log = {
+        "run_dir": cfg.run.output_dir,
+        "metric": metric,
+        "value": decision["value"],
+        "checks": [{k: c.get(k) for k in ("name", "passed", "margin")} for c in decision["checks"]],
+    }
+    version, path = reg.release(
+        cfg.gate.registry,
+        summary["model_dir"],
+        run_dir,
+        release_metrics(cfg, summary, decision, test_data),
+        log,
+        card_section(cfg, decision),
+    )
     decision["released"] = {"version": version, "path": str(path)}
     _write_decision(run_dir, decision)
     return {**result, "released": True, "version": version, "path": path}
@@ -164,14 +224,22 @@ def print_decision(decision: dict[str, Any], console: Any) -> None:
     """The gate's checks as a table, then one line per check (failed ones say by how much)."""
     from rich.table import Table
 
-    table = Table("check", "result", "value", "against", "margin", title=f"gate: test {decision['metric']}")
+    table = Table(
+        "check", "result", "value", "against", "margin", title=f"gate: test {decision['metric']}"
+    )
     for c in decision["checks"]:
         against = c.get("threshold", c.get("other"))
-        table.add_row(c["name"], "pass" if c["passed"] else "FAIL", f"{c['value']:.4f}",
-                      "-" if against is None else f"{against:.4f}",
-                      "-" if c["margin"] is None else f"{c['margin']:+.4f}")
+        table.add_row(
+            c["name"],
+            "pass" if c["passed"] else "FAIL",
+            f"{c['value']:.4f}",
+            "-" if against is None else f"{against:.4f}",
+            "-" if c["margin"] is None else f"{c['margin']:+.4f}",
+        )
     console.print(table)
     for c in decision["checks"]:
-        console.print(f"{'passed' if c['passed'] else 'FAILED'} {c['name']}: {c['detail']}", highlight=False)
+        console.print(
+            f"{'passed' if c['passed'] else 'FAILED'} {c['name']}: {c['detail']}", highlight=False
+        )
         if c.get("note"):
             console.print(f"  note: {c['note']}", highlight=False)

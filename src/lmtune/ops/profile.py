@@ -35,8 +35,11 @@ def row_text(row: dict[str, Any]) -> str:
         prompt = " ".join(m["content"] for m in prompt) if isinstance(prompt, list) else prompt
         parts = [prompt] + [row[k] for k in ("chosen", "rejected") if isinstance(row.get(k), str)]
     else:
-        parts = [row[k] for k in ("text", "text_pair", "question", "context", "instruction",
-                                  "input", "output") if isinstance(row.get(k), str) and row[k]]
+        parts = [
+            row[k]
+            for k in ("text", "text_pair", "question", "context", "instruction", "input", "output")
+            if isinstance(row.get(k), str) and row[k]
+        ]
     return " ".join(parts)
 
 
@@ -46,8 +49,9 @@ def token_counts(texts: Sequence[str], tokenizer: Any) -> tuple[list[int], int]:
     lengths: list[int] = []
     unknown = 0
     for i in range(0, len(texts), _TOKENIZE_CHUNK):
-        ids = tokenizer(list(texts[i : i + _TOKENIZE_CHUNK]), add_special_tokens=False,
-                        verbose=False)["input_ids"]
+        ids = tokenizer(
+            list(texts[i : i + _TOKENIZE_CHUNK]), add_special_tokens=False, verbose=False
+        )["input_ids"]
         lengths += [len(x) for x in ids]
         if unk is not None:
             unknown += sum(x.count(unk) for x in ids)
@@ -60,7 +64,12 @@ def length_summary(lengths: Sequence[int]) -> dict[str, Any]:
     n = len(ordered)
     quant = {f"p{round(q * 100)}": ordered[min(n - 1, int(q * n))] if n else 0 for q in QUANTILES}
     counts = {str(k): v for k, v in sorted(value_counts(ordered).items())}
-    return {"counts": counts, "mean": sum(ordered) / n if n else 0.0, **quant, "max": ordered[-1] if n else 0}
+    return {
+        "counts": counts,
+        "mean": sum(ordered) / n if n else 0.0,
+        **quant,
+        "max": ordered[-1] if n else 0,
+    }
 
 
 def reference_oov_rate(docs: Sequence[list[str]], vocab: set[str]) -> float:
@@ -76,8 +85,12 @@ def reference_oov_rate(docs: Sequence[list[str]], vocab: set[str]) -> float:
     return unseen / total if total else 0.0
 
 
-def data_profile(rows: Sequence[dict[str, Any]], tokenizer: Any, labels: Sequence[str] | None,
-                 vocab_size: int = 20000) -> dict[str, Any]:
+def data_profile(
+    rows: Sequence[dict[str, Any]],
+    tokenizer: Any,
+    labels: Sequence[str] | None,
+    vocab_size: int = 20000,
+) -> dict[str, Any]:
     """Profile of training rows: token lengths, top-`vocab_size` word vocabulary (for OOV),
     unknown-token rate and label distribution (None for tasks without labels)."""
     texts = [row_text(r) for r in rows]
@@ -95,14 +108,24 @@ def data_profile(rows: Sequence[dict[str, Any]], tokenizer: Any, labels: Sequenc
         "rows": len(rows),
         "length": length_summary(lengths),
         "unk_rate": unknown / max(sum(lengths), 1),
-        "vocab": {"size": len(vocab), "distinct_words": len(freq), "total_words": sum(freq.values()),
-                  "reference_oov_rate": reference_oov_rate(docs, set(vocab)), "words": vocab},
+        "vocab": {
+            "size": len(vocab),
+            "distinct_words": len(freq),
+            "total_words": sum(freq.values()),
+            "reference_oov_rate": reference_oov_rate(docs, set(vocab)),
+            "words": vocab,
+        },
         "labels": label_counts,
     }
 
 
-def batch_stats(texts: Sequence[str], tokenizer: Any, vocab: set[str] | None,
-                labels: Sequence[str] | None = None, preds: Sequence[str] | None = None) -> dict[str, Any]:
+def batch_stats(
+    texts: Sequence[str],
+    tokenizer: Any,
+    vocab: set[str] | None,
+    labels: Sequence[str] | None = None,
+    preds: Sequence[str] | None = None,
+) -> dict[str, Any]:
     """The profile's statistics for one batch of inputs (gold labels and predictions optional)."""
     lengths, unknown = token_counts(texts, tokenizer)
     tokens = [w for t in texts for w in words(t)]
@@ -117,8 +140,13 @@ def batch_stats(texts: Sequence[str], tokenizer: Any, vocab: set[str] | None,
     }
 
 
-def write_profile(model_dir: Path, rows: Sequence[dict[str, Any]], tokenizer: Any,
-                  labels: Sequence[str] | None, vocab_size: int = 20000) -> Path:
+def write_profile(
+    model_dir: Path,
+    rows: Sequence[dict[str, Any]],
+    tokenizer: Any,
+    labels: Sequence[str] | None,
+    vocab_size: int = 20000,
+) -> Path:
     """Write data_profile.json into a saved model folder (via a temp file: never half-written)."""
     path = Path(model_dir) / PROFILE_FILE
     atomic_write_text(path, json.dumps(data_profile(rows, tokenizer, labels, vocab_size)) + "\n")
@@ -142,8 +170,10 @@ def read_profile(model_dir: Path) -> dict[str, Any] | None:
     if profile is None:
         return None
     if profile.get("format_version") != PROFILE_VERSION:
-        raise UserError(f"{path} has format_version {profile.get('format_version')!r}; this lmtune "
-                        f"reads version {PROFILE_VERSION} (retrain with this lmtune)")
+        raise UserError(
+            f"{path} has format_version {profile.get('format_version')!r}; this lmtune "
+            f"reads version {PROFILE_VERSION} (retrain with this lmtune)"
+        )
     return profile
 
 
@@ -153,7 +183,11 @@ def _log_texts(value: Any) -> list[str]:
         return [value]
     if isinstance(value, dict):
         return [row_text(value)]
-    if isinstance(value, list) and value and all(isinstance(m, dict) and "content" in m for m in value):
+    if (
+        isinstance(value, list)
+        and value
+        and all(isinstance(m, dict) and "content" in m for m in value)
+    ):
         return [row_text({"messages": value})]  # a chat conversation is one input
     if isinstance(value, list):
         return [t for v in value for t in _log_texts(v)]
@@ -173,8 +207,9 @@ def _log_labels(entry: dict[str, Any], known: set[str]) -> list[str | None]:
     return []
 
 
-def read_prediction_log(path: Path, labels: list[str] | None, version: str | None = None,
-                        max_bad_fraction: float = 0.1) -> tuple[list[str], list[str], dict[str, int]]:
+def read_prediction_log(
+    path: Path, labels: list[str] | None, version: str | None = None, max_bad_fraction: float = 0.1
+) -> tuple[list[str], list[str], dict[str, int]]:
     """(input texts, predicted labels, line counts) of a `lmtune serve --log-predictions` file.
 
     Lines logged by another model version are left out (a registry's log spans releases).
@@ -182,10 +217,15 @@ def read_prediction_log(path: Path, labels: list[str] | None, version: str | Non
     """
     p = Path(path)
     if not p.is_file():
-        raise UserError(f"predictions log {p} does not exist (write one with `lmtune serve --log-predictions FILE`)")
+        raise UserError(
+            f"predictions log {p} does not exist (write one with `lmtune serve --log-predictions FILE`)"
+        )
     texts, preds, bad = [], [], []
-    lines = [(i, line) for i, line in enumerate(p.read_text(encoding="utf-8", errors="replace").splitlines(), 1)
-             if line.strip()]
+    lines = [
+        (i, line)
+        for i, line in enumerate(p.read_text(encoding="utf-8", errors="replace").splitlines(), 1)
+        if line.strip()
+    ]
     other = 0
     for i, line in lines:
         try:
@@ -204,10 +244,20 @@ def read_prediction_log(path: Path, labels: list[str] | None, version: str | Non
         texts += got
         preds += lab if len(lab) == len(got) else []
     if len(bad) > max_bad_fraction * max(len(lines), 1):
-        raise UserError(f"{p}: {len(bad)} of {len(lines)} lines are not logged predictions, first "
-                        f"{bad[0]}; expected the JSON lines `lmtune serve --log-predictions` writes "
-                        "(time, endpoint, model_version, input, output, label, scores, ...)")
+        raise UserError(
+            f"{p}: {len(bad)} of {len(lines)} lines are not logged predictions, first "
+            f"{bad[0]}; expected the JSON lines `lmtune serve --log-predictions` writes "
+            "(time, endpoint, model_version, input, output, label, scores, ...)"
+        )
     if not texts:
-        why = f"all {other} lines are from other model versions than {version}" if other else "the file is empty"
+        why = (
+            f"all {other} lines are from other model versions than {version}"
+            if other
+            else "the file is empty"
+        )
         raise UserError(f"{p}: no logged predictions to record ({why})")
-    return texts, preds, {"lines": len(lines), "skipped_bad": len(bad), "skipped_other_versions": other}
+    return (
+        texts,
+        preds,
+        {"lines": len(lines), "skipped_bad": len(bad), "skipped_other_versions": other},
+    )

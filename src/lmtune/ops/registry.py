@@ -35,7 +35,9 @@ CURRENT = "current"
 LOG_FILE = "releases.jsonl"
 METRICS_FILE = "metrics.json"
 CARD_FILE = "MODEL_CARD.md"
-META_FILE = "lmtune_model.json"  # same name as models.export.META_FILE (not imported: no torch here)
+META_FILE = (
+    "lmtune_model.json"  # same name as models.export.META_FILE (not imported: no torch here)
+)
 VERSION_RE = re.compile(r"^v(\d+)$")
 # Run files a release carries beside the model, when the run wrote them.
 RUN_FILES = ("config.yaml", "report.html", CARD_FILE)
@@ -73,7 +75,9 @@ def read_log(registry: str | Path) -> list[dict[str, Any]]:
         try:
             events.append(json.loads(line))
         except json.JSONDecodeError:
-            raise UserError(f"{path} line {i} is not valid JSON; repair or remove that line") from None
+            raise UserError(
+                f"{path} line {i} is not valid JSON; repair or remove that line"
+            ) from None
     return events
 
 
@@ -100,8 +104,10 @@ def read_current(registry: str | Path) -> str | None:
     if name is None:
         return None
     if not name or not (Path(registry) / name).is_dir():
-        raise UserError(f"{Path(registry) / CURRENT} names '{name}', which is not a version folder in "
-                        f"{registry}; point it at one with `lmtune registry rollback {registry} VERSION`")
+        raise UserError(
+            f"{Path(registry) / CURRENT} names '{name}', which is not a version folder in "
+            f"{registry}; point it at one with `lmtune registry rollback {registry} VERSION`"
+        )
     return name
 
 
@@ -122,8 +128,10 @@ def current_release(registry: str | Path) -> dict[str, Any] | None:
         return None
     metrics = read_metrics(Path(registry) / version)
     if metrics is None:
-        raise UserError(f"{Path(registry) / version} has no {METRICS_FILE}, so it cannot be compared; "
-                        "turn off gate.require_beat_current or release through `lmtune pipeline`")
+        raise UserError(
+            f"{Path(registry) / version} has no {METRICS_FILE}, so it cannot be compared; "
+            "turn off gate.require_beat_current or release through `lmtune pipeline`"
+        )
     return {**metrics, "version": version}
 
 
@@ -135,8 +143,14 @@ def append_log(registry: str | Path, event: dict[str, Any]) -> None:
         os.fsync(f.fileno())
 
 
-def _fill_version(tmp: Path, version: str, run_dir: Path | None, model_dir: Path,
-                  metrics: dict[str, Any], card_section: str | None = None) -> None:
+def _fill_version(
+    tmp: Path,
+    version: str,
+    run_dir: Path | None,
+    model_dir: Path,
+    metrics: dict[str, Any],
+    card_section: str | None = None,
+) -> None:
     """Everything beside the exported model: run files, metrics.json, the version in the meta,
     and card_section appended to MODEL_CARD.md."""
     for name in RUN_FILES:
@@ -158,14 +172,23 @@ def _fill_version(tmp: Path, version: str, run_dir: Path | None, model_dir: Path
         # Rewritten from this folder's own meta: the release holds merged weights, not an adapter.
         write_model_card(run_dir, tmp)
     if card_section and card.is_file():  # the card was written before the release was decided
-        text = card_section.replace("{version}", version).replace("{released_at}", metrics["released_at"])
-        card.write_text(card.read_text(encoding="utf-8").rstrip("\n") + "\n\n" + text.rstrip("\n") + "\n",
-                        encoding="utf-8")
+        text = card_section.replace("{version}", version).replace(
+            "{released_at}", metrics["released_at"]
+        )
+        card.write_text(
+            card.read_text(encoding="utf-8").rstrip("\n") + "\n\n" + text.rstrip("\n") + "\n",
+            encoding="utf-8",
+        )
 
 
-def release(registry: str | Path, model_dir: str | Path, run_dir: str | Path | None,
-            metrics: dict[str, Any], log: dict[str, Any] | None = None,
-            card_section: str | None = None) -> tuple[str, Path]:
+def release(
+    registry: str | Path,
+    model_dir: str | Path,
+    run_dir: str | Path | None,
+    metrics: dict[str, Any],
+    log: dict[str, Any] | None = None,
+    card_section: str | None = None,
+) -> tuple[str, Path]:
     """Export model_dir as the next version, make it current, log it; returns (version, folder).
 
     metrics goes to VERSION/metrics.json with version and released_at added; log's keys go
@@ -184,19 +207,29 @@ def release(registry: str | Path, model_dir: str | Path, run_dir: str | Path | N
     tmp = reg / f".{version}.building-{uuid.uuid4().hex[:8]}"
     try:
         export_merged(Path(model_dir), tmp)
-        _fill_version(tmp, version, Path(run_dir) if run_dir else None, Path(model_dir),
-                      {**metrics, "version": version, "released_at": when}, card_section)
+        _fill_version(
+            tmp,
+            version,
+            Path(run_dir) if run_dir else None,
+            Path(model_dir),
+            {**metrics, "version": version, "released_at": when},
+            card_section,
+        )
         final = reg / version
         if final.exists():  # another release took this number meanwhile; never overwrite one
-            raise UserError(f"{final} appeared while this release was being built (a concurrent "
-                            "release?); rerun the pipeline to take the next number")
+            raise UserError(
+                f"{final} appeared while this release was being built (a concurrent "
+                "release?); rerun the pipeline to take the next number"
+            )
         os.rename(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     set_current(reg, version)
-    append_log(reg, {**(log or {}), "event": "release", "version": version, "time": when,
-                     "previous": previous})
+    append_log(
+        reg,
+        {**(log or {}), "event": "release", "version": version, "time": when, "previous": previous},
+    )
     return version, final
 
 
@@ -207,12 +240,18 @@ def rollback(registry: str | Path, version: str) -> str | None:
         raise UserError(f"registry {reg} does not exist")
     versions = list_versions(reg)
     if version not in versions:
-        raise UserError(f"{reg} has no version '{version}' (versions: {', '.join(versions) or 'none'})")
+        raise UserError(
+            f"{reg} has no version '{version}' (versions: {', '.join(versions) or 'none'})"
+        )
     if not (reg / version / META_FILE).is_file():
-        raise UserError(f"{reg / version} is not a complete model folder (no {META_FILE}); pick another version")
+        raise UserError(
+            f"{reg / version} is not a complete model folder (no {META_FILE}); pick another version"
+        )
     previous = _pointer_name(reg)
     set_current(reg, version)
-    append_log(reg, {"event": "rollback", "version": version, "time": now_iso(), "previous": previous})
+    append_log(
+        reg, {"event": "rollback", "version": version, "time": now_iso(), "previous": previous}
+    )
     return previous
 
 
@@ -220,14 +259,24 @@ def version_rows(registry: str | Path) -> list[dict[str, Any]]:
     """One row per version for `lmtune registry list`: time, metric, value, run, current."""
     reg = Path(registry)
     if not reg.is_dir():
-        raise UserError(f"registry {reg} does not exist (a first `lmtune pipeline` release creates it)")
+        raise UserError(
+            f"registry {reg} does not exist (a first `lmtune pipeline` release creates it)"
+        )
     current = _pointer_name(reg)  # listing must work even when the pointer is broken
     rows = []
     for v in list_versions(reg):
         m = read_metrics(reg / v) or {}
-        rows.append({"version": v, "released_at": m.get("released_at"), "metric": m.get("metric"),
-                     "value": m.get("value"), "run": m.get("run_dir"), "current": v == current,
-                     "complete": (reg / v / META_FILE).is_file()})
+        rows.append(
+            {
+                "version": v,
+                "released_at": m.get("released_at"),
+                "metric": m.get("metric"),
+                "value": m.get("value"),
+                "run": m.get("run_dir"),
+                "current": v == current,
+                "complete": (reg / v / META_FILE).is_file(),
+            }
+        )
     return rows
 
 
@@ -241,6 +290,12 @@ def registry_table(registry: str | Path) -> Any:
     table = Table("", "version", "released", "metric", "value", "run", title=str(registry))
     for r in rows:
         value = f"{r['value']:.4f}" if isinstance(r["value"], (int, float)) else "-"
-        table.add_row("*" if r["current"] else "", r["version"] + ("" if r["complete"] else " (incomplete)"),
-                      r["released_at"] or "-", r["metric"] or "-", value, r["run"] or "-")
+        table.add_row(
+            "*" if r["current"] else "",
+            r["version"] + ("" if r["complete"] else " (incomplete)"),
+            r["released_at"] or "-",
+            r["metric"] or "-",
+            value,
+            r["run"] or "-",
+        )
     return table

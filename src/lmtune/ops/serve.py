@@ -55,9 +55,18 @@ from lmtune.ops.serve_schema import (
 )
 
 logger = logging.getLogger("lmtune.serve")
-ENDPOINTS = ("/health", "/metrics", "/v1/models", "/v1/completions", "/v1/chat/completions",
-             "/v1/classify")
-KIND_ENDPOINTS = {"causal": "/v1/completions and /v1/chat/completions", "classifier": "/v1/classify"}
+ENDPOINTS = (
+    "/health",
+    "/metrics",
+    "/v1/models",
+    "/v1/completions",
+    "/v1/chat/completions",
+    "/v1/classify",
+)
+KIND_ENDPOINTS = {
+    "causal": "/v1/completions and /v1/chat/completions",
+    "classifier": "/v1/classify",
+}
 
 
 @dataclass
@@ -77,8 +86,9 @@ class ServeSettings:
 class ApiError(Exception):
     """A request the server refuses: HTTP status and an OpenAI-style error body."""
 
-    def __init__(self, status: int, message: str, param: str | None = None,
-                 code: str | None = None) -> None:
+    def __init__(
+        self, status: int, message: str, param: str | None = None, code: str | None = None
+    ) -> None:
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
 
@@ -90,8 +100,11 @@ class Service:
         self.engine, self.settings, self.metrics = engine, settings, metrics
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lmtune-model")
         self.stopping = threading.Event()  # set at shutdown: running generations end early
-        self.log = (PredictionLog(settings.log_predictions, engine.model_id, engine.version)
-                    if settings.log_predictions else None)
+        self.log = (
+            PredictionLog(settings.log_predictions, engine.model_id, engine.version)
+            if settings.log_predictions
+            else None
+        )
 
     def close(self) -> None:
         """Stop generations, wait for the worker, close the prediction log."""
@@ -104,30 +117,54 @@ class Service:
         """400 when the loaded model cannot serve endpoint."""
         e = self.engine
         if e.kind != kind:
-            raise ApiError(400, f"{endpoint} needs a {kind} model, but this server runs {e.model_id}, "
-                                f"a {e.kind} model (task {e.meta['task']}): use {KIND_ENDPOINTS[e.kind]}",
-                           code="wrong_model_kind")
+            raise ApiError(
+                400,
+                f"{endpoint} needs a {kind} model, but this server runs {e.model_id}, "
+                f"a {e.kind} model (task {e.meta['task']}): use {KIND_ENDPOINTS[e.kind]}",
+                code="wrong_model_kind",
+            )
 
-    def params(self, req: CompletionRequest | ChatRequest, n_prompt: int, param: str,
-               default: int | None) -> GenParams:
+    def params(
+        self, req: CompletionRequest | ChatRequest, n_prompt: int, param: str, default: int | None
+    ) -> GenParams:
         """Decoding settings for a prompt of n_prompt tokens, with every limit checked."""
         ctx, cap = self.engine.max_context, self.settings.max_tokens_cap
         if n_prompt == 0:
-            raise ApiError(400, "the prompt is empty (0 tokens): give the model something to continue", param)
+            raise ApiError(
+                400, "the prompt is empty (0 tokens): give the model something to continue", param
+            )
         if n_prompt >= ctx:
-            raise ApiError(400, f"the prompt is {n_prompt} tokens, but this model takes at most {ctx} "
-                                "tokens (prompt + completion): shorten it", param, "context_length_exceeded")
+            raise ApiError(
+                400,
+                f"the prompt is {n_prompt} tokens, but this model takes at most {ctx} "
+                "tokens (prompt + completion): shorten it",
+                param,
+                "context_length_exceeded",
+            )
         asked = req.requested_tokens()
         if asked is not None and asked > cap:
-            raise ApiError(400, f"max_tokens {asked} is above this server's limit of {cap} "
-                                "(lmtune serve --max-tokens-cap)", "max_tokens")
+            raise ApiError(
+                400,
+                f"max_tokens {asked} is above this server's limit of {cap} "
+                "(lmtune serve --max-tokens-cap)",
+                "max_tokens",
+            )
         if asked is not None and n_prompt + asked > ctx:
-            raise ApiError(400, f"the prompt ({n_prompt} tokens) plus max_tokens ({asked}) is more than "
-                                f"this model's {ctx}-token context: lower max_tokens or shorten the prompt",
-                           "max_tokens", "context_length_exceeded")
+            raise ApiError(
+                400,
+                f"the prompt ({n_prompt} tokens) plus max_tokens ({asked}) is more than "
+                f"this model's {ctx}-token context: lower max_tokens or shorten the prompt",
+                "max_tokens",
+                "context_length_exceeded",
+            )
         max_tokens = asked if asked is not None else min(default or cap, cap, ctx - n_prompt)
-        return GenParams(max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p,
-                         stop=req.stop_list(), seed=req.seed)
+        return GenParams(
+            max_tokens=max_tokens,
+            temperature=req.temperature,
+            top_p=req.top_p,
+            stop=req.stop_list(),
+            seed=req.seed,
+        )
 
     async def pieces(self, ids: list[int], params: GenParams) -> AsyncIterator[Piece]:
         """Run one generation on the worker thread and yield its pieces as they come. Leaving
@@ -176,15 +213,30 @@ class Service:
         """Run fn(*args) on the model's thread."""
         return await asyncio.get_running_loop().run_in_executor(self.worker, fn, *args)
 
-    def record(self, endpoint: str, rid: str, start: float, records: list[dict[str, Any]],
-               prompt_tokens: int = 0, completion_tokens: int = 0) -> None:
+    def record(
+        self,
+        endpoint: str,
+        rid: str,
+        start: float,
+        records: list[dict[str, Any]],
+        prompt_tokens: int = 0,
+        completion_tokens: int = 0,
+    ) -> None:
         """Count the answered predictions and append them to the prediction log (if on)."""
         self.metrics.add_tokens(prompt_tokens, completion_tokens, len(records))
         if self.log is not None:
             self.log.write(endpoint, rid, time.perf_counter() - start, records)
 
-    def stream(self, endpoint: str, rid: str, ids: list[int], params: GenParams, chat: bool,
-               include_usage: bool, logged_input: Any) -> StreamingResponse:
+    def stream(
+        self,
+        endpoint: str,
+        rid: str,
+        ids: list[int],
+        params: GenParams,
+        chat: bool,
+        include_usage: bool,
+        logged_input: Any,
+    ) -> StreamingResponse:
         """Server-sent events: one chunk per piece of text, a final chunk with finish_reason,
         optionally a usage chunk, then `data: [DONE]`. An error after the stream has started
         is sent as an error event (the status line has gone already)."""
@@ -206,22 +258,48 @@ class Service:
                         if finish:
                             yield sse(stream_chunk(rid, model, chat, None, finish))
                 if include_usage:
-                    yield sse({"id": rid, "object": "chat.completion.chunk" if chat else "text_completion",
-                               "created": int(time.time()), "model": model, "choices": [],
-                               "usage": usage(len(ids), n)})
-                self.record(endpoint, rid, start, [{"input": logged_input, "output": "".join(text),
-                            "finish_reason": finish, "prompt_tokens": len(ids), "completion_tokens": n}],
-                            len(ids), n)
+                    yield sse(
+                        {
+                            "id": rid,
+                            "object": "chat.completion.chunk" if chat else "text_completion",
+                            "created": int(time.time()),
+                            "model": model,
+                            "choices": [],
+                            "usage": usage(len(ids), n),
+                        }
+                    )
+                self.record(
+                    endpoint,
+                    rid,
+                    start,
+                    [
+                        {
+                            "input": logged_input,
+                            "output": "".join(text),
+                            "finish_reason": finish,
+                            "prompt_tokens": len(ids),
+                            "completion_tokens": n,
+                        }
+                    ],
+                    len(ids),
+                    n,
+                )
             except ApiError as exc:
                 yield sse(error_body(exc.message, code=exc.code))
             except Exception as exc:  # a bug: the client gets an error event, the log the traceback
                 logger.exception("generation failed in %s %s", endpoint, rid)
-                yield sse(error_body(f"internal error ({type(exc).__name__}); see the server log",
-                                     "server_error"))
+                yield sse(
+                    error_body(
+                        f"internal error ({type(exc).__name__}); see the server log", "server_error"
+                    )
+                )
             yield sse("[DONE]")
 
-        return StreamingResponse(events(), media_type="text/event-stream",
-                                 headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
+        return StreamingResponse(
+            events(),
+            media_type="text/event-stream",
+            headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+        )
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[int, str, str | None]:
@@ -253,8 +331,12 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         ctype = request.headers.get("content-type", "")
         if ctype and "json" not in ctype:  # FastAPI only parses JSON bodies sent as JSON
-            return JSONResponse(error_body(f"send the body as JSON with 'Content-Type: application/json' "
-                                           f"(got {ctype})"), 415)
+            return JSONResponse(
+                error_body(
+                    f"send the body as JSON with 'Content-Type: application/json' (got {ctype})"
+                ),
+                415,
+            )
         status, message, param = _validation_message(exc)
         return JSONResponse(error_body(message, param=param), status)
 
@@ -263,13 +345,21 @@ def _install_error_handlers(app: FastAPI) -> None:
         message = str(exc.detail)
         if exc.status_code == 404:
             message = f"no endpoint {request.url.path}; this server has {', '.join(ENDPOINTS)}"
-        return JSONResponse(error_body(message, "not_found_error" if exc.status_code == 404
-                                       else "invalid_request_error"), exc.status_code)
+        return JSONResponse(
+            error_body(
+                message, "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+            ),
+            exc.status_code,
+        )
 
     @app.exception_handler(Exception)
     async def _bug(_: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse(error_body(f"internal error ({type(exc).__name__}); see the server log",
-                                       "server_error"), 500)
+        return JSONResponse(
+            error_body(
+                f"internal error ({type(exc).__name__}); see the server log", "server_error"
+            ),
+            500,
+        )
 
 
 def create_app(engine: Engine, settings: ServeSettings, metrics: Metrics | None = None) -> Guard:
@@ -282,14 +372,21 @@ def create_app(engine: Engine, settings: ServeSettings, metrics: Metrics | None 
         yield
         svc.close()
 
-    app = FastAPI(title="lmtune", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app = FastAPI(
+        title="lmtune", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan
+    )
     app.state.service = svc
     _install_error_handlers(app)
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "model": engine.model_id, "version": engine.version,
-                "kind": engine.kind, "task": engine.meta["task"]}
+        return {
+            "status": "ok",
+            "model": engine.model_id,
+            "version": engine.version,
+            "kind": engine.kind,
+            "task": engine.meta["task"],
+        }
 
     @app.get("/metrics", response_model=None)
     async def metrics_route(format: str = "json") -> dict[str, Any] | PlainTextResponse:
@@ -300,30 +397,68 @@ def create_app(engine: Engine, settings: ServeSettings, metrics: Metrics | None 
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [{"id": engine.model_id, "object": "model",
-                                            "created": int(metrics.started), "owned_by": "lmtune"}]}
+        return {
+            "object": "list",
+            "data": [
+                {
+                    "id": engine.model_id,
+                    "object": "model",
+                    "created": int(metrics.started),
+                    "owned_by": "lmtune",
+                }
+            ],
+        }
 
     @app.post("/v1/completions", response_model=None)
     async def completions(req: CompletionRequest) -> dict[str, Any] | StreamingResponse:
         svc.require("causal", "/v1/completions")
         prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
         if len(prompts) > settings.max_batch:
-            raise ApiError(400, f"{len(prompts)} prompts is more than this server's limit of "
-                                f"{settings.max_batch} (lmtune serve --max-batch)", "prompt")
+            raise ApiError(
+                400,
+                f"{len(prompts)} prompts is more than this server's limit of "
+                f"{settings.max_batch} (lmtune serve --max-batch)",
+                "prompt",
+            )
         if req.stream and len(prompts) != 1:
             raise ApiError(400, "stream takes a single prompt", "prompt")
         encoded = [engine.encode_completion(p) for p in prompts]
-        params = [svc.params(req, len(ids), "prompt", settings.default_max_tokens) for ids in encoded]
+        params = [
+            svc.params(req, len(ids), "prompt", settings.default_max_tokens) for ids in encoded
+        ]
         rid, start = new_id("cmpl"), time.perf_counter()
         if req.stream:
-            return svc.stream("/v1/completions", rid, encoded[0], params[0], False,
-                              bool(req.stream_options and req.stream_options.include_usage), prompts[0])
+            return svc.stream(
+                "/v1/completions",
+                rid,
+                encoded[0],
+                params[0],
+                False,
+                bool(req.stream_options and req.stream_options.include_usage),
+                prompts[0],
+            )
         results = [await svc.complete(ids, p) for ids, p in zip(encoded, params, strict=True)]
         n_prompt, n_out = sum(map(len, encoded)), sum(r[2] for r in results)
-        svc.record("/v1/completions", rid, start, [
-            {"input": p, "output": t, "finish_reason": f, "prompt_tokens": len(ids), "completion_tokens": n}
-            for p, ids, (t, f, n) in zip(prompts, encoded, results, strict=True)], n_prompt, n_out)
-        return completion_response(rid, engine.model_id, [(t, f) for t, f, _ in results], n_prompt, n_out)
+        svc.record(
+            "/v1/completions",
+            rid,
+            start,
+            [
+                {
+                    "input": p,
+                    "output": t,
+                    "finish_reason": f,
+                    "prompt_tokens": len(ids),
+                    "completion_tokens": n,
+                }
+                for p, ids, (t, f, n) in zip(prompts, encoded, results, strict=True)
+            ],
+            n_prompt,
+            n_out,
+        )
+        return completion_response(
+            rid, engine.model_id, [(t, f) for t, f, _ in results], n_prompt, n_out
+        )
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat(req: ChatRequest) -> dict[str, Any] | StreamingResponse:
@@ -333,11 +468,32 @@ def create_app(engine: Engine, settings: ServeSettings, metrics: Metrics | None 
         params = svc.params(req, len(ids), "messages", None)
         rid, start = new_id("chatcmpl"), time.perf_counter()
         if req.stream:
-            return svc.stream("/v1/chat/completions", rid, ids, params, True,
-                              bool(req.stream_options and req.stream_options.include_usage), messages)
+            return svc.stream(
+                "/v1/chat/completions",
+                rid,
+                ids,
+                params,
+                True,
+                bool(req.stream_options and req.stream_options.include_usage),
+                messages,
+            )
         text, finish, n = await svc.complete(ids, params)
-        svc.record("/v1/chat/completions", rid, start, [{"input": messages, "output": text, "finish_reason": finish,
-                   "prompt_tokens": len(ids), "completion_tokens": n}], len(ids), n)
+        svc.record(
+            "/v1/chat/completions",
+            rid,
+            start,
+            [
+                {
+                    "input": messages,
+                    "output": text,
+                    "finish_reason": finish,
+                    "prompt_tokens": len(ids),
+                    "completion_tokens": n,
+                }
+            ],
+            len(ids),
+            n,
+        )
         return chat_response(rid, engine.model_id, text, finish, len(ids), n)
 
     @app.post("/v1/classify")
@@ -347,15 +503,30 @@ def create_app(engine: Engine, settings: ServeSettings, metrics: Metrics | None 
         if not items:
             raise ApiError(400, "input is an empty list", "input")
         if len(items) > settings.max_batch:
-            raise ApiError(400, f"{len(items)} inputs is more than this server's limit of "
-                                f"{settings.max_batch} (lmtune serve --max-batch)", "input")
+            raise ApiError(
+                400,
+                f"{len(items)} inputs is more than this server's limit of "
+                f"{settings.max_batch} (lmtune serve --max-batch)",
+                "input",
+            )
         rid, start = new_id("clf"), time.perf_counter()
         results = await svc.on_worker(engine.classify, items)
-        svc.record("/v1/classify", rid, start, [
-            {"input": it if "text_pair" in it else it["text"], "output": r["label"], **r}
-            for it, r in zip(items, results, strict=True)])
-        return {"id": rid, "object": "classification", "created": int(time.time()),
-                "model": engine.model_id, "data": [{"index": i, **r} for i, r in enumerate(results)]}
+        svc.record(
+            "/v1/classify",
+            rid,
+            start,
+            [
+                {"input": it if "text_pair" in it else it["text"], "output": r["label"], **r}
+                for it, r in zip(items, results, strict=True)
+            ],
+        )
+        return {
+            "id": rid,
+            "object": "classification",
+            "created": int(time.time()),
+            "model": engine.model_id,
+            "data": [{"index": i, **r} for i, r in enumerate(results)],
+        }
 
     return Guard(app, metrics, ENDPOINTS, settings.api_key, settings.max_request_bytes)
 
@@ -369,7 +540,9 @@ def bind_socket(host: str, port: int) -> socket.socket:
         sock.bind(address)
     except OSError as exc:
         sock.close()
-        raise UserError(f"cannot listen on {host}:{port}: {exc.strerror} (choose another --port)") from exc
+        raise UserError(
+            f"cannot listen on {host}:{port}: {exc.strerror} (choose another --port)"
+        ) from exc
     sock.listen(128)
     return sock
 
@@ -410,7 +583,9 @@ def _signals_end_quietly() -> Iterator[list[int]]:
     """uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal; by then it
     has done its job, so record it instead of dying (exit code 0 after a clean stop)."""
     got: list[int] = []
-    previous = {s: signal.signal(s, lambda n, _f: got.append(n)) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {
+        s: signal.signal(s, lambda n, _f: got.append(n)) for s in (signal.SIGINT, signal.SIGTERM)
+    }
     try:
         yield got
     finally:
@@ -422,8 +597,11 @@ def run_server(model_path: str | Path, settings: ServeSettings) -> None:
     """Load the model, print the URL and serve until SIGINT/SIGTERM (call from the main thread)."""
     import uvicorn
 
-    for name, value in (("--max-request-bytes", settings.max_request_bytes),
-                        ("--max-tokens-cap", settings.max_tokens_cap), ("--max-batch", settings.max_batch)):
+    for name, value in (
+        ("--max-request-bytes", settings.max_request_bytes),
+        ("--max-tokens-cap", settings.max_tokens_cap),
+        ("--max-batch", settings.max_batch),
+    ):
         if value < 1:
             raise UserError(f"{name} must be at least 1 (got {value})")
     sock = bind_socket(settings.host, settings.port)  # a taken port fails before a slow load
@@ -433,12 +611,20 @@ def run_server(model_path: str | Path, settings: ServeSettings) -> None:
         sock.close()
         raise
     app = create_app(engine, settings)
-    config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=10)
+    config = uvicorn.Config(
+        app, log_level="warning", access_log=False, timeout_graceful_shutdown=10
+    )
     url = url_of(sock)
-    print(f"serving {engine.model_id}{f' {engine.version}' if engine.version else ''} "
-          f"({engine.kind}, task {engine.meta['task']}) at {url}", flush=True)
-    print(f"endpoints: {url}/health, {url}/metrics, {KIND_ENDPOINTS[engine.kind]}"
-          f"{'; API key required' if settings.api_key else ''}; Ctrl+C stops", flush=True)
+    print(
+        f"serving {engine.model_id}{f' {engine.version}' if engine.version else ''} "
+        f"({engine.kind}, task {engine.meta['task']}) at {url}",
+        flush=True,
+    )
+    print(
+        f"endpoints: {url}/health, {url}/metrics, {KIND_ENDPOINTS[engine.kind]}"
+        f"{'; API key required' if settings.api_key else ''}; Ctrl+C stops",
+        flush=True,
+    )
     if not settings.api_key and not sock.getsockname()[0].startswith(("127.", "::1")):
         print(f"warning: listening on {settings.host} without an API key (--api-key)", flush=True)
     with _signals_end_quietly() as got:

@@ -68,8 +68,9 @@ def context_limit(model: torch.nn.Module, meta: dict[str, Any]) -> int:
     return int(meta.get("max_length") or 512)
 
 
-def sample_next(logits: torch.Tensor, temperature: float, top_p: float,
-                generator: torch.Generator) -> int:
+def sample_next(
+    logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator
+) -> int:
     """The next token id from last-position logits: argmax when temperature is 0, else a
     sample from softmax(logits / temperature) restricted to the top-p nucleus."""
     if temperature <= 0:
@@ -114,8 +115,13 @@ def _generator(seed: int | None) -> torch.Generator:
     return gen
 
 
-def decode_tokens(model: torch.nn.Module, prompt_ids: list[int], params: GenParams,
-                  eos_ids: set[int], cancelled: Callable[[], bool]) -> Iterator[int]:
+def decode_tokens(
+    model: torch.nn.Module,
+    prompt_ids: list[int],
+    params: GenParams,
+    eos_ids: set[int],
+    cancelled: Callable[[], bool],
+) -> Iterator[int]:
     """Yield generated token ids one at a time (KV cache), up to max_tokens or an EOS (yielded)."""
     device = next(model.parameters()).device
     generator = _generator(params.seed)
@@ -127,8 +133,9 @@ def decode_tokens(model: torch.nn.Module, prompt_ids: list[int], params: GenPara
         with torch.inference_mode():  # grad mode is per thread: set it where the model runs
             out = model(input_ids=step, past_key_values=past, use_cache=True)
         past = out.past_key_values
-        token = sample_next(out.logits[0, -1].float().cpu(), params.temperature, params.top_p,
-                            generator)
+        token = sample_next(
+            out.logits[0, -1].float().cpu(), params.temperature, params.top_p, generator
+        )
         yield token
         if token in eos_ids:
             return
@@ -161,14 +168,14 @@ class StopText:
         hits = [i for i in (text.find(s, max(self.sent - len(s), 0)) for s in self.stops) if i >= 0]
         if hits:
             cut = max(min(hits), self.sent)
-            delta, self.sent = text[self.sent:cut], cut
+            delta, self.sent = text[self.sent : cut], cut
             return delta, True
         end = len(text)
         if not final:
             end = min(len(text) - self._held(text), len(text.rstrip("\ufffd")))
         if end <= self.sent:
             return "", False
-        delta, self.sent = text[self.sent:end], end
+        delta, self.sent = text[self.sent : end], end
         return delta, False
 
 
@@ -224,7 +231,8 @@ class Engine:
         template = self._template()
         has_chat = bool(getattr(self.tokenizer, "chat_template", None))
         return self.meta.get("format") == "instruction" and (
-            template == "alpaca" or (template == "auto" and not has_chat))
+            template == "alpaca" or (template == "auto" and not has_chat)
+        )
 
     def encode_completion(self, prompt: str) -> list[int]:
         """Prompt ids for /v1/completions: the raw text (plus BOS where the tokenizer adds one)."""
@@ -243,7 +251,9 @@ class Engine:
         try:
             with self.tokenizer_lock:
                 if self._alpaca():
-                    return encode_prompt(alpaca_row(messages), "instruction", self.tokenizer, "alpaca")
+                    return encode_prompt(
+                        alpaca_row(messages), "instruction", self.tokenizer, "alpaca"
+                    )
                 return encode_prompt(messages, "chat", self.tokenizer, self._template())
         except ValueError as exc:  # the chat template rejected these messages
             raise UserError(str(exc)) from exc
@@ -252,8 +262,12 @@ class Engine:
         with self.tokenizer_lock:
             return self.tokenizer.decode(ids, skip_special_tokens=True)
 
-    def generate(self, prompt_ids: list[int], params: GenParams,
-                 cancelled: Callable[[], bool] = lambda: False) -> Iterator[Piece]:
+    def generate(
+        self,
+        prompt_ids: list[int],
+        params: GenParams,
+        cancelled: Callable[[], bool] = lambda: False,
+    ) -> Iterator[Piece]:
         """Pieces of completion text; the last one has finish_reason "stop" (EOS or a stop
         string) or "length" (max_tokens reached), or "cancelled" when cancelled() turned true."""
         scanner = StopText(params.stop)
@@ -283,8 +297,15 @@ class Engine:
         out = []
         for row in probs:
             top = int(row.argmax())
-            out.append({"label": self.labels[top], "confidence": float(row[top]),
-                        "scores": {lab: float(p) for lab, p in zip(self.labels, row.tolist(), strict=True)}})
+            out.append(
+                {
+                    "label": self.labels[top],
+                    "confidence": float(row[top]),
+                    "scores": {
+                        lab: float(p) for lab, p in zip(self.labels, row.tolist(), strict=True)
+                    },
+                }
+            )
         return out
 
 
@@ -312,8 +333,18 @@ def load_engine(path: str | Path) -> Engine:
     elif task_name in CAUSAL_TASKS:
         kind, task, limit = "causal", None, context_limit(model, meta)
     else:
-        raise UserError(f"{model_dir} is a {task_name} model; serve runs causal LMs "
-                        f"({', '.join(CAUSAL_TASKS)}) and classifiers (use `lmtune score` for reward models)")
-    return Engine(model=model, tokenizer=tokenizer, meta=meta, kind=kind,
-                  model_id=_model_id(model_dir, registry), version=version, max_context=limit,
-                  task=task, eos_ids=_eos_ids(model, tokenizer))
+        raise UserError(
+            f"{model_dir} is a {task_name} model; serve runs causal LMs "
+            f"({', '.join(CAUSAL_TASKS)}) and classifiers (use `lmtune score` for reward models)"
+        )
+    return Engine(
+        model=model,
+        tokenizer=tokenizer,
+        meta=meta,
+        kind=kind,
+        model_id=_model_id(model_dir, registry),
+        version=version,
+        max_context=limit,
+        task=task,
+        eos_ids=_eos_ids(model, tokenizer),
+    )

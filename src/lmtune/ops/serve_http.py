@@ -39,16 +39,27 @@ def authorized(scope: Scope, api_key: str) -> bool:
     """True when the request carries `Authorization: Bearer <api_key>` (constant-time compare)."""
     value = _header(scope, b"authorization") or ""
     scheme, _, token = value.partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), api_key.encode())
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        token.strip().encode(), api_key.encode()
+    )
 
 
-async def send_json(send: Send, status: int, body: dict[str, Any],
-                    headers: list[tuple[bytes, bytes]] | None = None) -> None:
+async def send_json(
+    send: Send, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
     """Send a complete JSON response."""
     data = json.dumps(body, separators=(",", ":")).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(data)).encode()), *(headers or [])]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(data)).encode()),
+                *(headers or []),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": data})
 
 
@@ -98,8 +109,14 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 class Guard:
     """ASGI middleware: metrics for every request, API key on all but /health, body size limit."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics, endpoints: tuple[str, ...],
-                 api_key: str | None, max_request_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        metrics: Metrics,
+        endpoints: tuple[str, ...],
+        api_key: str | None,
+        max_request_bytes: int,
+    ) -> None:
         self.app, self.metrics, self.endpoints = app, metrics, endpoints
         self.api_key, self.max_request_bytes = api_key, max_request_bytes
 
@@ -120,17 +137,29 @@ class Guard:
         self.metrics.started_request()
         try:
             if self.api_key and path not in OPEN_PATHS and not authorized(scope, self.api_key):
-                await send_json(tracked, 401, error_body(
-                    "missing or wrong API key: send the header 'Authorization: Bearer KEY'",
-                    "authentication_error", code="invalid_api_key"),
-                    [(b"www-authenticate", b"Bearer")])
+                await send_json(
+                    tracked,
+                    401,
+                    error_body(
+                        "missing or wrong API key: send the header 'Authorization: Bearer KEY'",
+                        "authentication_error",
+                        code="invalid_api_key",
+                    ),
+                    [(b"www-authenticate", b"Bearer")],
+                )
                 return
             body = await read_body(scope, receive, self.max_request_bytes)
             if body is None:
-                await send_json(tracked, 413, error_body(
-                    f"request body is larger than this server's limit of {self.max_request_bytes} "
-                    "bytes (lmtune serve --max-request-bytes)", code="request_too_large"),
-                    [(b"connection", b"close")])
+                await send_json(
+                    tracked,
+                    413,
+                    error_body(
+                        f"request body is larger than this server's limit of {self.max_request_bytes} "
+                        "bytes (lmtune serve --max-request-bytes)",
+                        code="request_too_large",
+                    ),
+                    [(b"connection", b"close")],
+                )
                 return
             await self.app(scope, _replay(body, receive), tracked)
         finally:

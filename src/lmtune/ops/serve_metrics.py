@@ -98,25 +98,36 @@ def prometheus_text(snap: dict[str, Any]) -> str:
     """The snapshot in Prometheus' text exposition format (counters, a latency summary)."""
     lines = [
         "# TYPE lmtune_requests_total counter",
-        *(f'lmtune_requests_total{{endpoint="{ep}",status="{st}"}} {n}'
-          for ep, e in snap["endpoints"].items() for st, n in e["by_status"].items()),
+        *(
+            f'lmtune_requests_total{{endpoint="{ep}",status="{st}"}} {n}'
+            for ep, e in snap["endpoints"].items()
+            for st, n in e["by_status"].items()
+        ),
         "# TYPE lmtune_request_errors_total counter",
-        *(f'lmtune_request_errors_total{{endpoint="{ep}"}} {e["errors"]}'
-          for ep, e in snap["endpoints"].items()),
+        *(
+            f'lmtune_request_errors_total{{endpoint="{ep}"}} {e["errors"]}'
+            for ep, e in snap["endpoints"].items()
+        ),
         "# TYPE lmtune_request_latency_seconds summary",
     ]
     for ep, e in snap["endpoints"].items():
         for name, value in (e.get("latency_s") or {}).items():
             if value is not None:
                 q = int(name[1:]) / 100
-                lines.append(f'lmtune_request_latency_seconds{{endpoint="{ep}",quantile="{q}"}} {value:.6f}')
+                lines.append(
+                    f'lmtune_request_latency_seconds{{endpoint="{ep}",quantile="{q}"}} {value:.6f}'
+                )
     lines += [
-        "# TYPE lmtune_predictions_total counter", f"lmtune_predictions_total {snap['predictions_total']}",
-        "# TYPE lmtune_prompt_tokens_total counter", f"lmtune_prompt_tokens_total {snap['prompt_tokens_total']}",
+        "# TYPE lmtune_predictions_total counter",
+        f"lmtune_predictions_total {snap['predictions_total']}",
+        "# TYPE lmtune_prompt_tokens_total counter",
+        f"lmtune_prompt_tokens_total {snap['prompt_tokens_total']}",
         "# TYPE lmtune_completion_tokens_total counter",
         f"lmtune_completion_tokens_total {snap['completion_tokens_total']}",
-        "# TYPE lmtune_in_flight_requests gauge", f"lmtune_in_flight_requests {snap['in_flight']}",
-        "# TYPE lmtune_uptime_seconds gauge", f"lmtune_uptime_seconds {snap['uptime_s']}",
+        "# TYPE lmtune_in_flight_requests gauge",
+        f"lmtune_in_flight_requests {snap['in_flight']}",
+        "# TYPE lmtune_uptime_seconds gauge",
+        f"lmtune_uptime_seconds {snap['uptime_s']}",
     ]
     return "\n".join(lines) + "\n"
 
@@ -131,12 +142,19 @@ class PredictionLog:
         self._lock = threading.Lock()
         self._file = self.path.open("a", encoding="utf-8")
 
-    def write(self, endpoint: str, request_id: str, latency_s: float,
-              records: list[dict[str, Any]]) -> None:
+    def write(
+        self, endpoint: str, request_id: str, latency_s: float, records: list[dict[str, Any]]
+    ) -> None:
         """Append one line per record (input, output, label/scores, tokens ...) and flush."""
         now = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-        base = {"time": now, "request_id": request_id, "endpoint": endpoint, "model": self.model,
-                "model_version": self.version, "latency_ms": round(latency_s * 1000, 3)}
+        base = {
+            "time": now,
+            "request_id": request_id,
+            "endpoint": endpoint,
+            "model": self.model,
+            "model_version": self.version,
+            "latency_ms": round(latency_s * 1000, 3),
+        }
         text = "".join(json.dumps({**base, **r}, ensure_ascii=False) + "\n" for r in records)
         with self._lock:
             self._file.write(text)

@@ -113,12 +113,21 @@ class ClassifyRequest(_Request):
             if isinstance(x, str):
                 out.append({"text": x})
             else:
-                out.append({"text": x.text, **({"text_pair": x.text_pair} if x.text_pair is not None else {})})
+                out.append(
+                    {
+                        "text": x.text,
+                        **({"text_pair": x.text_pair} if x.text_pair is not None else {}),
+                    }
+                )
         return out
 
 
-def error_body(message: str, kind: str = "invalid_request_error", param: str | None = None,
-               code: str | None = None) -> dict[str, Any]:
+def error_body(
+    message: str,
+    kind: str = "invalid_request_error",
+    param: str | None = None,
+    code: str | None = None,
+) -> dict[str, Any]:
     """OpenAI's error shape: {"error": {"message", "type", "param", "code"}}."""
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
@@ -130,30 +139,54 @@ def new_id(prefix: str) -> str:
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     """OpenAI's usage block."""
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
 
 
-def completion_response(rid: str, model: str, texts: list[tuple[str, str]],
-                        prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+def completion_response(
+    rid: str, model: str, texts: list[tuple[str, str]], prompt_tokens: int, completion_tokens: int
+) -> dict[str, Any]:
     """A text_completion body; texts holds (text, finish_reason) per prompt."""
-    choices = [{"index": i, "text": t, "logprobs": None, "finish_reason": f}
-               for i, (t, f) in enumerate(texts)]
-    return {"id": rid, "object": "text_completion", "created": int(time.time()), "model": model,
-            "choices": choices, "usage": usage(prompt_tokens, completion_tokens)}
+    choices = [
+        {"index": i, "text": t, "logprobs": None, "finish_reason": f}
+        for i, (t, f) in enumerate(texts)
+    ]
+    return {
+        "id": rid,
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": choices,
+        "usage": usage(prompt_tokens, completion_tokens),
+    }
 
 
-def chat_response(rid: str, model: str, text: str, finish: str, prompt_tokens: int,
-                  completion_tokens: int) -> dict[str, Any]:
+def chat_response(
+    rid: str, model: str, text: str, finish: str, prompt_tokens: int, completion_tokens: int
+) -> dict[str, Any]:
     """A chat.completion body with one assistant message."""
-    choice = {"index": 0, "message": {"role": "assistant", "content": text},
-              "logprobs": None, "finish_reason": finish}
-    return {"id": rid, "object": "chat.completion", "created": int(time.time()), "model": model,
-            "choices": [choice], "usage": usage(prompt_tokens, completion_tokens)}
+    choice = {
+        "index": 0,
+        "message": {"role": "assistant", "content": text},
+        "logprobs": None,
+        "finish_reason": finish,
+    }
+    return {
+        "id": rid,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [choice],
+        "usage": usage(prompt_tokens, completion_tokens),
+    }
 
 
-def stream_chunk(rid: str, model: str, chat: bool, text: str | None, finish: str | None,
-                 first: bool = False) -> dict[str, Any]:
+def stream_chunk(
+    rid: str, model: str, chat: bool, text: str | None, finish: str | None, first: bool = False
+) -> dict[str, Any]:
     """One streamed chunk: chat.completion.chunk (delta) or text_completion (text)."""
     if chat:
         delta: dict[str, Any] = {}
@@ -161,15 +194,30 @@ def stream_chunk(rid: str, model: str, chat: bool, text: str | None, finish: str
             delta["role"] = "assistant"
         if text is not None:
             delta["content"] = text
-        choice: dict[str, Any] = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        choice: dict[str, Any] = {
+            "index": 0,
+            "delta": delta,
+            "logprobs": None,
+            "finish_reason": finish,
+        }
         kind = "chat.completion.chunk"
     else:
         choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
         kind = "text_completion"
-    return {"id": rid, "object": kind, "created": int(time.time()), "model": model, "choices": [choice]}
+    return {
+        "id": rid,
+        "object": kind,
+        "created": int(time.time()),
+        "model": model,
+        "choices": [choice],
+    }
 
 
 def sse(data: dict[str, Any] | str) -> bytes:
     """One server-sent event: `data: <json>` and a blank line."""
-    payload = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    payload = (
+        data
+        if isinstance(data, str)
+        else json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    )
     return f"data: {payload}\n\n".encode()

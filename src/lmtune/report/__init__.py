@@ -48,8 +48,12 @@ def rebuild(folder: str | Path) -> list[Path]:
 
 
 def _warn(what: str, folder: Path, exc: Exception) -> None:
-    warnings.warn(f"{what} was not written ({type(exc).__name__}: {exc}); "
-                  f"retry with `lmtune report {folder}`", RuntimeWarning, stacklevel=3)
+    warnings.warn(
+        f"{what} was not written ({type(exc).__name__}: {exc}); "
+        f"retry with `lmtune report {folder}`",
+        RuntimeWarning,
+        stacklevel=3,
+    )
 
 
 def write_run_outputs(run_dir: str | Path) -> list[Path]:

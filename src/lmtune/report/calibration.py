@@ -13,7 +13,9 @@ from typing import Any
 import numpy as np
 
 
-def reliability_bins(confidence: Sequence[float], correct: Sequence[bool], n_bins: int = 10) -> list[dict[str, Any]]:
+def reliability_bins(
+    confidence: Sequence[float], correct: Sequence[bool], n_bins: int = 10
+) -> list[dict[str, Any]]:
     """Per bin: its edges, example count, mean confidence and accuracy (None when empty).
 
     Bin b holds confidences in (b/n, (b+1)/n]; a confidence of exactly 0 goes to the first
@@ -29,18 +31,26 @@ def reliability_bins(confidence: Sequence[float], correct: Sequence[bool], n_bin
     for b in range(n_bins):
         mask = idx == b
         n = int(mask.sum())
-        bins.append({
-            "low": b / n_bins, "high": (b + 1) / n_bins, "count": n,
-            "confidence": float(conf[mask].mean()) if n else None,
-            "accuracy": float(ok[mask].mean()) if n else None,
-        })
+        bins.append(
+            {
+                "low": b / n_bins,
+                "high": (b + 1) / n_bins,
+                "count": n,
+                "confidence": float(conf[mask].mean()) if n else None,
+                "accuracy": float(ok[mask].mean()) if n else None,
+            }
+        )
     return bins
 
 
-def expected_calibration_error(confidence: Sequence[float], correct: Sequence[bool], n_bins: int = 10) -> float:
+def expected_calibration_error(
+    confidence: Sequence[float], correct: Sequence[bool], n_bins: int = 10
+) -> float:
     """ECE = sum over bins of (bin count / total) * |bin accuracy - bin mean confidence|."""
     bins = reliability_bins(confidence, correct, n_bins)
     total = sum(b["count"] for b in bins)
     if total == 0:
         return 0.0
-    return float(sum(b["count"] / total * abs(b["accuracy"] - b["confidence"]) for b in bins if b["count"]))
+    return float(
+        sum(b["count"] / total * abs(b["accuracy"] - b["confidence"]) for b in bins if b["count"])
+    )

@@ -45,7 +45,11 @@ class Folder:
     @property
     def name(self) -> str:
         """A title for the report: the run name, else the folder name."""
-        return str(self.meta.get("run_name") or (self.config.get("run") or {}).get("name") or self.root.name)
+        return str(
+            self.meta.get("run_name")
+            or (self.config.get("run") or {}).get("name")
+            or self.root.name
+        )
 
 
 def read_json(path: Path) -> Any:
@@ -100,9 +104,11 @@ def load_folder(path: str | Path) -> Folder:
     ev = _dict(read_json(root / "eval.json"))
     is_run = bool(summary) or (root / "metrics.jsonl").is_file() or (root / "config.yaml").is_file()
     if not is_run and not ev:
-        raise UserError(f"{root} is neither a run folder (summary.json, metrics.jsonl, config.yaml) "
-                        "nor an eval folder (eval.json); pass the output_dir of `lmtune train` or "
-                        "the --out folder of `lmtune eval`")
+        raise UserError(
+            f"{root} is neither a run folder (summary.json, metrics.jsonl, config.yaml) "
+            "nor an eval folder (eval.json); pass the output_dir of `lmtune train` or "
+            "the --out folder of `lmtune eval`"
+        )
     config: dict[str, Any] = {}
     if (root / "config.yaml").is_file():
         try:
@@ -111,7 +117,11 @@ def load_folder(path: str | Path) -> Folder:
             config = {}
     events = read_jsonl(root / "metrics.jsonl")
     folder = Folder(
-        root=root, kind="run" if is_run else "eval", config=config, summary=summary, eval=ev,
+        root=root,
+        kind="run" if is_run else "eval",
+        config=config,
+        summary=summary,
+        eval=ev,
         train_events=by_step([e for e in events if e.get("event") == "train"]),
         eval_events=by_step([e for e in events if e.get("event") == "eval"]),
         errors=read_jsonl(root / "errors.jsonl"),
@@ -146,8 +156,11 @@ def load_folder(path: str | Path) -> Folder:
 def scalar_metrics(metrics: dict[str, Any], skip: tuple[str, ...] = ()) -> dict[str, float]:
     """The numeric entries of a metrics dict (booleans and bookkeeping keys left out)."""
     bookkeeping = {"step", "epoch", "time", "rows", "rejected", "split", *skip}
-    return {k: float(v) for k, v in metrics.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in bookkeeping}
+    return {
+        k: float(v)
+        for k, v in metrics.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in bookkeeping
+    }
 
 
 def headline(folder: Folder) -> tuple[str, dict[str, float]]:
@@ -176,6 +189,12 @@ def weight_average_text(summary: dict[str, Any]) -> str | None:
     metric = summary.get("best_metric")
     value = avg.get(metric) if isinstance(metric, str) else None
     score = f", {metric} {value:.4f}" if isinstance(value, (int, float)) else ""
-    verdict = "kept as the final model" if avg.get("kept") else "not kept (a single snapshot scored higher)"
-    return (f"mean of {avg.get('snapshots')} snapshots, every {avg.get('every')} steps from step "
-            f"{avg.get('from_step')}{score}: {verdict}")
+    verdict = (
+        "kept as the final model"
+        if avg.get("kept")
+        else "not kept (a single snapshot scored higher)"
+    )
+    return (
+        f"mean of {avg.get('snapshots')} snapshots, every {avg.get('every')} steps from step "
+        f"{avg.get('from_step')}{score}: {verdict}"
+    )

@@ -48,8 +48,8 @@ def render_report(folder: Folder) -> str:
 
     body = "".join(fn(folder) for fn in SECTIONS)
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{esc(folder.name)} · lmtune report</title><style>{CSS}</style></head><body><main>"
         f"{sections.header(folder)}{sections.overfitting(folder)}{_toc(body)}{body}"
         f"<footer>Written by lmtune {esc(__version__)} from the files in this folder; "

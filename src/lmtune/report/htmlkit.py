@@ -77,8 +77,10 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], cls: str = "") 
 
 def facts(rows: Sequence[tuple[str, Any]]) -> str:
     """Key/value figures as a compact grid (run summary, data sizes)."""
-    items = "".join(f"<div><dt>{esc(k)}</dt><dd>{esc(fmt(v) if not isinstance(v, str) else v)}</dd></div>"
-                    for k, v in rows)
+    items = "".join(
+        f"<div><dt>{esc(k)}</dt><dd>{esc(fmt(v) if not isinstance(v, str) else v)}</dd></div>"
+        for k, v in rows
+    )
     return f'<dl class="facts">{items}</dl>' if items else ""
 
 

@@ -33,6 +33,7 @@ TASK_PURPOSE = {
 
 def md_table(headers: list[str], rows: list[list[Any]]) -> str:
     """A Markdown table; cells formatted like the HTML report, pipes escaped."""
+
     def cell(v: Any) -> str:
         text = fmt(v) if isinstance(v, (int, float)) or v is None else str(v)
         return text.replace("|", "\\|").replace("\n", " ")
@@ -55,33 +56,48 @@ def _method(f: Folder) -> str:
     a = f.config.get("adapter") or {}
     kind = f.meta.get("adapter") or a.get("type") or "unknown"
     if kind in ("lora", "dora"):
-        text = (f"{'LoRA' if kind == 'lora' else 'DoRA'} adapter (r {a.get('r')}, alpha {a.get('alpha')}, dropout {a.get('dropout')}, "
-                f"target modules {a.get('target_modules')})")
+        text = (
+            f"{'LoRA' if kind == 'lora' else 'DoRA'} adapter (r {a.get('r')}, alpha {a.get('alpha')}, dropout {a.get('dropout')}, "
+            f"target modules {a.get('target_modules')})"
+        )
     else:
-        text = {"full": "full fine-tuning (every weight trained)",
-                "head": "head-only training (the pre-trained body frozen)"}.get(kind, str(kind))
+        text = {
+            "full": "full fine-tuning (every weight trained)",
+            "head": "head-only training (the pre-trained body frozen)",
+        }.get(kind, str(kind))
     task = f.task
     if task in ("dpo", "orpo", "reward"):
         p = f.config.get("preference") or {}
         text += f"; preference loss {p.get('loss')}, beta {p.get('beta')}" if task == "dpo" else ""
     s = f.summary
     if s.get("trainable_params") and s.get("total_params"):
-        text += (f"; {fmt(s['trainable_params'])} of {fmt(s['total_params'])} parameters trained "
-                 f"({100 * s['trainable_params'] / s['total_params']:.2f}%)")
+        text += (
+            f"; {fmt(s['trainable_params'])} of {fmt(s['total_params'])} parameters trained "
+            f"({100 * s['trainable_params'] / s['total_params']:.2f}%)"
+        )
     return text
 
 
 def details_section(f: Folder) -> list[str]:
     """Model details: task, base model, method, inputs."""
     m, cfg_model = f.meta, f.config.get("model") or {}
-    rows = [["task", f.task or "unknown"], ["base model", m.get("base_model") or cfg_model.get("name_or_path")],
-            ["base model revision", m.get("base_revision") or cfg_model.get("revision") or "not recorded"],
-            ["method", _method(f)]]
+    rows = [
+        ["task", f.task or "unknown"],
+        ["base model", m.get("base_model") or cfg_model.get("name_or_path")],
+        [
+            "base model revision",
+            m.get("base_revision") or cfg_model.get("revision") or "not recorded",
+        ],
+        ["method", _method(f)],
+    ]
     if m.get("labels"):
         rows.append(["labels", ", ".join(map(str, m["labels"]))])
-    rows += [["input format", m.get("format")], ["prompt template", m.get("template")],
-             ["max length (tokens)", m.get("max_length") or cfg_model.get("max_length")],
-             ["merged into base weights", m.get("merged")]]
+    rows += [
+        ["input format", m.get("format")],
+        ["prompt template", m.get("template")],
+        ["max length (tokens)", m.get("max_length") or cfg_model.get("max_length")],
+        ["merged into base weights", m.get("merged")],
+    ]
     return ["## Model details", "", md_table(["", ""], [r for r in rows if r[1] is not None])]
 
 
@@ -91,12 +107,29 @@ def data_section(f: Folder) -> list[str]:
     out = ["## Training data", ""]
     if not r:
         sizes = f.summary.get("data") or {}
-        out.append("No data_report.json in the run folder. " + (
-            "Split sizes: " + ", ".join(f"{k} {fmt(v)}" for k, v in sizes.items()) + "." if sizes else ""))
+        out.append(
+            "No data_report.json in the run folder. "
+            + (
+                "Split sizes: " + ", ".join(f"{k} {fmt(v)}" for k, v in sizes.items()) + "."
+                if sizes
+                else ""
+            )
+        )
         return out
-    out.append(md_table(["split", "file", "rows read", "rejected at validation"],
-                        [[i.get("split"), Path(str(i.get("file"))).name, i.get("rows_read"), i.get("rows_rejected")]
-                         for i in r.get("inputs") or []]))
+    out.append(
+        md_table(
+            ["split", "file", "rows read", "rejected at validation"],
+            [
+                [
+                    i.get("split"),
+                    Path(str(i.get("file"))).name,
+                    i.get("rows_read"),
+                    i.get("rows_rejected"),
+                ]
+                for i in r.get("inputs") or []
+            ],
+        )
+    )
     split_cfg = (f.config.get("data") or {}).get("split") or {}
     sources: dict[str, list[str]] = {}
     for split, src in (r.get("splits_from") or {}).items():
@@ -105,60 +138,127 @@ def data_section(f: Folder) -> list[str]:
     derived = "; ".join(f"{' and '.join(s)} split off the {src} file" for src, s in sources.items())
     stratified = split_cfg.get("stratify") and r.get("labels")
     how = f"{derived} with seed {r.get('seed')}" + (", stratified by label" if stratified else "")
-    out += ["", "Rows after cleaning: " + ", ".join(f"{k} {fmt(v)}" for k, v in (r.get("rows_out") or {}).items())
-            + (f" ({how})." if derived else ".")]
+    out += [
+        "",
+        "Rows after cleaning: "
+        + ", ".join(f"{k} {fmt(v)}" for k, v in (r.get("rows_out") or {}).items())
+        + (f" ({how})." if derived else "."),
+    ]
     drops = r.get("drops") or {}
     on = [k for k in ("normalize", "control_chars", "dedupe", "pii", "secrets") if clean.get(k)]
     if (clean.get("near_dedupe") or {}).get("enabled"):
         on.append("near_dedupe")
-    out += ["", f"Cleaning: {', '.join(on) or 'none'}; {fmt(drops.get('total', 0))} row(s) dropped."]
+    out += [
+        "",
+        f"Cleaning: {', '.join(on) or 'none'}; {fmt(drops.get('total', 0))} row(s) dropped.",
+    ]
     by_reason = drops.get("by_reason") or {}
     if by_reason:
-        out += ["", md_table(["stage", "reason", "rows"], [[s, why, n] for s, d in by_reason.items() for why, n in d.items()])]
+        out += [
+            "",
+            md_table(
+                ["stage", "reason", "rows"],
+                [[s, why, n] for s, d in by_reason.items() for why, n in d.items()],
+            ),
+        ]
     red = r.get("redactions") or {}
-    out += ["", "Redactions (personal data and secrets replaced by placeholders): "
-            + (", ".join(f"{k} {fmt(v)}" for k, v in red.items()) if red else "redaction was off") + "."]
+    out += [
+        "",
+        "Redactions (personal data and secrets replaced by placeholders): "
+        + (", ".join(f"{k} {fmt(v)}" for k, v in red.items()) if red else "redaction was off")
+        + ".",
+    ]
     lk = r.get("leakage") or {}
     if lk.get("checked"):
-        out += ["", f"Train rows also found in eval/test (exact or near duplicates): {fmt(lk.get('train_rows_leaking'))}; "
-                f"removed from train: {fmt(lk.get('removed_from_train'))}."]
+        out += [
+            "",
+            f"Train rows also found in eval/test (exact or near duplicates): {fmt(lk.get('train_rows_leaking'))}; "
+            f"removed from train: {fmt(lk.get('removed_from_train'))}.",
+        ]
     dist = r.get("label_distribution") or {}
     if dist and r.get("labels"):
         splits = list(dist)
-        out += ["", md_table(["label", *splits], [[lab, *[dist[s].get(lab, 0) for s in splits]] for lab in r["labels"]])]
-    tokens = {s: m["tokens"] for s, m in (r.get("lengths") or {}).items() if (m.get("tokens") or {}).get("count")}
+        out += [
+            "",
+            md_table(
+                ["label", *splits],
+                [[lab, *[dist[s].get(lab, 0) for s in splits]] for lab in r["labels"]],
+            ),
+        ]
+    tokens = {
+        s: m["tokens"]
+        for s, m in (r.get("lengths") or {}).items()
+        if (m.get("tokens") or {}).get("count")
+    }
     if tokens:
-        out += ["", md_table(["split", "tokens p50", "p95", "max"],
-                             [[s, *[str(t.get(k)) for k in ("p50", "p95", "max")]] for s, t in tokens.items()])]
+        out += [
+            "",
+            md_table(
+                ["split", "tokens p50", "p95", "max"],
+                [[s, *[str(t.get(k)) for k in ("p50", "p95", "max")]] for s, t in tokens.items()],
+            ),
+        ]
     return out
 
 
-HYPER_KEYS = ("epochs", "max_steps", "batch_size", "grad_accum", "lr", "head_lr", "scheduler", "warmup_ratio",
-              "warmup_steps", "weight_decay", "max_grad_norm", "precision", "class_weights")
+HYPER_KEYS = (
+    "epochs",
+    "max_steps",
+    "batch_size",
+    "grad_accum",
+    "lr",
+    "head_lr",
+    "scheduler",
+    "warmup_ratio",
+    "warmup_steps",
+    "weight_decay",
+    "max_grad_norm",
+    "precision",
+    "class_weights",
+)
 
 
 def training_section(f: Folder) -> list[str]:
     """Hyperparameters from config.yaml and what the run did (steps, runtime, best step)."""
     t, s = f.config.get("train") or {}, f.summary
     # Config values as written (1e-3 stays 0.001, not a rounded 0.0010).
-    rows = [[k, str(t[k])] for k in HYPER_KEYS
-            if k in ("epochs", "lr") or (t.get(k) is not None and t.get(k) != 0 and t.get(k) != -1)]
+    rows = [
+        [k, str(t[k])]
+        for k in HYPER_KEYS
+        if k in ("epochs", "lr") or (t.get(k) is not None and t.get(k) != 0 and t.get(k) != -1)
+    ]
     if (f.config.get("run") or {}).get("seed") is not None:
         rows.append(["seed", f.config["run"]["seed"]])
     es = t.get("early_stopping") or {}
     if es:
         rows.append(["best checkpoint by", f"{es.get('metric')} ({es.get('mode')})"])
     if f.task in ("dpo", "orpo", "reward"):
-        rows += [[f"preference.{k}", str(v)] for k, v in (f.config.get("preference") or {}).items() if v is not None]
+        rows += [
+            [f"preference.{k}", str(v)]
+            for k, v in (f.config.get("preference") or {}).items()
+            if v is not None
+        ]
     if f.task == "rlhf":
-        rows += [[f"rlhf.{k}", str(v)] for k, v in (f.config.get("rlhf") or {}).items() if v is not None]
-    done = [["steps trained", s.get("train_steps")], ["examples seen", s.get("train_samples")],
-            ["runtime (s)", s.get("train_runtime_s")], ["precision used", s.get("precision")],
-            ["evaluated in", s.get("eval_precision")],
-            ["processes", s.get("world_size")], ["best step", s.get("best_step")],
-            ["stopped early", s.get("stopped_early")], ["weight average", weight_average_text(s)]]
+        rows += [
+            [f"rlhf.{k}", str(v)] for k, v in (f.config.get("rlhf") or {}).items() if v is not None
+        ]
+    done = [
+        ["steps trained", s.get("train_steps")],
+        ["examples seen", s.get("train_samples")],
+        ["runtime (s)", s.get("train_runtime_s")],
+        ["precision used", s.get("precision")],
+        ["evaluated in", s.get("eval_precision")],
+        ["processes", s.get("world_size")],
+        ["best step", s.get("best_step")],
+        ["stopped early", s.get("stopped_early")],
+        ["weight average", weight_average_text(s)],
+    ]
     rows += [r for r in done if r[1] is not None]
-    return ["## Training procedure", "", md_table(["hyperparameter", "value"], rows) if rows else "Not recorded."]
+    return [
+        "## Training procedure",
+        "",
+        md_table(["hyperparameter", "value"], rows) if rows else "Not recorded.",
+    ]
 
 
 def eval_section(f: Folder) -> list[str]:
@@ -168,19 +268,45 @@ def eval_section(f: Folder) -> list[str]:
     if not metrics:
         return out + ["No held-out evaluation was recorded for this run."]
     n = int(metrics.get("eval_examples") or 0)
-    out.append(f"Measured on the {where}" + (f" ({fmt(n)} examples)" if n else "") + ", never used for training"
-               + ("." if f.eval else "; the same split picked the best checkpoint, so the figures lean optimistic."))
+    out.append(
+        f"Measured on the {where}"
+        + (f" ({fmt(n)} examples)" if n else "")
+        + ", never used for training"
+        + (
+            "."
+            if f.eval
+            else "; the same split picked the best checkpoint, so the figures lean optimistic."
+        )
+    )
     split = str(f.eval.get("split") or "eval") if f.eval else "eval"
     before = (f.summary.get("eval_before") or {}).get(split) or {}
     rows = [[k, v, before.get(k)] if before else [k, v] for k, v in metrics.items()]
-    out += ["", md_table(["metric", "value", "before training"] if before else ["metric", "value"], rows)]
+    out += [
+        "",
+        md_table(["metric", "value", "before training"] if before else ["metric", "value"], rows),
+    ]
     if "accuracy" in metrics and n:
         lo, hi = wilson_interval(metrics["accuracy"], n)
-        out += ["", f"95% confidence interval of the accuracy (Wilson, n={n}): {lo:.3f} to {hi:.3f}."]
-    pc = (f.eval.get("details") or {}).get("per_class") if isinstance(f.eval.get("details"), dict) else None
+        out += [
+            "",
+            f"95% confidence interval of the accuracy (Wilson, n={n}): {lo:.3f} to {hi:.3f}.",
+        ]
+    pc = (
+        (f.eval.get("details") or {}).get("per_class")
+        if isinstance(f.eval.get("details"), dict)
+        else None
+    )
     if isinstance(pc, dict) and pc:
-        out += ["", md_table(["class", "precision", "recall", "F1", "support"],
-                             [[c, m.get("precision"), m.get("recall"), m.get("f1"), m.get("support")] for c, m in pc.items()])]
+        out += [
+            "",
+            md_table(
+                ["class", "precision", "recall", "F1", "support"],
+                [
+                    [c, m.get("precision"), m.get("recall"), m.get("f1"), m.get("support")]
+                    for c, m in pc.items()
+                ],
+            ),
+        ]
     flags = f.summary.get("overfitting")
     if isinstance(flags, dict) and flags:
         msgs = overfitting_messages(flags)
@@ -194,10 +320,26 @@ def baselines_section(f: Folder) -> list[str]:
     if not b:
         return []
     metric = str(b.get("metric") or "accuracy")
-    rows = [[r.get("method"), r.get("k"), r.get(metric), r.get(f"{metric}_std"), r.get("macro_f1"), r.get("seeds")]
-            for r in b.get("rows") or [] if isinstance(r, dict)]
+    rows = [
+        [
+            r.get("method"),
+            r.get("k"),
+            r.get(metric),
+            r.get(f"{metric}_std"),
+            r.get("macro_f1"),
+            r.get("seeds"),
+        ]
+        for r in b.get("rows") or []
+        if isinstance(r, dict)
+    ]
     head = f"Base model {b.get('base_model', '')} without fine-tuning, on the same rows".strip()
-    return ["## Baselines", "", head + ".", "", md_table(["method", "k", metric, f"{metric} std", "macro F1", "seeds"], rows)]
+    return [
+        "## Baselines",
+        "",
+        head + ".",
+        "",
+        md_table(["method", "k", metric, f"{metric} std", "macro F1", "seeds"], rows),
+    ]
 
 
 def forgetting_section(f: Folder) -> list[str]:
@@ -205,9 +347,16 @@ def forgetting_section(f: Folder) -> list[str]:
     d = f.extras.get("forgetting")
     if not d:
         return []
-    rows = [[k, f"{v:+.1%}" if k == "rel_change" and isinstance(v, (int, float)) else v]
-            for k, v in d.items() if k not in ("mitigation", "details") and not isinstance(v, (dict, list))]
-    rows += [[f"mitigation.{k}", v] for k, v in (d.get("mitigation") or {}).items() if not isinstance(v, (dict, list))]
+    rows = [
+        [k, f"{v:+.1%}" if k == "rel_change" and isinstance(v, (int, float)) else v]
+        for k, v in d.items()
+        if k not in ("mitigation", "details") and not isinstance(v, (dict, list))
+    ]
+    rows += [
+        [f"mitigation.{k}", v]
+        for k, v in (d.get("mitigation") or {}).items()
+        if not isinstance(v, (dict, list))
+    ]
     return ["## Forgetting", "", md_table(["", ""], rows)]
 
 
@@ -217,13 +366,22 @@ def bias_section(f: Folder) -> list[str]:
     out = ["## Bias evaluation", ""]
     if not a:
         return out + ["No bias audit was run for this model; its biases are unmeasured."]
-    for name, key in (("CrowS-Pairs stereotype score (0.5 = no preference)", "crows_pairs"),
-                      ("Counterfactual swaps (prediction change when a demographic term is swapped)", "counterfactual")):
+    for name, key in (
+        ("CrowS-Pairs stereotype score (0.5 = no preference)", "crows_pairs"),
+        (
+            "Counterfactual swaps (prediction change when a demographic term is swapped)",
+            "counterfactual",
+        ),
+    ):
         part = a.get(key)
         if not isinstance(part, dict) or not isinstance(part.get("overall"), dict):
             continue
         overall = part["overall"]
-        prev = ((a.get("before") or {}).get(key) or {}).get("overall") if isinstance(a.get("before"), dict) else None
+        prev = (
+            ((a.get("before") or {}).get(key) or {}).get("overall")
+            if isinstance(a.get("before"), dict)
+            else None
+        )
         rows = [["after fine-tuning", *overall.values()]]
         if isinstance(prev, dict):
             rows.append(["before fine-tuning", *[prev.get(k) for k in overall]])
@@ -238,52 +396,95 @@ def use_section(f: Folder) -> list[str]:
     labels = ", ".join(map(str, f.meta.get("labels") or [])) or "?"
     purpose = TASK_PURPOSE.get(f.task, f"performs the task {f.task or 'unknown'}")
     purpose = purpose.format(labels=labels, fmt=f.meta.get("format") or "text")
-    files = ", ".join(sorted({Path(str(i.get("file"))).name for i in f.data_report.get("inputs") or []}))
-    out = ["## Intended use", "",
-           f"This model {purpose}. It learnt from {files or 'the training data of this run'}"
-           " and is meant for inputs like those.", "",
-           f"{TODO} who should use this model and for what; uses it must not be put to; the language(s) "
-           "of the data; the licence (at least as restrictive as the base model's and the data's); a contact.",
-           "", "## Limitations", ""]
+    files = ", ".join(
+        sorted({Path(str(i.get("file"))).name for i in f.data_report.get("inputs") or []})
+    )
+    out = [
+        "## Intended use",
+        "",
+        f"This model {purpose}. It learnt from {files or 'the training data of this run'}"
+        " and is meant for inputs like those.",
+        "",
+        f"{TODO} who should use this model and for what; uses it must not be put to; the language(s) "
+        "of the data; the licence (at least as restrictive as the base model's and the data's); a contact.",
+        "",
+        "## Limitations",
+        "",
+    ]
     bullets = ["Inherits the limitations and biases of its base model and of the training data."]
     where, metrics = headline(f)
     n = int(metrics.get("eval_examples") or 0)
     if n:
-        bullets.append(f"Measured on {n} held-out examples ({where}); figures carry sampling error at that size.")
+        bullets.append(
+            f"Measured on {n} held-out examples ({where}); figures carry sampling error at that size."
+        )
     if f.data_report.get("splits_from"):
-        bullets.append("The evaluation data was split from the training files: it measures in-distribution "
-                       "performance only; other sources and domains are untested.")
+        bullets.append(
+            "The evaluation data was split from the training files: it measures in-distribution "
+            "performance only; other sources and domains are untested."
+        )
     max_len = f.meta.get("max_length")
-    longest = max((int((m.get("tokens") or {}).get("max") or 0) for m in (f.data_report.get("lengths") or {}).values()),
-                  default=0)
+    longest = max(
+        (
+            int((m.get("tokens") or {}).get("max") or 0)
+            for m in (f.data_report.get("lengths") or {}).values()
+        ),
+        default=0,
+    )
     if max_len and longest > int(max_len):
-        bullets.append(f"Inputs are cut to {max_len} tokens; the longest training row had {longest}.")
+        bullets.append(
+            f"Inputs are cut to {max_len} tokens; the longest training row had {longest}."
+        )
     if isinstance(metrics.get("ece"), float) and metrics["ece"] > 0.05:
-        bullets.append(f"Confidences are not well calibrated (ECE {metrics['ece']:.3f}); do not read them as probabilities.")
+        bullets.append(
+            f"Confidences are not well calibrated (ECE {metrics['ece']:.3f}); do not read them as probabilities."
+        )
     if "audit" not in f.extras:
         bullets.append("No bias audit was run.")
     if "forgetting" not in f.extras and f.task != "classification":
         bullets.append("Loss of general ability (forgetting) was not measured.")
     bullets += [f"Data warning: {w}" for w in f.data_report.get("warnings") or []]
     out += [f"- {b}" for b in bullets]
-    out += ["", f"{TODO} known failure modes seen in use, and inputs the model should not be given."]
+    out += [
+        "",
+        f"{TODO} known failure modes seen in use, and inputs the model should not be given.",
+    ]
     return out
 
 
 def usage_section(f: Folder) -> list[str]:
     """How to load the model again."""
-    cmd = {"classification": "lmtune predict MODEL_DIR --input texts.txt",
-           "reward": "lmtune score MODEL_DIR --input rows.jsonl"}.get(
-        f.task, "lmtune generate MODEL_DIR --prompt \"...\"" if f.task in ("sft", "dpo", "orpo", "rlhf")
-        else "lmtune eval MODEL_DIR --data labelled.jsonl")
-    adapter = "a peft adapter (load with PeftModel.from_pretrained on the base model)" if f.meta.get("adapter") in (
-        "lora", "dora") and not f.meta.get("merged") else "a transformers model folder"
-    lines = ["## How to use", "", f"The folder holds {adapter}, its tokenizer and lmtune_model.json. "
-             "`lmtune export MODEL_DIR OUT` writes a standalone merged copy.", "", "```", cmd, "```"]
+    cmd = {
+        "classification": "lmtune predict MODEL_DIR --input texts.txt",
+        "reward": "lmtune score MODEL_DIR --input rows.jsonl",
+    }.get(
+        f.task,
+        'lmtune generate MODEL_DIR --prompt "..."'
+        if f.task in ("sft", "dpo", "orpo", "rlhf")
+        else "lmtune eval MODEL_DIR --data labelled.jsonl",
+    )
+    adapter = (
+        "a peft adapter (load with PeftModel.from_pretrained on the base model)"
+        if f.meta.get("adapter") in ("lora", "dora") and not f.meta.get("merged")
+        else "a transformers model folder"
+    )
+    lines = [
+        "## How to use",
+        "",
+        f"The folder holds {adapter}, its tokenizer and lmtune_model.json. "
+        "`lmtune export MODEL_DIR OUT` writes a standalone merged copy.",
+        "",
+        "```",
+        cmd,
+        "```",
+    ]
     if f.meta.get("pooling") == "mean":
-        lines += ["", "The classifier reads the mean of the encoder's token vectors (model.pooling: mean), a "
-                  "model type transformers does not know by itself: load the folder with lmtune, or run "
-                  "`import lmtune.models.load` before `AutoModelForSequenceClassification.from_pretrained`."]
+        lines += [
+            "",
+            "The classifier reads the mean of the encoder's token vectors (model.pooling: mean), a "
+            "model type transformers does not know by itself: load the folder with lmtune, or run "
+            "`import lmtune.models.load` before `AutoModelForSequenceClassification.from_pretrained`.",
+        ]
     return lines
 
 
@@ -291,12 +492,25 @@ def render_model_card(f: Folder) -> str:
     """The whole card as Markdown."""
     from lmtune import __version__
 
-    parts = [f"# Model card: {f.name}", "",
-             f"Written by lmtune {__version__} from the run's files (config.yaml, summary.json, eval.json, "
-             "data_report.json and, when present, baselines.json, forgetting.json, audit.json). Paragraphs "
-             "marked TO COMPLETE need the model owner.", ""]
-    for fn in (details_section, data_section, training_section, eval_section, baselines_section,
-               forgetting_section, bias_section, use_section, usage_section):
+    parts = [
+        f"# Model card: {f.name}",
+        "",
+        f"Written by lmtune {__version__} from the run's files (config.yaml, summary.json, eval.json, "
+        "data_report.json and, when present, baselines.json, forgetting.json, audit.json). Paragraphs "
+        "marked TO COMPLETE need the model owner.",
+        "",
+    ]
+    for fn in (
+        details_section,
+        data_section,
+        training_section,
+        eval_section,
+        baselines_section,
+        forgetting_section,
+        bias_section,
+        use_section,
+        usage_section,
+    ):
         lines = fn(f)
         if lines:
             parts += [*lines, ""]

@@ -10,25 +10,45 @@ from lmtune.report.collect import Folder, headline, scalar_metrics, weight_avera
 from lmtune.report.htmlkit import Styled, esc, facts, figure, fmt, kv_table, para, section, table
 
 #: Metrics shown first in the header tiles, when present.
-HEADLINE_ORDER = ("accuracy", "macro_f1", "f1", "exact", "pairwise_accuracy", "reward_accuracy",
-                  "eval_loss", "perplexity", "token_accuracy", "ece", "mean_reward")
+HEADLINE_ORDER = (
+    "accuracy",
+    "macro_f1",
+    "f1",
+    "exact",
+    "pairwise_accuracy",
+    "reward_accuracy",
+    "eval_loss",
+    "perplexity",
+    "token_accuracy",
+    "ece",
+    "mean_reward",
+)
 MAX_ERRORS = 25
 
 
 def header(f: Folder) -> str:
     """Title, what was trained from what, and the headline metrics as tiles."""
-    facts = [("task", f.task or "unknown"), ("base model", f.meta.get("base_model")
-              or (f.config.get("model") or {}).get("name_or_path")), ("adapter", f.meta.get("adapter")
-              or (f.config.get("adapter") or {}).get("type"))]
+    facts = [
+        ("task", f.task or "unknown"),
+        (
+            "base model",
+            f.meta.get("base_model") or (f.config.get("model") or {}).get("name_or_path"),
+        ),
+        ("adapter", f.meta.get("adapter") or (f.config.get("adapter") or {}).get("type")),
+    ]
     sub = " · ".join(f"{esc(k)} <code>{esc(v)}</code>" for k, v in facts if v)
     kind = "evaluation" if f.kind == "eval" else "training run"
     where, metrics = headline(f)
     picked = [k for k in HEADLINE_ORDER if k in metrics][:6]
-    tiles = "".join(f'<div class="tile"><div class="v">{esc(fmt(metrics[k]))}</div><div class="k">{esc(k)}</div></div>'
-                    for k in picked)
+    tiles = "".join(
+        f'<div class="tile"><div class="v">{esc(fmt(metrics[k]))}</div><div class="k">{esc(k)}</div></div>'
+        for k in picked
+    )
     where_html = f'<p class="where">metrics on: {esc(where)}</p>' if picked else ""
-    return (f"<header><h1>{esc(f.name)}</h1><p class=\"sub\">{esc(kind)} · {sub}</p>"
-            f'<div class="tiles">{tiles}</div>{where_html}</header>')
+    return (
+        f'<header><h1>{esc(f.name)}</h1><p class="sub">{esc(kind)} · {sub}</p>'
+        f'<div class="tiles">{tiles}</div>{where_html}</header>'
+    )
 
 
 def overfitting_messages(data: dict[str, Any]) -> list[str]:
@@ -38,7 +58,9 @@ def overfitting_messages(data: dict[str, Any]) -> list[str]:
     if isinstance(flags, list):
         for item in flags:
             if isinstance(item, dict):
-                msgs.append(str(item.get("message") or item.get("reason") or item.get("name") or item))
+                msgs.append(
+                    str(item.get("message") or item.get("reason") or item.get("name") or item)
+                )
             elif item:
                 msgs.append(str(item))
     elif isinstance(flags, dict):
@@ -47,7 +69,11 @@ def overfitting_messages(data: dict[str, Any]) -> list[str]:
         if isinstance(data.get(key), list):
             msgs += [str(m) for m in data[key] if m]
     if "flags" not in data:  # a flat shape: {"eval_loss_rising": true, "gap": 0.2, ...}
-        msgs = [k.replace("_", " ") for k, v in data.items() if v is True and k not in ("flagged", "overfitting")]
+        msgs = [
+            k.replace("_", " ")
+            for k, v in data.items()
+            if v is True and k not in ("flagged", "overfitting")
+        ]
     return msgs
 
 
@@ -62,14 +88,31 @@ def overfitting(f: Folder) -> str:
     if not flagged:
         return f'<div class="box ok" id="overfitting">No overfitting signs flagged. {details}</div>'
     items = "".join(f"<li>{esc(m)}</li>" for m in msgs) or "<li>flagged (see the checks below)</li>"
-    return (f'<div class="box warn" id="overfitting"><h2>⚠ Possible overfitting</h2><ul>{items}</ul>'
-            f"<p>Prefer the best checkpoint (kept in model/), more data, fewer epochs or stronger "
-            f"regularisation.</p>{details}</div>")
+    return (
+        f'<div class="box warn" id="overfitting"><h2>⚠ Possible overfitting</h2><ul>{items}</ul>'
+        f"<p>Prefer the best checkpoint (kept in model/), more data, fewer epochs or stronger "
+        f"regularisation.</p>{details}</div>"
+    )
 
 
-SUMMARY_KEYS = ("train_steps", "train_runtime_s", "train_samples", "train_samples_per_s", "train_tokens_per_s",
-                "peak_rss_mb", "final_train_loss", "best_metric", "best_metric_value", "best_step",
-                "stopped_early", "precision", "eval_precision", "world_size", "trainable_params", "total_params")
+SUMMARY_KEYS = (
+    "train_steps",
+    "train_runtime_s",
+    "train_samples",
+    "train_samples_per_s",
+    "train_tokens_per_s",
+    "peak_rss_mb",
+    "final_train_loss",
+    "best_metric",
+    "best_metric_value",
+    "best_step",
+    "stopped_early",
+    "precision",
+    "eval_precision",
+    "world_size",
+    "trainable_params",
+    "total_params",
+)
 
 
 def run_facts(f: Folder) -> str:
@@ -90,14 +133,18 @@ def run_facts(f: Folder) -> str:
 
 def curves(f: Folder) -> str:
     """Loss and learning rate, eval metrics over steps, extra training measurements."""
-    body = figure(plots.loss_lr_plot(f.train_events, f.eval_events), "loss and learning rate over steps")
+    body = figure(
+        plots.loss_lr_plot(f.train_events, f.eval_events), "loss and learning rate over steps"
+    )
     body += figure(plots.eval_metrics_plot(f.eval_events), "evaluation metrics over steps")
     body += figure(plots.train_extras_plot(f.train_events), "training measurements over steps")
     if f.eval_events:
         keys = [k for k in scalar_metrics(f.eval_events[0]) if k in f.eval_events[0]]
         rows = [[e.get("step"), *[e.get(k) for k in keys]] for e in f.eval_events]
-        body += (f"<details><summary>every evaluation ({len(rows)})</summary>"
-                 f"{table(['step', *keys], rows)}</details>")
+        body += (
+            f"<details><summary>every evaluation ({len(rows)})</summary>"
+            f"{table(['step', *keys], rows)}</details>"
+        )
     return section("curves", "Training curves", body)
 
 
@@ -140,7 +187,10 @@ def per_class(f: Folder) -> str:
     pc = _details(f).get("per_class")
     if not isinstance(pc, dict) or not pc:
         return ""
-    rows = [[name, m.get("precision"), m.get("recall"), m.get("f1"), m.get("support")] for name, m in pc.items()]
+    rows = [
+        [name, m.get("precision"), m.get("recall"), m.get("f1"), m.get("support")]
+        for name, m in pc.items()
+    ]
     body = table(["class", "precision", "recall", "F1", "support"], rows)
     body += figure(plots.per_class_plot(pc), "per-class precision, recall and F1")
     return section("per-class", "Per-class metrics", body)
@@ -152,8 +202,12 @@ def confusion(f: Folder) -> str:
     if not isinstance(cm, dict) or not cm.get("labels"):
         return ""
     png = plots.confusion_matrix_plot(cm["labels"], cm.get("matrix") or [])
-    rows = [[gold, *counts] for gold, counts in zip(cm["labels"], cm.get("matrix") or [], strict=False)]
-    body = figure(png, "confusion matrix", "Rows: gold label; columns: predicted label; numbers: examples.")
+    rows = [
+        [gold, *counts] for gold, counts in zip(cm["labels"], cm.get("matrix") or [], strict=False)
+    ]
+    body = figure(
+        png, "confusion matrix", "Rows: gold label; columns: predicted label; numbers: examples."
+    )
     grid = table(["gold \\ predicted", *cm["labels"]], rows)
     body += f"<details><summary>as a table</summary>{grid}</details>"
     return section("confusion", "Confusion matrix", body)
@@ -163,7 +217,11 @@ def calibration_data(predictions: list[dict[str, Any]]) -> tuple[list[float], li
     """(confidence, correct) per prediction row that has a probability and a gold label."""
     conf, ok = [], []
     for p in predictions:
-        if isinstance(p.get("prob"), (int, float)) and p.get("label") is not None and p.get("pred") is not None:
+        if (
+            isinstance(p.get("prob"), (int, float))
+            and p.get("label") is not None
+            and p.get("pred") is not None
+        ):
             conf.append(float(p["prob"]))
             ok.append(str(p["pred"]) == str(p["label"]))
     return conf, ok
@@ -176,17 +234,34 @@ def calibration(f: Folder) -> str:
         return ""
     bins = reliability_bins(conf, ok)
     ece = expected_calibration_error(conf, ok)
-    text = (f"Expected calibration error (ECE, 10 equal-width bins) over {len(conf)} predictions: {ece:.4f}. "
-            "Bars below the diagonal: the model is more confident than it is accurate.")
-    rows = [[f"{b['low']:.1f}–{b['high']:.1f}", b["count"], b["confidence"], b["accuracy"]] for b in bins if b["count"]]
+    text = (
+        f"Expected calibration error (ECE, 10 equal-width bins) over {len(conf)} predictions: {ece:.4f}. "
+        "Bars below the diagonal: the model is more confident than it is accurate."
+    )
+    rows = [
+        [f"{b['low']:.1f}–{b['high']:.1f}", b["count"], b["confidence"], b["accuracy"]]
+        for b in bins
+        if b["count"]
+    ]
     body = para(text) + figure(plots.reliability_plot(bins, ece), "reliability diagram")
     body += f"<details><summary>bins</summary>{table(['confidence bin', 'examples', 'mean confidence', 'accuracy'], rows)}</details>"
     return section("calibration", "Calibration", body)
 
 
 #: Column order for error rows: the known fields first, then any others.
-ERROR_COLUMNS = ("gold", "predicted", "confidence", "text", "text_pair", "question", "answers", "prediction",
-                 "exact", "f1", "source")
+ERROR_COLUMNS = (
+    "gold",
+    "predicted",
+    "confidence",
+    "text",
+    "text_pair",
+    "question",
+    "answers",
+    "prediction",
+    "exact",
+    "f1",
+    "source",
+)
 
 
 def errors(f: Folder) -> str:
@@ -198,8 +273,11 @@ def errors(f: Folder) -> str:
     cols += [c for e in shown for c in e if c not in cols]
     cols = list(dict.fromkeys(cols))
     rows = [[e.get(c, "") for c in cols] for e in shown]
-    note = (f"{len(f.errors)} error(s) in errors.jsonl" + (f"; the first {len(shown)} shown" if len(shown) < len(f.errors)
-            else "") + ", most confident first (confidence: probability of the wrong prediction).")
+    note = (
+        f"{len(f.errors)} error(s) in errors.jsonl"
+        + (f"; the first {len(shown)} shown" if len(shown) < len(f.errors) else "")
+        + ", most confident first (confidence: probability of the wrong prediction)."
+    )
     return section("errors", "Worst errors", para(note, "muted") + table(cols, rows, "errors"))
 
 
@@ -228,17 +306,37 @@ def forgetting(f: Folder) -> str:
     body = ""
     if isinstance(d.get("before"), (int, float)) and isinstance(d.get("after"), (int, float)):
         hib = d.get("higher_is_better")
-        worse = (d["after"] < d["before"]) if hib else (d["after"] > d["before"]) if hib is False else None
+        worse = (
+            (d["after"] < d["before"])
+            if hib
+            else (d["after"] > d["before"])
+            if hib is False
+            else None
+        )
         rel = d.get("rel_change")
-        body += table(["measure", "reference", "before", "after", "change", "relative change"],
-                      [[d.get("measure"), d.get("reference"), d["before"], d["after"], d.get("abs_change"),
-                        f"{rel:+.1%}" if isinstance(rel, (int, float)) else rel]])
+        body += table(
+            ["measure", "reference", "before", "after", "change", "relative change"],
+            [
+                [
+                    d.get("measure"),
+                    d.get("reference"),
+                    d["before"],
+                    d["after"],
+                    d.get("abs_change"),
+                    f"{rel:+.1%}" if isinstance(rel, (int, float)) else rel,
+                ]
+            ],
+        )
         if worse is not None:
             direction = "higher" if hib else "lower"
-            text = (f"{d.get('measure')} went from {fmt(d['before'])} to {fmt(d['after'])} ({direction} is "
-                    f"better): {'worse' if worse else 'not worse'} after fine-tuning.")
+            text = (
+                f"{d.get('measure')} went from {fmt(d['before'])} to {fmt(d['after'])} ({direction} is "
+                f"better): {'worse' if worse else 'not worse'} after fine-tuning."
+            )
             body += para(text, "worse" if worse else "better")
-    body += kv_table(d, skip=("measure", "reference", "before", "after", "abs_change", "rel_change"))
+    body += kv_table(
+        d, skip=("measure", "reference", "before", "after", "abs_change", "rel_change")
+    )
     return section("forgetting", "Forgetting", body)
 
 
@@ -255,8 +353,10 @@ def _overall_rows(part: dict[str, Any], before: dict[str, Any] | None, group: st
     groups = part.get(group)
     if isinstance(groups, dict) and groups:
         keys = list(dict.fromkeys(k for g in groups.values() if isinstance(g, dict) for k in g))
-        out += table([group.replace("_", " "), *keys],
-                     [[name, *[(g or {}).get(k) for k in keys]] for name, g in groups.items()])
+        out += table(
+            [group.replace("_", " "), *keys],
+            [[name, *[(g or {}).get(k) for k in keys]] for name, g in groups.items()],
+        )
     rest = kv_table(part, skip=("overall", group, "worst"))
     return out + (f"<details><summary>more</summary>{rest}</details>" if rest else "")
 
@@ -270,18 +370,26 @@ def audit(f: Folder) -> str:
     body = ""
     cp = a.get("crows_pairs")
     if isinstance(cp, dict):
-        body += "<h3>CrowS-Pairs</h3>" + para("Score: share of pairs where the model prefers the more "
-                                              "stereotypical sentence; 0.5 is unbiased.", "muted")
+        body += "<h3>CrowS-Pairs</h3>" + para(
+            "Score: share of pairs where the model prefers the more "
+            "stereotypical sentence; 0.5 is unbiased.",
+            "muted",
+        )
         body += _overall_rows(cp, before.get("crows_pairs"), "by_type")
     cf = a.get("counterfactual")
     if isinstance(cf, dict):
-        body += "<h3>Counterfactual swaps</h3>" + para("Flip rate: share of texts whose prediction changes "
-                                                       "when a demographic term is swapped.", "muted")
+        body += "<h3>Counterfactual swaps</h3>" + para(
+            "Flip rate: share of texts whose prediction changes "
+            "when a demographic term is swapped.",
+            "muted",
+        )
         body += _overall_rows(cf, before.get("counterfactual"), "by_category")
         worst = [w for w in cf.get("worst") or [] if isinstance(w, dict)]
         if worst:
             cols = list(dict.fromkeys(k for w in worst for k in w))
-            body += "<h3>Largest changes</h3>" + table(cols, [[w.get(c) for c in cols] for w in worst], "errors")
+            body += "<h3>Largest changes</h3>" + table(
+                cols, [[w.get(c) for c in cols] for w in worst], "errors"
+            )
     body += kv_table(a, skip=("crows_pairs", "counterfactual", "before"))
     return section("bias", "Bias audit", body)
 
@@ -291,39 +399,67 @@ def data(f: Folder) -> str:
     r = f.data_report
     if not r:
         return ""
-    rows = [("rows in", r.get("rows_in")), *[(f"rows out: {k}", v) for k, v in (r.get("rows_out") or {}).items()],
-            ("rows dropped", (r.get("drops") or {}).get("total")), ("rows added (oversampling)", r.get("rows_added"))]
+    rows = [
+        ("rows in", r.get("rows_in")),
+        *[(f"rows out: {k}", v) for k, v in (r.get("rows_out") or {}).items()],
+        ("rows dropped", (r.get("drops") or {}).get("total")),
+        ("rows added (oversampling)", r.get("rows_added")),
+    ]
     body = facts(rows)
     drops = (r.get("drops") or {}).get("by_reason") or {}
     if drops:
-        body += "<h3>Dropped rows</h3>" + table(["stage", "reason", "rows"],
-                                                [[s, why, n] for s, d in drops.items() for why, n in d.items()])
+        body += "<h3>Dropped rows</h3>" + table(
+            ["stage", "reason", "rows"],
+            [[s, why, n] for s, d in drops.items() for why, n in d.items()],
+        )
     lk = r.get("leakage") or {}
     if lk.get("checked"):
-        body += para(f"Leakage check: {fmt(lk.get('train_rows_leaking'))} train row(s) also in eval/test "
-                     f"(exact or near duplicates); {fmt(lk.get('removed_from_train'))} removed from train.")
+        body += para(
+            f"Leakage check: {fmt(lk.get('train_rows_leaking'))} train row(s) also in eval/test "
+            f"(exact or near duplicates); {fmt(lk.get('removed_from_train'))} removed from train."
+        )
     red = {k: v for k, v in (r.get("redactions") or {}).items() if v}
-    body += "<h3>Redactions</h3>" + (table(["kind", "replacements"], list(red.items())) if red
-                                     else para("No personal data or secrets were found or redacted."
-                                               if r.get("redactions") else "Redaction was off."))
+    body += "<h3>Redactions</h3>" + (
+        table(["kind", "replacements"], list(red.items()))
+        if red
+        else para(
+            "No personal data or secrets were found or redacted."
+            if r.get("redactions")
+            else "Redaction was off."
+        )
+    )
     dist = r.get("label_distribution") or {}
     if dist and r.get("labels"):
         splits = list(dist)
-        body += "<h3>Labels</h3>" + table(["label", *splits],
-                                          [[lab, *[dist[s].get(lab, 0) for s in splits]] for lab in r["labels"]])
+        body += "<h3>Labels</h3>" + table(
+            ["label", *splits],
+            [[lab, *[dist[s].get(lab, 0) for s in splits]] for lab in r["labels"]],
+        )
     if r.get("warnings"):
-        body += "<h3>Warnings</h3><ul>" + "".join(f"<li>{esc(w)}</li>" for w in r["warnings"]) + "</ul>"
+        body += (
+            "<h3>Warnings</h3><ul>" + "".join(f"<li>{esc(w)}</li>" for w in r["warnings"]) + "</ul>"
+        )
     return section("data", "Data", body)
 
 
 def qa_predictions(f: Folder) -> str:
     """A sample of predictions.json (extractive QA: question id -> answer)."""
     p = f.qa_predictions
-    items = list(p.items()) if isinstance(p, dict) else list(enumerate(p)) if isinstance(p, list) else []
+    items = (
+        list(p.items())
+        if isinstance(p, dict)
+        else list(enumerate(p))
+        if isinstance(p, list)
+        else []
+    )
     if not items:
         return ""
-    body = para(f"{len(items)} predictions in predictions.json; the first {min(len(items), 15)}:", "muted")
-    return section("predictions", "Predictions", body + table(["id", "prediction"], items[:15], "errors"))
+    body = para(
+        f"{len(items)} predictions in predictions.json; the first {min(len(items), 15)}:", "muted"
+    )
+    return section(
+        "predictions", "Predictions", body + table(["id", "prediction"], items[:15], "errors")
+    )
 
 
 def other(f: Folder) -> str:
@@ -340,4 +476,8 @@ def config(f: Folder) -> str:
     import yaml
 
     text = yaml.safe_dump(f.config, sort_keys=False, allow_unicode=True)
-    return section("config", "Config", f"<details><summary>config.yaml</summary><pre>{esc(text)}</pre></details>")
+    return section(
+        "config",
+        "Config",
+        f"<details><summary>config.yaml</summary><pre>{esc(text)}</pre></details>",
+    )

@@ -46,6 +46,7 @@ console = Console()
 
 # ---- the study ---------------------------------------------------------------------------
 
+
 def make_sampler(search: SearchConfig, params: list[Param], seed: int) -> Any:
     """The Optuna sampler search.sampler names."""
     import optuna
@@ -62,11 +63,13 @@ def make_pruner(pruner: PrunerConfig) -> Any:
     import optuna
 
     if pruner.type == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=pruner.n_startup_trials,
-                                           n_warmup_steps=pruner.n_warmup_steps)
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=pruner.n_startup_trials, n_warmup_steps=pruner.n_warmup_steps
+        )
     if pruner.type == "halving":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=pruner.min_resource,
-                                                      reduction_factor=pruner.reduction_factor)
+        return optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=pruner.min_resource, reduction_factor=pruner.reduction_factor
+        )
     return optuna.pruners.NopPruner()
 
 
@@ -77,8 +80,10 @@ def open_study(cfg: Config, params: list[Param], resume: bool) -> tuple[Any, Any
     search, out = cfg.search, Path(cfg.run.output_dir)
     db = out / "study.db"
     if db.exists() and not resume:
-        raise UserError(f"{db} already holds a search: add --resume to continue it, "
-                        "or set run.output_dir to a new folder")
+        raise UserError(
+            f"{db} already holds a search: add --resume to continue it, "
+            "or set run.output_dir to a new folder"
+        )
     if resume and not db.exists():
         console.print(f"--resume: no study in {db}; starting a new search")
     out.mkdir(parents=True, exist_ok=True)
@@ -88,13 +93,22 @@ def open_study(cfg: Config, params: list[Param], resume: bool) -> tuple[Any, Any
         with closing(sqlite3.connect(db)) as con:
             con.execute("PRAGMA journal_mode=WAL")
     storage = optuna.storages.RDBStorage(f"sqlite:///{db.resolve()}")
-    study = optuna.create_study(storage=storage, study_name=STUDY_NAME, direction=search.direction,
-                                load_if_exists=True, pruner=make_pruner(search.pruner))
+    study = optuna.create_study(
+        storage=storage,
+        study_name=STUDY_NAME,
+        direction=search.direction,
+        load_if_exists=True,
+        pruner=make_pruner(search.pruner),
+    )
     before = study.user_attrs.get("metric")
-    if study.trials and (before != search.metric or study.direction.name.lower() != search.direction):
-        raise UserError(f"{db} scores trials by {before} ({study.direction.name.lower()}); this config says "
-                        f"search.metric {search.metric} ({search.direction}). A resumed search keeps its "
-                        "metric: restore it, or set run.output_dir to a new folder")
+    if study.trials and (
+        before != search.metric or study.direction.name.lower() != search.direction
+    ):
+        raise UserError(
+            f"{db} scores trials by {before} ({study.direction.name.lower()}); this config says "
+            f"search.metric {search.metric} ({search.direction}). A resumed search keeps its "
+            "metric: restore it, or set run.output_dir to a new folder"
+        )
     study.set_user_attr("metric", search.metric)
     study.set_user_attr("search", search.model_dump(mode="json"))
     seed = cfg.run.seed if search.seed is None else search.seed
@@ -139,7 +153,9 @@ def trials_left(study: Any, search: SearchConfig, params: list[Param]) -> int | 
     return None if budget is None else max(budget - done, 0)
 
 
-def make_on_eval(trial: Any, metric: str, evals: list[tuple[int, dict[str, float]]]) -> Callable[[int, dict[str, float]], None]:
+def make_on_eval(
+    trial: Any, metric: str, evals: list[tuple[int, dict[str, float]]]
+) -> Callable[[int, dict[str, float]], None]:
     """The loop's on_eval hook: report the metric to the trial; stop the run when pruned."""
 
     def on_eval(step: int, metrics: dict[str, float]) -> None:
@@ -150,17 +166,23 @@ def make_on_eval(trial: Any, metric: str, evals: list[tuple[int, dict[str, float
         evals.append((step, dict(metrics)))
         trial.report(value, step)
         if trial.should_prune():
-            raise optuna.TrialPruned(f"pruned at step {step}: {key} {value:.4f} trails the earlier trials")
+            raise optuna.TrialPruned(
+                f"pruned at step {step}: {key} {value:.4f} trails the earlier trials"
+            )
 
     return on_eval
 
 
-def kept_eval(summary: dict[str, Any], evals: list[tuple[int, dict[str, float]]]) -> dict[str, float]:
+def kept_eval(
+    summary: dict[str, Any], evals: list[tuple[int, dict[str, float]]]
+) -> dict[str, float]:
     """The evaluation of the model the run keeps (train.early_stopping picks the checkpoint, or
     train.average's mean when it is kept), else the last."""
     if not evals:
-        raise UserError("the trial made no evaluation to score it by: give it an eval split "
-                        "(data.eval, or data.split.eval > 0)")
+        raise UserError(
+            "the trial made no evaluation to score it by: give it an eval split "
+            "(data.eval, or data.split.eval > 0)"
+        )
     best = summary.get("best_eval")
     if isinstance(best, dict) and best.get("weight_average"):  # train.average kept the mean
         return scalar_metrics(best)
@@ -179,11 +201,18 @@ def make_objective(cfg: Config, params: list[Param], quiet: bool) -> Callable[[A
         trial.set_user_attr("run_dir", str(run_dir))
         trial_cfg = trial_config(cfg, values, run_dir)
         rerun = trial.user_attrs.get("rerun_of")
-        console.print(f"[bold]trial {trial.number}[/]" + (f" (re-run of {rerun})" if rerun is not None else "")
-                      + ": " + ", ".join(f"{k}={_short(v)}" for k, v in values.items()), highlight=False)
+        console.print(
+            f"[bold]trial {trial.number}[/]"
+            + (f" (re-run of {rerun})" if rerun is not None else "")
+            + ": "
+            + ", ".join(f"{k}={_short(v)}" for k, v in values.items()),
+            highlight=False,
+        )
         evals: list[tuple[int, dict[str, float]]] = []
         try:
-            summary = run_training(trial_cfg, quiet=quiet, on_eval=make_on_eval(trial, cfg.search.metric, evals))
+            summary = run_training(
+                trial_cfg, quiet=quiet, on_eval=make_on_eval(trial, cfg.search.metric, evals)
+            )
         except KeyboardInterrupt:
             trial.set_user_attr("interrupted", True)  # so --resume re-runs it, like a killed trial
             raise
@@ -202,31 +231,48 @@ def _after_trial(params: list[Param], metric: str) -> Callable[[Any, Any], None]
     def callback(study: Any, t: Any) -> None:
         row = trial_row(t, params)
         if row["run_dir"] and Path(row["run_dir"]).is_dir():
-            (Path(row["run_dir"]) / "trial.json").write_text(json.dumps({**row, "metric": metric}, indent=2))
+            (Path(row["run_dir"]) / "trial.json").write_text(
+                json.dumps({**row, "metric": metric}, indent=2)
+            )
         value = "" if row["value"] is None else f": {metric} {row['value']:.4f}"
         where = f" at step {row['pruned_at_step']}" if row["pruned_at_step"] is not None else ""
-        console.print(f"trial {t.number} {row['state'].lower()}{where}{value} ({row['duration_s']} s)",
-                      highlight=False)
+        console.print(
+            f"trial {t.number} {row['state'].lower()}{where}{value} ({row['duration_s']} s)",
+            highlight=False,
+        )
 
     return callback
 
 
 def _short(value: Any) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else json.dumps(value) if isinstance(value, list) else str(value)
+    return (
+        f"{value:.3g}"
+        if isinstance(value, float)
+        else json.dumps(value)
+        if isinstance(value, list)
+        else str(value)
+    )
 
 
 # ---- results -----------------------------------------------------------------------------
+
 
 def trial_row(t: Any, params: list[Param]) -> dict[str, Any]:
     """One trial as plain data (trials.json / trials.csv / the report)."""
     value = t.value
     if value is None and t.state.name == "PRUNED" and t.last_step is not None:
         value = t.intermediate_values[t.last_step]
-    return {"number": t.number, "state": t.state.name, "value": value, "params": decode(t.params, params),
-            "duration_s": round(t.duration.total_seconds(), 2) if t.duration else None,
-            "pruned_at_step": t.last_step if t.state.name == "PRUNED" else None,
-            "rerun_of": t.user_attrs.get("rerun_of"), "run_dir": t.user_attrs.get("run_dir"),
-            "eval": t.user_attrs.get("eval")}
+    return {
+        "number": t.number,
+        "state": t.state.name,
+        "value": value,
+        "params": decode(t.params, params),
+        "duration_s": round(t.duration.total_seconds(), 2) if t.duration else None,
+        "pruned_at_step": t.last_step if t.state.name == "PRUNED" else None,
+        "rerun_of": t.user_attrs.get("rerun_of"),
+        "run_dir": t.user_attrs.get("run_dir"),
+        "eval": t.user_attrs.get("eval"),
+    }
 
 
 def write_trials(out: Path, rows: list[dict[str, Any]], keys: list[str]) -> None:
@@ -238,7 +284,10 @@ def write_trials(out: Path, rows: list[dict[str, Any]], keys: list[str]) -> None
         writer.writerow(fields + keys)
         for r in rows:
             cells = [r["params"].get(k) for k in keys]
-            writer.writerow([r[k] for k in fields] + [json.dumps(c) if isinstance(c, list) else c for c in cells])
+            writer.writerow(
+                [r[k] for k in fields]
+                + [json.dumps(c) if isinstance(c, list) else c for c in cells]
+            )
 
 
 def write_best(out: Path, best: dict[str, Any]) -> Path:
@@ -246,12 +295,16 @@ def write_best(out: Path, best: dict[str, Any]) -> Path:
     data = yaml.safe_load((Path(best["run_dir"]) / "config.yaml").read_text(encoding="utf-8"))
     set_dotted(data, "run.output_dir", str(out / "best_run"))
     path = out / "best.yaml"
-    path.write_text(f"# Best trial {best['number']} of `lmtune tune`: {best['metric']} = {best['value']}\n"
-                    f"# Train it with: lmtune train {path}\n" + dump_config(Config.model_validate(data)))
+    path.write_text(
+        f"# Best trial {best['number']} of `lmtune tune`: {best['metric']} = {best['value']}\n"
+        f"# Train it with: lmtune train {path}\n" + dump_config(Config.model_validate(data))
+    )
     return path
 
 
-def param_importances(study: Any, params: list[Param]) -> tuple[dict[str, float] | None, str | None]:
+def param_importances(
+    study: Any, params: list[Param]
+) -> tuple[dict[str, float] | None, str | None]:
     """PED-ANOVA importances of the searched keys, or why there are none."""
     import optuna
     from optuna.trial import TrialState
@@ -260,20 +313,26 @@ def param_importances(study: Any, params: list[Param]) -> tuple[dict[str, float]
     if len(params) < 2:
         return None, "parameter importance skipped: only one parameter is searched"
     if len(complete) < 2:
-        return None, f"parameter importance skipped: {len(complete)} completed trial(s), it needs 2 or more"
+        return (
+            None,
+            f"parameter importance skipped: {len(complete)} completed trial(s), it needs 2 or more",
+        )
     # PED-ANOVA runs on numpy alone (fANOVA, Optuna's default, needs scikit-learn).
     try:
         with warnings.catch_warnings():
             # "quantiles select the same trials" with few trials: the plot says it is a rough guide.
             warnings.simplefilter("ignore", UserWarning)
             imp = optuna.importance.get_param_importances(
-                study, evaluator=optuna.importance.PedAnovaImportanceEvaluator())
+                study, evaluator=optuna.importance.PedAnovaImportanceEvaluator()
+            )
     except (ValueError, RuntimeError) as exc:
         return None, f"parameter importance skipped: {exc}"
     return {k: float(v) for k, v in imp.items()}, None
 
 
-def write_results(cfg: Config, study: Any, params: list[Param], wall_s: float, notes: list[str]) -> dict[str, Any]:
+def write_results(
+    cfg: Config, study: Any, params: list[Param], wall_s: float, notes: list[str]
+) -> dict[str, Any]:
     """trials.csv/json, best.yaml, plots/, search.json and report.html in OUT; returns the summary."""
     from lmtune.search import plots
 
@@ -300,15 +359,29 @@ def write_results(cfg: Config, study: Any, params: list[Param], wall_s: float, n
     for name, png in figures.items():
         if png:
             (out / "plots" / f"{name}.png").write_bytes(png)
-    counts = {s: sum(r["state"] == s for r in rows) for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")}
-    summary = {"metric": search.metric, "direction": search.direction, "sampler": search.sampler,
-               "pruner": search.pruner.type, "n_trials": search.n_trials, "trials": len(rows),
-               "states": {k: v for k, v in counts.items() if v}, "best": best, "importances": importances,
-               "wall_time_s": round(wall_s, 1), "study": str(out / "study.db"),
-               "plots": [f"plots/{n}.png" for n, png in figures.items() if png], "notes": notes}
+    counts = {
+        s: sum(r["state"] == s for r in rows)
+        for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
+    }
+    summary = {
+        "metric": search.metric,
+        "direction": search.direction,
+        "sampler": search.sampler,
+        "pruner": search.pruner.type,
+        "n_trials": search.n_trials,
+        "trials": len(rows),
+        "states": {k: v for k, v in counts.items() if v},
+        "best": best,
+        "importances": importances,
+        "wall_time_s": round(wall_s, 1),
+        "study": str(out / "study.db"),
+        "plots": [f"plots/{n}.png" for n, png in figures.items() if png],
+        "notes": notes,
+    }
     (out / "search.json").write_text(json.dumps(summary, indent=2))
-    (out / "report.html").write_text(plots.report_html(cfg.run.name, summary, rows, keys, figures),
-                                     encoding="utf-8")
+    (out / "report.html").write_text(
+        plots.report_html(cfg.run.name, summary, rows, keys, figures), encoding="utf-8"
+    )
     return summary
 
 
@@ -318,16 +391,29 @@ def print_table(summary: dict[str, Any], rows: list[dict[str, Any]], keys: list[
     table = Table("trial", "state", summary["metric"], *keys, "time (s)", title="trials")
     for r in rows:
         value = "" if r["value"] is None else f"{r['value']:.4f}"
-        style = "bold green" if r["number"] == best else ("dim" if r["state"] != "COMPLETE" else None)
-        state = r["state"].lower() + (f" @{r['pruned_at_step']}" if r["pruned_at_step"] is not None else "")
-        table.add_row(str(r["number"]), state, value, *[_short(r["params"].get(k, "")) for k in keys],
-                      "" if r["duration_s"] is None else f"{r['duration_s']:.1f}", style=style)
+        style = (
+            "bold green" if r["number"] == best else ("dim" if r["state"] != "COMPLETE" else None)
+        )
+        state = r["state"].lower() + (
+            f" @{r['pruned_at_step']}" if r["pruned_at_step"] is not None else ""
+        )
+        table.add_row(
+            str(r["number"]),
+            state,
+            value,
+            *[_short(r["params"].get(k, "")) for k in keys],
+            "" if r["duration_s"] is None else f"{r['duration_s']:.1f}",
+            style=style,
+        )
     console.print(table)
     for note in summary["notes"]:
         console.print(f"note: {note}", highlight=False)
     if summary.get("best"):
-        console.print(f"best: trial {best}, {summary['metric']} {summary['best']['value']:.4f}; "
-                      f"config {summary['best']['config']}", highlight=False)
+        console.print(
+            f"best: trial {best}, {summary['metric']} {summary['best']['value']:.4f}; "
+            f"config {summary['best']['config']}",
+            highlight=False,
+        )
 
 
 def run_search(cfg: Config, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
@@ -338,21 +424,29 @@ def run_search(cfg: Config, resume: bool = False, quiet: bool = False) -> dict[s
     search, out = cfg.search, Path(cfg.run.output_dir)
     params = parse_space(cfg)
     if cfg.data.eval is None and cfg.data.split.eval == 0:
-        raise UserError("search needs an eval split to score trials: set data.eval or data.split.eval > 0")
+        raise UserError(
+            "search needs an eval split to score trials: set data.eval or data.split.eval > 0"
+        )
     notes = []
     if search.pruner.type != "none" and cfg.train.eval_every == 0:
-        notes.append("pruning sees only the end-of-epoch evaluations; set train.eval_every to prune sooner")
+        notes.append(
+            "pruning sees only the end-of-epoch evaluations; set train.eval_every to prune sooner"
+        )
     kept_by = cfg.train.early_stopping.metric
     if kept_by.removeprefix("eval_") != search.metric.removeprefix("eval_"):
-        notes.append(f"a trial's value is {search.metric} at the checkpoint train.early_stopping.metric "
-                     f"({kept_by}) keeps; set it to {search.metric} to keep the best")
+        notes.append(
+            f"a trial's value is {search.metric} at the checkpoint train.early_stopping.metric "
+            f"({kept_by}) keeps; set it to {search.metric} to keep the best"
+        )
     study, storage = open_study(cfg, params, resume)
     for n in requeue_interrupted(study, storage, params):
         console.print(f"trial {n} was interrupted: it runs again with the same parameters")
     left = trials_left(study, search, params)
     grid = math.prod(len(p.labels) for p in params)
     if search.sampler == "grid" and (search.n_trials or 0) > grid:
-        notes.append(f"the grid has {grid} points: search.n_trials {search.n_trials} is capped there")
+        notes.append(
+            f"the grid has {grid} points: search.n_trials {search.n_trials} is capped there"
+        )
     for note in notes:
         console.print(f"note: {note}", highlight=False)
     t0 = time.perf_counter()
@@ -361,11 +455,17 @@ def run_search(cfg: Config, resume: bool = False, quiet: bool = False) -> dict[s
             with warnings.catch_warnings():
                 # enqueue/user-attr features are marked experimental; their use here is plain.
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                study.optimize(make_objective(cfg, params, quiet), n_trials=left,
-                               timeout=search.timeout_minutes * 60 if search.timeout_minutes else None,
-                               callbacks=[_after_trial(params, search.metric)], gc_after_trial=True)
+                study.optimize(
+                    make_objective(cfg, params, quiet),
+                    n_trials=left,
+                    timeout=search.timeout_minutes * 60 if search.timeout_minutes else None,
+                    callbacks=[_after_trial(params, search.metric)],
+                    gc_after_trial=True,
+                )
         else:
-            console.print(f"search.n_trials {search.n_trials} trials are done already; writing the results")
+            console.print(
+                f"search.n_trials {search.n_trials} trials are done already; writing the results"
+            )
     finally:
         # Also after an error or Ctrl-C: what finished so far is worth a table.
         summary = write_results(cfg, study, params, time.perf_counter() - t0, notes)

@@ -65,7 +65,9 @@ def trial_data(base: Config) -> dict[str, Any]:
 
 
 def _problem(err: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in err.errors())
+    return "; ".join(
+        f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in err.errors()
+    )
 
 
 def trial_config(base: Config, overrides: dict[str, Any], run_dir: Path) -> Config:
@@ -77,8 +79,10 @@ def trial_config(base: Config, overrides: dict[str, Any], run_dir: Path) -> Conf
     try:
         return Config.model_validate(data)
     except ValidationError as err:
-        raise UserError(f"the sampled values {overrides} make an invalid config ({_problem(err)}); "
-                        "narrow search.space so the keys cannot conflict") from None
+        raise UserError(
+            f"the sampled values {overrides} make an invalid config ({_problem(err)}); "
+            "narrow search.space so the keys cannot conflict"
+        ) from None
 
 
 def parse_space(cfg: Config) -> list[Param]:
@@ -86,8 +90,10 @@ def parse_space(cfg: Config) -> list[Param]:
     (or choice) against the field's own rules, before any trial runs; all problems at once."""
     search = cfg.search
     if not search.space:
-        raise UserError("search.space is empty: name the config keys to search, e.g. "
-                        "search: {space: {train.lr: {type: float, low: 1.0e-5, high: 1.0e-3, log: true}}}")
+        raise UserError(
+            "search.space is empty: name the config keys to search, e.g. "
+            "search: {space: {train.lr: {type: float, low: 1.0e-5, high: 1.0e-3, log: true}}}"
+        )
     known = [key for key, _, _ in describe_fields()]
     base = trial_data(cfg)
     problems: list[str] = []
@@ -95,20 +101,31 @@ def parse_space(cfg: Config) -> list[Param]:
     for key, spec in search.space.items():
         where = f"search.space.{key}"
         if key == "run.output_dir" or key.split(".")[0] == "search":
-            problems.append(f"{where}: set by the tuner itself (each trial writes to OUT/trials/trial_NNNN)")
+            problems.append(
+                f"{where}: set by the tuner itself (each trial writes to OUT/trials/trial_NNNN)"
+            )
             continue
         if key not in known:
             close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
-            hint = f"did you mean {', '.join(close)}?" if close else "`lmtune config show --fields` lists them"
+            hint = (
+                f"did you mean {', '.join(close)}?"
+                if close
+                else "`lmtune config show --fields` lists them"
+            )
             problems.append(f"{where}: '{key}' is not a config key ({hint})")
             continue
         grid = search.sampler == "grid"
         if grid and spec.type != "categorical" and not spec.values:
-            problems.append(f"{where}: the grid sampler needs explicit values: [...] for type {spec.type}")
+            problems.append(
+                f"{where}: the grid sampler needs explicit values: [...] for type {spec.type}"
+            )
             continue
         numeric = int if spec.type == "int" else float
-        choices = spec.choices if spec.type == "categorical" else (
-            [numeric(v) for v in spec.values or []] if grid or spec.low is None else None)
+        choices = (
+            spec.choices
+            if spec.type == "categorical"
+            else ([numeric(v) for v in spec.values or []] if grid or spec.low is None else None)
+        )
         if choices is not None:
             labels = tuple(_label(v) for v in choices)
             if len(set(labels)) != len(labels):
@@ -122,7 +139,10 @@ def parse_space(cfg: Config) -> list[Param]:
             problems.append(f"{where}: not valid for {key}: {'; '.join(bad)}")
         params.append(param)
     if problems:
-        raise UserError(f"{len(problems)} problem(s) in search.space:\n" + "\n".join(f"  - {p}" for p in problems))
+        raise UserError(
+            f"{len(problems)} problem(s) in search.space:\n"
+            + "\n".join(f"  - {p}" for p in problems)
+        )
     return params
 
 
@@ -143,7 +163,9 @@ def suggest(trial: Any, params: list[Param]) -> dict[str, Any]:
         if p.labels:
             out[p.key] = p.values[p.labels.index(trial.suggest_categorical(p.key, list(p.labels)))]
         elif s.type == "int":
-            out[p.key] = trial.suggest_int(p.key, int(s.low), int(s.high), step=int(s.step or 1), log=s.log)
+            out[p.key] = trial.suggest_int(
+                p.key, int(s.low), int(s.high), step=int(s.step or 1), log=s.log
+            )
         else:
             out[p.key] = trial.suggest_float(p.key, s.low, s.high, step=s.step, log=s.log)
     return out
@@ -155,7 +177,9 @@ def decode(stored: dict[str, Any], params: list[Param]) -> dict[str, Any]:
     out = {}
     for key, value in stored.items():
         p = by_key.get(key)
-        out[key] = p.values[p.labels.index(value)] if p and p.labels and value in p.labels else value
+        out[key] = (
+            p.values[p.labels.index(value)] if p and p.labels and value in p.labels else value
+        )
     return out
 
 
@@ -170,4 +194,6 @@ def metric_key(name: str, metrics: dict[str, Any]) -> str:
         if isinstance(metrics.get(key), (int, float)):
             return key
     shown = ", ".join(sorted(k for k, v in metrics.items() if isinstance(v, (int, float))))
-    raise UserError(f"search.metric '{name}' is not reported by this task's evaluation; available: {shown}")
+    raise UserError(
+        f"search.metric '{name}' is not reported by this task's evaluation; available: {shown}"
+    )

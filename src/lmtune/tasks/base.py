@@ -30,12 +30,18 @@ class Task(Protocol):
         """Pad/pack features into a batch of tensors (includes 'num_units')."""
         ...
 
-    def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def loss(
+        self, model: torch.nn.Module, batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed loss over the batch and the number of units it sums over."""
         ...
 
     def evaluate(
-        self, model: torch.nn.Module, rows: list[dict[str, Any]], batch_size: int, out_dir: Path | None = None
+        self,
+        model: torch.nn.Module,
+        rows: list[dict[str, Any]],
+        batch_size: int,
+        out_dir: Path | None = None,
     ) -> dict[str, float]:
         """Metrics on rows (eval_loss included); may write details (errors.jsonl) to out_dir."""
         ...

@@ -19,8 +19,13 @@ class ClassificationTask:
     name = "classification"
     default_metric = ("accuracy", "max")
 
-    def __init__(self, tokenizer: Any, labels: list[str], max_length: int,
-                 label_weights: list[float] | None = None) -> None:
+    def __init__(
+        self,
+        tokenizer: Any,
+        labels: list[str],
+        max_length: int,
+        label_weights: list[float] | None = None,
+    ) -> None:
         self.tokenizer = tokenizer
         self.labels = list(labels)
         self.label2id = {label: i for i, label in enumerate(self.labels)}
@@ -29,9 +34,15 @@ class ClassificationTask:
 
     def encode(self, row: dict[str, Any]) -> dict[str, Any]:
         """Tokenize text (and text_pair); unlabeled rows (prediction) get label -1."""
-        enc = self.tokenizer(row["text"], row.get("text_pair"), truncation=True, max_length=self.max_length)
-        feat = {k: list(enc[k]) for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
-        feat["label"] = self.label2id[row["label"]] if "label" in row and row["label"] is not None else -1
+        enc = self.tokenizer(
+            row["text"], row.get("text_pair"), truncation=True, max_length=self.max_length
+        )
+        feat = {
+            k: list(enc[k]) for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc
+        }
+        feat["label"] = (
+            self.label2id[row["label"]] if "label" in row and row["label"] is not None else -1
+        )
         feat["length"] = len(feat["input_ids"])
         return feat
 
@@ -39,8 +50,11 @@ class ClassificationTask:
         """Dynamic padding to the longest example in the batch."""
         from lmtune.data.collate import pad_batch
 
-        batch = pad_batch(features, self.tokenizer.pad_token_id,
-                          keys=("input_ids", "attention_mask", "token_type_ids"))
+        batch = pad_batch(
+            features,
+            self.tokenizer.pad_token_id,
+            keys=("input_ids", "attention_mask", "token_type_ids"),
+        )
         batch["labels"] = torch.tensor([f["label"] for f in features], dtype=torch.long)
         batch["num_examples"] = len(features)
         batch["num_tokens"] = int(batch["attention_mask"].sum())
@@ -56,10 +70,14 @@ class ClassificationTask:
 
     def logits(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Classifier logits for a batch."""
-        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+        inputs = {
+            k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch
+        }
         return model(**inputs).logits
 
-    def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def loss(
+        self, model: torch.nn.Module, batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed (optionally class-weighted) cross-entropy and its units."""
         logits = self.logits(model, batch).float()
         w = self.weights.to(logits.device) if self.weights is not None else None
@@ -67,7 +85,9 @@ class ClassificationTask:
         return loss, torch.tensor(float(batch["num_units"]))
 
     @torch.no_grad()
-    def predict(self, model: torch.nn.Module, rows: list[dict[str, Any]], batch_size: int) -> torch.Tensor:
+    def predict(
+        self, model: torch.nn.Module, rows: list[dict[str, Any]], batch_size: int
+    ) -> torch.Tensor:
         """Class probabilities [n, num_labels] for rows, batched in length order to cut padding."""
         device = next(model.parameters()).device
         feats = [self.encode({**r, "label": None}) for r in rows]
@@ -80,8 +100,13 @@ class ClassificationTask:
             probs[idx] = self.logits(model, batch).float().softmax(-1).cpu()
         return probs
 
-    def evaluate(self, model: torch.nn.Module, rows: list[dict[str, Any]], batch_size: int,
-                 out_dir: Path | None = None) -> dict[str, Any]:
+    def evaluate(
+        self,
+        model: torch.nn.Module,
+        rows: list[dict[str, Any]],
+        batch_size: int,
+        out_dir: Path | None = None,
+    ) -> dict[str, Any]:
         """Loss, accuracy, precision/recall/F1, ECE; writes errors.jsonl and predictions.jsonl
         to out_dir when given."""
         was_training = model.training
@@ -95,23 +120,49 @@ class ClassificationTask:
         details = metrics.pop("details")
         conf = probs.gather(1, pred[:, None])[:, 0]
         ece = expected_calibration_error(conf.tolist(), (pred == gold).tolist())
-        metrics = {"eval_loss": float(nll), **metrics, "ece": ece, "eval_examples": float(len(rows))}
+        metrics = {
+            "eval_loss": float(nll),
+            **metrics,
+            "ece": ece,
+            "eval_examples": float(len(rows)),
+        }
         if out_dir is not None:
             # Every prediction with its probabilities: the report's reliability diagram reads it.
             with (out_dir / "predictions.jsonl").open("w", encoding="utf-8") as f:
                 for i, r in enumerate(rows):
-                    f.write(json.dumps({
-                        "source": r.get("_source"), "text": r["text"],
-                        **({"text_pair": r["text_pair"]} if "text_pair" in r else {}),
-                        "label": r["label"], "pred": self.labels[int(pred[i])], "prob": round(float(conf[i]), 6),
-                        "probs": {lab: round(float(p), 6) for lab, p in zip(self.labels, probs[i].tolist(), strict=True)},
-                    }, ensure_ascii=False) + "\n")
+                    f.write(
+                        json.dumps(
+                            {
+                                "source": r.get("_source"),
+                                "text": r["text"],
+                                **({"text_pair": r["text_pair"]} if "text_pair" in r else {}),
+                                "label": r["label"],
+                                "pred": self.labels[int(pred[i])],
+                                "prob": round(float(conf[i]), 6),
+                                "probs": {
+                                    lab: round(float(p), 6)
+                                    for lab, p in zip(self.labels, probs[i].tolist(), strict=True)
+                                },
+                            },
+                            ensure_ascii=False,
+                        )
+                        + "\n"
+                    )
             errors = [
-                {"source": r.get("_source"), "text": r["text"], **({"text_pair": r["text_pair"]} if "text_pair" in r else {}),
-                 "gold": r["label"], "predicted": self.labels[int(p)], "confidence": round(float(probs[i, p]), 4)}
-                for i, (r, p) in enumerate(zip(rows, pred.tolist(), strict=True)) if p != int(gold[i])
+                {
+                    "source": r.get("_source"),
+                    "text": r["text"],
+                    **({"text_pair": r["text_pair"]} if "text_pair" in r else {}),
+                    "gold": r["label"],
+                    "predicted": self.labels[int(p)],
+                    "confidence": round(float(probs[i, p]), 4),
+                }
+                for i, (r, p) in enumerate(zip(rows, pred.tolist(), strict=True))
+                if p != int(gold[i])
             ]
-            errors.sort(key=lambda e: -e["confidence"])  # confident mistakes first: the ones to read
+            errors.sort(
+                key=lambda e: -e["confidence"]
+            )  # confident mistakes first: the ones to read
             with (out_dir / "errors.jsonl").open("w", encoding="utf-8") as f:
                 for e in errors:
                     f.write(json.dumps(e, ensure_ascii=False) + "\n")

@@ -140,11 +140,15 @@ class DPOTask(PairStatsTask):
             # Each process scores its own share; together they hold them all. steady_malloc:
             # the same buffers every batch (measured: 9.8 s -> 5.9 s for 256 HH-RLHF pairs).
             with steady_malloc():
-                mine = compute_reference(model, self, missing[dist.rank :: dist.world_size], batch_size)
+                mine = compute_reference(
+                    model, self, missing[dist.rank :: dist.world_size], batch_size
+                )
             for part in dist.all_gather(mine):
                 cache.update(part)
             if dist.is_main:
-                atomic_write_text(path, json.dumps({"fingerprint": self.fingerprint, "logps": cache}))
+                atomic_write_text(
+                    path, json.dumps({"fingerprint": self.fingerprint, "logps": cache})
+                )
         else:
             dist.print(f"reference log-probs: all {len(wanted)} pair(s) reused from {path}")
         self.ref_cache = cache

@@ -254,14 +254,23 @@ class PairStatsTask:
     def pair_stats(self, model: torch.nn.Module, batch: dict[str, Any]) -> PairStats:
         raise NotImplementedError
 
-    def loss(self, model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    def loss(
+        self, model: torch.nn.Module, batch: dict[str, Any]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed per-pair loss and the number of pairs."""
         return self.pair_stats(model, batch)["loss"].sum(), torch.tensor(float(batch["num_pairs"]))
 
-    def evaluate(self, model: torch.nn.Module, rows: list[dict[str, Any]], batch_size: int,
-                 out_dir: Path | None = None) -> dict[str, float]:
+    def evaluate(
+        self,
+        model: torch.nn.Module,
+        rows: list[dict[str, Any]],
+        batch_size: int,
+        out_dir: Path | None = None,
+    ) -> dict[str, float]:
         """Means of the per-pair statistics over the rows that encode (eval_loss, eval_pairs)."""
-        return evaluate_pairs(model, self.eval_features(rows), batch_size, self.collate, self.pair_stats)
+        return evaluate_pairs(
+            model, self.eval_features(rows), batch_size, self.collate, self.pair_stats
+        )
 
     def eval_features(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """The encoded eval rows (a task that needs more on them, such as a reference, adds it)."""

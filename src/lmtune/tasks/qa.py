@@ -42,7 +42,11 @@ def span_positions(offsets: Offsets, start_char: int, end_char: int) -> tuple[in
 
 
 def best_span(
-    start_logits: np.ndarray, end_logits: np.ndarray, offsets: Offsets, n_best: int, max_answer_length: int
+    start_logits: np.ndarray,
+    end_logits: np.ndarray,
+    offsets: Offsets,
+    n_best: int,
+    max_answer_length: int,
 ) -> tuple[float, int, int] | None:
     """(score, first char, end char) of the best valid span of one window, or None.
 
@@ -69,7 +73,10 @@ def best_span(
 
 
 def decode(
-    windows: list[tuple[np.ndarray, np.ndarray, Offsets]], context: str, n_best: int, max_answer_length: int
+    windows: list[tuple[np.ndarray, np.ndarray, Offsets]],
+    context: str,
+    n_best: int,
+    max_answer_length: int,
 ) -> dict[str, Any]:
     """Best answer of one question over all its windows: text, start, score and null_score.
 
@@ -96,8 +103,10 @@ class QATask:
 
     def __init__(self, tokenizer: Any, cfg: Any) -> None:
         if not getattr(tokenizer, "is_fast", False):
-            raise UserError("task qa needs a fast (Rust) tokenizer, which reports the character "
-                            "span of every token; this model's tokenizer is a slow one")
+            raise UserError(
+                "task qa needs a fast (Rust) tokenizer, which reports the character "
+                "span of every token; this model's tokenizer is a slow one"
+            )
         self.tokenizer = tokenizer
         self.max_length = cfg.model.max_length
         q = cfg.qa
@@ -114,9 +123,15 @@ class QATask:
 
     def model_meta(self) -> dict[str, Any]:
         """Decoding settings saved with the model, so eval/predict decode as training did."""
-        return {"qa": {"doc_stride": self.doc_stride, "max_answer_length": self.max_answer_length,
-                       "n_best": self.n_best, "null_threshold": self.null_threshold,
-                       "allow_no_answer": self.allow_no_answer}}
+        return {
+            "qa": {
+                "doc_stride": self.doc_stride,
+                "max_answer_length": self.max_answer_length,
+                "n_best": self.n_best,
+                "null_threshold": self.null_threshold,
+                "allow_no_answer": self.allow_no_answer,
+            }
+        }
 
     # ---- features -----------------------------------------------------------------------
 
@@ -127,16 +142,31 @@ class QATask:
         room = self.max_length - q_len - tok.num_special_tokens_to_add(pair=True)
         if room <= self.doc_stride:
             # The tokenizer cannot step through the context without new tokens per window.
-            raise ValueError(f"the question has {q_len} tokens, leaving {room} context tokens per "
-                             f"window, not more than qa.doc_stride={self.doc_stride}; raise "
-                             "model.max_length, lower qa.doc_stride or shorten the question")
-        enc = tok(question, context, truncation="only_second", max_length=self.max_length,
-                  stride=self.doc_stride, return_overflowing_tokens=True, return_offsets_mapping=True)
+            raise ValueError(
+                f"the question has {q_len} tokens, leaving {room} context tokens per "
+                f"window, not more than qa.doc_stride={self.doc_stride}; raise "
+                "model.max_length, lower qa.doc_stride or shorten the question"
+            )
+        enc = tok(
+            question,
+            context,
+            truncation="only_second",
+            max_length=self.max_length,
+            stride=self.doc_stride,
+            return_overflowing_tokens=True,
+            return_offsets_mapping=True,
+        )
         out = []
         for w in range(len(enc["input_ids"])):
             seq = enc.sequence_ids(w)
-            feat = {k: list(enc[k][w]) for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
-            feat["offsets"] = [tuple(o) if seq[t] == 1 else None for t, o in enumerate(enc["offset_mapping"][w])]
+            feat = {
+                k: list(enc[k][w])
+                for k in ("input_ids", "attention_mask", "token_type_ids")
+                if k in enc
+            }
+            feat["offsets"] = [
+                tuple(o) if seq[t] == 1 else None for t, o in enumerate(enc["offset_mapping"][w])
+            ]
             feat["length"] = len(feat["input_ids"])
             out.append(feat)
         return out
@@ -158,36 +188,52 @@ class QATask:
         """Dynamic padding; a window is one loss unit."""
         from lmtune.data.collate import pad_batch
 
-        batch = pad_batch(features, self.tokenizer.pad_token_id,
-                          keys=("input_ids", "attention_mask", "token_type_ids"))
+        batch = pad_batch(
+            features,
+            self.tokenizer.pad_token_id,
+            keys=("input_ids", "attention_mask", "token_type_ids"),
+        )
         if all("start" in f for f in features):
-            batch["start_positions"] = torch.tensor([f["start"] for f in features], dtype=torch.long)
+            batch["start_positions"] = torch.tensor(
+                [f["start"] for f in features], dtype=torch.long
+            )
             batch["end_positions"] = torch.tensor([f["end"] for f in features], dtype=torch.long)
         batch["num_examples"] = len(features)
         batch["num_tokens"] = int(batch["attention_mask"].sum())
         batch["num_units"] = float(len(features))
         return batch
 
-    def logits(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def logits(
+        self, model: torch.nn.Module, batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Start and end logits [batch, tokens], padding masked out (so padding never matters)."""
-        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+        inputs = {
+            k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch
+        }
         out = model(**inputs)
         pad = batch["attention_mask"] == 0
         low = torch.finfo(torch.float32).min
-        return out.start_logits.float().masked_fill(pad, low), out.end_logits.float().masked_fill(pad, low)
+        return out.start_logits.float().masked_fill(pad, low), out.end_logits.float().masked_fill(
+            pad, low
+        )
 
-    def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def loss(
+        self, model: torch.nn.Module, batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed mean of start and end cross-entropy over windows, and the window count."""
         start, end = self.logits(model, batch)
-        loss = (F.cross_entropy(start, batch["start_positions"], reduction="sum")
-                + F.cross_entropy(end, batch["end_positions"], reduction="sum")) / 2
+        loss = (
+            F.cross_entropy(start, batch["start_positions"], reduction="sum")
+            + F.cross_entropy(end, batch["end_positions"], reduction="sum")
+        ) / 2
         return loss, torch.tensor(float(batch["num_units"]))
 
     # ---- inference ----------------------------------------------------------------------
 
     @torch.no_grad()
-    def _decode_rows(self, model: torch.nn.Module, rows: list[dict[str, Any]],
-                     batch_size: int) -> tuple[list[dict[str, Any]], float, int]:
+    def _decode_rows(
+        self, model: torch.nn.Module, rows: list[dict[str, Any]], batch_size: int
+    ) -> tuple[list[dict[str, Any]], float, int]:
         """Decoded answers per row, plus the summed loss and window count (rows with answers)."""
         was_training = model.training
         model.eval()
@@ -197,8 +243,15 @@ class QATask:
             try:
                 fs = self.encode(r)
             except ValueError as exc:  # counted as a wrong answer below, never dropped silently
-                decoded.append({"text": "", "start": -1, "score": -math.inf, "null_score": math.inf,
-                                "error": str(exc)})
+                decoded.append(
+                    {
+                        "text": "",
+                        "start": -1,
+                        "score": -math.inf,
+                        "null_score": math.inf,
+                        "error": str(exc),
+                    }
+                )
                 continue
             decoded.append(None)
             feats += fs
@@ -212,8 +265,13 @@ class QATask:
             batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
             start, end = self.logits(model, batch)
             if "start_positions" in batch:
-                loss_sum += float((F.cross_entropy(start, batch["start_positions"], reduction="sum")
-                                   + F.cross_entropy(end, batch["end_positions"], reduction="sum")) / 2)
+                loss_sum += float(
+                    (
+                        F.cross_entropy(start, batch["start_positions"], reduction="sum")
+                        + F.cross_entropy(end, batch["end_positions"], reduction="sum")
+                    )
+                    / 2
+                )
                 n_loss += len(idx)
             start, end = start.cpu().numpy(), end.cpu().numpy()
             for k, j in enumerate(idx):
@@ -230,20 +288,34 @@ class QATask:
             return ""
         return d["text"]
 
-    def answer(self, model: torch.nn.Module, rows: list[dict[str, Any]], batch_size: int) -> list[dict[str, Any]]:
+    def answer(
+        self, model: torch.nn.Module, rows: list[dict[str, Any]], batch_size: int
+    ) -> list[dict[str, Any]]:
         """Answers for rows (answers not needed): id, question, answer ("" = no answer), scores."""
         decoded, _, _ = self._decode_rows(model, rows, batch_size)
         allow = bool(self.allow_no_answer)
         out = []
         for r, d in zip(rows, decoded, strict=True):
             text = self._final(d, allow)
-            out.append({**({"id": r["id"]} if "id" in r else {}), "question": r["question"],
-                        "answer": text, "answer_start": d["start"] if text else -1,
-                        "score": _num(d["score"]), "null_score": _num(d["null_score"])})
+            out.append(
+                {
+                    **({"id": r["id"]} if "id" in r else {}),
+                    "question": r["question"],
+                    "answer": text,
+                    "answer_start": d["start"] if text else -1,
+                    "score": _num(d["score"]),
+                    "null_score": _num(d["null_score"]),
+                }
+            )
         return out
 
-    def evaluate(self, model: torch.nn.Module, rows: list[dict[str, Any]], batch_size: int,
-                 out_dir: Path | None = None) -> dict[str, Any]:
+    def evaluate(
+        self,
+        model: torch.nn.Module,
+        rows: list[dict[str, Any]],
+        batch_size: int,
+        out_dir: Path | None = None,
+    ) -> dict[str, Any]:
         """eval_loss, SQuAD exact/f1 (HasAns/NoAns split and best_f1_thresh with unanswerable
         questions); writes predictions.json (id -> answer) and errors.jsonl to out_dir."""
         decoded, loss_sum, n_loss = self._decode_rows(model, rows, batch_size)
@@ -252,16 +324,21 @@ class QATask:
             allow = any(r.get("is_impossible") for r in rows)
         preds = [self._final(d, allow) for d in decoded]
         golds = [r["answers"]["text"] for r in rows]
-        metrics: dict[str, Any] = {"eval_loss": loss_sum / n_loss if n_loss else float("nan"),
-                                   **squad_metrics(preds, golds)}
+        metrics: dict[str, Any] = {
+            "eval_loss": loss_sum / n_loss if n_loss else float("nan"),
+            **squad_metrics(preds, golds),
+        }
         if allow:
             margins = [min(d["null_score"] - d["score"], 1e9) for d in decoded]
             span_f1 = [score_one(d["text"], g)[1] for d, g in zip(decoded, golds, strict=True)]
             has_answer = [gold_answers(g) != [""] for g in golds]
             thr, best = best_null_threshold(margins, span_f1, has_answer)
             metrics.update(best_f1=best, best_f1_thresh=thr)
-        metrics.update(eval_examples=float(len(rows)), eval_windows=float(n_loss),
-                       unencodable=float(sum("error" in d for d in decoded)))
+        metrics.update(
+            eval_examples=float(len(rows)),
+            eval_windows=float(n_loss),
+            unencodable=float(sum("error" in d for d in decoded)),
+        )
         if out_dir is not None:
             _write_details(Path(out_dir), rows, decoded, preds)
         return metrics
@@ -271,21 +348,35 @@ def _num(x: float) -> float | None:
     return round(x, 4) if math.isfinite(x) else None
 
 
-def _write_details(out_dir: Path, rows: list[dict[str, Any]], decoded: list[dict[str, Any]],
-                   preds: list[str]) -> None:
+def _write_details(
+    out_dir: Path, rows: list[dict[str, Any]], decoded: list[dict[str, Any]], preds: list[str]
+) -> None:
     """predictions.json (the official SQuAD prediction format) and errors.jsonl, worst first."""
     out_dir.mkdir(parents=True, exist_ok=True)
     keys = [r.get("id") or r.get("_source") or str(i) for i, r in enumerate(rows)]
     (out_dir / "predictions.json").write_text(
-        json.dumps(dict(zip(keys, preds, strict=True)), indent=1, ensure_ascii=False), encoding="utf-8")
+        json.dumps(dict(zip(keys, preds, strict=True)), indent=1, ensure_ascii=False),
+        encoding="utf-8",
+    )
     errors = []
     for key, r, d, p in zip(keys, rows, decoded, preds, strict=True):
         exact, f1 = score_one(p, r["answers"]["text"])
         if exact < 1:
-            errors.append({"id": key, "source": r.get("_source"), "title": r.get("title"),
-                           "question": r["question"], "gold": r["answers"]["text"], "predicted": p,
-                           "f1": round(f1, 4), "score": _num(d["score"]), "null_score": _num(d["null_score"]),
-                           **({"error": d["error"]} if "error" in d else {}), "context": r["context"]})
+            errors.append(
+                {
+                    "id": key,
+                    "source": r.get("_source"),
+                    "title": r.get("title"),
+                    "question": r["question"],
+                    "gold": r["answers"]["text"],
+                    "predicted": p,
+                    "f1": round(f1, 4),
+                    "score": _num(d["score"]),
+                    "null_score": _num(d["null_score"]),
+                    **({"error": d["error"]} if "error" in d else {}),
+                    "context": r["context"],
+                }
+            )
     # Worst first: lowest F1, and among equals the most confident prediction (the ones to read).
     errors.sort(key=lambda e: (e["f1"], -(e["score"] if e["score"] is not None else -1e9)))
     with (out_dir / "errors.jsonl").open("w", encoding="utf-8") as f:

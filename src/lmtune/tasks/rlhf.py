@@ -75,9 +75,15 @@ class RLHFTask:
         }
 
     # ---- reference ---------------------------------------------------------------------
-    def prepare_reference(self, model: torch.nn.Module, features: list[dict[str, Any]],
-                          rows: list[dict[str, Any]], run_dir: Path, batch_size: int,
-                          resume: bool = False) -> None:
+    def prepare_reference(
+        self,
+        model: torch.nn.Module,
+        features: list[dict[str, Any]],
+        rows: list[dict[str, Any]],
+        run_dir: Path,
+        batch_size: int,
+        resume: bool = False,
+    ) -> None:
         """Before training (and before a resumed run loads its checkpoint): switch dropout
         off (sampling, old, new and reference log-probs must be of the same function) and,
         without an adapter to disable, keep a frozen copy of the initial model."""
@@ -90,8 +96,16 @@ class RLHFTask:
     # ---- one step ----------------------------------------------------------------------
     def _sample(self, model: torch.nn.Module, batch: dict[str, Any]) -> Rollout:
         rl = self.rl
-        r = sample(model, self.tokenizer, batch["prompt_ids"], batch["prompts"],
-                   rl.samples_per_prompt, rl.max_new_tokens, rl.temperature, rl.top_p)
+        r = sample(
+            model,
+            self.tokenizer,
+            batch["prompt_ids"],
+            batch["prompts"],
+            rl.samples_per_prompt,
+            rl.max_new_tokens,
+            rl.temperature,
+            rl.top_p,
+        )
         device = r.input_ids.device
         r.rewards = torch.tensor(self.reward(r.prompts, r.texts), device=device)
         tokens = r.completion_ids
@@ -139,8 +153,17 @@ class RLHFTask:
         old = r.old_logps if r.old_logps is not None else logp.detach()
         adv = self._advantages(r, old)
         ref = r.ref_logps if rl.kl_in == "loss" else None
-        per_seq, stats = rlhf_loss(logp, old, ref, adv, r.mask, rl.clip_range, rl.kl_coef,
-                                   rl.aggregation, rl.max_new_tokens)
+        per_seq, stats = rlhf_loss(
+            logp,
+            old,
+            ref,
+            adv,
+            r.mask,
+            rl.clip_range,
+            rl.kl_coef,
+            rl.aggregation,
+            rl.max_new_tokens,
+        )
         assert r.rewards is not None
         self._note(r, logp.detach(), stats)
         return per_seq.sum(), torch.tensor(float(per_seq.numel()))
@@ -167,8 +190,13 @@ class RLHFTask:
 
     # ---- evaluation --------------------------------------------------------------------
     @torch.no_grad()
-    def evaluate(self, model: torch.nn.Module, rows: list[dict[str, Any]], batch_size: int,
-                 out_dir: Path | None = None) -> dict[str, float]:
+    def evaluate(
+        self,
+        model: torch.nn.Module,
+        rows: list[dict[str, Any]],
+        batch_size: int,
+        out_dir: Path | None = None,
+    ) -> dict[str, float]:
         """One completion per prompt (greedy, or sampled at rlhf.eval_temperature with
         rlhf.eval_seed, without touching the training random stream): mean reward, exact KL
         to the reference summed over the completion, and completion length."""
@@ -181,9 +209,16 @@ class RLHFTask:
             torch.manual_seed(rl.eval_seed)
             for i in range(0, len(feats), batch_size):
                 chunk = feats[i : i + batch_size]
-                r = sample(model, self.tokenizer, [f["prompt_ids"] for f in chunk],
-                           [f["prompt"] for f in chunk], 1, rl.max_new_tokens,
-                           rl.eval_temperature, rl.top_p)
+                r = sample(
+                    model,
+                    self.tokenizer,
+                    [f["prompt_ids"] for f in chunk],
+                    [f["prompt"] for f in chunk],
+                    1,
+                    rl.max_new_tokens,
+                    rl.eval_temperature,
+                    rl.top_p,
+                )
                 scores = self.reward(r.prompts, r.texts)
                 ref = reference_logits(model, self.ref_model, r)
                 if ref is not None:
@@ -192,13 +227,18 @@ class RLHFTask:
                     kls += (kl * r.mask).sum(-1).tolist()
                 rewards += scores
                 lengths += r.lengths.tolist()
-                records += [{"prompt": p, "completion": c, "reward": s}
-                            for p, c, s in zip(r.prompts, r.texts, scores, strict=True)]
+                records += [
+                    {"prompt": p, "completion": c, "reward": s}
+                    for p, c, s in zip(r.prompts, r.texts, scores, strict=True)
+                ]
         model.train(was_training)
         n = max(len(rewards), 1)
         mean = sum(rewards) / n
-        out = {"reward": mean, "completion_length": sum(lengths) / n,
-               "eval_prompts": float(len(rewards))}
+        out = {
+            "reward": mean,
+            "completion_length": sum(lengths) / n,
+            "eval_prompts": float(len(rewards)),
+        }
         out["reward_std"] = (sum((x - mean) ** 2 for x in rewards) / n) ** 0.5
         objective = mean
         if kls:

@@ -111,9 +111,11 @@ def sample(
     attn = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
     # transformers defaults to top-50 sampling: only temperature and top_p decide here, so
     # the sampling distribution is the one whose log-probs the loss uses.
-    how = {"do_sample": False} if temperature <= 0 else {
-        "do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0
-    }
+    how = (
+        {"do_sample": False}
+        if temperature <= 0
+        else {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
+    )
     out = gen_model.generate(
         input_ids=input_ids,
         attention_mask=attn,

@@ -20,8 +20,14 @@ class SFTTask:
     name = "sft"
     default_metric = ("eval_loss", "min")
 
-    def __init__(self, tokenizer: Any, fmt: str, max_length: int, template: str = "auto",
-                 packing: bool = False) -> None:
+    def __init__(
+        self,
+        tokenizer: Any,
+        fmt: str,
+        max_length: int,
+        template: str = "auto",
+        packing: bool = False,
+    ) -> None:
         self.tokenizer, self.fmt, self.max_length = tokenizer, fmt, max_length
         self.template, self.packing = template, packing
 
@@ -59,24 +65,35 @@ class SFTTask:
         batch["num_units"] = int((batch["labels"][:, 1:] != -100).sum())
         return batch
 
-    def token_losses(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def token_losses(
+        self, model: torch.nn.Module, batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per-token NLL, predictions and targets at the positions that carry loss."""
         from lmtune.models.lm_head import target_logps
 
-        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
+        inputs = {
+            k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch
+        }
         # The vocabulary projection only where the loss is, in recomputed chunks: prompt and
         # padding positions never reach the LM head, and no [tokens, vocab] tensor is kept.
         logp, pred, tgt, _ = target_logps(model, inputs, batch["labels"])
         return -logp, pred, tgt
 
-    def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def loss(
+        self, model: torch.nn.Module, batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed next-token NLL over response tokens, and the token count."""
         nll, _, _ = self.token_losses(model, batch)
         return nll.sum(), torch.tensor(float(nll.numel()))
 
     @torch.no_grad()
-    def evaluate(self, model: torch.nn.Module, rows: list[dict[str, Any]], batch_size: int,
-                 out_dir: Path | None = None) -> dict[str, float]:
+    def evaluate(
+        self,
+        model: torch.nn.Module,
+        rows: list[dict[str, Any]],
+        batch_size: int,
+        out_dir: Path | None = None,
+    ) -> dict[str, float]:
         """Token-weighted loss, perplexity and next-token accuracy on the response tokens."""
         was_training = model.training
         model.eval()
@@ -98,5 +115,10 @@ class SFTTask:
             correct += int((pred == tgt).sum())
         model.train(was_training)
         mean = total_nll / max(total_tok, 1)
-        return {"eval_loss": mean, "perplexity": perplexity(mean), "token_accuracy": correct / max(total_tok, 1),
-                "eval_tokens": float(total_tok), "eval_examples": float(len(feats))}
+        return {
+            "eval_loss": mean,
+            "perplexity": perplexity(mean),
+            "token_accuracy": correct / max(total_tok, 1),
+            "eval_tokens": float(total_tok),
+            "eval_examples": float(len(feats)),
+        }

@@ -34,7 +34,9 @@ class WeightAverage:
     training when total_steps is not a multiple of `every`.
     """
 
-    def __init__(self, model: torch.nn.Module, start_step: int, every: int, total_steps: int) -> None:
+    def __init__(
+        self, model: torch.nn.Module, start_step: int, every: int, total_steps: int
+    ) -> None:
         self.start_step, self.every, self.total_steps = start_step, every, total_steps
         self.names = [n for n, p in model.named_parameters() if p.requires_grad]
         self.mean: dict[str, torch.Tensor] = {}
@@ -67,7 +69,9 @@ class WeightAverage:
         """Restore a mean saved by `tensors()` after `count` snapshots (resume)."""
         unknown = sorted(set(tensors) - set(self.names))
         if unknown:
-            raise RuntimeError(f"saved weight average has tensors this model does not train: {unknown[:3]}")
+            raise RuntimeError(
+                f"saved weight average has tensors this model does not train: {unknown[:3]}"
+            )
         self.mean = {n: t.float().clone() for n, t in tensors.items()}
         self.count = count
 

@@ -26,7 +26,9 @@ CKPT_PREFIX = "step-"
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The parameters that training changes (adapter + head, or everything for full)."""
-    return {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
+    return {
+        n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad
+    }
 
 
 def rng_state() -> dict[str, Any]:
@@ -73,7 +75,11 @@ def save_checkpoint(
     with atomic_dir(final) as tmp:
         save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
         torch.save(
-            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
+            {
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": rng_state(),
+            },
             tmp / "trainer_state.pt",
         )
         for name, tensors in (extra or {}).items():
@@ -91,7 +97,7 @@ def list_checkpoints(ckpt_root: Path) -> list[Path]:
         return []
     found = [p for p in ckpt_root.iterdir() if p.is_dir() and p.name.startswith(CKPT_PREFIX)]
     found = [p for p in found if (p / "state.json").is_file()]
-    return sorted(found, key=lambda p: int(p.name[len(CKPT_PREFIX):]))
+    return sorted(found, key=lambda p: int(p.name[len(CKPT_PREFIX) :]))
 
 
 def load_trainable(model: torch.nn.Module, file: Path) -> None:

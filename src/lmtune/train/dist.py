@@ -27,7 +27,11 @@ class Dist:
             from accelerate import PartialState
 
             state = PartialState(cpu=not torch.cuda.is_available())
-            self.rank, self.world_size, self.device = state.process_index, state.num_processes, state.device
+            self.rank, self.world_size, self.device = (
+                state.process_index,
+                state.num_processes,
+                state.device,
+            )
         else:
             self.rank = 0
             self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -28,8 +28,12 @@ class MetricsLog:
     so the trackers see exactly what this file holds.
     """
 
-    def __init__(self, path: Path, enabled: bool = True,
-                 forward: Callable[[dict[str, Any]], None] | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        enabled: bool = True,
+        forward: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
         self.path, self.enabled, self.forward = path, enabled, forward
 
     def write(self, event: dict[str, Any]) -> None:
@@ -52,7 +56,9 @@ class Progress:
             TextColumn("[bold]train"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.4f} lr {task.fields[lr]:.2e} {task.fields[tps]:,.0f} tok/s"),
+            TextColumn(
+                "loss {task.fields[loss]:.4f} lr {task.fields[lr]:.2e} {task.fields[tps]:,.0f} tok/s"
+            ),
             TimeRemainingColumn(),
             console=self.console,
             disable=not enabled,
@@ -66,13 +72,17 @@ class Progress:
         """Begin at `step` (non-zero on resume)."""
         self._first_step = step
         self.bar.start()
-        self.task_id = self.bar.add_task("train", total=self.total, completed=step, loss=float("nan"), lr=0.0, tps=0.0)
+        self.task_id = self.bar.add_task(
+            "train", total=self.total, completed=step, loss=float("nan"), lr=0.0, tps=0.0
+        )
 
     def update(self, step: int, loss: float, lr: float, tokens: int, elapsed: float) -> None:
         """Advance to `step` with the latest figures."""
         if self.task_id is None:
             return
-        self.bar.update(self.task_id, completed=step, loss=loss, lr=lr, tps=tokens / max(elapsed, 1e-9))
+        self.bar.update(
+            self.task_id, completed=step, loss=loss, lr=lr, tps=tokens / max(elapsed, 1e-9)
+        )
 
     def note(self, text: str) -> None:
         """Print a line above the bar (evaluations, early stopping)."""

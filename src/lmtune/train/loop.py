@@ -42,7 +42,9 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def plan_steps(lengths: list[int], step_batch: int, seed: int, epoch: int, bucketing: bool) -> list[list[int]]:
+def plan_steps(
+    lengths: list[int], step_batch: int, seed: int, epoch: int, bucketing: bool
+) -> list[list[int]]:
     """The examples of every optimizer step of one epoch: a function of (seed, epoch) only.
 
     Planning whole steps (not micro-batches) makes the plan independent of how a step is
@@ -75,9 +77,10 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
     # On CPUs without native bf16 (AVX512-BF16 / AMX), emulated bf16 is slower than fp32.
-    native = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() or getattr(
-        torch.cpu, "_is_amx_tile_supported", lambda: False
-    )()
+    native = (
+        getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
+        or getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    )
     return torch.bfloat16 if native else None
 
 
@@ -138,27 +141,46 @@ def train(
             f"(batch_size {tc.batch_size} x grad_accum {tc.grad_accum} x {dist.world_size} process(es)); "
             "lower train.batch_size or train.grad_accum, or add data"
         )
-    total_steps = tc.max_steps if tc.max_steps > 0 else max(1, int(round(tc.epochs * steps_per_epoch)))
+    total_steps = (
+        tc.max_steps if tc.max_steps > 0 else max(1, int(round(tc.epochs * steps_per_epoch)))
+    )
 
     optimizer = torch.optim.AdamW(
-        param_groups(model, tc.weight_decay, tc.lr, tc.head_lr, head_names or [], tc.layer_lr_decay),
+        param_groups(
+            model, tc.weight_decay, tc.lr, tc.head_lr, head_names or [], tc.layer_lr_decay
+        ),
         lr=tc.lr,
         betas=tc.adam_betas,
         **_adamw_kernel(model),
     )
     warm = warmup_steps(total_steps, tc.warmup_ratio, tc.warmup_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tc.scheduler, warm, total_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(tc.scheduler, warm, total_steps)
+    )
 
     metric, mode = tc.early_stopping.metric, tc.early_stopping.mode
-    state: dict[str, Any] = {"step": 0, "epoch": 0, "step_in_epoch": 0, "best": None, "best_step": None,
-                             "bad_evals": 0, "tokens": 0, "samples": 0, "elapsed": 0.0}
+    state: dict[str, Any] = {
+        "step": 0,
+        "epoch": 0,
+        "step_in_epoch": 0,
+        "best": None,
+        "best_step": None,
+        "bad_evals": 0,
+        "tokens": 0,
+        "samples": 0,
+        "elapsed": 0.0,
+    }
     ckpt_root = run_dir / "checkpoints"
     best_dir = run_dir / "best"
     average = None
     if tc.average is not None:
         # Parameter names of the unwrapped model throughout: torch.compile prefixes its own.
-        average = WeightAverage(_unwrap(model), averaging_start(tc.average.start, total_steps),
-                                tc.average.every, total_steps)
+        average = WeightAverage(
+            _unwrap(model),
+            averaging_start(tc.average.start, total_steps),
+            tc.average.every,
+            total_steps,
+        )
     if resume:
         found = ckpt.list_checkpoints(ckpt_root)
         if found:
@@ -219,8 +241,10 @@ def train(
         entry = {"event": "eval", "step": state["step"], "epoch": state["epoch"], **metrics}
         history.append(entry)
         log.write(entry)
-        progress.note(f"step {state['step']}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()
-                                                            if isinstance(v, float)))
+        progress.note(
+            f"step {state['step']}: "
+            + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+        )
         if _improved(value, state["best"], mode, tc.early_stopping.min_delta):
             state.update(best=value, best_step=state["step"], bad_evals=0)
             save_best()
@@ -236,7 +260,9 @@ def train(
             state["average_count"] = average.count
             extra = {AVERAGE_FILE: average.tensors()}
         if dist.is_main:
-            ckpt.save_checkpoint(ckpt_root, step, model, optimizer, scheduler, state, tc.keep_last, extra=extra)
+            ckpt.save_checkpoint(
+                ckpt_root, step, model, optimizer, scheduler, state, tc.keep_last, extra=extra
+            )
         dist.barrier()
 
     model.train()
@@ -246,8 +272,10 @@ def train(
             epoch = state["epoch"]
             plan = plan_steps(lengths, step_batch, cfg.run.seed, epoch, cfg.data.bucketing)
             while state["step_in_epoch"] < len(plan) and not done:
-                micro = [task.collate([train_features[i] for i in dist.shard(b)])
-                         for b in split_step(plan[state["step_in_epoch"]], lengths, micro_global)]
+                micro = [
+                    task.collate([train_features[i] for i in dist.shard(b)])
+                    for b in split_step(plan[state["step_in_epoch"]], lengths, micro_global)
+                ]
                 # Normalise by the loss units of the WHOLE step on ALL processes, so 4x2 == 8x1
                 # and 2 processes == 1 process (mean over tokens, not mean of micro-batch means).
                 units = dist.all_sum(sum(float(m["num_units"]) for m in micro))
@@ -266,7 +294,9 @@ def train(
                     # Every process adds the same penalty and the sum over processes follows.
                     penalty = regularizer(_unwrap(model))
                     (penalty / dist.world_size).backward()
-                    window_extra["penalty"] = window_extra.get("penalty", 0.0) + float(penalty.detach())
+                    window_extra["penalty"] = window_extra.get("penalty", 0.0) + float(
+                        penalty.detach()
+                    )
                 dist.all_reduce_grads(model)
                 if tc.max_grad_norm:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
@@ -284,15 +314,30 @@ def train(
                 window_units += 1
                 for key, value in (step_metrics() if step_metrics else {}).items():
                     # Every process logs the same numbers: the mean over processes.
-                    window_extra[key] = window_extra.get(key, 0.0) + dist.all_sum(value) / dist.world_size
+                    window_extra[key] = (
+                        window_extra.get(key, 0.0) + dist.all_sum(value) / dist.world_size
+                    )
                 last_loss = step_loss
-                progress.update(step, loss=step_loss, lr=scheduler.get_last_lr()[0],
-                                tokens=state["tokens"] * dist.world_size, elapsed=time.perf_counter() - t_start)
+                progress.update(
+                    step,
+                    loss=step_loss,
+                    lr=scheduler.get_last_lr()[0],
+                    tokens=state["tokens"] * dist.world_size,
+                    elapsed=time.perf_counter() - t_start,
+                )
                 if step % tc.log_every == 0 or step == total_steps:
-                    log.write({"event": "train", "step": step, "epoch": epoch, "loss": window_loss / window_units,
-                               "lr": scheduler.get_last_lr()[0], "tokens": state["tokens"] * dist.world_size,
-                               "elapsed_s": round(time.perf_counter() - t_start, 3),
-                               **{k: v / window_units for k, v in window_extra.items()}})
+                    log.write(
+                        {
+                            "event": "train",
+                            "step": step,
+                            "epoch": epoch,
+                            "loss": window_loss / window_units,
+                            "lr": scheduler.get_last_lr()[0],
+                            "tokens": state["tokens"] * dist.world_size,
+                            "elapsed_s": round(time.perf_counter() - t_start, 3),
+                            **{k: v / window_units for k, v in window_extra.items()},
+                        }
+                    )
                     window_loss, window_units = 0.0, 0.0
                     window_extra = {}
                 done = step >= total_steps
@@ -300,15 +345,26 @@ def train(
                 if end_of_epoch:
                     state["epoch"] += 1
                     state["step_in_epoch"] = 0
-                want_eval = (eval_every and step % eval_every == 0) or (end_of_epoch and tc.eval_each_epoch) or done
+                want_eval = (
+                    (eval_every and step % eval_every == 0)
+                    or (end_of_epoch and tc.eval_each_epoch)
+                    or done
+                )
                 if want_eval:
                     metrics = run_eval()
                     if metrics is not None and after_eval(metrics):
                         stopped_early = True
                         done = True
-                        dist.print(f"early stopping at step {step}: {metric} did not improve for "
-                                   f"{tc.early_stopping.patience} evaluations")
-                if (save_every and step % save_every == 0) or (want_eval and not save_every) or end_of_epoch or done:
+                        dist.print(
+                            f"early stopping at step {step}: {metric} did not improve for "
+                            f"{tc.early_stopping.patience} evaluations"
+                        )
+                if (
+                    (save_every and step % save_every == 0)
+                    or (want_eval and not save_every)
+                    or end_of_epoch
+                    or done
+                ):
                     save(step)
                 if want_eval and on_eval is not None and metrics is not None:
                     _notify(on_eval, step, metrics, log, progress)
@@ -330,15 +386,19 @@ def train(
             state.update(best=average_result.get(metric), best_step=state["step"])
             if "eval" in average_result:
                 history.append(average_result["eval"])
-            dist.print(f"kept the weight average of {average.count} snapshots ({metric}="
-                       f"{average_result.get(metric, float('nan')):.4f})")
+            dist.print(
+                f"kept the weight average of {average.count} snapshots ({metric}="
+                f"{average_result.get(metric, float('nan')):.4f})"
+            )
     # Keep the best model: reload its weights so what we save/evaluate next is the best one.
     best_path = None
     if (best_dir / "trainable.safetensors").is_file() and state["best_step"] is not None:
         best_path = best_dir
         if state["best_step"] != state["step"]:
             ckpt.load_trainable(model, best_dir / "trainable.safetensors")
-            dist.print(f"loaded the best model (step {state['best_step']}, {metric}={state['best']:.4f})")
+            dist.print(
+                f"loaded the best model (step {state['best_step']}, {metric}={state['best']:.4f})"
+            )
     summary = {
         "train_runtime_s": round(runtime, 3),
         "train_steps": state["step"],
@@ -368,9 +428,15 @@ def train(
 AVERAGE_FILE = "weight_average"  # CKPT/weight_average.safetensors: the running mean
 
 
-def _judge_average(average: WeightAverage, model: torch.nn.Module,
-                   run_eval: Callable[[], dict[str, float] | None], state: dict[str, Any],
-                   metric: str, mode: str, log: MetricsLog) -> dict[str, Any]:
+def _judge_average(
+    average: WeightAverage,
+    model: torch.nn.Module,
+    run_eval: Callable[[], dict[str, float] | None],
+    state: dict[str, Any],
+    metric: str,
+    mode: str,
+    log: MetricsLog,
+) -> dict[str, Any]:
     """Evaluate the averaged weights and decide whether they are the final model.
 
     Kept when there is no eval split (averaging was asked for and nothing says otherwise) or
@@ -379,8 +445,12 @@ def _judge_average(average: WeightAverage, model: torch.nn.Module,
     """
     with average.applied(_unwrap(model)):
         metrics = run_eval()
-    result: dict[str, Any] = {"snapshots": average.count, "from_step": average.start_step,
-                              "every": average.every, **(metrics or {})}
+    result: dict[str, Any] = {
+        "snapshots": average.count,
+        "from_step": average.start_step,
+        "every": average.every,
+        **(metrics or {}),
+    }
     value = (metrics or {}).get(metric)
     best = state["best"]
     if value is None:
@@ -393,20 +463,32 @@ def _judge_average(average: WeightAverage, model: torch.nn.Module,
     entry = {"event": "eval_average", "step": state["step"], "epoch": state["epoch"], **result}
     log.write(entry)
     if metrics is not None:  # what summary.best_eval shows when the average is kept
-        result["eval"] = {"event": "eval", "step": state["step"], "epoch": state["epoch"], **metrics,
-                          "weight_average": True}
+        result["eval"] = {
+            "event": "eval",
+            "step": state["step"],
+            "epoch": state["epoch"],
+            **metrics,
+            "weight_average": True,
+        }
     return result
 
 
-def _notify(on_eval: Callable[[int, dict[str, float]], None], step: int, metrics: dict[str, float],
-            log: MetricsLog, progress: Progress) -> None:
+def _notify(
+    on_eval: Callable[[int, dict[str, float]], None],
+    step: int,
+    metrics: dict[str, float],
+    log: MetricsLog,
+    progress: Progress,
+) -> None:
     """Hand an evaluation to `on_eval`; if it stops the run, say so in metrics.jsonl first."""
     try:
         on_eval(step, metrics)
     except BaseException as exc:
         # Called after this step's checkpoint: the folder is what a kill here leaves (resumable),
         # and the log says why it ends, so a pruned trial does not look like a crash.
-        log.write({"event": "stopped", "step": step, "reason": type(exc).__name__, "detail": str(exc)})
+        log.write(
+            {"event": "stopped", "step": step, "reason": type(exc).__name__, "detail": str(exc)}
+        )
         progress.stop()
         raise
 
@@ -421,7 +503,9 @@ def _adamw_kernel(model: torch.nn.Module) -> dict[str, bool]:
     of SST-2 classification at batch 32. Same update rule, so results agree to rounding.
     """
     params = [p for p in model.parameters() if p.requires_grad]
-    fusable = bool(params) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+    fusable = bool(params) and all(
+        p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params
+    )
     return {"fused": True} if fusable else {"foreach": True}
 
 

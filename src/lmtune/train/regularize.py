@@ -22,32 +22,49 @@ import torch
 from lmtune.errors import UserError
 
 
-def l2sp_penalty(params: Mapping[str, torch.Tensor], anchors: Mapping[str, torch.Tensor],
-                 weight: float) -> torch.Tensor:
+def l2sp_penalty(
+    params: Mapping[str, torch.Tensor], anchors: Mapping[str, torch.Tensor], weight: float
+) -> torch.Tensor:
     """weight * sum over anchored tensors of (w - w0)^2; differentiable in params."""
     return weight * torch.stack([(params[n] - a).pow(2).sum() for n, a in anchors.items()]).sum()
 
 
-def ewc_penalty(params: Mapping[str, torch.Tensor], anchors: Mapping[str, torch.Tensor],
-                fisher: Mapping[str, torch.Tensor], weight: float) -> torch.Tensor:
+def ewc_penalty(
+    params: Mapping[str, torch.Tensor],
+    anchors: Mapping[str, torch.Tensor],
+    fisher: Mapping[str, torch.Tensor],
+    weight: float,
+) -> torch.Tensor:
     """weight * sum over anchored tensors of F * (w - w0)^2; differentiable in params."""
-    return weight * torch.stack([(fisher[n] * (params[n] - a).pow(2)).sum() for n, a in anchors.items()]).sum()
+    return (
+        weight
+        * torch.stack(
+            [(fisher[n] * (params[n] - a).pow(2)).sum() for n, a in anchors.items()]
+        ).sum()
+    )
 
 
-def penalized_parameters(model: torch.nn.Module, head_names: Iterable[str]) -> dict[str, torch.nn.Parameter]:
+def penalized_parameters(
+    model: torch.nn.Module, head_names: Iterable[str]
+) -> dict[str, torch.nn.Parameter]:
     """Trainable parameters by name, without those of the task-head modules in head_names.
 
     head_names are children of the transformers model (adapters.head_module_names); for a
     peft model their adapter copies are excluded too, found by identity, not by name.
     """
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    head_ids = {id(p) for name in head_names if name != "lm_head" and hasattr(base, name)
-                for p in getattr(base, name).parameters()}
+    head_ids = {
+        id(p)
+        for name in head_names
+        if name != "lm_head" and hasattr(base, name)
+        for p in getattr(base, name).parameters()
+    }
     return {n: p for n, p in model.named_parameters() if p.requires_grad and id(p) not in head_ids}
 
 
-def diagonal_fisher(params: Mapping[str, torch.nn.Parameter],
-                    sample_losses: Iterable[torch.Tensor]) -> dict[str, torch.Tensor]:
+def diagonal_fisher(
+    params: Mapping[str, torch.nn.Parameter], sample_losses: Iterable[torch.Tensor]
+) -> dict[str, torch.Tensor]:
     """Mean over samples of the squared gradient of each sample's loss (empirical Fisher).
 
     sample_losses yields one scalar loss per example, each with a fresh graph to params; the
@@ -64,8 +81,10 @@ def diagonal_fisher(params: Mapping[str, torch.nn.Parameter],
                 f.add_(g.detach().float().pow(2))
         count += 1
     if count == 0:
-        raise UserError("forgetting.mitigation.ewc: no reference example to compute the Fisher on "
-                        "(check forgetting.reference / forgetting.prior)")
+        raise UserError(
+            "forgetting.mitigation.ewc: no reference example to compute the Fisher on "
+            "(check forgetting.reference / forgetting.prior)"
+        )
     return {n: f / count for n, f in zip(names, fisher, strict=True)}
 
 
@@ -74,8 +93,10 @@ def normalize_fisher(fisher: Mapping[str, torch.Tensor]) -> dict[str, torch.Tens
     total = sum(float(f.sum()) for f in fisher.values())
     numel = sum(f.numel() for f in fisher.values())
     if total <= 0 or numel == 0:
-        raise UserError("forgetting.mitigation.ewc: the Fisher is zero (the reference loss has no "
-                        "gradient for the trainable weights); use l2sp instead")
+        raise UserError(
+            "forgetting.mitigation.ewc: the Fisher is zero (the reference loss has no "
+            "gradient for the trainable weights); use l2sp instead"
+        )
     mean = total / numel
     return {n: f / mean for n, f in fisher.items()}
 
@@ -100,8 +121,13 @@ class Regularizer:
         return total
 
 
-def build_regularizer(model: torch.nn.Module, head_names: Iterable[str], l2sp: float, ewc: float,
-                      sample_losses: Callable[[], Iterable[torch.Tensor]] | None = None) -> Regularizer | None:
+def build_regularizer(
+    model: torch.nn.Module,
+    head_names: Iterable[str],
+    l2sp: float,
+    ewc: float,
+    sample_losses: Callable[[], Iterable[torch.Tensor]] | None = None,
+) -> Regularizer | None:
     """A Regularizer anchored at the model's current weights, or None when both weights are 0.
 
     sample_losses() yields the per-example reference losses for the EWC Fisher (needed when
@@ -111,12 +137,16 @@ def build_regularizer(model: torch.nn.Module, head_names: Iterable[str], l2sp: f
         return None  # off: the loop runs exactly as without mitigation
     params = penalized_parameters(model, head_names)
     if not params:
-        raise UserError("forgetting.mitigation l2sp/ewc: no trainable weight outside the task head "
-                        "to pull back (adapter.type head?); use adapter.type full or lora")
+        raise UserError(
+            "forgetting.mitigation l2sp/ewc: no trainable weight outside the task head "
+            "to pull back (adapter.type head?); use adapter.type full or lora"
+        )
     anchors = {n: p.detach().clone() for n, p in params.items()}
     fisher = None
     if ewc > 0:
         if sample_losses is None:
-            raise UserError("forgetting.mitigation.ewc needs forgetting.reference or forgetting.prior")
+            raise UserError(
+                "forgetting.mitigation.ewc needs forgetting.reference or forgetting.prior"
+            )
         fisher = normalize_fisher(diagonal_fisher(params, sample_losses()))
     return Regularizer(anchors, l2sp=l2sp, ewc=ewc, fisher=fisher)

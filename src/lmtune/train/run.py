@@ -29,24 +29,45 @@ def text_length_fn(tokenizer: Any):
         elif "prompt" in row:  # a preference pair (the prompt and its longer response), or a prompt
             prompt = row["prompt"]
             prompt = " ".join(m["content"] for m in prompt) if isinstance(prompt, list) else prompt
-            parts = [prompt] + ([max(row["chosen"], row["rejected"], key=len)] if "chosen" in row else [])
+            parts = [prompt] + (
+                [max(row["chosen"], row["rejected"], key=len)] if "chosen" in row else []
+            )
         else:
-            parts = [row[k] for k in ("text", "text_pair", "instruction", "input", "output",
-                                      "question", "context") if row.get(k)]
+            parts = [
+                row[k]
+                for k in (
+                    "text",
+                    "text_pair",
+                    "instruction",
+                    "input",
+                    "output",
+                    "question",
+                    "context",
+                )
+                if row.get(k)
+            ]
         return len(tokenizer(" ".join(parts), add_special_tokens=False)["input_ids"])
 
     return fn
 
 
-def encode_rows(task: Any, rows: list[dict[str, Any]], rejects_path: Path | None) -> list[dict[str, Any]]:
+def encode_rows(
+    task: Any, rows: list[dict[str, Any]], rejects_path: Path | None
+) -> list[dict[str, Any]]:
     """Encode rows; rows the task cannot encode (no room for a response) are rejected, not lost."""
     feats, rejected = [], []
     for row in rows:
         try:
             feat = task.encode(row)
         except ValueError as exc:
-            rejected.append({"source": row.get("_source"), "reason": str(exc), "stage": "tokenize",
-                             "row": {k: v for k, v in row.items() if not k.startswith("_")}})
+            rejected.append(
+                {
+                    "source": row.get("_source"),
+                    "reason": str(exc),
+                    "stage": "tokenize",
+                    "row": {k: v for k, v in row.items() if not k.startswith("_")},
+                }
+            )
             continue
         if isinstance(feat, list):  # qa: one row -> one feature per window of a long context
             feats.extend(feat)
@@ -61,9 +82,11 @@ def encode_rows(task: Any, rows: list[dict[str, Any]], rejects_path: Path | None
     if rows and not feats:
         from lmtune.errors import UserError
 
-        raise UserError(f"all {len(rows)} rows were rejected at tokenization, e.g. "
-                        f"{rejected[0]['source']}: {rejected[0]['reason']}; raise model.max_length "
-                        "or shorten the prompts")
+        raise UserError(
+            f"all {len(rows)} rows were rejected at tokenization, e.g. "
+            f"{rejected[0]['source']}: {rejected[0]['reason']}; raise model.max_length "
+            "or shorten the prompts"
+        )
     return feats
 
 
@@ -85,32 +108,59 @@ def setup(cfg: Config, run_dir: Path, for_training: bool = True) -> dict[str, An
     if cfg.task == "classification" and not prepared.labels:
         from lmtune.errors import UserError
 
-        raise UserError("task classification found no labels in the training data (check data.columns.label)")
-    task = build_task(cfg.task, tokenizer, cfg, prepared.labels, prepared.label_weights, prepared.format)
+        raise UserError(
+            "task classification found no labels in the training data (check data.columns.label)"
+        )
+    task = build_task(
+        cfg.task, tokenizer, cfg, prepared.labels, prepared.label_weights, prepared.format
+    )
     if hasattr(task, "observe_train"):  # qa: are there unanswerable questions to learn?
         task.observe_train(prepared.splits["train"])
     set_seed(cfg.run.seed)  # the head's random init must not depend on how much data prep drew
-    model = load_model(cfg.model, cfg.task, tokenizer, num_labels=len(prepared.labels or []) or None,
-                       labels=prepared.labels)
+    model = load_model(
+        cfg.model,
+        cfg.task,
+        tokenizer,
+        num_labels=len(prepared.labels or []) or None,
+        labels=prepared.labels,
+    )
     model = apply_adapter(model, cfg.adapter, cfg.task)
     trainable, total = count_parameters(model)
-    dist.print(f"model {cfg.model.name_or_path}: {trainable:,} of {total:,} parameters trainable "
-               f"({100 * trainable / max(total, 1):.2f}%, adapter {cfg.adapter.type})")
-    return {"tokenizer": tokenizer, "prepared": prepared, "task": task, "model": model,
-            "params": {"trainable": trainable, "total": total}}
+    dist.print(
+        f"model {cfg.model.name_or_path}: {trainable:,} of {total:,} parameters trainable "
+        f"({100 * trainable / max(total, 1):.2f}%, adapter {cfg.adapter.type})"
+    )
+    return {
+        "tokenizer": tokenizer,
+        "prepared": prepared,
+        "task": task,
+        "model": model,
+        "params": {"trainable": trainable, "total": total},
+    }
 
 
 def model_meta(cfg: Config, prepared: Any) -> dict[str, Any]:
     """What a saved model needs to be used again without the config (labels, format, template)."""
-    return {"task": cfg.task, "labels": prepared.labels, "format": prepared.format,
-            "template": cfg.data.template, "max_length": cfg.model.max_length,
-            "base_model": cfg.model.name_or_path, "adapter": cfg.adapter.type, "run_name": cfg.run.name,
-            "pooling": cfg.model.pooling}
+    return {
+        "task": cfg.task,
+        "labels": prepared.labels,
+        "format": prepared.format,
+        "template": cfg.data.template,
+        "max_length": cfg.model.max_length,
+        "base_model": cfg.model.name_or_path,
+        "adapter": cfg.adapter.type,
+        "run_name": cfg.run.name,
+        "pooling": cfg.model.pooling,
+    }
 
 
-def run_training(cfg: Config, resume: bool = False, quiet: bool = False,
-                 stop_after: int | None = None,
-                 on_eval: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, Any]:
+def run_training(
+    cfg: Config,
+    resume: bool = False,
+    quiet: bool = False,
+    stop_after: int | None = None,
+    on_eval: Callable[[int, dict[str, float]], None] | None = None,
+) -> dict[str, Any]:
     """The whole `lmtune train` run; returns the summary (also in RUN_DIR/summary.json).
 
     `on_eval(step, metrics)` goes to the loop (`lmtune tune` reports to its pruner there).
@@ -130,7 +180,12 @@ def run_training(cfg: Config, resume: bool = False, quiet: bool = False,
             for stale in ("metrics.jsonl", "rejects.jsonl"):
                 (run_dir / stale).unlink(missing_ok=True)
     parts = setup(cfg, run_dir)
-    task, model, tokenizer, prepared = parts["task"], parts["model"], parts["tokenizer"], parts["prepared"]
+    task, model, tokenizer, prepared = (
+        parts["task"],
+        parts["model"],
+        parts["tokenizer"],
+        parts["prepared"],
+    )
     meta = model_meta(cfg, prepared)
     if cfg.baselines.enabled:
         from lmtune.evaluate.baselines import check_label_maps
@@ -139,11 +194,15 @@ def run_training(cfg: Config, resume: bool = False, quiet: bool = False,
     if hasattr(task, "model_meta"):  # qa: decoding settings that eval/predict must reuse
         meta.update(task.model_meta())
 
-    features = encode_rows(task, prepared.splits["train"], run_dir / "rejects.jsonl" if dist.is_main else None)
+    features = encode_rows(
+        task, prepared.splits["train"], run_dir / "rejects.jsonl" if dist.is_main else None
+    )
     forget = None
     if forgetting_on(cfg):  # the reference measured before training; L2-SP/EWC anchors; replay rows
         model.to(dist.device)
-        forget = start_forgetting(cfg, model, tokenizer, head_module_names(model), len(features), dist.is_main)
+        forget = start_forgetting(
+            cfg, model, tokenizer, head_module_names(model), len(features), dist.is_main
+        )
         features += forget.replay
     if hasattr(task, "prepare_features"):
         features = task.prepare_features(features)
@@ -153,8 +212,9 @@ def run_training(cfg: Config, resume: bool = False, quiet: bool = False,
         # computed once here (and cached in the run folder for --resume).
         model.to(dist.device)
         held_out = [r for name in ("eval", "test") for r in prepared.splits.get(name) or []]
-        task.prepare_reference(model, features, held_out, run_dir, cfg.train.eval_batch_size,
-                               resume=resume)
+        task.prepare_reference(
+            model, features, held_out, run_dir, cfg.train.eval_batch_size, resume=resume
+        )
 
     # The untrained baseline (for classification: the randomly initialised head) on the
     # held-out splits, so the summary shows what training bought.
@@ -162,8 +222,11 @@ def run_training(cfg: Config, resume: bool = False, quiet: bool = False,
     if cfg.train.eval_before and not resume and dist.is_main:
         model.to(dist.device)
         with torch.no_grad():
-            before = {name: _flat(task.evaluate(model, rows, cfg.train.eval_batch_size, None))
-                      for name in ("eval", "test") if (rows := prepared.splits.get(name))}
+            before = {
+                name: _flat(task.evaluate(model, rows, cfg.train.eval_batch_size, None))
+                for name in ("eval", "test")
+                if (rows := prepared.splits.get(name))
+            }
     if cfg.audit.enabled and not resume and dist.is_main:  # bias audit of the starting point
         from lmtune.evaluate.audit import audit_in_run
 
@@ -177,16 +240,32 @@ def run_training(cfg: Config, resume: bool = False, quiet: bool = False,
     # metrics.jsonl event, and are closed FAILED when anything below raises.
     trackers = open_trackers(cfg, run_dir, resume=resume) if dist.is_main else Trackers()
     with trackers:
-        result = train(cfg, task, model, features, eval_rows, run_dir, saver,
-                       head_names=head_module_names(model), resume=resume, stop_after=stop_after, quiet=quiet,
-                       on_eval=on_eval, regularizer=forget.regularizer if forget else None,
-                       on_log=trackers.log_event)
+        result = train(
+            cfg,
+            task,
+            model,
+            features,
+            eval_rows,
+            run_dir,
+            saver,
+            head_names=head_module_names(model),
+            resume=resume,
+            stop_after=stop_after,
+            quiet=quiet,
+            on_eval=on_eval,
+            regularizer=forget.regularizer if forget else None,
+            on_log=trackers.log_event,
+        )
         if stop_after is not None and "interrupted_at" in result.summary:
             trackers.close("KILLED")  # what a kill here would leave: resumable
             return result.summary
-        summary = {**result.summary, "trainable_params": parts["params"]["trainable"],
-                   "total_params": parts["params"]["total"], "eval_before": before,
-                   "data": {k: len(v) for k, v in prepared.splits.items()}}
+        summary = {
+            **result.summary,
+            "trainable_params": parts["params"]["trainable"],
+            "total_params": parts["params"]["total"],
+            "eval_before": before,
+            "data": {k: len(v) for k, v in prepared.splits.items()},
+        }
         if dist.is_main:
             done = Finished(cfg, run_dir, task, model, tokenizer, prepared, forget)
             save_model(model, tokenizer, run_dir / "model", extra=meta)
@@ -225,10 +304,17 @@ def _write_profile(f: Finished) -> None:
     from lmtune.ops.profile import write_profile
 
     try:  # a profile problem must not cost a finished training run
-        write_profile(f.run_dir / "model", f.prepared.splits["train"], f.tokenizer, f.prepared.labels,
-                      f.cfg.monitor.vocab_size)
+        write_profile(
+            f.run_dir / "model",
+            f.prepared.splits["train"],
+            f.tokenizer,
+            f.prepared.labels,
+            f.cfg.monitor.vocab_size,
+        )
     except Exception as exc:
-        Dist.get().print(f"warning: data_profile.json not written ({exc}); `lmtune monitor` will skip drift checks")
+        Dist.get().print(
+            f"warning: data_profile.json not written ({exc}); `lmtune monitor` will skip drift checks"
+        )
 
 
 def _evaluate(f: Finished, rows: list[dict[str, Any]], out_dir: Path | None) -> dict[str, Any]:
@@ -260,8 +346,16 @@ def _baselines(f: Finished) -> dict[str, Any] | None:
         Dist.get().print("baselines skipped: no test or eval rows to compare on")
         return None
     tuned = f.test if f.test is not None else _evaluate(f, rows, None)
-    return run_baselines(f.run_dir / "model", f.cfg, rows, tuned, f.run_dir, f.prepared.splits["train"],
-                         device=Dist.get().device, data=f"{split} split")
+    return run_baselines(
+        f.run_dir / "model",
+        f.cfg,
+        rows,
+        tuned,
+        f.run_dir,
+        f.prepared.splits["train"],
+        device=Dist.get().device,
+        data=f"{split} split",
+    )
 
 
 def _audit(f: Finished) -> dict[str, Any] | None:
@@ -283,15 +377,20 @@ def _overfitting(f: Finished) -> dict[str, Any]:
     from lmtune.evaluate.forgetting import overfitting_flags
 
     log = f.run_dir / "metrics.jsonl"
-    events = [json.loads(line) for line in log.read_text().splitlines() if line] if log.is_file() else []
+    events = (
+        [json.loads(line) for line in log.read_text().splitlines() if line] if log.is_file() else []
+    )
     return overfitting_flags(events)
 
 
 # The steps after training, in order, each (summary.json key, step). A step returns None when
 # its part is off or has nothing to work on; baselines reuse the test result when there is one.
 AFTER_TRAINING: tuple[tuple[str, Callable[[Finished], Any]], ...] = (
-    ("test", _test_split), ("baselines", _baselines), ("audit", _audit),
-    ("forgetting", _forgetting), ("overfitting", _overfitting),
+    ("test", _test_split),
+    ("baselines", _baselines),
+    ("audit", _audit),
+    ("forgetting", _forgetting),
+    ("overfitting", _overfitting),
 )
 
 

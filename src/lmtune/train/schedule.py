@@ -46,12 +46,18 @@ def layer_depths(names: list[str]) -> dict[str, int]:
     """
     blocks = {n: int(m.group(1)) for n in names if (m := _BLOCK.search(n))}
     top = max(blocks.values(), default=-1) + 2
-    return {n: blocks[n] + 1 if n in blocks else 0 if any(e in n.lower() for e in _EMBED) else top
-            for n in names}
+    return {
+        n: blocks[n] + 1 if n in blocks else 0 if any(e in n.lower() for e in _EMBED) else top
+        for n in names
+    }
 
 
 def param_groups(
-    model: torch.nn.Module, weight_decay: float, lr: float, head_lr: float | None, head_names: list[str],
+    model: torch.nn.Module,
+    weight_decay: float,
+    lr: float,
+    head_lr: float | None,
+    head_names: list[str],
     layer_decay: float = 1.0,
 ) -> list[dict]:
     """AdamW groups: decay vs no-decay, a separate LR for a freshly initialised head, and
@@ -68,7 +74,9 @@ def param_groups(
     for name, p in named:
         low = name.lower()
         no_decay = p.ndim < 2 or any(k in low for k in _NO_DECAY)
-        is_head = head_lr is not None and any(f".{h}." in f".{name}" or name.startswith(h) for h in head_names)
+        is_head = head_lr is not None and any(
+            f".{h}." in f".{name}" or name.startswith(h) for h in head_names
+        )
         depth = top if is_head or layer_decay == 1.0 else depths[name]
         groups.setdefault((no_decay, is_head, depth), []).append(p)
     out = []

@@ -86,7 +86,7 @@ def event_metrics(event: dict[str, Any]) -> tuple[int, dict[str, float]] | None:
     for key, value in event.items():
         if key in _NOT_METRICS or not _is_number(value):
             continue
-        name = key[len("eval_"):] if kind.startswith("eval") and key.startswith("eval_") else key
+        name = key[len("eval_") :] if kind.startswith("eval") and key.startswith("eval_") else key
         metrics[f"{kind}/{name}"] = float(value)
     return int(event["step"]), metrics
 
@@ -150,7 +150,7 @@ def _artifact_location(tracking_uri: str) -> str | None:
     """Artifacts beside a local SQLite store (MLflow's default is ./mlartifacts in the cwd)."""
     if not tracking_uri.startswith("sqlite:///"):
         return None
-    return (Path(tracking_uri[len("sqlite:///"):]).resolve().parent / "mlartifacts").as_uri()
+    return (Path(tracking_uri[len("sqlite:///") :]).resolve().parent / "mlartifacts").as_uri()
 
 
 class MLflowTracker:
@@ -161,20 +161,34 @@ class MLflowTracker:
     deletes them); the resumed steps are logged again beside them.
     """
 
-    def __init__(self, tracking_uri: str, experiment: str, run_name: str, run_dir: Path,
-                 resume: bool) -> None:
+    def __init__(
+        self, tracking_uri: str, experiment: str, run_name: str, run_dir: Path, resume: bool
+    ) -> None:
         import_mlflow()
         from mlflow import MlflowClient
 
         self.client = MlflowClient(tracking_uri=tracking_uri)
         exp = self.client.get_experiment_by_name(experiment)
-        exp_id = exp.experiment_id if exp else self.client.create_experiment(
-            experiment, artifact_location=_artifact_location(tracking_uri))
+        exp_id = (
+            exp.experiment_id
+            if exp
+            else self.client.create_experiment(
+                experiment, artifact_location=_artifact_location(tracking_uri)
+            )
+        )
         folder = str(run_dir.resolve())
         # A hash of the folder as the lookup key: no quoting trouble in the search filter.
         key = hashlib.sha1(folder.encode()).hexdigest()[:16]
-        found = self.client.search_runs([exp_id], filter_string=f"tags.`lmtune.run_key` = '{key}'",
-                                        order_by=["attributes.start_time DESC"], max_results=1) if resume else []
+        found = (
+            self.client.search_runs(
+                [exp_id],
+                filter_string=f"tags.`lmtune.run_key` = '{key}'",
+                order_by=["attributes.start_time DESC"],
+                max_results=1,
+            )
+            if resume
+            else []
+        )
         if found:
             self.run_id = found[0].info.run_id
             self.client.update_run(self.run_id, status="RUNNING")
@@ -193,7 +207,11 @@ class MLflowTracker:
         limit = _mlflow_limit("MAX_PARAM_VAL_LENGTH", 500)
         per_batch = _mlflow_limit("MAX_PARAMS_TAGS_PER_BATCH", 100)
         known = self.client.get_run(self.run_id).data.params
-        items = [Param(_mlflow_key(k), v[:limit]) for k, v in params.items() if _mlflow_key(k) not in known]
+        items = [
+            Param(_mlflow_key(k), v[:limit])
+            for k, v in params.items()
+            if _mlflow_key(k) not in known
+        ]
         for i in range(0, len(items), per_batch):
             self.client.log_batch(self.run_id, params=items[i : i + per_batch])
 
@@ -240,8 +258,12 @@ class Trackers:
                 getattr(tracker, method)(*args)
             except Exception as exc:
                 del self.trackers[name]
-                print(f"warning: {name} tracking stopped ({type(exc).__name__}: {exc}); "
-                      "metrics.jsonl keeps every event", file=sys.stderr, flush=True)
+                print(
+                    f"warning: {name} tracking stopped ({type(exc).__name__}: {exc}); "
+                    "metrics.jsonl keeps every event",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
     def log_params(self, params: dict[str, str]) -> None:
         """Parameters to every tracker."""
@@ -270,8 +292,12 @@ class Trackers:
     def __enter__(self) -> Trackers:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         if exc_type is None:
             self.close("FINISHED")
         else:
@@ -290,8 +316,10 @@ def require_packages(tc: TrackingConfig) -> None:
             else:
                 importlib.import_module(key)
         except ImportError as exc:
-            raise UserError(f"tracking.{key} is on but the {key} package cannot be imported "
-                            f"({exc}); install it with `{INSTALL_HINT}` or set tracking.{key}: false") from None
+            raise UserError(
+                f"tracking.{key} is on but the {key} package cannot be imported "
+                f"({exc}); install it with `{INSTALL_HINT}` or set tracking.{key}: false"
+            ) from None
 
 
 def resume_step(run_dir: Path) -> int:
@@ -299,7 +327,7 @@ def resume_step(run_dir: Path) -> int:
     from lmtune.train.checkpoint import CKPT_PREFIX, list_checkpoints
 
     found = list_checkpoints(run_dir / "checkpoints")
-    return int(found[-1].name[len(CKPT_PREFIX):]) if found else 0
+    return int(found[-1].name[len(CKPT_PREFIX) :]) if found else 0
 
 
 def default_mlflow_uri(run_dir: Path) -> str:
@@ -320,17 +348,22 @@ def open_trackers(cfg: Config, run_dir: Path, resume: bool = False) -> Trackers:
     trackers: dict[str, Tracker] = {}
     if tc.tensorboard:
         first = resume_step(run_dir) + 1 if resume else 1  # the loop's first logged step
-        trackers["tensorboard"] = TensorBoardTracker(Path(tc.tensorboard_dir or run_dir / "tensorboard"), first)
+        trackers["tensorboard"] = TensorBoardTracker(
+            Path(tc.tensorboard_dir or run_dir / "tensorboard"), first
+        )
     if tc.mlflow:
         uri = tc.mlflow_tracking_uri or default_mlflow_uri(run_dir)
         try:
-            trackers["mlflow"] = MLflowTracker(uri, tc.mlflow_experiment or cfg.run.name, cfg.run.name,
-                                               run_dir, resume)
+            trackers["mlflow"] = MLflowTracker(
+                uri, tc.mlflow_experiment or cfg.run.name, cfg.run.name, run_dir, resume
+            )
         except Exception as exc:
             Trackers(trackers).close("FAILED")
-            raise UserError(f"tracking.mlflow_tracking_uri: MLflow cannot use the store {uri} "
-                            f"({type(exc).__name__}: {exc}); give a local store such as "
-                            "sqlite:///runs/mlflow.db, or leave it unset for RUN/mlflow.db") from None
+            raise UserError(
+                f"tracking.mlflow_tracking_uri: MLflow cannot use the store {uri} "
+                f"({type(exc).__name__}: {exc}); give a local store such as "
+                "sqlite:///runs/mlflow.db, or leave it unset for RUN/mlflow.db"
+            ) from None
     fan = Trackers(trackers)
     fan.log_params(config_params(cfg))
     return fan
