@@ -131,7 +131,7 @@ def train(
 ) -> None:
     """Train a model as the config says; the run folder gets everything."""
     from lmtune.config import load_config
-    from lmtune.train.dist import Dist
+    from lmtune.runtime.dist import Dist
     from lmtune.train.run import run_training
 
     cfg = load_config(config, overrides or [])  # validate before spawning workers
@@ -485,7 +485,7 @@ def pipeline(
     """Train, test on held-out data, gate (config gate:), release into the registry; exit 3 when refused."""
     from lmtune.config import load_config
     from lmtune.ops.pipeline import print_decision, run_pipeline
-    from lmtune.train.dist import Dist
+    from lmtune.runtime.dist import Dist
 
     cfg = load_config(config, overrides or [])
     try:

@@ -378,7 +378,7 @@ def replay_features(cfg: Config, tokenizer: Any, n_train: int) -> list[dict[str,
         if len(feats) >= want:
             break
     if len(feats) < want:
-        from lmtune.train.dist import Dist
+        from lmtune.runtime.dist import Dist
 
         Dist.get().print(
             f"forgetting.mitigation.replay: {rp.data} has {len(feats)} usable rows, "

@@ -162,8 +162,8 @@ class RewardModel:
 
     def __init__(self, path: str | Path, batch_size: int = 32, where: str = "rlhf.reward") -> None:
         from lmtune.evaluate.run import load_for_inference
+        from lmtune.runtime.dist import Dist
         from lmtune.tasks.reward import RewardTask
-        from lmtune.train.dist import Dist
 
         model, tokenizer, meta, cfg = load_for_inference(path)
         if meta["task"] != "reward":

@@ -122,7 +122,7 @@ class DPOTask(PairStatsTask):
         self.precompute = self.reference_mode == "precompute" or _peft(model) is None
         if not self.precompute:
             return
-        from lmtune.train.dist import Dist
+        from lmtune.runtime.dist import Dist
 
         path = Path(run_dir) / CACHE_FILE
         cache: dict[str, list[float]] = {}
@@ -134,7 +134,7 @@ class DPOTask(PairStatsTask):
         missing = list({f["key"]: f for f in wanted if f["key"] not in cache}.values())
         dist = Dist.get()
         if missing:
-            from lmtune.train.loop import steady_malloc
+            from lmtune.runtime.memory import steady_malloc
 
             dist.print(f"computing reference log-probs for {len(missing)} pair(s)")
             # Each process scores its own share; together they hold them all. steady_malloc:

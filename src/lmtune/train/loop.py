@@ -10,13 +10,11 @@ checkpoints follow the step.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import math
-import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,10 +22,11 @@ from typing import Any
 import torch
 
 from lmtune.config import Config
+from lmtune.runtime.dist import Dist
+from lmtune.runtime.memory import steady_malloc
 from lmtune.tasks.base import Task
 from lmtune.train import checkpoint as ckpt
 from lmtune.train.averaging import WeightAverage, averaging_start
-from lmtune.train.dist import Dist
 from lmtune.train.logging import MetricsLog, Progress, peak_rss_mb
 from lmtune.train.schedule import lr_lambda, param_groups, warmup_steps
 
@@ -507,41 +506,6 @@ def _adamw_kernel(model: torch.nn.Module) -> dict[str, bool]:
         p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params
     )
     return {"fused": True} if fusable else {"foreach": True}
-
-
-# glibc mallopt parameters (malloc.h) and their defaults.
-_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
-_DEFAULT_TRIM_THRESHOLD, _DEFAULT_MMAP_MAX = 128 * 1024, 65536
-
-
-@contextmanager
-def steady_malloc() -> Iterator[None]:
-    """Keep freed memory in the process while the loop runs (Linux/glibc; a no-op elsewhere).
-
-    Every step frees and re-allocates the same large buffers (activations, and gradients as
-    big as the weights: MiniLM's dense word-embedding gradient alone is 47 MB). glibc serves
-    blocks over its mmap threshold (at most 32 MB) with fresh mmap()s and trims the heap top,
-    so each step page-faults ~10k new zero pages in again. With mmap off and trimming
-    deferred, the same pages are reused: on a 2-core CPU (MiniLM, SST-2, batch 32) page
-    faults fell from 940k to 300k per 60 steps and the step time by ~12% (120 -> 105 ms,
-    bf16). CPU allocators such as jemalloc/tcmalloc do this by themselves. The defaults come
-    back afterwards and malloc_trim hands the freed memory back to the OS.
-    """
-    libc = None
-    if sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL("libc.so.6")  # glibc; musl has no mallopt and fails here
-            if not (libc.mallopt(_M_MMAP_MAX, 0) and libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30)):
-                libc = None
-        except (OSError, AttributeError):
-            libc = None
-    try:
-        yield
-    finally:
-        if libc is not None:
-            libc.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
-            libc.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM_THRESHOLD)
-            libc.malloc_trim(0)
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:

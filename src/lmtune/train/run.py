@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from lmtune.config import Config, dump_config
-from lmtune.train.dist import Dist
+from lmtune.runtime.dist import Dist
 from lmtune.train.tracking import Trackers, open_trackers, require_packages
 
 

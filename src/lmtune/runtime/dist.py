@@ -1,4 +1,4 @@
-"""Processes: one, or several launched by torchrun / accelerate launch / `lmtune train --nproc`.
+"""The process group: one process, or several (torchrun, accelerate launch, `lmtune train --nproc`).
 
 accelerate's PartialState reads the launcher's environment and sets up the process group
 (gloo on CPU, nccl on GPU). Gradients are summed with ONE flat all-reduce per optimizer step
