@@ -124,6 +124,12 @@ def train(
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue from the latest checkpoint.")
     ] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", help="With --resume: accept safe config changes (lr, steps, cadences)."
+        ),
+    ] = False,
     nproc: Annotated[
         int, typer.Option("--nproc", help="Processes to train with (launches torchrun).")
     ] = 1,
@@ -138,7 +144,7 @@ def train(
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         _launch_workers(nproc)
     try:
-        summary = run_training(cfg, resume=resume, quiet=quiet)
+        summary = run_training(cfg, resume=resume, quiet=quiet, force=force)
     finally:
         Dist.get().close()
     if Dist.get().is_main:

@@ -16,10 +16,14 @@ weights like any other candidate for best-model selection.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
+
+from lmtune.train.logging import MetricsLog
+from lmtune.train.state import improved
 
 
 def averaging_start(start: float, total_steps: int) -> int:
@@ -94,3 +98,49 @@ class WeightAverage:
         params = dict(model.named_parameters())
         for n, t in self.mean.items():
             params[n].copy_(t.to(params[n].device, params[n].dtype))
+
+
+def judge_average(
+    average: WeightAverage,
+    model: torch.nn.Module,
+    run_eval: Callable[[], dict[str, float] | None],
+    state: dict[str, Any],
+    metric: str,
+    mode: str,
+    log: MetricsLog,
+) -> dict[str, Any]:
+    """Evaluate the averaged weights and decide whether they are the final model.
+
+    Kept when there is no eval split (averaging was asked for and nothing says otherwise) or
+    when the average scores at least as well as the best snapshot on the selection metric.
+    The model's own weights are unchanged on return. `model` is the unwrapped model (the
+    names the average keeps); `state` gives the run's step, epoch and best value so far.
+    """
+    with average.applied(model):
+        metrics = run_eval()
+    result: dict[str, Any] = {
+        "snapshots": average.count,
+        "from_step": average.start_step,
+        "every": average.every,
+        **(metrics or {}),
+    }
+    value = (metrics or {}).get(metric)
+    best = state["best"]
+    if value is None:
+        kept = metrics is None
+    else:
+        kept = best is None or not improved(best, float(value), mode, 0.0)
+    result["kept"] = kept
+    # Logged like an evaluation (metrics.jsonl, trackers) under its own event name, so curves of
+    # single snapshots stay separate from the average.
+    entry = {"event": "eval_average", "step": state["step"], "epoch": state["epoch"], **result}
+    log.write(entry)
+    if metrics is not None:  # what summary.best_eval shows when the average is kept
+        result["eval"] = {
+            "event": "eval",
+            "step": state["step"],
+            "epoch": state["epoch"],
+            **metrics,
+            "weight_average": True,
+        }
+    return result

@@ -9,8 +9,8 @@ leaves a half checkpoint that --resume would pick up.
 
 from __future__ import annotations
 
-import json
 import random
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -20,8 +20,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lmtune.atomic import atomic_dir
+from lmtune.errors import UserError
+from lmtune.train.state import TrainState
 
 CKPT_PREFIX = "step-"
+_STALE = re.compile(r"\.step-\d+\.(tmp|old)-[0-9a-f]{8}")
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -33,7 +36,7 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def rng_state() -> dict[str, Any]:
     """Every RNG the loop draws from, in a form weights_only loading accepts."""
-    np_state = np.random.get_state()
+    np_state: tuple[Any, ...] = np.random.get_state(legacy=True)  # type: ignore[assignment]
     return {
         "python": list(random.getstate()[1]) + [random.getstate()[2] or 0],
         "python_version": random.getstate()[0],
@@ -60,7 +63,7 @@ def save_checkpoint(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
-    state: dict[str, Any],
+    state: TrainState,
     keep_last: int,
     protect: Path | None = None,
     extra: dict[str, dict[str, torch.Tensor]] | None = None,
@@ -84,7 +87,7 @@ def save_checkpoint(
         )
         for name, tensors in (extra or {}).items():
             save_file(tensors, str(tmp / f"{name}.safetensors"))
-        (tmp / "state.json").write_text(json.dumps(state, indent=2))
+        (tmp / "state.json").write_text(state.to_json())
     for old in list_checkpoints(ckpt_root)[:-keep_last]:
         if protect is None or old.resolve() != protect.resolve():
             shutil.rmtree(old, ignore_errors=True)
@@ -117,14 +120,43 @@ def load_checkpoint(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
-) -> dict[str, Any]:
+) -> TrainState:
     """Restore weights, optimizer, scheduler and RNG from `path`; returns its state.json."""
+    state = read_state(path)
     load_trainable(model, path / "trainable.safetensors")
     blob = torch.load(path / "trainer_state.pt", weights_only=True, map_location="cpu")
     optimizer.load_state_dict(blob["optimizer"])
     scheduler.load_state_dict(blob["scheduler"])
     set_rng_state(blob["rng"])
-    return json.loads((path / "state.json").read_text())
+    return state
+
+
+def read_state(path: Path) -> TrainState:
+    """Checkpoint `path`'s state.json (this version's, or mapped from an older one)."""
+    file = path / "state.json"
+    return TrainState.from_json(file.read_text(), file)
+
+
+def remove_stale(ckpt_root: Path) -> list[Path]:
+    """Delete the temporary folders a run killed mid-write left (lmtune.atomic names them
+    `.step-NNNNNNN.tmp-XXXXXXXX` and `.step-NNNNNNN.old-XXXXXXXX`); returns what went."""
+    if not ckpt_root.is_dir():
+        return []
+    stale = [p for p in ckpt_root.iterdir() if p.is_dir() and _STALE.fullmatch(p.name)]
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True)
+    return stale
+
+
+def assert_finite(model: torch.nn.Module, where: Path) -> None:
+    """Refuse to write non-finite trainable weights to `where` (a diverged run)."""
+    bad = [n for n, p in model.named_parameters() if p.requires_grad and not p.isfinite().all()]
+    if bad:
+        raise UserError(
+            f"not writing {where}: {len(bad)} trainable tensor(s) hold NaN or Inf (first: "
+            f"{bad[0]}); training diverged: lower train.lr, use train.precision=fp32 or set "
+            "train.max_grad_norm"
+        )
 
 
 def load_extra(path: Path, name: str) -> dict[str, torch.Tensor] | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import resource
 import sys
 import time
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TaskID, TextColumn, TimeRemainingColumn
 from rich.progress import Progress as RichProgress
 
 
@@ -19,6 +20,18 @@ def peak_rss_mb() -> float:
     """Peak resident memory of this process in MB (Linux reports KiB, macOS bytes)."""
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
+
+
+def finite_json(value: Any) -> Any:
+    """`value` with every non-finite float replaced by None, so json.dumps(allow_nan=False)
+    writes it: JSON has no NaN or Infinity, and a bare NaN breaks strict readers."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(v) for v in value]
+    return value
 
 
 class MetricsLog:
@@ -64,7 +77,7 @@ class Progress:
             disable=not enabled,
         )
         self.total = total
-        self.task_id = None
+        self.task_id: TaskID | None = None
         self._first_step = 0
         self._first_tokens = 0
 

@@ -1,11 +1,13 @@
-"""The one training loop every task runs through.
+"""The one training loop every task runs through: `train` below, read top to bottom.
 
-Read it top to bottom: batches are planned up front from a seeded sampler (so a resumed run
-sees the same batches), each optimizer step sums the task loss over `grad_accum`
-micro-batches and divides by the number of loss units (tokens or examples) in the whole
-step on every process, gradients are all-reduced once per step, clipped, and applied.
-Evaluation, best-model tracking, early stopping, weight averaging (train.average) and atomic
-checkpoints follow the step.
+Each epoch's optimizer steps are planned up front from a seeded order (so a resumed run sees
+the same batches); each optimizer step sums the task loss over `grad_accum` micro-batches and
+divides by the number of loss units (tokens or examples) in the whole step on every process;
+gradients are all-reduced once per step, checked to be finite, clipped, and applied. An
+evaluation (best-model tracking, early stopping), an atomic checkpoint and the log follow
+the step; `finish` judges the weight average, puts the best model back and writes
+summary.json. The state between steps is one `TrainState` (train/state.py), which is also a
+checkpoint's state.json; what the steps share is one `Run` (train/session.py).
 """
 
 from __future__ import annotations
@@ -14,21 +16,33 @@ import json
 import math
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from lmtune.config import Config
-from lmtune.runtime.dist import Dist
+from lmtune.config import TrainConfig
+from lmtune.errors import UserError
 from lmtune.runtime.memory import steady_malloc
 from lmtune.tasks.base import Task
 from lmtune.train import checkpoint as ckpt
-from lmtune.train.averaging import WeightAverage, averaging_start
-from lmtune.train.logging import MetricsLog, Progress, peak_rss_mb
-from lmtune.train.schedule import lr_lambda, param_groups, warmup_steps
+from lmtune.train.averaging import judge_average as _judge_average
+from lmtune.train.logging import MetricsLog, Progress, finite_json, peak_rss_mb
+from lmtune.train.session import (
+    AVERAGE_FILE,
+    Run,
+    TrainHooks,
+    TrainInputs,
+    autocast,
+    resolve_precision,
+    setup,
+    start,
+    unwrap,
+)
+from lmtune.train.state import TrainState, improved
+
+__all__ = ["TrainHooks", "TrainInputs", "TrainResult", "plan_steps", "resolve_precision", "train"]
 
 
 @dataclass
@@ -67,408 +81,283 @@ def split_step(step: list[int], lengths: list[int], micro: int) -> list[list[int
     return [ordered[i : i + micro] for i in range(0, len(ordered), micro)]
 
 
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast dtype or None for fp32; `auto` picks bf16 only where it is native."""
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    # On CPUs without native bf16 (AVX512-BF16 / AMX), emulated bf16 is slower than fp32.
-    native = (
-        getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
-        or getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
-    )
-    return torch.bfloat16 if native else None
-
-
-def _improved(value: float, best: float | None, mode: str, min_delta: float) -> bool:
-    if best is None or math.isnan(best):
-        return not math.isnan(value)
-    return value < best - min_delta if mode == "min" else value > best + min_delta
-
-
-def train(
-    cfg: Config,
-    task: Task,
-    model: torch.nn.Module,
-    train_features: list[dict[str, Any]],
-    eval_rows: list[dict[str, Any]],
-    run_dir: Path,
-    save_model: Callable[[torch.nn.Module, Path], None],
-    head_names: list[str] | None = None,
-    resume: bool = False,
-    stop_after: int | None = None,
-    quiet: bool = False,
-    on_eval: Callable[[int, dict[str, float]], None] | None = None,
-    regularizer: Callable[[torch.nn.Module], torch.Tensor] | None = None,
-    on_log: Callable[[dict[str, Any]], None] | None = None,
-) -> TrainResult:
-    """Train `model` on pre-encoded features; evaluate, checkpoint and keep the best.
-
-    `save_model(model, dir)` writes a loadable model folder (used for the best model).
-    `stop_after` ends the run after that many optimizer steps as if killed (tests use it to
-    check that --resume reaches the same weights as an uninterrupted run).
-    `on_eval(step, metrics)` is called after each evaluation once its checkpoint is saved; an
-    exception it raises (a tuner pruning the trial) ends the run like a kill, logged.
-    `regularizer(model)` is a penalty (L2-SP, EWC) added to each optimizer step's mean loss,
-    logged as `penalty` beside the loss.
-    `on_log(event)` receives every event written to metrics.jsonl (experiment trackers).
-    """
-    tc = cfg.train
-    dist = Dist.get()
-    device = dist.device
-    model.to(device)
-    amp_dtype = resolve_precision(tc.precision, device)
-    # Evaluations pick the kept checkpoint: by default they run in fp32, as every later reading
-    # of the saved weights does (eval, serve, test split), not under the training autocast.
-    eval_dtype = amp_dtype if tc.eval_precision == "train" else None
-    if tc.compile:
-        model = torch.compile(model)  # type: ignore[assignment]
-
-    # ---- plan: one optimizer step = grad_accum micro-batches x world_size processes
-    micro_global = tc.batch_size * dist.world_size
-    step_batch = micro_global * tc.grad_accum
-    lengths = [int(f["length"]) for f in train_features]
-    steps_per_epoch = len(train_features) // step_batch
-    if steps_per_epoch < 1:
-        from lmtune.errors import UserError
-
-        raise UserError(
-            f"train split has {len(train_features)} examples: fewer than one optimizer step "
-            f"(batch_size {tc.batch_size} x grad_accum {tc.grad_accum} x {dist.world_size} process(es)); "
-            "lower train.batch_size or train.grad_accum, or add data"
-        )
-    total_steps = (
-        tc.max_steps if tc.max_steps > 0 else max(1, int(round(tc.epochs * steps_per_epoch)))
-    )
-
-    optimizer = torch.optim.AdamW(
-        param_groups(
-            model, tc.weight_decay, tc.lr, tc.head_lr, head_names or [], tc.layer_lr_decay
-        ),
-        lr=tc.lr,
-        betas=tc.adam_betas,
-        **_adamw_kernel(model),
-    )
-    warm = warmup_steps(total_steps, tc.warmup_ratio, tc.warmup_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_lambda(tc.scheduler, warm, total_steps)
-    )
-
-    metric, mode = tc.early_stopping.metric, tc.early_stopping.mode
-    state: dict[str, Any] = {
-        "step": 0,
-        "epoch": 0,
-        "step_in_epoch": 0,
-        "best": None,
-        "best_step": None,
-        "bad_evals": 0,
-        "tokens": 0,
-        "samples": 0,
-        "elapsed": 0.0,
-    }
-    ckpt_root = run_dir / "checkpoints"
-    best_dir = run_dir / "best"
-    average = None
-    if tc.average is not None:
-        # Parameter names of the unwrapped model throughout: torch.compile prefixes its own.
-        average = WeightAverage(
-            _unwrap(model),
-            averaging_start(tc.average.start, total_steps),
-            tc.average.every,
-            total_steps,
-        )
-    if resume:
-        found = ckpt.list_checkpoints(ckpt_root)
-        if found:
-            state = ckpt.load_checkpoint(found[-1], model, optimizer, scheduler)
-            saved_average = ckpt.load_extra(found[-1], AVERAGE_FILE)
-            if average is not None and saved_average is not None:
-                average.load(saved_average, int(state.get("average_count", 0)))
-            dist.print(f"resumed from {found[-1]} (step {state['step']})")
-        else:
-            dist.print(f"--resume: no checkpoint in {ckpt_root}; starting from step 0")
-
-    log = MetricsLog(run_dir / "metrics.jsonl", enabled=dist.is_main, forward=on_log)
-    eval_every = tc.eval_every
-    save_every = tc.save_every or eval_every
-    progress = Progress(total_steps, enabled=dist.is_main and not quiet)
-    progress.start(state["step"])
-    t_start = time.perf_counter() - state["elapsed"]
-    stopped_early = False
-    history: list[dict[str, Any]] = []
-    last_loss = float("nan")
-    window_loss, window_units = 0.0, 0.0
-    # Tasks that measure more than the loss per step (rlhf: reward, KL, lengths) expose
-    # step_metrics(); their values are averaged over the log window like the loss.
-    step_metrics = getattr(task, "step_metrics", None)
-    window_extra: dict[str, float] = {}
-
-    def run_eval() -> dict[str, float] | None:
-        if not eval_rows:
-            return None
-        model.eval()
-        result = None
-        if dist.is_main:
-            with torch.no_grad(), _autocast(device, eval_dtype):
-                result = task.evaluate(_unwrap(model), eval_rows, tc.eval_batch_size, None)
-                result = {k: float(v) for k, v in result.items() if isinstance(v, (int, float))}
-        model.train()
-        return dist.broadcast(result)
-
-    def save_best() -> None:
-        """The model as it is now becomes best/ (a loadable folder, on the main process)."""
-        if dist.is_main:
-            save_model(_unwrap(model), best_dir)
-            # The exact trainable tensors too, so the end of the run can reload the best.
-            ckpt.save_file(ckpt.trainable_state(model), str(best_dir / "trainable.safetensors"))
-
-    def after_eval(metrics: dict[str, float]) -> bool:
-        """Track the best model; return True when early stopping says stop."""
-        nonlocal history
-        if metric not in metrics:
-            from lmtune.errors import UserError
-
-            raise UserError(
-                f"train.early_stopping.metric '{metric}' is not produced by task {task.name}; "
-                f"available: {', '.join(sorted(metrics))} (when only counts are available, no eval row "
-                "could be encoded: check that eval rows fit model.max_length)"
-            )
-        value = float(metrics[metric])
-        entry = {"event": "eval", "step": state["step"], "epoch": state["epoch"], **metrics}
-        history.append(entry)
-        log.write(entry)
-        progress.note(
-            f"step {state['step']}: "
-            + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float))
-        )
-        if _improved(value, state["best"], mode, tc.early_stopping.min_delta):
-            state.update(best=value, best_step=state["step"], bad_evals=0)
-            save_best()
-        else:
-            state["bad_evals"] += 1
-        patience = tc.early_stopping.patience
-        return patience is not None and state["bad_evals"] >= patience
-
-    def save(step: int) -> None:
-        state["elapsed"] = time.perf_counter() - t_start
-        extra = None
-        if average is not None and average.count:
-            state["average_count"] = average.count
-            extra = {AVERAGE_FILE: average.tensors()}
-        if dist.is_main:
-            ckpt.save_checkpoint(
-                ckpt_root, step, model, optimizer, scheduler, state, tc.keep_last, extra=extra
-            )
-        dist.barrier()
-
-    model.train()
+def train(inputs: TrainInputs, hooks: TrainHooks | None = None) -> TrainResult:
+    """Train `inputs.model` on pre-encoded features; evaluate, checkpoint and keep the best."""
+    run = setup(inputs, hooks or TrainHooks())
+    state = start(run)
+    cfg, tc = inputs.cfg, run.tc
+    run.progress.start(state.step)
+    run.t_start = time.perf_counter() - state.elapsed
+    run.model.train()
     with steady_malloc():
-        done = state["step"] >= total_steps
-        while not done:
-            epoch = state["epoch"]
-            plan = plan_steps(lengths, step_batch, cfg.run.seed, epoch, cfg.data.bucketing)
-            while state["step_in_epoch"] < len(plan) and not done:
-                micro = [
-                    task.collate([train_features[i] for i in dist.shard(b)])
-                    for b in split_step(plan[state["step_in_epoch"]], lengths, micro_global)
-                ]
-                # Normalise by the loss units of the WHOLE step on ALL processes, so 4x2 == 8x1
-                # and 2 processes == 1 process (mean over tokens, not mean of micro-batch means).
-                units = dist.all_sum(sum(float(m["num_units"]) for m in micro))
-                step_loss = 0.0
-                for m in micro:
-                    m = {k: v.to(device) if torch.is_tensor(v) else v for k, v in m.items()}
-                    with _autocast(device, amp_dtype):
-                        loss_sum, _ = task.loss(model, m)
-                    (loss_sum.float() / units).backward()
-                    step_loss += loss_sum.item()
-                    state["tokens"] += int(m["num_tokens"])
-                    state["samples"] += int(m["num_examples"])
-                if regularizer is not None:
-                    # Once per optimizer step, not per micro-batch: the task loss above is already
-                    # the step's mean, so the objective is mean loss + penalty for any grad_accum.
-                    # Every process adds the same penalty and the sum over processes follows.
-                    penalty = regularizer(_unwrap(model))
-                    (penalty / dist.world_size).backward()
-                    window_extra["penalty"] = window_extra.get("penalty", 0.0) + float(
-                        penalty.detach()
-                    )
-                dist.all_reduce_grads(model)
-                if tc.max_grad_norm:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-
-                state["step_in_epoch"] += 1
-                state["step"] += 1
-                step = state["step"]
-                if average is not None and average.due(step):
-                    average.update(_unwrap(model))
-                step_loss = dist.all_sum(step_loss) / units
-                window_loss += step_loss
-                window_units += 1
-                for key, value in (step_metrics() if step_metrics else {}).items():
-                    # Every process logs the same numbers: the mean over processes.
-                    window_extra[key] = (
-                        window_extra.get(key, 0.0) + dist.all_sum(value) / dist.world_size
-                    )
-                last_loss = step_loss
-                progress.update(
-                    step,
-                    loss=step_loss,
-                    lr=scheduler.get_last_lr()[0],
-                    tokens=state["tokens"] * dist.world_size,
-                    elapsed=time.perf_counter() - t_start,
-                )
-                if step % tc.log_every == 0 or step == total_steps:
-                    log.write(
-                        {
-                            "event": "train",
-                            "step": step,
-                            "epoch": epoch,
-                            "loss": window_loss / window_units,
-                            "lr": scheduler.get_last_lr()[0],
-                            "tokens": state["tokens"] * dist.world_size,
-                            "elapsed_s": round(time.perf_counter() - t_start, 3),
-                            **{k: v / window_units for k, v in window_extra.items()},
-                        }
-                    )
-                    window_loss, window_units = 0.0, 0.0
-                    window_extra = {}
-                done = step >= total_steps
-                end_of_epoch = state["step_in_epoch"] >= len(plan)
-                if end_of_epoch:
-                    state["epoch"] += 1
-                    state["step_in_epoch"] = 0
-                want_eval = (
-                    (eval_every and step % eval_every == 0)
+        while state.step < run.total_steps and not run.stopped_early:
+            # Plan the epoch: a seeded order of whole steps, the same for a resumed run.
+            plan = plan_steps(
+                run.lengths, run.step_batch, cfg.run.seed, state.epoch, cfg.data.bucketing
+            )
+            while True:
+                epoch = state.epoch
+                loss = optimizer_step(run, state, plan[state.step_in_epoch])
+                end_of_epoch = state.advance(len(plan))
+                _log_step(run, state, epoch, loss)
+                done = state.step >= run.total_steps
+                step = state.step
+                want_eval = bool(
+                    (tc.eval_every and step % tc.eval_every == 0)
                     or (end_of_epoch and tc.eval_each_epoch)
                     or done
                 )
-                if want_eval:
-                    metrics = run_eval()
-                    if metrics is not None and after_eval(metrics):
-                        stopped_early = True
-                        done = True
-                        dist.print(
-                            f"early stopping at step {step}: {metric} did not improve for "
-                            f"{tc.early_stopping.patience} evaluations"
-                        )
+                metrics = evaluate(run, state) if want_eval else None
+                save_every = tc.save_every or tc.eval_every
                 if (
                     (save_every and step % save_every == 0)
                     or (want_eval and not save_every)
                     or end_of_epoch
                     or done
+                    or run.stopped_early
                 ):
-                    save(step)
-                if want_eval and on_eval is not None and metrics is not None:
-                    _notify(on_eval, step, metrics, log, progress)
-                if stop_after is not None and step >= stop_after and not done:
-                    progress.stop()
-                    return TrainResult({"interrupted_at": step}, None)
-                if end_of_epoch:
-                    break  # the outer loop plans the next epoch: a new seeded shuffle
-    progress.stop()
+                    checkpoint(run, state)
+                if metrics is not None and run.hooks.on_eval is not None:
+                    _notify(run.hooks.on_eval, step, metrics, run.log, run.progress)
+                if run.hooks.stop_after is not None and step >= run.hooks.stop_after and not done:
+                    if not run.stopped_early:
+                        run.progress.stop()
+                        return TrainResult({"interrupted_at": step}, None)
+                if done or run.stopped_early or end_of_epoch:
+                    break  # at an epoch's end the outer loop plans the next: a new shuffle
+    run.progress.stop()
+    return finish(run, state)
 
-    runtime = time.perf_counter() - t_start
-    average_result = None
-    if average is not None and average.count:
-        average_result = _judge_average(average, model, run_eval, state, metric, mode, log)
-        if average_result["kept"]:
-            # The average is the final model: it becomes "best" so nothing below reloads a snapshot.
-            average.copy_into(_unwrap(model))
-            save_best()
-            state.update(best=average_result.get(metric), best_step=state["step"])
-            if "eval" in average_result:
-                history.append(average_result["eval"])
-            dist.print(
-                f"kept the weight average of {average.count} snapshots ({metric}="
-                f"{average_result.get(metric, float('nan')):.4f})"
+
+def optimizer_step(run: Run, state: TrainState, examples: list[int]) -> float:
+    """One optimizer step over `examples` (the whole step, all processes); returns its mean loss.
+
+    The loss is normalised by the loss units (tokens or examples) of the WHOLE step on ALL
+    processes, so 4x2 == 8x1 and 2 processes == 1 process (the mean over tokens, not a mean
+    of micro-batch means). Nothing is applied when the loss or the gradient is not finite.
+    """
+    task, dist, model = run.inp.task, run.dist, run.model
+    _task_hook(task, "begin_step")
+    feats = run.inp.train_features
+    micro = [
+        task.collate([feats[i] for i in dist.shard(b)])
+        for b in split_step(examples, run.lengths, run.micro_global)
+    ]
+    units = dist.all_sum(sum(float(m["num_units"]) for m in micro))
+    loss_sum = 0.0
+    for m in micro:
+        m = {k: v.to(dist.device) if torch.is_tensor(v) else v for k, v in m.items()}
+        with autocast(dist.device, run.amp_dtype):
+            loss, _ = task.loss(model, m)
+        (loss.float() / units).backward()
+        loss_sum += loss.item()
+        state.tokens += int(m["num_tokens"])
+        state.samples += int(m["num_examples"])
+    if run.inp.regularizer is not None:
+        # Once per optimizer step, not per micro-batch: the task loss above is already the
+        # step's mean, so the objective is mean loss + penalty for any grad_accum. Every
+        # process adds the same penalty and the sum over processes follows.
+        penalty = run.inp.regularizer(unwrap(model))
+        (penalty / dist.world_size).backward()
+        run.window.add("penalty", float(penalty.detach()))
+    dist.all_reduce_grads(model)
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if run.tc.max_grad_norm:
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), run.tc.max_grad_norm)
+    else:
+        norm = torch.nn.utils.get_total_norm(grads)
+    step_loss = dist.all_sum(loss_sum) / units
+    check_finite(run.tc, state.step + 1, step_loss, float(norm))
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    if run.average is not None and run.average.due(state.step + 1):
+        run.average.update(unwrap(model))
+    return step_loss
+
+
+def check_finite(tc: TrainConfig, step: int, loss: float, grad_norm: float) -> None:
+    """Stop the run (exit 2) before a non-finite loss or gradient reaches the weights."""
+    if math.isfinite(loss) and math.isfinite(grad_norm):
+        return
+    raise UserError(
+        f"training diverged at step {step}: loss {loss}, gradient norm {grad_norm}. The update "
+        "was not applied and nothing from this step was saved (checkpoints and best/ hold the "
+        f"last finite weights). Lower train.lr (now {tc.lr}), train with train.precision=fp32 "
+        f"(now {tc.precision}), or clip gradients with train.max_grad_norm "
+        f"(now {tc.max_grad_norm}); then run again without --resume"
+    )
+
+
+def _log_step(run: Run, state: TrainState, epoch: int, loss: float) -> None:
+    """Progress bar every step; a `train` event (window means) every train.log_every steps."""
+    dist, step = run.dist, state.step
+    run.window.loss += loss
+    run.window.steps += 1
+    for key, value in _task_hook(run.inp.task, "step_metrics", {}).items():
+        run.window.add(key, dist.all_sum(value) / dist.world_size)  # the mean over processes
+    run.last_loss = loss
+    lr = float(run.scheduler.get_last_lr()[0])
+    elapsed = time.perf_counter() - run.t_start
+    tokens = state.tokens * dist.world_size
+    run.progress.update(step, loss=loss, lr=lr, tokens=tokens, elapsed=elapsed)
+    if step % run.tc.log_every == 0 or step == run.total_steps:
+        means = run.window.flush()
+        event = {"event": "train", "step": step, "epoch": epoch, "loss": means.pop("loss")}
+        event.update({"lr": lr, "tokens": tokens, "elapsed_s": round(elapsed, 3), **means})
+        run.log.write(event)
+
+
+def evaluate(run: Run, state: TrainState) -> dict[str, float] | None:
+    """Evaluate, log, keep best/ when better; early stopping sets run.stopped_early."""
+    metrics = _eval_metrics(run)
+    if metrics is None:
+        return None
+    tc, metric = run.tc, run.tc.early_stopping.metric
+    if metric not in metrics:
+        raise UserError(
+            f"train.early_stopping.metric '{metric}' is not produced by task "
+            f"{run.inp.task.name}; available: {', '.join(sorted(metrics))} (when only counts "
+            "are available, no eval row could be encoded: check that eval rows fit "
+            "model.max_length)"
+        )
+    entry = {"event": "eval", "step": state.step, "epoch": state.epoch, **metrics}
+    run.history.append(entry)
+    run.log.write(entry)
+    shown = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+    run.progress.note(f"step {state.step}: {shown}")
+    value = float(metrics[metric])
+    if improved(value, state.best, tc.early_stopping.mode, tc.early_stopping.min_delta):
+        state.best, state.best_step, state.bad_evals = value, state.step, 0
+        save_best(run)
+    else:
+        state.bad_evals += 1
+    patience = tc.early_stopping.patience
+    if patience is not None and state.bad_evals >= patience:
+        run.stopped_early = True
+        run.dist.print(
+            f"early stopping at step {state.step}: {metric} did not improve for "
+            f"{patience} evaluations"
+        )
+    return metrics
+
+
+def _eval_metrics(run: Run) -> dict[str, float] | None:
+    """The task's numeric eval metrics on the main process, the same on every process."""
+    if not run.inp.eval_rows:
+        return None
+    run.model.eval()
+    result = None
+    if run.dist.is_main:
+        with torch.no_grad(), autocast(run.dist.device, run.eval_dtype):
+            out = run.inp.task.evaluate(
+                unwrap(run.model), run.inp.eval_rows, run.tc.eval_batch_size, None
             )
+        result = {k: float(v) for k, v in out.items() if isinstance(v, (int, float))}
+    run.model.train()
+    return run.dist.broadcast(result)
+
+
+def save_best(run: Run) -> None:
+    """The model as it is now becomes best/ (a loadable folder, on the main process)."""
+    if run.dist.is_main:
+        model = unwrap(run.model)
+        ckpt.assert_finite(model, run.best_dir)
+        run.inp.save_model(model, run.best_dir)
+        # The exact trainable tensors too, so the end of the run can reload the best.
+        ckpt.save_file(ckpt.trainable_state(model), str(run.best_dir / "trainable.safetensors"))
+
+
+def checkpoint(run: Run, state: TrainState) -> None:
+    """An atomic checkpoint of this step (weights, optimizer, scheduler, RNG, state.json)."""
+    state.elapsed = time.perf_counter() - run.t_start
+    extra = None
+    if run.average is not None and run.average.count:
+        state.average_count = run.average.count
+        extra = {AVERAGE_FILE: run.average.tensors()}
+    if run.dist.is_main:
+        ckpt.save_checkpoint(
+            run.ckpt_root,
+            state.step,
+            run.model,
+            run.optimizer,
+            run.scheduler,
+            state,
+            run.tc.keep_last,
+            extra=extra,
+        )
+    run.dist.barrier()
+
+
+def finish(run: Run, state: TrainState) -> TrainResult:
+    """Weight average, the best model back in place, summary.json."""
+    runtime = time.perf_counter() - run.t_start
+    metric = run.tc.early_stopping.metric
+    average_result = _keep_average(run, state) if run.average and run.average.count else None
     # Keep the best model: reload its weights so what we save/evaluate next is the best one.
     best_path = None
-    if (best_dir / "trainable.safetensors").is_file() and state["best_step"] is not None:
-        best_path = best_dir
-        if state["best_step"] != state["step"]:
-            ckpt.load_trainable(model, best_dir / "trainable.safetensors")
-            dist.print(
-                f"loaded the best model (step {state['best_step']}, {metric}={state['best']:.4f})"
+    if (run.best_dir / "trainable.safetensors").is_file() and state.best_step is not None:
+        best_path = run.best_dir
+        if state.best_step != state.step:
+            ckpt.load_trainable(run.model, run.best_dir / "trainable.safetensors")
+            run.dist.print(
+                f"loaded the best model (step {state.best_step}, {metric}={state.best:.4f})"
             )
-    summary = {
+    world, dist = run.dist.world_size, run.dist
+    summary: dict[str, Any] = {
         "train_runtime_s": round(runtime, 3),
-        "train_steps": state["step"],
-        "train_samples": state["samples"] * dist.world_size,
-        "train_samples_per_s": round(state["samples"] * dist.world_size / max(runtime, 1e-9), 3),
-        "train_tokens_per_s": round(state["tokens"] * dist.world_size / max(runtime, 1e-9), 3),
+        "train_steps": state.step,
+        "train_samples": state.samples * world,
+        "train_samples_per_s": round(state.samples * world / max(runtime, 1e-9), 3),
+        "train_tokens_per_s": round(state.tokens * world / max(runtime, 1e-9), 3),
         "peak_rss_mb": round(peak_rss_mb(), 1),
-        "final_train_loss": last_loss,
+        "final_train_loss": run.last_loss,
         "best_metric": metric,
-        "best_metric_value": state["best"],
-        "best_step": state["best_step"],
+        "best_metric_value": state.best,
+        "best_step": state.best_step,
         "best_checkpoint": str(best_path) if best_path else None,
         # The last entry of a step wins: the kept average is evaluated at the last step too.
-        "best_eval": next((h for h in reversed(history) if h["step"] == state["best_step"]), None),
-        "stopped_early": stopped_early,
-        "world_size": dist.world_size,
-        "precision": "bf16" if amp_dtype else "fp32",
-        "eval_precision": "bf16" if eval_dtype else "fp32",
+        "best_eval": next((h for h in reversed(run.history) if h["step"] == state.best_step), None),
+        "stopped_early": run.stopped_early,
+        "world_size": world,
+        "precision": "bf16" if run.amp_dtype else "fp32",
+        "eval_precision": "bf16" if run.eval_dtype else "fp32",
     }
     if average_result is not None:
         summary["weight_average"] = {k: v for k, v in average_result.items() if k != "eval"}
+    summary = finite_json(summary)
     if dist.is_main:
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    return TrainResult(summary, best_path, stopped_early, history)
+        (run.inp.run_dir / "summary.json").write_text(
+            json.dumps(summary, indent=2, allow_nan=False)
+        )
+    return TrainResult(summary, best_path, run.stopped_early, run.history)
 
 
-AVERAGE_FILE = "weight_average"  # CKPT/weight_average.safetensors: the running mean
-
-
-def _judge_average(
-    average: WeightAverage,
-    model: torch.nn.Module,
-    run_eval: Callable[[], dict[str, float] | None],
-    state: dict[str, Any],
-    metric: str,
-    mode: str,
-    log: MetricsLog,
-) -> dict[str, Any]:
-    """Evaluate the averaged weights and decide whether they are the final model.
-
-    Kept when there is no eval split (averaging was asked for and nothing says otherwise) or
-    when the average scores at least as well as the best snapshot on the selection metric.
-    The model's own weights are unchanged on return.
-    """
-    with average.applied(_unwrap(model)):
-        metrics = run_eval()
-    result: dict[str, Any] = {
-        "snapshots": average.count,
-        "from_step": average.start_step,
-        "every": average.every,
-        **(metrics or {}),
-    }
-    value = (metrics or {}).get(metric)
-    best = state["best"]
-    if value is None:
-        kept = metrics is None
-    else:
-        kept = best is None or not _improved(best, float(value), mode, 0.0)
-    result["kept"] = kept
-    # Logged like an evaluation (metrics.jsonl, trackers) under its own event name, so curves of
-    # single snapshots stay separate from the average.
-    entry = {"event": "eval_average", "step": state["step"], "epoch": state["epoch"], **result}
-    log.write(entry)
-    if metrics is not None:  # what summary.best_eval shows when the average is kept
-        result["eval"] = {
-            "event": "eval",
-            "step": state["step"],
-            "epoch": state["epoch"],
-            **metrics,
-            "weight_average": True,
-        }
+def _keep_average(run: Run, state: TrainState) -> dict[str, Any]:
+    """Judge the weight average; when kept, it becomes the model and best/."""
+    assert run.average is not None
+    tc = run.tc
+    metric, mode = tc.early_stopping.metric, tc.early_stopping.mode
+    result = _judge_average(
+        run.average,
+        unwrap(run.model),
+        lambda: _eval_metrics(run),
+        {"step": state.step, "epoch": state.epoch, "best": state.best},
+        metric,
+        mode,
+        run.log,
+    )
+    if result["kept"]:
+        # The average is the final model: it becomes "best" so nothing below reloads a snapshot.
+        run.average.copy_into(unwrap(run.model))
+        save_best(run)
+        state.best, state.best_step = result.get(metric), state.step
+        if "eval" in result:
+            run.history.append(result["eval"])
+        run.dist.print(
+            f"kept the weight average of {run.average.count} snapshots ({metric}="
+            f"{result.get(metric, float('nan')):.4f})"
+        )
     return result
 
 
@@ -492,27 +381,11 @@ def _notify(
         raise
 
 
-def _adamw_kernel(model: torch.nn.Module) -> dict[str, bool]:
-    """fused=True where torch has a fused AdamW kernel for every trainable tensor, else foreach.
+def _task_hook(task: Task, name: str, default: Any = None) -> Any:
+    """Call the task's lifecycle method `name` (begin_step, step_metrics) if it has one.
 
-    The fused kernel reads and writes each parameter, gradient and moment once per step;
-    foreach runs ~10 passes (lerp, mul, addcmul, sqrt, div, addcdiv, ...) over all of them.
-    Measured on a 2-core CPU, full fine-tune of MiniLM (22.7M parameters, half of them the
-    word embeddings): foreach 64 ms per step, fused 11 ms, about a quarter of the step time
-    of SST-2 classification at batch 32. Same update rule, so results agree to rounding.
+    merge: once tasks/base.py declares the lifecycle with no-op defaults, call
+    task.begin_step() and task.step_metrics() directly and drop this helper.
     """
-    params = [p for p in model.parameters() if p.requires_grad]
-    fusable = bool(params) and all(
-        p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params
-    )
-    return {"fused": True} if fusable else {"foreach": True}
-
-
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return getattr(model, "_orig_mod", model)
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None):
-    if dtype is None:
-        return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    method = getattr(task, name, None)
+    return method() if method is not None else default

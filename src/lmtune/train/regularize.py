@@ -52,7 +52,8 @@ def penalized_parameters(
     head_names are children of the transformers model (adapters.head_module_names); for a
     peft model their adapter copies are excluded too, found by identity, not by name.
     """
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    get_base = getattr(model, "get_base_model", None)  # a peft model: its transformers model
+    base = get_base() if callable(get_base) else model
     head_ids = {
         id(p)
         for name in head_names

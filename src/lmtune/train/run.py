@@ -160,15 +160,19 @@ def run_training(
     quiet: bool = False,
     stop_after: int | None = None,
     on_eval: Callable[[int, dict[str, float]], None] | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
     """The whole `lmtune train` run; returns the summary (also in RUN_DIR/summary.json).
 
     `on_eval(step, metrics)` goes to the loop (`lmtune tune` reports to its pruner there).
+    `force` lets --resume accept the changes declared safe (train.state.SAFE_KEYS).
     """
     from lmtune.evaluate.forgetting import forgetting_on, start_forgetting
     from lmtune.models.adapters import head_module_names
     from lmtune.models.export import save_model
-    from lmtune.train.loop import train
+    from lmtune.train.checkpoint import assert_finite
+    from lmtune.train.logging import finite_json
+    from lmtune.train.loop import TrainHooks, TrainInputs, train
 
     dist = Dist.get()
     run_dir = Path(cfg.run.output_dir)
@@ -240,7 +244,7 @@ def run_training(
     # metrics.jsonl event, and are closed FAILED when anything below raises.
     trackers = open_trackers(cfg, run_dir, resume=resume) if dist.is_main else Trackers()
     with trackers:
-        result = train(
+        inputs = TrainInputs(
             cfg,
             task,
             model,
@@ -249,13 +253,17 @@ def run_training(
             run_dir,
             saver,
             head_names=head_module_names(model),
+            regularizer=forget.regularizer if forget else None,
+        )
+        hooks = TrainHooks(
             resume=resume,
+            force=force,
             stop_after=stop_after,
             quiet=quiet,
             on_eval=on_eval,
-            regularizer=forget.regularizer if forget else None,
             on_log=trackers.log_event,
         )
+        result = train(inputs, hooks)
         if stop_after is not None and "interrupted_at" in result.summary:
             trackers.close("KILLED")  # what a kill here would leave: resumable
             return result.summary
@@ -268,6 +276,7 @@ def run_training(
         }
         if dist.is_main:
             done = Finished(cfg, run_dir, task, model, tokenizer, prepared, forget)
+            assert_finite(model, run_dir / "model")  # never a diverged model (the loop stops first)
             save_model(model, tokenizer, run_dir / "model", extra=meta)
             _write_profile(done)
             summary["model_dir"] = str(run_dir / "model")
@@ -275,7 +284,8 @@ def run_training(
                 value = step(done)
                 if value is not None:
                     summary[key] = value
-            (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+            summary = finite_json(summary)  # strict JSON: a NaN metric is written as null
+            (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False))
             from lmtune.report import write_run_outputs
 
             # Last, once every result file exists: report.html + MODEL_CARD.md (warns, never raises).
