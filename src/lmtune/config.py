@@ -339,6 +339,11 @@ class TrainConfig(Strict):
     compile: bool = Field(
         False, description="torch.compile the model (helps long runs; costs start-up time)."
     )
+    gradient_checkpointing: bool = Field(
+        False,
+        description="Recompute each transformer block in backward instead of keeping its "
+        "activations (less memory, about one more forward pass of time).",
+    )
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
 
 

@@ -1,8 +1,9 @@
-"""Allocator settings for the long loops (training, reference scoring).
+"""Memory levers of the long loops: allocator settings and activation checkpointing.
 
 glibc returns freed blocks to the OS eagerly; loops that free and re-allocate the same large
 buffers every step pay for it in page faults. `steady_malloc` keeps the memory in the process
-while such a loop runs.
+while such a loop runs. `enable_activation_checkpointing` trades one more forward pass per
+block for not keeping the block's activations until backward.
 """
 
 from __future__ import annotations
@@ -11,6 +12,10 @@ import ctypes
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+import torch
+
+from lmtune.errors import UserError
 
 # glibc mallopt parameters (malloc.h) and their defaults.
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
@@ -45,3 +50,27 @@ def steady_malloc() -> Iterator[None]:
             libc.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
             libc.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM_THRESHOLD)
             libc.malloc_trim(0)
+
+
+def enable_activation_checkpointing(model: torch.nn.Module) -> None:
+    """Recompute every transformer block in backward (transformers' activation checkpointing).
+
+    Non-reentrant (torch.utils.checkpoint with use_reentrant=False): it saves the RNG state, so
+    dropout draws the same masks when a block is recomputed, and it needs no input that
+    requires grad, so a frozen embedding under LoRA needs no enable_input_require_grads hook.
+    Set on the transformers model inside any peft wrapper; it acts in train mode only, also
+    when a task runs the decoder body by itself (models/lm_head.py's chunked LM head).
+    """
+    inner = getattr(model, "_orig_mod", model)  # torch.compile wrapper
+    get_base = getattr(inner, "get_base_model", None)  # peft wrapper
+    hf = get_base() if callable(get_base) else inner
+    if not getattr(hf, "supports_gradient_checkpointing", False):
+        raise UserError(
+            f"train.gradient_checkpointing: {type(hf).__name__} does not support activation "
+            "checkpointing; set train.gradient_checkpointing: false"
+        )
+    kwargs = {"use_reentrant": False}
+    if hasattr(hf, "activation_checkpointing_enable"):  # transformers 5.x's name
+        hf.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)

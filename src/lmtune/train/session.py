@@ -18,6 +18,7 @@ import torch
 from lmtune.config import Config, TrainConfig
 from lmtune.errors import UserError
 from lmtune.runtime.dist import Dist
+from lmtune.runtime.memory import enable_activation_checkpointing
 from lmtune.tasks.base import Task
 from lmtune.train import checkpoint as ckpt
 from lmtune.train.averaging import WeightAverage, averaging_start
@@ -134,6 +135,8 @@ def setup(inp: TrainInputs, hooks: TrainHooks) -> Run:
     # Evaluations pick the kept checkpoint: by default they run in fp32, as every later reading
     # of the saved weights does (eval, serve, test split), not under the training autocast.
     eval_dtype = amp_dtype if tc.eval_precision == "train" else None
+    if tc.gradient_checkpointing:  # before compile: it changes how the blocks run
+        enable_activation_checkpointing(model)
     if tc.compile:
         model = torch.compile(model)  # type: ignore[assignment]
     # One optimizer step = grad_accum micro-batches x world_size processes.
