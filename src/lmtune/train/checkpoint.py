@@ -36,6 +36,7 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def rng_state() -> dict[str, Any]:
     """Every RNG the loop draws from, in a form weights_only loading accepts."""
+    # numpy's stubs type get_state() as dict | tuple whatever `legacy` says; legacy=True is a tuple.
     np_state: tuple[Any, ...] = np.random.get_state(legacy=True)  # type: ignore[assignment]
     return {
         "python": list(random.getstate()[1]) + [random.getstate()[2] or 0],
