@@ -12,6 +12,7 @@ import ctypes
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 
@@ -63,7 +64,7 @@ def enable_activation_checkpointing(model: torch.nn.Module) -> None:
     """
     inner = getattr(model, "_orig_mod", model)  # torch.compile wrapper
     get_base = getattr(inner, "get_base_model", None)  # peft wrapper
-    hf = get_base() if callable(get_base) else inner
+    hf: Any = get_base() if callable(get_base) else inner  # a transformers PreTrainedModel
     if not getattr(hf, "supports_gradient_checkpointing", False):
         raise UserError(
             f"train.gradient_checkpointing: {type(hf).__name__} does not support activation "

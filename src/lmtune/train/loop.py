@@ -101,32 +101,47 @@ def train(inputs: TrainInputs, hooks: TrainHooks | None = None) -> TrainResult:
                 end_of_epoch = state.advance(len(plan))
                 _log_step(run, state, epoch, loss)
                 done = state.step >= run.total_steps
-                step = state.step
-                want_eval = bool(
-                    (tc.eval_every and step % tc.eval_every == 0)
-                    or (end_of_epoch and tc.eval_each_epoch)
-                    or done
-                )
-                metrics = evaluate(run, state) if want_eval else None
-                save_every = tc.save_every or tc.eval_every
-                if (
-                    (save_every and step % save_every == 0)
-                    or (want_eval and not save_every)
-                    or end_of_epoch
-                    or done
-                    or run.stopped_early
+                want_eval = _eval_due(tc, state.step, end_of_epoch, done)
+                metrics = evaluate(run, state) if want_eval else None  # may stop early
+                if _checkpoint_due(
+                    tc, state.step, want_eval, end_of_epoch, done, run.stopped_early
                 ):
                     checkpoint(run, state)
                 if metrics is not None and run.hooks.on_eval is not None:
-                    _notify(run.hooks.on_eval, step, metrics, run.log, run.progress)
-                if run.hooks.stop_after is not None and step >= run.hooks.stop_after and not done:
-                    if not run.stopped_early:
+                    _notify(run.hooks.on_eval, state.step, metrics, run.log, run.progress)
+                stop_after = run.hooks.stop_after
+                if stop_after is not None and state.step >= stop_after and not done:
+                    if not run.stopped_early:  # "killed" here (tests): the checkpoint stays
                         run.progress.stop()
-                        return TrainResult({"interrupted_at": step}, None)
+                        return TrainResult({"interrupted_at": state.step}, None)
                 if done or run.stopped_early or end_of_epoch:
                     break  # at an epoch's end the outer loop plans the next: a new shuffle
     run.progress.stop()
     return finish(run, state)
+
+
+def _eval_due(tc: TrainConfig, step: int, end_of_epoch: bool, done: bool) -> bool:
+    """Every train.eval_every steps, at each epoch's end (eval_each_epoch), and at the end."""
+    return bool(
+        (tc.eval_every and step % tc.eval_every == 0)
+        or (end_of_epoch and tc.eval_each_epoch)
+        or done
+    )
+
+
+def _checkpoint_due(
+    tc: TrainConfig, step: int, evaluated: bool, end_of_epoch: bool, done: bool, stopping: bool
+) -> bool:
+    """Every train.save_every steps (default: with each evaluation), at each epoch's end, and
+    when the run ends (last step or early stop)."""
+    save_every = tc.save_every or tc.eval_every
+    return bool(
+        (save_every and step % save_every == 0)
+        or (evaluated and not save_every)
+        or end_of_epoch
+        or done
+        or stopping
+    )
 
 
 def optimizer_step(run: Run, state: TrainState, examples: list[int]) -> float:

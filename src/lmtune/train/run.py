@@ -17,6 +17,8 @@ import torch
 
 from lmtune.config import Config, dump_config
 from lmtune.runtime.dist import Dist
+from lmtune.train.checkpoint import assert_finite
+from lmtune.train.logging import finite_json
 from lmtune.train.tracking import Trackers, open_trackers, require_packages
 
 
@@ -170,19 +172,10 @@ def run_training(
     from lmtune.evaluate.forgetting import forgetting_on, start_forgetting
     from lmtune.models.adapters import head_module_names
     from lmtune.models.export import save_model
-    from lmtune.train.checkpoint import assert_finite
-    from lmtune.train.logging import finite_json
     from lmtune.train.loop import TrainHooks, TrainInputs, train
 
     dist = Dist.get()
-    run_dir = Path(cfg.run.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    require_packages(cfg.tracking)  # a missing tensorboard/mlflow fails now, not after data prep
-    if dist.is_main:
-        (run_dir / "config.yaml").write_text(dump_config(cfg))
-        if not resume:
-            for stale in ("metrics.jsonl", "rejects.jsonl"):
-                (run_dir / stale).unlink(missing_ok=True)
+    run_dir = _open_run_dir(cfg, resume)
     parts = setup(cfg, run_dir)
     task, model, tokenizer, prepared = (
         parts["task"],
@@ -220,22 +213,7 @@ def run_training(
             model, features, held_out, run_dir, cfg.train.eval_batch_size, resume=resume
         )
 
-    # The untrained baseline (for classification: the randomly initialised head) on the
-    # held-out splits, so the summary shows what training bought.
-    before = None
-    if cfg.train.eval_before and not resume and dist.is_main:
-        model.to(dist.device)
-        with torch.no_grad():
-            before = {
-                name: _flat(task.evaluate(model, rows, cfg.train.eval_batch_size, None))
-                for name in ("eval", "test")
-                if (rows := prepared.splits.get(name))
-            }
-    if cfg.audit.enabled and not resume and dist.is_main:  # bias audit of the starting point
-        from lmtune.evaluate.audit import audit_in_run
-
-        model.to(dist.device)
-        audit_in_run(cfg, "before", model, tokenizer, task, prepared, run_dir)
+    before = _before_training(cfg, task, model, tokenizer, prepared, run_dir, resume)
 
     def saver(m: torch.nn.Module, out: Path) -> None:
         save_model(m, tokenizer, out, extra=meta)
@@ -255,15 +233,9 @@ def run_training(
             head_names=head_module_names(model),
             regularizer=forget.regularizer if forget else None,
         )
-        hooks = TrainHooks(
-            resume=resume,
-            force=force,
-            stop_after=stop_after,
-            quiet=quiet,
-            on_eval=on_eval,
-            on_log=trackers.log_event,
+        result = train(
+            inputs, TrainHooks(resume, force, stop_after, quiet, on_eval, trackers.log_event)
         )
-        result = train(inputs, hooks)
         if stop_after is not None and "interrupted_at" in result.summary:
             trackers.close("KILLED")  # what a kill here would leave: resumable
             return result.summary
@@ -276,22 +248,77 @@ def run_training(
         }
         if dist.is_main:
             done = Finished(cfg, run_dir, task, model, tokenizer, prepared, forget)
-            assert_finite(model, run_dir / "model")  # never a diverged model (the loop stops first)
-            save_model(model, tokenizer, run_dir / "model", extra=meta)
-            _write_profile(done)
-            summary["model_dir"] = str(run_dir / "model")
-            for key, step in AFTER_TRAINING:
-                value = step(done)
-                if value is not None:
-                    summary[key] = value
-            summary = finite_json(summary)  # strict JSON: a NaN metric is written as null
-            (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False))
-            from lmtune.report import write_run_outputs
-
-            # Last, once every result file exists: report.html + MODEL_CARD.md (warns, never raises).
-            write_run_outputs(run_dir)
-            trackers.log_summary(summary, run_dir)
+            summary = _write_results(done, summary, meta, trackers)
     dist.barrier()
+    return summary
+
+
+def _open_run_dir(cfg: Config, resume: bool) -> Path:
+    """The run folder with this run's config.yaml; a fresh run starts new logs."""
+    run_dir = Path(cfg.run.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    require_packages(cfg.tracking)  # a missing tensorboard/mlflow fails now, not after data prep
+    if Dist.get().is_main:
+        (run_dir / "config.yaml").write_text(dump_config(cfg))
+        if not resume:
+            for stale in ("metrics.jsonl", "rejects.jsonl"):
+                (run_dir / stale).unlink(missing_ok=True)
+    return run_dir
+
+
+def _before_training(
+    cfg: Config,
+    task: Any,
+    model: torch.nn.Module,
+    tokenizer: Any,
+    prepared: Any,
+    run_dir: Path,
+    resume: bool,
+) -> dict[str, dict[str, float]] | None:
+    """The untrained baseline on the held-out splits (for classification: the randomly
+    initialised head), so the summary shows what training bought; the bias audit of the
+    starting point. Both on the main process of a fresh run only; returns the baseline."""
+    dist = Dist.get()
+    if resume or not dist.is_main:
+        return None
+    before = None
+    if cfg.train.eval_before:
+        model.to(dist.device)
+        with torch.no_grad():
+            before = {
+                name: _flat(task.evaluate(model, rows, cfg.train.eval_batch_size, None))
+                for name in ("eval", "test")
+                if (rows := prepared.splits.get(name))
+            }
+    if cfg.audit.enabled:
+        from lmtune.evaluate.audit import audit_in_run
+
+        model.to(dist.device)
+        audit_in_run(cfg, "before", model, tokenizer, task, prepared, run_dir)
+    return before
+
+
+def _write_results(
+    done: Finished, summary: dict[str, Any], meta: dict[str, Any], trackers: Trackers
+) -> dict[str, Any]:
+    """model/, the after-training steps, summary.json, report and model card (main process)."""
+    from lmtune.models.export import save_model
+    from lmtune.report import write_run_outputs
+
+    run_dir = done.run_dir
+    assert_finite(done.model, run_dir / "model")  # never a diverged model (the loop stops first)
+    save_model(done.model, done.tokenizer, run_dir / "model", extra=meta)
+    _write_profile(done)
+    summary["model_dir"] = str(run_dir / "model")
+    for key, step in AFTER_TRAINING:
+        value = step(done)
+        if value is not None:
+            summary[key] = value
+    summary = finite_json(summary)  # strict JSON: a NaN metric is written as null
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False))
+    # Last, once every result file exists: report.html + MODEL_CARD.md (warns, never raises).
+    write_run_outputs(run_dir)
+    trackers.log_summary(summary, run_dir)
     return summary
 
 
