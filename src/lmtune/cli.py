@@ -82,7 +82,7 @@ def prepare(config: ConfigArg, overrides: Overrides = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(dump_config(cfg))
     tok = load_tokenizer(cfg.model)
-    prepared = prepare_data(cfg, out, length_fn=text_length_fn(tok))
+    prepared = prepare_data(cfg, out, length_fn=text_length_fn(tok), say=print)
     sizes = ", ".join(f"{k} {len(v)}" for k, v in prepared.splits.items())
     console.print(f"format {prepared.format}; {sizes}")
     console.print(f"report: {out / 'data_report.md'}")

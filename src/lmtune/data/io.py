@@ -75,6 +75,7 @@ class Reject:
     stage: str
     row: Any
     kind: str = field(default="")
+    split: str = field(default="")  # the split the row was in, where a stage knows it
 
     def to_json(self) -> dict[str, Any]:
         """The rejects.jsonl object (source, line, reason, stage, row)."""

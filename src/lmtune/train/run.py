@@ -7,7 +7,9 @@ no logic of its own beyond the order of the steps.
 from __future__ import annotations
 
 import json
+import re
 import tempfile
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +18,7 @@ from typing import Any
 import torch
 
 from lmtune.config import Config, dump_config
+from lmtune.data.report import add_tokenize_section
 from lmtune.train.dist import Dist
 from lmtune.train.tracking import Trackers, open_trackers, require_packages
 
@@ -78,7 +81,10 @@ def encode_rows(
             for r in rejected:
                 f.write(json.dumps(r, ensure_ascii=False) + "\n")
     if rejected:
-        Dist.get().print(f"{len(rejected)} row(s) rejected at tokenization (see {rejects_path})")
+        Dist.get().print(
+            f"tokenize: dropped {len(rejected)} row(s) (e.g. {rejected[0]['source']}: "
+            f"{rejected[0]['reason']}); each one is in {rejects_path}"
+        )
     if rows and not feats:
         from lmtune.errors import UserError
 
@@ -87,7 +93,39 @@ def encode_rows(
             f"{rejected[0]['source']}: {rejected[0]['reason']}; raise model.max_length "
             "or shorten the prompts"
         )
+    if rejects_path is not None:
+        by_reason = Counter(_reason_kind(r["reason"]) for r in rejected)
+        add_tokenize_section(
+            rejects_path.parent, {"rejected": len(rejected), "by_reason": dict(by_reason)}
+        )
     return feats
+
+
+def _reason_kind(reason: str) -> str:
+    # Reasons carry row-specific numbers ("prompt has 700 tokens"); count them by their words.
+    return re.sub(r"\d+", "N", reason)[:120]
+
+
+def report_ragged_tail(cfg: Config, n_examples: int, run_dir: Path) -> None:
+    """Say (console and data report) how many examples each epoch leaves out: the loop plans
+    whole optimizer steps, so a tail smaller than one step is skipped every epoch."""
+    from lmtune.data.report import ragged_tail_line
+
+    dist = Dist.get()
+    step_batch = cfg.train.batch_size * dist.world_size * cfg.train.grad_accum
+    tail = n_examples % step_batch
+    if not tail or n_examples < step_batch:
+        return
+    section = {"ragged_tail": tail, "examples": n_examples, "step_batch": step_batch}
+    dist.print("train: " + ragged_tail_line(section))
+    if dist.is_main:
+        report = run_dir / "data_report.json"
+        old = (
+            json.loads(report.read_text(encoding="utf-8")).get("tokenize", {})
+            if report.is_file()
+            else {}
+        )
+        add_tokenize_section(run_dir, {**old, **section})
 
 
 def setup(cfg: Config, run_dir: Path, for_training: bool = True) -> dict[str, Any]:
@@ -104,7 +142,7 @@ def setup(cfg: Config, run_dir: Path, for_training: bool = True) -> dict[str, An
     tokenizer = load_tokenizer(cfg.model, for_training=for_training)
     # Every process prepares the same data (it is deterministic); only rank 0 keeps the files.
     data_dir = run_dir if dist.is_main else Path(tempfile.mkdtemp(prefix="lmtune-rank"))
-    prepared = prepare_data(cfg, data_dir, length_fn=text_length_fn(tokenizer))
+    prepared = prepare_data(cfg, data_dir, length_fn=text_length_fn(tokenizer), say=dist.print)
     if cfg.task == "classification" and not prepared.labels:
         from lmtune.errors import UserError
 
@@ -206,6 +244,7 @@ def run_training(
         features += forget.replay
     if hasattr(task, "prepare_features"):
         features = task.prepare_features(features)
+    report_ragged_tail(cfg, len(features), run_dir)
     eval_rows = prepared.splits.get("eval") or []
     if hasattr(task, "prepare_reference"):
         # DPO without an adapter to disable: reference log-probs of the still-untrained model,
