@@ -81,7 +81,10 @@ def _read_all(cfg: Config) -> dict[str, list[tuple[str, list[Record]]]]:
             "data.train is not set: point it at a file (jsonl, json, csv, tsv, txt, parquet) "
             "or a datasets save_to_disk folder"
         )
-    records = {s: [(p, read_file(p, s, cfg.data.limit)) for p in ps] for s, ps in files.items()}
+    records = {
+        s: [(p, read_file(p, s, cfg.data.limit, cfg.data.encoding)) for p in ps]
+        for s, ps in files.items()
+    }
     for per_file in records.values():
         for path, recs in per_file:
             require_rows(path, recs)
@@ -338,7 +341,7 @@ def read_rows(
     picks the split of a saved DatasetDict. UserError above data.max_bad_fraction.
     """
     path = str(path)
-    recs = read_file(path, split, cfg.data.limit)
+    recs = read_file(path, split, cfg.data.limit, cfg.data.encoding)
     require_rows(path, recs)
     columns = columns_of(r.data for r in recs)
     mapping = resolve_mapping(columns, cfg.data.columns)
