@@ -14,7 +14,10 @@ folders and do not run on a CPU-only laptop.
 
 Concurrency: the model runs on ONE worker thread (a torch model with a KV cache is not safe
 for concurrent calls); requests queue for it in arrival order while the event loop, which
-only parses, validates, tokenizes and streams, stays responsive.
+only parses, validates, tokenizes and streams, stays responsive. The queue is bounded
+(--max-queue: a request beyond it gets 429 with Retry-After at once instead of waiting
+minutes) and every request has a deadline (--request-timeout: 504 when it passes, and its
+generation stops at the next token).
 """
 
 from __future__ import annotations
@@ -42,10 +45,13 @@ from lmtune.ops.serve_engine import Engine, GenParams, Piece, load_engine
 from lmtune.ops.serve_http import Guard
 from lmtune.ops.serve_metrics import Metrics, PredictionLog, prometheus_text
 from lmtune.ops.serve_schema import (
+    SEED_MAX,
     ChatRequest,
     ClassifyRequest,
     CompletionRequest,
+    chat_logprobs,
     chat_response,
+    completion_logprobs,
     completion_response,
     error_body,
     new_id,
@@ -59,6 +65,7 @@ ENDPOINTS = (
     "/health",
     "/metrics",
     "/v1/models",
+    "/v1/models/{id}",
     "/v1/completions",
     "/v1/chat/completions",
     "/v1/classify",
@@ -81,16 +88,25 @@ class ServeSettings:
     max_batch: int = 32  # most inputs (classify) or prompts (completions) in one request
     log_predictions: Path | None = None  # JSON-lines prediction log (opt-in)
     default_max_tokens: int = 16  # /v1/completions without max_tokens, as OpenAI's default
+    default_chat_max_tokens: int = 256  # /v1/chat/completions without max_tokens
+    max_queue: int = 64  # requests waiting for or using the model; more get a 429
+    request_timeout: float = 300.0  # seconds from arrival to the last token; then a 504
 
 
 class ApiError(Exception):
     """A request the server refuses: HTTP status and an OpenAI-style error body."""
 
     def __init__(
-        self, status: int, message: str, param: str | None = None, code: str | None = None
+        self,
+        status: int,
+        message: str,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
+        self.headers = headers
 
 
 class Service:
@@ -100,6 +116,7 @@ class Service:
         self.engine, self.settings, self.metrics = engine, settings, metrics
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lmtune-model")
         self.stopping = threading.Event()  # set at shutdown: running generations end early
+        self.pending = 0  # admitted requests not finished yet (only touched on the event loop)
         self.log = (
             PredictionLog(settings.log_predictions, engine.model_id, engine.version)
             if settings.log_predictions
@@ -112,6 +129,45 @@ class Service:
         self.worker.shutdown(wait=True, cancel_futures=True)
         if self.log is not None:
             self.log.close()
+
+    def admit(self, model: str | None) -> float:
+        """Check the model name and take a place in the queue; returns the request's deadline.
+
+        404 for another model's name (as OpenAI); 429 with Retry-After when --max-queue
+        requests are already waiting or running. Pair with release().
+        """
+        if model is not None and model != self.engine.model_id:
+            raise ApiError(
+                404,
+                f"The model '{model}' does not exist; this server serves "
+                f"'{self.engine.model_id}' (GET /v1/models)",
+                "model",
+                "model_not_found",
+            )
+        if self.pending >= self.settings.max_queue:
+            raise ApiError(
+                429,
+                f"the server is busy: {self.pending} requests are queued or running "
+                f"(lmtune serve --max-queue {self.settings.max_queue}); retry shortly",
+                code="rate_limit_exceeded",
+                headers={"Retry-After": "1"},
+            )
+        self.pending += 1
+        return time.monotonic() + self.settings.request_timeout
+
+    def release(self) -> None:
+        """Give back the queue place taken by admit()."""
+        self.pending -= 1
+
+    def timed_out(self) -> ApiError:
+        """The 504 of a request that passed its deadline."""
+        return ApiError(
+            504,
+            f"the request took longer than this server's limit of "
+            f"{self.settings.request_timeout:g} s (lmtune serve --request-timeout); "
+            "ask for fewer tokens or retry when the server is less busy",
+            code="timeout",
+        )
 
     def require(self, kind: str, endpoint: str) -> None:
         """400 when the loaded model cannot serve endpoint."""
@@ -157,18 +213,24 @@ class Service:
                 "max_tokens",
                 "context_length_exceeded",
             )
-        max_tokens = asked if asked is not None else min(default or cap, cap, ctx - n_prompt)
+        max_tokens = asked if asked is not None else min(default, cap, ctx - n_prompt)
         return GenParams(
             max_tokens=max_tokens,
             temperature=req.temperature,
             top_p=req.top_p,
             stop=req.stop_list(),
             seed=req.seed,
+            frequency_penalty=req.frequency_penalty,
+            presence_penalty=req.presence_penalty,
+            logprobs=req.top_logprobs_count(),
         )
 
-    async def pieces(self, ids: list[int], params: GenParams) -> AsyncIterator[Piece]:
+    async def pieces(
+        self, ids: list[int], params: GenParams, deadline: float
+    ) -> AsyncIterator[Piece]:
         """Run one generation on the worker thread and yield its pieces as they come. Leaving
-        early (the client went away) cancels the generation at its next token."""
+        early (the client went away) cancels the generation at its next token; so does the
+        deadline passing (504)."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
         done = object()
@@ -179,7 +241,8 @@ class Service:
                 loop.call_soon_threadsafe(queue.put_nowait, item)
 
         def stopped() -> bool:
-            return cancel.is_set() or self.stopping.is_set()
+            late = time.monotonic() > deadline
+            return cancel.is_set() or self.stopping.is_set() or late
 
         def work() -> None:
             try:
@@ -192,26 +255,55 @@ class Service:
 
         loop.run_in_executor(self.worker, work)
         try:
-            while (item := await queue.get()) is not done:
+            while True:
+                try:  # waiting for the worker (queued behind others) counts too
+                    item = await asyncio.wait_for(queue.get(), deadline - time.monotonic())
+                except TimeoutError:
+                    raise self.timed_out() from None
+                if item is done:
+                    break
                 if isinstance(item, Exception):
                     raise item
                 if item.finish_reason == "cancelled":
+                    if time.monotonic() > deadline:
+                        raise self.timed_out()
                     raise ApiError(503, "the server is shutting down; retry", code="shutting_down")
                 yield item
         finally:
             cancel.set()
 
-    async def complete(self, ids: list[int], params: GenParams) -> tuple[str, str, int]:
-        """(text, finish_reason, completion tokens) of one non-streamed generation."""
+    async def complete(
+        self, ids: list[int], params: GenParams, deadline: float
+    ) -> tuple[str, str, int, list[dict[str, Any]] | None]:
+        """(text, finish_reason, completion tokens, logprob entries or None) of one
+        non-streamed generation."""
         text, finish, n = [], "length", 0
-        async for piece in self.pieces(ids, params):
+        entries: list[dict[str, Any]] | None = [] if params.logprobs is not None else None
+        async for piece in self.pieces(ids, params, deadline):
             text.append(piece.text)
             finish, n = piece.finish_reason or finish, piece.completion_tokens
-        return "".join(text), finish, n
+            if entries is not None and piece.logprobs:
+                entries += piece.logprobs
+        return "".join(text), finish, n, entries
 
-    async def on_worker(self, fn: Any, *args: Any) -> Any:
-        """Run fn(*args) on the model's thread."""
-        return await asyncio.get_running_loop().run_in_executor(self.worker, fn, *args)
+    async def choices(
+        self, ids: list[int], params: GenParams, n: int, deadline: float
+    ) -> list[tuple[str, str, int, list[dict[str, Any]] | None]]:
+        """n completions of one prompt (seed, seed+1, ... when seeded: distinct, reproducible)."""
+        out = []
+        for i in range(n):
+            seed = params.seed + i if params.seed is not None and i else params.seed
+            p = GenParams(**{**params.__dict__, "seed": min(seed, SEED_MAX) if seed else seed})
+            out.append(await self.complete(ids, p, deadline))
+        return out
+
+    async def on_worker(self, deadline: float, fn: Any, *args: Any) -> Any:
+        """Run fn(*args) on the model's thread (504 when the deadline passes first)."""
+        job = asyncio.get_running_loop().run_in_executor(self.worker, fn, *args)
+        try:
+            return await asyncio.wait_for(job, deadline - time.monotonic())
+        except TimeoutError:
+            raise self.timed_out() from None
 
     def record(
         self,
@@ -236,6 +328,7 @@ class Service:
         chat: bool,
         include_usage: bool,
         logged_input: Any,
+        deadline: float,
     ) -> StreamingResponse:
         """Server-sent events: one chunk per piece of text, a final chunk with finish_reason,
         optionally a usage chunk, then `data: [DONE]`. An error after the stream has started
@@ -249,12 +342,16 @@ class Service:
                     yield sse(stream_chunk(rid, model, True, "", None, first=True))
                 # aclosing: if the client goes away mid-stream, the generation is cancelled now,
                 # not whenever the abandoned generator happens to be collected.
-                async with contextlib.aclosing(self.pieces(ids, params)) as stream:
+                async with contextlib.aclosing(self.pieces(ids, params, deadline)) as stream:
                     async for piece in stream:
                         text.append(piece.text)
                         n, finish = piece.completion_tokens, piece.finish_reason
-                        if piece.text:
-                            yield sse(stream_chunk(rid, model, chat, piece.text, None))
+                        if piece.text or piece.logprobs:
+                            yield sse(
+                                stream_chunk(
+                                    rid, model, chat, piece.text, None, logprobs=piece.logprobs
+                                )
+                            )
                         if finish:
                             yield sse(stream_chunk(rid, model, chat, None, finish))
                 if include_usage:
@@ -293,6 +390,8 @@ class Service:
                         f"internal error ({type(exc).__name__}); see the server log", "server_error"
                     )
                 )
+            finally:
+                self.release()
             yield sse("[DONE]")
 
         return StreamingResponse(
@@ -306,6 +405,16 @@ def _validation_message(exc: RequestValidationError) -> tuple[int, str, str | No
     errors = exc.errors()
     if any(e.get("type") == "json_invalid" for e in errors):
         return 400, "the request body is not valid JSON", None
+    extra = [e for e in errors if e.get("type") == "extra_forbidden"]
+    if extra:  # a field we do not implement: say so rather than answer as if it was applied
+        names = [".".join(str(x) for x in e.get("loc", ()) if x != "body") for e in extra]
+        return (
+            400,
+            f"{', '.join(names)}: not supported by lmtune serve (it implements the sampling "
+            "fields, stop, seed, n, logprobs and frequency/presence penalties); remove "
+            f"{'it' if len(names) == 1 else 'them'} from the request",
+            names[0],
+        )
     if any(e.get("type") == "missing" and tuple(e.get("loc", ())) == ("body",) for e in errors):
         return 400, "the request body is empty: send a JSON object", None
     parts, first = [], None
@@ -321,7 +430,12 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ApiError)
     async def _api(_: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(error_body(exc.message, param=exc.param, code=exc.code), exc.status)
+        kind = "not_found_error" if exc.status == 404 else "invalid_request_error"
+        return JSONResponse(
+            error_body(exc.message, kind, param=exc.param, code=exc.code),
+            exc.status,
+            headers=exc.headers,
+        )
 
     @app.exception_handler(UserError)
     async def _user(_: Request, exc: UserError) -> JSONResponse:
@@ -395,50 +509,60 @@ def create_app(engine: Engine, settings: ServeSettings, metrics: Metrics | None 
             return PlainTextResponse(prometheus_text(snap), media_type="text/plain; version=0.0.4")
         return {"model": engine.model_id, "version": engine.version, **snap}
 
+    def model_card() -> dict[str, Any]:
+        return {
+            "id": engine.model_id,
+            "object": "model",
+            "created": int(metrics.started),
+            "owned_by": "lmtune",
+        }
+
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        return {
-            "object": "list",
-            "data": [
-                {
-                    "id": engine.model_id,
-                    "object": "model",
-                    "created": int(metrics.started),
-                    "owned_by": "lmtune",
-                }
-            ],
-        }
+        return {"object": "list", "data": [model_card()]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def model(model_id: str) -> dict[str, Any]:
+        if model_id != engine.model_id:
+            raise ApiError(
+                404,
+                f"The model '{model_id}' does not exist; this server serves '{engine.model_id}'",
+                "model",
+                "model_not_found",
+            )
+        return model_card()
 
     @app.post("/v1/completions", response_model=None)
     async def completions(req: CompletionRequest) -> dict[str, Any] | StreamingResponse:
         svc.require("causal", "/v1/completions")
         prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
-        if len(prompts) > settings.max_batch:
+        if len(prompts) * req.n > settings.max_batch:
             raise ApiError(
                 400,
-                f"{len(prompts)} prompts is more than this server's limit of "
+                f"{len(prompts)} prompts x n={req.n} is more than this server's limit of "
                 f"{settings.max_batch} (lmtune serve --max-batch)",
                 "prompt",
             )
-        if req.stream and len(prompts) != 1:
-            raise ApiError(400, "stream takes a single prompt", "prompt")
+        if req.stream and (len(prompts) != 1 or req.n != 1):
+            raise ApiError(400, "stream takes a single prompt and n=1", "stream")
         encoded = [engine.encode_completion(p) for p in prompts]
         params = [
             svc.params(req, len(ids), "prompt", settings.default_max_tokens) for ids in encoded
         ]
+        deadline = svc.admit(req.model)
         rid, start = new_id("cmpl"), time.perf_counter()
         if req.stream:
-            return svc.stream(
-                "/v1/completions",
-                rid,
-                encoded[0],
-                params[0],
-                False,
-                bool(req.stream_options and req.stream_options.include_usage),
-                prompts[0],
-            )
-        results = [await svc.complete(ids, p) for ids, p in zip(encoded, params, strict=True)]
-        n_prompt, n_out = sum(map(len, encoded)), sum(r[2] for r in results)
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            first = (encoded[0], params[0], False, include_usage, prompts[0], deadline)
+            return svc.stream("/v1/completions", rid, *first)
+        try:
+            results = []
+            for ids, p in zip(encoded, params, strict=True):
+                results += await svc.choices(ids, p, req.n, deadline)
+        finally:
+            svc.release()
+        n_prompt, n_out = sum(map(len, encoded)) * req.n, sum(r[2] for r in results)
+        inputs = [(p, ids) for p, ids in zip(prompts, encoded, strict=True) for _ in range(req.n)]
         svc.record(
             "/v1/completions",
             rid,
@@ -451,33 +575,42 @@ def create_app(engine: Engine, settings: ServeSettings, metrics: Metrics | None 
                     "prompt_tokens": len(ids),
                     "completion_tokens": n,
                 }
-                for p, ids, (t, f, n) in zip(prompts, encoded, results, strict=True)
+                for (p, ids), (t, f, n, _) in zip(inputs, results, strict=True)
             ],
             n_prompt,
             n_out,
         )
+        logprobs = (
+            [completion_logprobs(r[3]) for r in results] if req.logprobs is not None else None
+        )
         return completion_response(
-            rid, engine.model_id, [(t, f) for t, f, _ in results], n_prompt, n_out
+            rid, engine.model_id, [(t, f) for t, f, _, _ in results], n_prompt, n_out, logprobs
         )
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat(req: ChatRequest) -> dict[str, Any] | StreamingResponse:
         svc.require("causal", "/v1/chat/completions")
+        if req.n > settings.max_batch:
+            raise ApiError(
+                400, f"n={req.n} is more than this server's limit of {settings.max_batch}", "n"
+            )
+        if req.stream and req.n != 1:
+            raise ApiError(400, "stream takes n=1", "stream")
         messages = [{"role": m.role, "content": m.text()} for m in req.messages]
         ids = engine.encode_chat(messages)
-        params = svc.params(req, len(ids), "messages", None)
+        params = svc.params(req, len(ids), "messages", settings.default_chat_max_tokens)
+        deadline = svc.admit(req.model)
         rid, start = new_id("chatcmpl"), time.perf_counter()
         if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return svc.stream(
-                "/v1/chat/completions",
-                rid,
-                ids,
-                params,
-                True,
-                bool(req.stream_options and req.stream_options.include_usage),
-                messages,
+                "/v1/chat/completions", rid, ids, params, True, include_usage, messages, deadline
             )
-        text, finish, n = await svc.complete(ids, params)
+        try:
+            results = await svc.choices(ids, params, req.n, deadline)
+        finally:
+            svc.release()
+        n_out = sum(r[2] for r in results)
         svc.record(
             "/v1/chat/completions",
             rid,
@@ -490,11 +623,20 @@ def create_app(engine: Engine, settings: ServeSettings, metrics: Metrics | None 
                     "prompt_tokens": len(ids),
                     "completion_tokens": n,
                 }
+                for text, finish, n, _ in results
             ],
-            len(ids),
-            n,
+            len(ids) * req.n,
+            n_out,
         )
-        return chat_response(rid, engine.model_id, text, finish, len(ids), n)
+        logprobs = [chat_logprobs(r[3] or []) for r in results] if req.logprobs else None
+        return chat_response(
+            rid,
+            engine.model_id,
+            [(t, f) for t, f, _, _ in results],
+            len(ids) * req.n,
+            n_out,
+            logprobs,
+        )
 
     @app.post("/v1/classify")
     async def classify(req: ClassifyRequest) -> dict[str, Any]:
@@ -509,8 +651,12 @@ def create_app(engine: Engine, settings: ServeSettings, metrics: Metrics | None 
                 f"{settings.max_batch} (lmtune serve --max-batch)",
                 "input",
             )
+        deadline = svc.admit(req.model)
         rid, start = new_id("clf"), time.perf_counter()
-        results = await svc.on_worker(engine.classify, items)
+        try:
+            results = await svc.on_worker(deadline, engine.classify, items)
+        finally:
+            svc.release()
         svc.record(
             "/v1/classify",
             rid,
@@ -601,9 +747,15 @@ def run_server(model_path: str | Path, settings: ServeSettings) -> None:
         ("--max-request-bytes", settings.max_request_bytes),
         ("--max-tokens-cap", settings.max_tokens_cap),
         ("--max-batch", settings.max_batch),
+        ("--max-queue", settings.max_queue),
+        ("--default-max-tokens", settings.default_chat_max_tokens),
     ):
         if value < 1:
             raise UserError(f"{name} must be at least 1 (got {value})")
+    if settings.request_timeout <= 0:
+        raise UserError(
+            f"--request-timeout must be above 0 seconds (got {settings.request_timeout})"
+        )
     sock = bind_socket(settings.host, settings.port)  # a taken port fails before a slow load
     try:
         engine = load_engine(model_path)
