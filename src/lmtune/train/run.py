@@ -189,6 +189,9 @@ def model_meta(cfg: Config, prepared: Any) -> dict[str, Any]:
         "adapter": cfg.adapter.type,
         "run_name": cfg.run.name,
         "pooling": cfg.model.pooling,
+        # Preference/RL prompts given as message lists: generate renders a plain prompt
+        # through the chat template too (templates.generation_prompt_ids).
+        "chat_prompts": any(isinstance(r.get("prompt"), list) for r in prepared.splits["train"]),
     }
 
 
