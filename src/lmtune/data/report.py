@@ -139,33 +139,7 @@ def to_markdown(report: dict[str, Any]) -> str:
             [[i["split"], i["file"], i["rows_read"], i["rows_rejected"]] for i in r["inputs"]],
         ),
     ]
-    out += ["", "## Dropped rows", ""]
-    tok = r.get("tokenize") or {}
-    drop_rows = [
-        [s, reason, n] for s, d in r["drops"]["by_reason"].items() for reason, n in d.items()
-    ]
-    drop_rows += [["tokenize", why, n] for why, n in (tok.get("by_reason") or {}).items()]
-    if drop_rows:
-        out.append(_table(["stage", "reason", "rows"], drop_rows))
-        out += ["", "Every dropped row is in rejects.jsonl with its file, line and reason."]
-    else:
-        out.append("No rows were dropped.")
-    if tok.get("rejected"):
-        out += [
-            "",
-            f"{tok['rejected']} train row(s) were dropped at tokenization, after the splits "
-            "above were written (data/train.jsonl still holds them).",
-        ]
-    if tok.get("ragged_tail"):
-        out += ["", ragged_tail_line(tok)]
-    if r.get("rows_changed_by_cleaning"):
-        out += [
-            "",
-            f"Cleaning (unicode/whitespace normalisation, control characters) changed the "
-            f"text of {r['rows_changed_by_cleaning']} row(s) (data.clean.normalize, "
-            "data.clean.control_chars).",
-        ]
-    out += ["", *_pii_markdown(r)]
+    out += ["", *_drops_markdown(r), "", *_pii_markdown(r)]
     if r["label_distribution"]:
         splits = list(r["label_distribution"])
         rows = [
@@ -231,6 +205,38 @@ def to_markdown(report: dict[str, Any]) -> str:
     if r["warnings"]:
         out += ["", "## Warnings", "", *[f"- {w}" for w in r["warnings"]]]
     return "\n".join(out) + "\n"
+
+
+def _drops_markdown(r: dict[str, Any]) -> list[str]:
+    """Dropped rows by stage and reason (tokenization included), the ragged epoch tail and
+    the rows cleaning changed."""
+    out = ["## Dropped rows", ""]
+    tok = r.get("tokenize") or {}
+    drop_rows = [
+        [s, reason, n] for s, d in r["drops"]["by_reason"].items() for reason, n in d.items()
+    ]
+    drop_rows += [["tokenize", why, n] for why, n in (tok.get("by_reason") or {}).items()]
+    if drop_rows:
+        out.append(_table(["stage", "reason", "rows"], drop_rows))
+        out += ["", "Every dropped row is in rejects.jsonl with its file, line and reason."]
+    else:
+        out.append("No rows were dropped.")
+    if tok.get("rejected"):
+        out += [
+            "",
+            f"{tok['rejected']} train row(s) were dropped at tokenization, after the splits "
+            "above were written (data/train.jsonl still holds them).",
+        ]
+    if tok.get("ragged_tail"):
+        out += ["", ragged_tail_line(tok)]
+    if r.get("rows_changed_by_cleaning"):
+        out += [
+            "",
+            f"Cleaning (unicode/whitespace normalisation, control characters) changed the "
+            f"text of {r['rows_changed_by_cleaning']} row(s) (data.clean.normalize, "
+            "data.clean.control_chars).",
+        ]
+    return out
 
 
 def _pii_markdown(r: dict[str, Any]) -> list[str]:
