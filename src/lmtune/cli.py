@@ -82,7 +82,7 @@ def prepare(config: ConfigArg, overrides: Overrides = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(dump_config(cfg))
     tok = load_tokenizer(cfg.model)
-    prepared = prepare_data(cfg, out, length_fn=text_length_fn(tok))
+    prepared = prepare_data(cfg, out, length_fn=text_length_fn(tok), say=print)
     sizes = ", ".join(f"{k} {len(v)}" for k, v in prepared.splits.items())
     console.print(f"format {prepared.format}; {sizes}")
     console.print(f"report: {out / 'data_report.md'}")
@@ -451,6 +451,15 @@ def serve(
         Path | None,
         typer.Option("--log-predictions", help="Append every prediction to this jsonl."),
     ] = None,
+    max_queue: Annotated[
+        int, typer.Option("--max-queue", help="Requests queued or running; more get 429.")
+    ] = 64,
+    request_timeout: Annotated[
+        float, typer.Option("--request-timeout", help="Seconds per request; then 504.")
+    ] = 300.0,
+    default_max_tokens: Annotated[
+        int, typer.Option("--default-max-tokens", help="Chat max_tokens when a request omits it.")
+    ] = 256,
 ) -> None:
     """Serve a model over HTTP: OpenAI-style completions/chat, or /v1/classify; /health, /metrics."""
     from lmtune.ops.serve import ServeSettings, run_server
@@ -465,6 +474,9 @@ def serve(
             max_tokens_cap=max_tokens_cap,
             max_batch=max_batch,
             log_predictions=log_predictions,
+            max_queue=max_queue,
+            request_timeout=request_timeout,
+            default_chat_max_tokens=default_max_tokens,
         ),
     )
 
@@ -522,9 +534,29 @@ RegistryArg = Annotated[Path, typer.Argument(help="Registry folder (the config's
 @registry_app.command("list")
 def registry_list(registry: RegistryArg) -> None:
     """Every version with its release time and gate metric; * marks the current one."""
-    from lmtune.ops.registry import registry_table
+    from lmtune.ops.registry import pointer_problem, registry_table
 
     console.print(registry_table(registry))
+    if problem := pointer_problem(registry):
+        console.print(f"warning: {problem}", highlight=False, markup=False)
+
+
+@registry_app.command("release")
+def registry_release(
+    run: Annotated[Path, typer.Argument(help="A finished pipeline run whose gate passed.")],
+    registry: Annotated[
+        Path | None, typer.Option("--registry", help="Default: the run config's gate.registry.")
+    ] = None,
+) -> None:
+    """Release a trained, gated run (no retraining); the gate is checked again against the
+    current release; exit 3 when it no longer passes."""
+    from lmtune.ops.pipeline import release_run
+
+    result = release_run(run, registry)
+    if not result["released"]:
+        console.print(f"refused: {result['reason']}", highlight=False, markup=False)
+        sys.exit(3)
+    console.print(f"released {result['version']}: {result['path']} (now current)", highlight=False)
 
 
 @registry_app.command("rollback")

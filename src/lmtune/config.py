@@ -112,6 +112,9 @@ class NearDedupeConfig(Strict):
     num_perm: int = Field(64, gt=0, description="MinHash permutations (more: slower, more exact).")
 
 
+PiiMode = Literal["detect", "redact", "off"]
+
+
 class CleanConfig(Strict):
     normalize: bool = Field(True, description="Unicode NFC and whitespace normalisation.")
     control_chars: bool = Field(
@@ -125,12 +128,20 @@ class CleanConfig(Strict):
     max_chars: int | None = Field(
         None, description="Drop rows whose main text is longer than this (None: no limit)."
     )
-    pii: bool = Field(
-        True, description="Redact emails, phone numbers, IPs, credit cards (Luhn) and URLs."
+    pii: PiiMode = Field(
+        "detect",
+        description="Emails, phone numbers, IPs, credit cards (Luhn) and URLs: detect (count and report them, text unchanged), redact (replace with placeholders) or off. true means redact, false off.",
     )
-    secrets: bool = Field(
-        True, description="Redact API keys, access tokens and private-key blocks."
+    secrets: PiiMode = Field(
+        "detect",
+        description="API keys, access tokens and private-key blocks: detect, redact or off (as pii).",
     )
+
+    @field_validator("pii", "secrets", mode="before")
+    @classmethod
+    def _bool_mode(cls, v: Any) -> Any:
+        # Older configs said `pii: true` (which redacted) or false.
+        return {True: "redact", False: "off"}.get(v, v) if isinstance(v, bool) else v
 
 
 class SplitConfig(Strict):
@@ -236,6 +247,10 @@ class DataConfig(Strict):
     )
     limit: int | None = Field(
         None, gt=0, description="Use at most this many rows per input file (quick experiments)."
+    )
+    encoding: str = Field(
+        "utf-8",
+        description="Text encoding of csv/tsv/jsonl/json/txt inputs (e.g. latin-1, cp1252); a byte-order mark is skipped.",
     )
 
 

@@ -181,7 +181,7 @@ def test_completion_is_greedy_generate_with_consistent_usage(lm: Served) -> None
         lm.url,
         "/v1/completions",
         {
-            "model": "x",
+            "model": "chatbot",
             "prompt": PROMPT,
             "max_tokens": 6,
             "temperature": 0,
@@ -372,7 +372,7 @@ def test_limits_and_malformed_requests_get_json_errors(lm: Served) -> None:
         ({"prompt": "a", "max_tokens": "ten"}, "max_tokens"),
         ({"prompt": 5}, "prompt"),
         ({"prompt": "a", "temperature": 5}, "temperature"),
-        ({"prompt": "a", "n": 2}, "n"),
+        ({"prompt": "a", "n": 0}, "n"),
         ({"prompt": "a", "stop": ["a", "b", "c", "d", "e"]}, "stop"),
         ({"max_tokens": 2}, "prompt"),
         ({"prompt": "a", "max_tokens": 0}, "max_tokens"),

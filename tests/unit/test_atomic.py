@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
 from pathlib import Path
 
 import pytest
 
-from lmtune.atomic import atomic_dir, atomic_write_text
+from lmtune.atomic import atomic_dir, atomic_write_text, is_disk_full
+from lmtune.errors import UserError
 
 
 def test_atomic_dir_creates_and_replaces_whole(tmp_path: Path) -> None:
@@ -56,3 +60,48 @@ def test_atomic_write_text_failure_keeps_old_file(
         atomic_write_text(path, "new")
     assert path.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["current"]
+
+
+def test_disk_full_in_atomic_dir_is_a_user_error_and_keeps_old(tmp_path: Path) -> None:
+    final = tmp_path / "checkpoint"
+    final.mkdir()
+    (final / "a.txt").write_text("old")
+    with pytest.raises(UserError, match=r"disk full while writing .*checkpoint.*--resume"):
+        with atomic_dir(final) as tmp:
+            (tmp / "half").write_text("x")
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert (final / "a.txt").read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint"]  # no temp folder left
+
+
+def test_disk_full_in_atomic_write_text(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def full(self: Path, *a: object, **k: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", full)
+    with pytest.raises(UserError, match=r"disk full while writing .*current"):
+        atomic_write_text(tmp_path / "current", "v")
+
+
+def test_torch_writer_error_counts_as_full_only_when_the_disk_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    err = RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0")
+    assert not is_disk_full(err, tmp_path)
+    monkeypatch.setattr("lmtune.atomic._free_bytes", lambda p: 4096)
+    assert is_disk_full(err, tmp_path)
+    safetensors_err = Exception("Error while serializing: I/O error: No space left on device")
+    assert is_disk_full(safetensors_err)
+
+
+def test_atomic_dir_files_honour_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        with atomic_dir(tmp_path / "model") as tmp:
+            fd = os.open(tmp / "model.safetensors", os.O_CREAT | os.O_WRONLY, 0o600)
+            os.close(fd)  # what safetensors does (a private temporary file renamed)
+            (tmp / "sub").mkdir(mode=0o700)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "model" / "model.safetensors").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "model" / "sub").stat().st_mode) == 0o755

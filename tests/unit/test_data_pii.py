@@ -88,7 +88,7 @@ def test_switches_and_running_counts() -> None:
 
 
 def test_every_text_field_of_a_row_is_redacted() -> None:
-    cleaner = RowCleaner(CleanConfig())
+    cleaner = RowCleaner(CleanConfig(pii="redact", secrets="redact"))
     row = {"instruction": "mail a@b.com", "input": "ip 10.0.0.1", "output": "see http://x.io"}
     cleaner(row, "instruction")
     assert row == {"instruction": "mail [EMAIL]", "input": "ip [IP]", "output": "see [URL]"}

@@ -104,7 +104,7 @@ def test_report_counts_add_up(tmp_path: Path) -> None:
             "train": p,
             "max_bad_fraction": 0.2,
             "split": {"eval": 0.2, "test": 0.1},
-            "clean": {"max_chars": 300, "near_dedupe": {"enabled": True}},
+            "clean": {"max_chars": 300, "near_dedupe": {"enabled": True}, "pii": "redact"},
             "balance": {"strategy": "oversample"},
         }
     )

@@ -88,7 +88,7 @@ def test_local_llama_folder_loads_for_sft(tmp_path: Path):
     assert model.config.pad_token_id == loaded_tok.pad_token_id == tok.pad_token_id
 
 
-def test_pad_fix_never_pad_equals_eos(tmp_path: Path):
+def test_pad_fix_prefers_the_vocabulary(tmp_path: Path):
     # No pad, unk exists and differs from eos: pad = unk, vocabulary unchanged.
     tok = copy.deepcopy(make_tokenizer())
     fix_pad_token(tok)
@@ -100,9 +100,14 @@ def test_pad_fix_never_pad_equals_eos(tmp_path: Path):
     assert tok.pad_token_id == tok.eos_token_id
     fix_pad_token(tok, for_training=True)
     assert tok.pad_token == "<unk>"
-    # No usable unk (unk == eos): a new <|pad|> token, and load_model grows the embeddings.
+    # No usable unk (unk == eos): eos pads, so the vocabulary (and any adapter) fits the base.
     tok = copy.deepcopy(make_tokenizer())
     tok.unk_token = tok.eos_token
+    fix_pad_token(tok)
+    assert tok.pad_token_id == tok.eos_token_id and len(tok) == 600
+    # Neither unk nor eos: a new <|pad|> token, and load_model grows the embeddings.
+    tok = copy.deepcopy(make_tokenizer())
+    tok.unk_token = tok.eos_token = None
     folder = save_tiny(make_causal("gpt2", tok), tok, tmp_path / "gpt2")
     mcfg = ModelConfig(name_or_path=str(folder))
     loaded = load_tokenizer(mcfg)

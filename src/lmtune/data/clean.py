@@ -81,24 +81,59 @@ def _messages_key(messages: list[dict[str, str]]) -> str:
 
 
 class RowCleaner:
-    """Applies the CleanConfig's per-row steps to canonical rows, in place."""
+    """Applies the CleanConfig's per-row steps to canonical rows, in place.
+
+    PII and secrets are redacted only in mode "redact"; in mode "detect" (the default) the
+    same patterns only count what they find and where, so the user's text is never changed
+    without being asked. `changed_rows` counts rows that normalisation or control-character
+    removal edited, so the pipeline can say so.
+    """
+
+    MAX_EXAMPLES = 5  # locations kept for the console and the report
 
     def __init__(self, cfg: CleanConfig, redact: bool = True) -> None:
-        """redact=False skips PII/secret redaction (eval/predict inputs keep their text)."""
+        """redact=False skips PII/secret redaction and detection (eval/predict inputs)."""
         self.cfg = cfg
-        self.redactor = Redactor(pii=cfg.pii and redact, secrets=cfg.secrets and redact)
+        self.redactor = Redactor(
+            pii=cfg.pii == "redact" and redact, secrets=cfg.secrets == "redact" and redact
+        )
+        self.detector = Redactor(
+            pii=cfg.pii == "detect" and redact, secrets=cfg.secrets == "detect" and redact
+        )
+        self.changed_rows = 0
+        self.pii_rows = 0
+        self.examples: list[dict[str, Any]] = []
+        self._changed = False
 
     def _one(self, text: str) -> str:
+        before = text
         if self.cfg.control_chars:
             text = remove_control(text)
         if self.cfg.normalize:
             text = normalize_text(text)
+        self._changed |= text != before
         if self.redactor.enabled:
             text = self.redactor(text)
+        if self.detector.enabled:
+            self.detector(text)  # counts only: the text is kept as it is
         return text
 
     def __call__(self, row: dict[str, Any], fmt: str) -> None:
         """Clean every text field; RowError when a required field ends up empty."""
+        seen = self.redactor.counts + self.detector.counts
+        self._changed = False
+        try:
+            self._clean(row, fmt)
+        finally:
+            self.changed_rows += self._changed
+            found = (self.redactor.counts + self.detector.counts) - seen
+            if found:
+                self.pii_rows += 1
+                if len(self.examples) < self.MAX_EXAMPLES:
+                    where = row.get("_source", "?")
+                    self.examples.append({"row": where, "kinds": dict(sorted(found.items()))})
+
+    def _clean(self, row: dict[str, Any], fmt: str) -> None:
         if fmt == "qa":  # the context carries answer offsets that cleaning must move along
             from lmtune.data.squad import clean_qa
 
@@ -132,8 +167,18 @@ class RowCleaner:
                 raise RowError(f"{e.reason} after cleaning", f"{e.kind} after cleaning") from None
 
     def redactions(self) -> dict[str, int]:
-        """Replacements per kind so far."""
+        """Replacements per kind so far (mode redact)."""
         return self.redactor.report()
+
+    def detections(self) -> dict[str, Any]:
+        """What mode detect found (and left unchanged): counts per kind, rows, first rows."""
+        return {
+            "mode": {"pii": self.cfg.pii, "secrets": self.cfg.secrets},
+            "found": {k: n for k, n in self.detector.report().items() if n},
+            "redacted": {k: n for k, n in self.redactor.report().items() if n},
+            "rows": self.pii_rows,
+            "examples": self.examples,
+        }
 
 
 def length_problem(

@@ -16,6 +16,7 @@ import gzip
 import io
 import json
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,7 @@ class Reject:
     stage: str
     row: Any
     kind: str = field(default="")
+    split: str = field(default="")  # the split the row was in, where a stage knows it
 
     def to_json(self) -> dict[str, Any]:
         """The rejects.jsonl object (source, line, reason, stage, row)."""
@@ -139,8 +141,13 @@ def as_paths(value: str | list[str] | None) -> list[str]:
     return out
 
 
-def read_file(path: str, split: str = "train", limit: int | None = None) -> list[Record]:
-    """Read one input into records (at most `limit`); UserError when it cannot be read at all."""
+def read_file(
+    path: str, split: str = "train", limit: int | None = None, encoding: str = "utf-8"
+) -> list[Record]:
+    """Read one input into records (at most `limit`); UserError when it cannot be read at all.
+
+    `encoding` (data.encoding) decodes text files; parquet and saved datasets carry their own.
+    """
     p = Path(path).expanduser()
     if not p.exists():
         raise UserError(
@@ -156,8 +163,11 @@ def read_file(path: str, split: str = "train", limit: int | None = None) -> list
         return _read_parquet(path, p, limit)
     if ext not in TEXT_SUFFIXES:
         raise UserError(f"{path}: unknown file type '{ext or '(no extension)'}'; {ACCEPTED}")
-    text = _read_text(p, compressed)
+    raw = gzip.decompress(p.read_bytes()) if compressed else p.read_bytes()
+    _refuse_binary(path, raw, encoding)
+    text = _decode(path, raw, encoding)
     if ext in (".jsonl", ".ndjson"):
+        _refuse_json_array(path, text)
         return _read_jsonl(path, text, limit)
     if ext == ".json":
         return _read_json(path, text, limit)
@@ -166,11 +176,64 @@ def read_file(path: str, split: str = "train", limit: int | None = None) -> list
     return _read_delimited(path, text, "\t" if ext == ".tsv" else ",", limit)
 
 
-def _read_text(p: Path, compressed: bool) -> str:
-    raw = gzip.decompress(p.read_bytes()) if compressed else p.read_bytes()
-    # utf-8-sig drops a byte-order mark that Excel and some Windows tools write.
-    text = raw.decode("utf-8-sig", errors="surrogateescape")
-    return text
+def _decode(path: str, raw: bytes, encoding: str) -> str:
+    # utf-8-sig drops a byte-order mark that Excel and some Windows tools write; bytes that do
+    # not decode survive as lone surrogates so validation rejects the row, not the whole read.
+    codec = "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
+    try:
+        return raw.decode(codec, errors="surrogateescape")
+    except LookupError:
+        raise UserError(
+            f"data.encoding '{encoding}' is not a known text encoding (needed for {path}); "
+            "use e.g. utf-8, latin-1, cp1252 or utf-16"
+        ) from None
+
+
+# Signatures of binary formats that are sometimes saved under a text name by mistake.
+_MAGIC = {
+    b"PAR1": "a parquet file (name it .parquet)",
+    b"\x1f\x8b": "gzip-compressed data (name it .jsonl.gz / .csv.gz)",
+    b"PK\x03\x04": "a zip archive (an .xlsx workbook or zipped files: unzip or export to csv)",
+    b"\x89HDF": "an HDF5 file",
+    b"ARROW1": "an Arrow file (load it with datasets and save_to_disk, or write parquet)",
+}
+
+
+def _refuse_binary(path: str, raw: bytes, encoding: str) -> None:
+    """UserError for binary data under a text suffix, instead of thousands of bad rows."""
+    head = raw[:8192]
+    for magic, what in _MAGIC.items():
+        if head.startswith(magic):
+            raise UserError(f"{path}: this is binary data, not text: it starts like {what}")
+    if b"\x00" not in head or encoding.lower().startswith("utf-16"):
+        return
+    hint = (
+        "; it looks like UTF-16 text: set data.encoding: utf-16"
+        if head[:2] in (b"\xff\xfe", b"\xfe\xff") or head[1::2].count(0) > len(head) // 4
+        else ""
+    )
+    raise UserError(
+        f"{path}: this is binary data, not text (NUL bytes in the first "
+        f"{len(head)} bytes){hint}; {ACCEPTED}"
+    )
+
+
+def _refuse_json_array(path: str, text: str) -> None:
+    """A .jsonl file holding one JSON array (a .json file under the wrong name)."""
+    start = text.lstrip()[:1]
+    if start != "[":
+        return
+    try:
+        obj = json.loads(text)
+    except RecursionError:
+        raise UserError(_too_deep(path, "the file")) from None
+    except json.JSONDecodeError:
+        obj = None
+    what = f"one JSON array of {len(obj)} items" if isinstance(obj, list) else "a JSON array"
+    raise UserError(
+        f"{path}: the file holds {what} (it starts with '['), not JSON Lines (one object per "
+        "line); rename it to .json, which reads an array of row objects"
+    )
 
 
 def _lines(text: str) -> list[str]:
@@ -186,10 +249,20 @@ def _parse_json_line(path: str, n: int, line: str) -> Record:
         return Record(
             path, n, None, f"invalid JSON: {exc.msg} (column {exc.colno})", "invalid JSON", line
         )
+    except RecursionError:
+        raise UserError(_too_deep(path, f"line {n}")) from None
     if not isinstance(obj, dict):
         kind = "row is not a JSON object"
         return Record(path, n, None, f"{kind} (got {type(obj).__name__})", kind, obj)
     return Record(path, n, obj)
+
+
+def _too_deep(path: str, where: str) -> str:
+    return (
+        f"{path}, {where}: JSON nested too deeply to read (more than about "
+        f"{sys.getrecursionlimit()} levels of [ and {{); rows are flat objects of text fields: "
+        "fix or remove that row"
+    )
 
 
 def _read_jsonl(path: str, text: str, limit: int | None) -> list[Record]:
@@ -206,6 +279,8 @@ def _read_jsonl(path: str, text: str, limit: int | None) -> list[Record]:
 def _read_json(path: str, text: str, limit: int | None) -> list[Record]:
     try:
         obj = json.loads(text)
+    except RecursionError:
+        raise UserError(_too_deep(path, "the file")) from None
     except json.JSONDecodeError as exc:
         # Many ".json" files are really JSON Lines (one object per line): read them that way.
         if exc.msg == "Extra data" and text.lstrip().startswith("{"):

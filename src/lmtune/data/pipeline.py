@@ -8,6 +8,7 @@ and is counted in data_report.json, so rows_in + rows_added == rows_out + drops.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ from lmtune.data.formats import (
     resolve_mapping,
 )
 from lmtune.data.io import Record, Reject, as_paths, read_file
-from lmtune.data.report import build_report, to_markdown
+from lmtune.data.report import build_report, console_lines, to_markdown
 from lmtune.data.split import class_weights, group_split_indices, split_indices
 from lmtune.data.stages import (
     ORIGIN,
@@ -80,7 +81,10 @@ def _read_all(cfg: Config) -> dict[str, list[tuple[str, list[Record]]]]:
             "data.train is not set: point it at a file (jsonl, json, csv, tsv, txt, parquet) "
             "or a datasets save_to_disk folder"
         )
-    records = {s: [(p, read_file(p, s, cfg.data.limit)) for p in ps] for s, ps in files.items()}
+    records = {
+        s: [(p, read_file(p, s, cfg.data.limit, cfg.data.encoding)) for p in ps]
+        for s, ps in files.items()
+    }
     for per_file in records.values():
         for path, recs in per_file:
             require_rows(path, recs)
@@ -167,6 +171,7 @@ def _labels(
                         f"(train labels: {', '.join(labels)})"
                     )
                     rejects.append(reject_row(r, reason, "validate", "label not in train"))
+                    rejects[-1].split = s
             splits[s] = [r for r in splits[s] if r["label"] in labels]
     present = {r["label"] for r in splits["train"]}
     missing = [lab for lab in labels if lab not in present]
@@ -177,15 +182,74 @@ def _labels(
     return labels
 
 
+def _merged_label_forms(splits: dict[str, Rows], column: str, warnings: list[str]) -> None:
+    """Warn when one label was written in several ways (1 and "1", 1 and 1.0, " a" and "a"):
+    they are one label now, which is usually right but must not happen unseen."""
+    forms: dict[str, Counter[str]] = {}
+    for rows in splits.values():
+        for r in rows:
+            raw = r[ORIGIN][2]
+            value = raw.get(column) if isinstance(raw, dict) else None
+            if value is not None:
+                forms.setdefault(r["label"], Counter())[json.dumps(value, ensure_ascii=False)] += 1
+    for label, seen in forms.items():
+        if len(seen) > 1:
+            ways = " and ".join(f"{form} ({n} rows)" for form, n in seen.most_common(4))
+            warnings.append(
+                f"label '{label}' is written as {ways} in the input; they were merged into "
+                f"one label '{label}' (labels are compared as text)"
+            )
+
+
+def _check_rejected_fractions(
+    cfg: Config, inputs: list[dict[str, Any]], rejects: list[Reject], out_dir: Path
+) -> None:
+    """Count rejects made after row validation (an eval/test label that train lacks) where
+    they happened, and apply data.max_bad_fraction per input file and split again."""
+    late: dict[int, list[Reject]] = {}
+    for r in rejects:
+        if r.stage != "validate" or r.kind != "label not in train":
+            continue
+        same_file = [i for i, e in enumerate(inputs) if e["file"] == r.file]
+        exact = [i for i in same_file if inputs[i]["split"] == r.split]
+        if exact or same_file:
+            late.setdefault((exact or same_file)[0], []).append(r)
+    problems = []
+    for i, mine in late.items():
+        entry = inputs[i]
+        entry["rows_rejected"] += len(mine)
+        early = [
+            r
+            for r in rejects
+            if r.file == entry["file"] and r.stage == "validate" and r.kind != "label not in train"
+        ]
+        msg = bad_fraction_message(
+            entry["file"],
+            entry["rows_read"],
+            early + mine,
+            cfg.data.max_bad_fraction,
+            out_dir / "rejects.jsonl",
+        )
+        if msg:
+            problems.append(f"{msg} ({entry['split']} split)")
+    if problems:
+        _write_jsonl(out_dir / "rejects.jsonl", [r.to_json() for r in rejects])
+        raise UserError("\n".join(problems))
+
+
 def prepare_data(
-    cfg: Config, out_dir: Path, length_fn: Callable[[dict], int] | None = None
+    cfg: Config,
+    out_dir: Path,
+    length_fn: Callable[[dict], int] | None = None,
+    say: Callable[[str], None] | None = print,
 ) -> PreparedData:
     """Read, validate, clean, dedupe, split, check leakage and balance the configured data.
 
     Writes out_dir/data/{train,eval,test}.jsonl, out_dir/rejects.jsonl and
     out_dir/data_report.{json,md}. length_fn (row -> tokens) adds token length statistics.
     Raises UserError for unreadable inputs, unclear formats, too many invalid rows, and
-    when no training rows are left.
+    when no training rows are left. `say` gets one console line per stage that dropped or
+    changed rows (None: silent, e.g. on the other ranks of a distributed run).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -203,6 +267,9 @@ def prepare_data(
     splits = _split(cfg, fmt, pools)
     warnings: list[str] = []
     labels = _labels(cfg, splits, rejects, warnings) if fmt in LABELLED else None
+    if labels is not None:
+        _merged_label_forms(splits, mapping.get("label", "label"), warnings)
+    _check_rejected_fractions(cfg, inputs, rejects, out_dir)
     leakage = check_leakage(cfg, fmt, splits, rejects)
     balance, added = balance_train(cfg, splits, rejects, group_column(cfg, mapping))
     weights = None
@@ -230,7 +297,9 @@ def prepare_data(
         inputs=inputs,
         splits=splits,
         rejects=rejects,
-        redactions=cleaner.redactions() if (d.clean.pii or d.clean.secrets) else {},
+        redactions=cleaner.redactions() if "redact" in (d.clean.pii, d.clean.secrets) else {},
+        pii=cleaner.detections(),
+        changed_rows=cleaner.changed_rows,
         labels=labels,
         label_weights=weights,
         leakage=leakage,
@@ -250,6 +319,9 @@ def prepare_data(
         json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
     )
     (out_dir / "data_report.md").write_text(to_markdown(report), encoding="utf-8")
+    if say is not None:
+        for line in console_lines(report, out_dir):
+            say(line)
     if not splits["train"]:
         raise UserError(
             f"no training rows left after cleaning ({report['drops']['total']} dropped); see "
@@ -269,7 +341,7 @@ def read_rows(
     picks the split of a saved DatasetDict. UserError above data.max_bad_fraction.
     """
     path = str(path)
-    recs = read_file(path, split, cfg.data.limit)
+    recs = read_file(path, split, cfg.data.limit, cfg.data.encoding)
     require_rows(path, recs)
     columns = columns_of(r.data for r in recs)
     mapping = resolve_mapping(columns, cfg.data.columns)

@@ -7,8 +7,10 @@ Accounting invariant the report makes checkable:
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -58,6 +60,8 @@ def build_report(
     splits: dict[str, list[dict[str, Any]]],
     rejects: list[Reject],
     redactions: dict[str, int],
+    pii: dict[str, Any] | None = None,
+    changed_rows: int = 0,
     labels: list[str] | None,
     label_weights: list[float] | None,
     leakage: dict[str, Any],
@@ -87,6 +91,8 @@ def build_report(
         "rows_out": {k: len(v) for k, v in splits.items()},
         "drops": drops_section(rejects),
         "redactions": redactions,
+        "pii": pii or {},
+        "rows_changed_by_cleaning": changed_rows,
         "labels": labels,
         "label_weights": label_weights,
         "label_distribution": dist,
@@ -133,28 +139,7 @@ def to_markdown(report: dict[str, Any]) -> str:
             [[i["split"], i["file"], i["rows_read"], i["rows_rejected"]] for i in r["inputs"]],
         ),
     ]
-    out += ["", "## Dropped rows", ""]
-    if r["drops"]["total"]:
-        out.append(
-            _table(
-                ["stage", "reason", "rows"],
-                [
-                    [s, reason, n]
-                    for s, d in r["drops"]["by_reason"].items()
-                    for reason, n in d.items()
-                ],
-            )
-        )
-        out += ["", "Every dropped row is in rejects.jsonl with its file, line and reason."]
-    else:
-        out.append("No rows were dropped.")
-    red = r["redactions"]
-    out += ["", "## Redactions", ""]
-    out.append(
-        _table(["kind", "replacements"], [[k, v] for k, v in red.items()])
-        if red
-        else "Redaction is off (data.clean.pii and data.clean.secrets)."
-    )
+    out += ["", *_drops_markdown(r), "", *_pii_markdown(r)]
     if r["label_distribution"]:
         splits = list(r["label_distribution"])
         rows = [
@@ -220,3 +205,125 @@ def to_markdown(report: dict[str, Any]) -> str:
     if r["warnings"]:
         out += ["", "## Warnings", "", *[f"- {w}" for w in r["warnings"]]]
     return "\n".join(out) + "\n"
+
+
+def _drops_markdown(r: dict[str, Any]) -> list[str]:
+    """Dropped rows by stage and reason (tokenization included), the ragged epoch tail and
+    the rows cleaning changed."""
+    out = ["## Dropped rows", ""]
+    tok = r.get("tokenize") or {}
+    drop_rows = [
+        [s, reason, n] for s, d in r["drops"]["by_reason"].items() for reason, n in d.items()
+    ]
+    drop_rows += [["tokenize", why, n] for why, n in (tok.get("by_reason") or {}).items()]
+    if drop_rows:
+        out.append(_table(["stage", "reason", "rows"], drop_rows))
+        out += ["", "Every dropped row is in rejects.jsonl with its file, line and reason."]
+    else:
+        out.append("No rows were dropped.")
+    if tok.get("rejected"):
+        out += [
+            "",
+            f"{tok['rejected']} train row(s) were dropped at tokenization, after the splits "
+            "above were written (data/train.jsonl still holds them).",
+        ]
+    if tok.get("ragged_tail"):
+        out += ["", ragged_tail_line(tok)]
+    if r.get("rows_changed_by_cleaning"):
+        out += [
+            "",
+            f"Cleaning (unicode/whitespace normalisation, control characters) changed the "
+            f"text of {r['rows_changed_by_cleaning']} row(s) (data.clean.normalize, "
+            "data.clean.control_chars).",
+        ]
+    return out
+
+
+def _pii_markdown(r: dict[str, Any]) -> list[str]:
+    """The personal data and secrets section: what was found, where, and what was done."""
+    out = ["## Personal data and secrets", ""]
+    pii, red = r.get("pii") or {}, {k: v for k, v in (r.get("redactions") or {}).items() if v}
+    mode = pii.get("mode") or {}
+    if mode:
+        out.append(
+            f"Mode: data.clean.pii {mode.get('pii')}, data.clean.secrets {mode.get('secrets')}."
+        )
+        out.append("")
+    found = pii.get("found") or {}
+    if found:
+        out += [
+            "Found and left unchanged (`data.clean.pii: redact` / `data.clean.secrets: redact` "
+            "replace them with placeholders):",
+            "",
+            _table(["kind", "matches"], [[k, v] for k, v in found.items()]),
+            "",
+        ]
+    if red:
+        out += ["Redacted:", "", _table(["kind", "replacements"], list(red.items())), ""]
+    if found or red:
+        examples = pii.get("examples") or []
+        out.append(f"Rows with matches: {pii.get('rows', 0)}. First ones:")
+        out += [""] + [
+            f"- {e['row']}: " + ", ".join(f"{k} {n}" for k, n in e["kinds"].items())
+            for e in examples
+        ]
+    elif mode and set(mode.values()) != {"off"}:
+        out.append("None found.")
+    else:
+        out.append("Detection and redaction are off (data.clean.pii and data.clean.secrets).")
+    return out
+
+
+def ragged_tail_line(tok: dict[str, Any]) -> str:
+    """One sentence on the examples each epoch leaves out (fewer than one optimizer step)."""
+    return (
+        f"Each epoch leaves out {tok['ragged_tail']} of {tok['examples']} training examples "
+        f"(fewer than one optimizer step of {tok['step_batch']}); the shuffle changes which "
+        "ones every epoch."
+    )
+
+
+def console_lines(report: dict[str, Any], out_dir: Any) -> list[str]:
+    """One line per stage that dropped or changed rows, each saying where to look."""
+    md, rej = f"{out_dir}/data_report.md", f"{out_dir}/rejects.jsonl"
+    lines = []
+    for stage, reasons in report["drops"]["by_reason"].items():
+        n = report["drops"]["by_stage"][stage]
+        why = ", ".join(f"{k} {v}" for k, v in list(reasons.items())[:3])
+        lines.append(f"{stage}: dropped {n} row(s) ({why}); each one is in {rej}")
+    if report.get("rows_added"):
+        lines.append(f"balance: added {report['rows_added']} oversampled row(s); see {md}")
+    if report.get("rows_changed_by_cleaning"):
+        lines.append(
+            f"clean: normalised the text of {report['rows_changed_by_cleaning']} row(s) "
+            f"(unicode, whitespace, control characters); see {md}"
+        )
+    pii = report.get("pii") or {}
+    first = ", ".join(
+        f"{e['row']} ({', '.join(e['kinds'])})" for e in (pii.get("examples") or [])[:3]
+    )
+    if pii.get("found"):
+        kinds = ", ".join(f"{k} {v}" for k, v in pii["found"].items())
+        lines.append(
+            f"personal data/secrets found in {pii['rows']} row(s), left unchanged: {kinds}; "
+            f"first: {first}; set data.clean.pii: redact (data.clean.secrets: redact) to "
+            f"replace them; see {md}"
+        )
+    red = {k: v for k, v in (report.get("redactions") or {}).items() if v}
+    if red:
+        kinds = ", ".join(f"{k} {v}" for k, v in red.items())
+        lines.append(f"redacted personal data/secrets: {kinds}; first: {first}; see {md}")
+    lines += [f"warning: {w}" for w in report.get("warnings") or []]
+    return lines
+
+
+def add_tokenize_section(run_dir: Path, section: dict[str, Any]) -> None:
+    """Add what happened after the splits were written (rows rejected at tokenization, the
+    ragged tail of each epoch) to data_report.json/.md, when the run folder holds them."""
+    path = Path(run_dir) / "data_report.json"
+    if not path.is_file():
+        return
+    report = json.loads(path.read_text(encoding="utf-8"))
+    report["tokenize"] = section
+    path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    path.with_suffix(".md").write_text(to_markdown(report), encoding="utf-8")

@@ -107,6 +107,11 @@ def bad_fraction_message(
     unit = "row" if Path(path).is_dir() or {".json", ".parquet"} & set(suffixes[-2:]) else "line"
     first = "; ".join(f"{unit} {r.line}: {r.reason}" for r in rejects[:5])
     where = f" Rejected rows are in {rejects_path}." if rejects_path else ""
+    if any(r.reason.startswith("undecodable bytes") for r in rejects):
+        where += (
+            " The file is not UTF-8: if it was saved in another encoding (Excel and older "
+            "Windows tools write latin-1/cp1252), set data.encoding: latin-1 (or cp1252)."
+        )
     return (
         f"{path}: {len(rejects)} of {n_read} rows ({100 * frac:.1f}%) are invalid, above "
         f"data.max_bad_fraction={max_frac}. First problems: {first}.{where} Fix the file, "

@@ -248,3 +248,36 @@ def encode_prompt(
     segments, by_template = _prompt_segments(row_or_messages, fmt, tokenizer, template)
     ids, _ = _encode_segments(segments, by_template, tokenizer)
     return ids
+
+
+# Row formats whose prompt is a "prompt" field (a text or a message list) before a response.
+_PROMPT_FIELD_FORMATS = ("preference", "pairwise", "dialogue_pair", "prompt")
+
+
+def generation_prompt_ids(
+    prompt: Any,
+    fmt: str,
+    tokenizer: PreTrainedTokenizerBase,
+    template: str = "auto",
+    chat_prompts: bool = False,
+) -> list[int]:
+    """The token ids a causal model trained on `fmt` rows sees before its response.
+
+    The one prompt encoding shared by training (sft, dpo, orpo, rlhf), `lmtune generate`,
+    serve and the reports, so a model is never prompted differently from how it learnt.
+    `prompt` is what a user gives (a string or a message list) or a canonical row;
+    `chat_prompts` says the model's preference/RL prompts were message lists (then a plain
+    string is the user's turn and goes through the chat template, as in training).
+    No EOS is ever appended: training never saw one after a prompt.
+    """
+    if isinstance(prompt, dict):  # a canonical row: its own prompt part
+        if fmt in _PROMPT_FIELD_FORMATS:
+            return generation_prompt_ids(prompt["prompt"], fmt, tokenizer, template, chat_prompts)
+        return encode_prompt(prompt, fmt, tokenizer, template)
+    as_messages = isinstance(prompt, list)
+    if fmt == "instruction" and not as_messages:
+        return encode_prompt({"instruction": prompt, "input": ""}, fmt, tokenizer, template)
+    if fmt == "chat" or as_messages or (chat_prompts and fmt in _PROMPT_FIELD_FORMATS):
+        messages = prompt if as_messages else [{"role": "user", "content": str(prompt)}]
+        return encode_prompt(messages, "chat", tokenizer, template)
+    return encode_prompt({"text": str(prompt)}, "text", tokenizer, template)

@@ -236,7 +236,7 @@ def run_generate(
     seed: int = 0,
 ) -> list[str]:
     """Complete prompts with a causal LM, rendered with the template it was trained with."""
-    from lmtune.data.templates import encode_prompt
+    from lmtune.data.templates import generation_prompt_ids
 
     model, tokenizer, meta, _ = load_for_inference(model_path)
     if meta["task"] not in ("sft", "dpo", "orpo", "rlhf"):
@@ -248,17 +248,14 @@ def run_generate(
     fmt = meta.get("format", "text")
     outs = []
     for prompt in prompts:
-        if fmt == "instruction":
-            ids = encode_prompt(
-                {"instruction": prompt, "input": ""}, fmt, tokenizer, meta.get("template", "auto")
-            )
-        elif fmt == "chat":
-            ids = encode_prompt(
-                [{"role": "user", "content": prompt}], fmt, tokenizer, meta.get("template", "auto")
-            )
-        else:
-            ids = tokenizer(prompt)["input_ids"]
-        # The exact prompt ids training used (BOS included where the template adds it).
+        # The exact prompt ids training used (BOS where the template adds it, never an EOS).
+        ids = generation_prompt_ids(
+            prompt,
+            fmt,
+            tokenizer,
+            meta.get("template", "auto"),
+            bool(meta.get("chat_prompts")),
+        )
         enc = {
             "input_ids": torch.tensor([ids]),
             "attention_mask": torch.ones(1, len(ids), dtype=torch.long),

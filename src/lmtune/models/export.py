@@ -39,6 +39,20 @@ def _portable_base(name_or_path: str) -> str:
     return name_or_path
 
 
+def _is_local_base(given: str | None) -> bool:
+    """True when the configured base is a folder on this machine (not a hub id, not builtin)."""
+    return bool(given) and not given.startswith("builtin:") and Path(given).expanduser().exists()
+
+
+def _recorded_base(given: str | None, resolved: str) -> str:
+    """What adapter_config.json names as the base: the config's model.name_or_path as written
+    (a hub id stays a hub id; a relative folder stays relative, so the run folder can move
+    with its base), except builtin:NAME, which only lmtune understands: there the folder."""
+    if not given or given.startswith("builtin:"):
+        return resolved
+    return given
+
+
 def _task_of(base: torch.nn.Module) -> str:
     cls = type(base).__name__
     if cls.endswith("ForSequenceClassification"):
@@ -81,8 +95,10 @@ def save_model(
     else:
         adapter = "full"
         base_name = base.config.name_or_path
+    given = extra.get("base_model")  # model.name_or_path as the config wrote it
     meta: dict[str, Any] = {
         **extra,
+        "base_model_local": _is_local_base(given),
         "format_version": META_VERSION,
         "task": task,
         "base_model": _portable_base(str(base_name)),
@@ -94,9 +110,17 @@ def save_model(
     }
     with atomic_dir(Path(out_dir)) as tmp:
         if is_peft:
-            # Embeddings are never stored in the adapter: load_model rebuilds a grown vocab
-            # deterministically, and "auto" would query the hub for the base config.
-            model.save_pretrained(str(tmp), save_embedding_layers=False)
+            resolved = pcfg.base_model_name_or_path
+            pcfg.base_model_name_or_path = _recorded_base(given, str(base_name))
+            try:
+                # Embeddings are never stored in the adapter: load_model rebuilds a grown
+                # vocab deterministically, and "auto" would query the hub for the base config.
+                model.save_pretrained(str(tmp), save_embedding_layers=False)
+            finally:
+                pcfg.base_model_name_or_path = resolved
+            # peft's README.md is a blank template ("Model Card for Model ID"); lmtune writes
+            # the real card there (the same text as MODEL_CARD.md) when the run ends.
+            (tmp / "README.md").unlink(missing_ok=True)
         else:
             model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
@@ -189,5 +213,8 @@ def export_merged(model_dir: Path, out_dir: Path) -> Path:
         if (model_dir / "data_profile.json").is_file():  # `lmtune monitor` compares inputs with it
             shutil.copy2(model_dir / "data_profile.json", tmp / "data_profile.json")
         if (model_dir / "MODEL_CARD.md").is_file():  # the card travels with the released weights
+            from lmtune.report.model_card import write_readme
+
             shutil.copy2(model_dir / "MODEL_CARD.md", tmp / "MODEL_CARD.md")
+            write_readme(tmp)
     return out_dir

@@ -2,8 +2,11 @@
 
 Three rules hold for every route:
 - only safetensors weights are loaded (pickle checkpoints can execute code on load);
-- a tokenizer used for training always has a pad token distinct from EOS, because a collator
-  that masks "pad" labels would otherwise silently drop every EOS from the loss;
+- a tokenizer always has a pad token, taken from the vocabulary it already has (unk, else
+  eos) so that the saved adapter fits the original base for anyone using plain peft; a new
+  token (and grown embeddings) only when the vocabulary has neither. Pad == eos is safe here:
+  lmtune's collators pad labels with -100 and build attention masks from lengths, never
+  from "input_ids == pad", so an EOS that doubles as padding stays in the loss;
 - every failure a user can fix (missing folder, not a model, a model that cannot do the
   task) becomes a UserError naming the path and the fix, not a transformers traceback.
 """
@@ -142,9 +145,9 @@ def _load_failure(path: str, what: str, exc: Exception) -> UserError:
 def load_tokenizer(mcfg: ModelConfig, for_training: bool = True) -> PreTrainedTokenizerBase:
     """Load the tokenizer for mcfg and give it a usable pad token.
 
-    Missing pad: reuse unk when it exists and differs from eos, else add "<|pad|>" (the model
-    must then grow its embeddings; load_model does that). For training a pad equal to eos is
-    replaced the same way and padding goes on the right.
+    Missing pad: reuse unk when it exists and differs from eos, else eos, else add "<|pad|>"
+    (the model must then grow its embeddings; load_model does that). For training a pad
+    equal to eos is replaced by a distinct unk when there is one; padding goes on the right.
     """
     path = resolve_model_path(mcfg.name_or_path)
     try:
@@ -158,12 +161,19 @@ def load_tokenizer(mcfg: ModelConfig, for_training: bool = True) -> PreTrainedTo
 
 
 def fix_pad_token(tok: PreTrainedTokenizerBase, for_training: bool = True) -> None:
-    """Ensure tok has a pad token (distinct from eos when for_training); mutates tok."""
+    """Ensure tok has a pad token from its own vocabulary where it can; mutates tok.
+
+    Order: a distinct unk, then eos (see the module docstring for why pad == eos is safe),
+    and only when there is neither a new "<|pad|>" token, which grows the vocabulary: the
+    adapter trained with it then needs lmtune's loader (or a resized base) to be used.
+    """
     pad_is_eos = tok.pad_token is not None and tok.pad_token_id == tok.eos_token_id
     if tok.pad_token is not None and not (for_training and pad_is_eos):
         return
     if tok.unk_token is not None and tok.unk_token_id != tok.eos_token_id:
         tok.pad_token = tok.unk_token
+    elif tok.eos_token is not None:
+        tok.pad_token = tok.eos_token
     else:
         tok.add_special_tokens({"pad_token": NEW_PAD_TOKEN})
 

@@ -61,6 +61,8 @@ def preflight(cfg: Config) -> None:
         problems.append(
             "gate.registry must not be the run folder (run.output_dir); use e.g. runs/registry"
         )
+    elif registry.is_dir() and (problem := _registry_problem(registry)):
+        problems.append(problem)
     elif g.require_beat_current:
         try:  # the current release must carry the same metric, or the comparison is meaningless
             current = reg.current_release(registry)
@@ -77,6 +79,18 @@ def preflight(cfg: Config) -> None:
             f"lmtune pipeline: {len(problems)} problem(s) with the gate:\n"
             + "\n".join(f"  - {p}" for p in problems)
         )
+
+
+def _registry_problem(registry: Path) -> str | None:
+    """Why the registry cannot take a release (an unreadable releases.jsonl, a broken
+    `current`), found before training instead of after it."""
+    try:
+        reg.read_log(registry)
+    except UserError as exc:
+        return str(exc)
+    except (OSError, UnicodeDecodeError) as exc:
+        return f"{registry / reg.LOG_FILE} cannot be read ({exc}); repair or remove it"
+    return reg.pointer_problem(registry)
 
 
 def fingerprint_test_split(run_dir: Path) -> dict[str, Any] | None:
@@ -201,6 +215,18 @@ def run_pipeline(cfg: Config, quiet: bool = False) -> dict[str, Any]:
     result: dict[str, Any] = {"released": False, "decision": decision, "summary": summary}
     if not decision["passed"]:
         return result
+    return {**result, **_release(cfg, run_dir, summary, decision, test_data)}
+
+
+def _release(
+    cfg: Config,
+    run_dir: Path,
+    summary: dict[str, Any],
+    decision: dict[str, Any],
+    test_data: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """Release the run's model into cfg.gate.registry; record the version in gate.json/md."""
+    metric = decision["metric"]
     log = {
         "run_dir": cfg.run.output_dir,
         "metric": metric,
@@ -217,7 +243,62 @@ def run_pipeline(cfg: Config, quiet: bool = False) -> dict[str, Any]:
     )
     decision["released"] = {"version": version, "path": str(path)}
     _write_decision(run_dir, decision)
-    return {**result, "released": True, "version": version, "path": path}
+    return {"released": True, "version": version, "path": path}
+
+
+def release_run(run_dir: str | Path, registry: str | Path | None = None) -> dict[str, Any]:
+    """`lmtune registry release RUN`: release a finished pipeline run whose gate passed,
+    without training again (e.g. after losing a release race). The gate is evaluated again
+    on the run's test metrics, because the current release may have changed since.
+
+    Returns {"released": True, "version", "path"} or {"released": False, "reason"}.
+    """
+    from lmtune.config import load_config
+
+    run_dir = Path(run_dir)
+    gate_path, summary_path = run_dir / GATE_JSON, run_dir / "summary.json"
+    for path, what in ((gate_path, "the gate's decision"), (summary_path, "its test metrics")):
+        if not path.is_file():
+            raise UserError(
+                f"{path} is missing ({what}): {run_dir} is not a finished `lmtune pipeline` "
+                "run; run the pipeline"
+            )
+    decision, summary = _read_json(gate_path) or {}, _read_json(summary_path) or {}
+    if decision.get("released"):
+        raise UserError(
+            f"{run_dir} was already released as {decision['released']['version']} "
+            f"({decision['released']['path']}); use `lmtune registry rollback` to make it current"
+        )
+    if not decision.get("passed"):
+        return {"released": False, "reason": f"the gate refused this run; see {run_dir / GATE_MD}"}
+    cfg = load_config(run_dir / "config.yaml", [])
+    if registry is not None:
+        cfg.gate.registry = str(registry)
+    if Path(cfg.gate.registry).is_dir() and (problem := _registry_problem(Path(cfg.gate.registry))):
+        raise UserError(problem)
+    metric, mode = gate_metric(cfg)
+    current = reg.current_release(cfg.gate.registry) if cfg.gate.require_beat_current else None
+    baselines = summary.get("baselines") or _read_json(run_dir / "baselines.json")
+    test_data = fingerprint_test_split(run_dir)
+    again = gatelib.evaluate_gate(
+        cfg.gate, metric, mode, summary["test"], baselines, current, test_data
+    )
+    again.update(
+        run_dir=cfg.run.output_dir,
+        registry=cfg.gate.registry,
+        time=reg.now_iso(),
+        test_data=test_data,
+        released=None,
+    )
+    _write_decision(run_dir, again)
+    if not again["passed"]:
+        return {
+            "released": False,
+            "reason": f"the gate no longer passes (against the current release); see "
+            f"{run_dir / GATE_MD}",
+        }
+    summary.setdefault("model_dir", str(run_dir / "model"))
+    return _release(cfg, run_dir, summary, again, test_data)
 
 
 def print_decision(decision: dict[str, Any], console: Any) -> None:

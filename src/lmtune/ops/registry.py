@@ -92,23 +92,42 @@ def _pointer_name(registry: Path) -> str | None:
     """What `current` says, unchecked (None when there is no pointer)."""
     pointer = registry / CURRENT
     if pointer.is_symlink():
-        return Path(os.readlink(pointer)).name
+        return os.readlink(pointer).rstrip("/")
     if pointer.is_file():
         return pointer.read_text(encoding="utf-8").strip()
     return None
 
 
-def read_current(registry: str | Path) -> str | None:
-    """The version `current` names (a text file, or a symlink made by hand); None when absent."""
-    name = _pointer_name(Path(registry))
+def pointer_problem(registry: str | Path) -> str | None:
+    """Why `current` cannot be followed (empty, dangling, or naming something other than a
+    version folder of this registry such as ../run1 or an absolute path); None when it is
+    absent or fine."""
+    reg = Path(registry)
+    name = _pointer_name(reg)
     if name is None:
         return None
-    if not name or not (Path(registry) / name).is_dir():
-        raise UserError(
-            f"{Path(registry) / CURRENT} names '{name}', which is not a version folder in "
-            f"{registry}; point it at one with `lmtune registry rollback {registry} VERSION`"
+    fix = f"point it at a version with `lmtune registry rollback {registry} VERSION`"
+    if not name:
+        return f"{reg / CURRENT} is empty; {fix}"
+    if version_number(name) is None:  # the same rule rollback applies: vN inside the registry
+        return (
+            f"{reg / CURRENT} names '{name}', which is not a version of this registry "
+            f"(v1, v2, ... inside {registry}); {fix}"
         )
-    return name
+    if not (reg / name).is_dir():
+        return f"{reg / CURRENT} names '{name}', which is not a version folder in {registry}; {fix}"
+    return None
+
+
+def read_current(registry: str | Path) -> str | None:
+    """The version `current` names (a text file, or a symlink made by hand); None when absent.
+
+    UserError when the pointer is empty, dangling, or names anything but a version folder
+    of this registry (serving must never follow it out of the registry)."""
+    problem = pointer_problem(registry)
+    if problem:
+        raise UserError(problem)
+    return _pointer_name(Path(registry))
 
 
 def set_current(registry: str | Path, version: str) -> None:
@@ -179,6 +198,9 @@ def _fill_version(
             card.read_text(encoding="utf-8").rstrip("\n") + "\n\n" + text.rstrip("\n") + "\n",
             encoding="utf-8",
         )
+        from lmtune.report.model_card import write_readme
+
+        write_readme(tmp)  # README.md shows the same card, release section included
 
 
 def release(
@@ -217,9 +239,11 @@ def release(
         )
         final = reg / version
         if final.exists():  # another release took this number meanwhile; never overwrite one
+            where = f"lmtune registry release {run_dir}" if run_dir else "the release"
             raise UserError(
                 f"{final} appeared while this release was being built (a concurrent "
-                "release?); rerun the pipeline to take the next number"
+                f"release?); run `{where}` to release it as the next number, without "
+                "retraining"
             )
         os.rename(tmp, final)
     except BaseException:
@@ -263,6 +287,8 @@ def version_rows(registry: str | Path) -> list[dict[str, Any]]:
             f"registry {reg} does not exist (a first `lmtune pipeline` release creates it)"
         )
     current = _pointer_name(reg)  # listing must work even when the pointer is broken
+    if pointer_problem(reg):
+        current = None
     rows = []
     for v in list_versions(reg):
         m = read_metrics(reg / v) or {}

@@ -25,17 +25,17 @@ CAUSAL_TASKS = ("sft", "dpo", "orpo", "rlhf")
 
 
 def _follow_pointer(pointer: Path) -> Path:
-    """The version folder a registry's `current` names (a symlink, or a file holding a name)."""
-    if pointer.is_symlink():
-        target = pointer.resolve()
-    else:
-        name = pointer.read_text(encoding="utf-8").strip()
-        if not name:
-            raise UserError(f"{pointer} is empty; it should name a version folder such as v1")
-        target = pointer.parent / name
-    if not target.is_dir():
-        raise UserError(f"{pointer} points at {target}, which is not a folder")
-    return target
+    """The version folder a registry's `current` names (a symlink, or a file holding a name).
+
+    Only a version folder of that registry (v1, v2, ...) is followed: a pointer holding
+    `../run1` or an absolute path is refused, as `lmtune registry rollback` refuses it.
+    """
+    from lmtune.ops.registry import read_current
+
+    name = read_current(pointer.parent)
+    if name is None:
+        raise UserError(f"{pointer} does not exist; release a model into {pointer.parent} first")
+    return pointer.parent / name
 
 
 def resolve_serve_dir(path: str | Path) -> tuple[Path, str | None, Path | None]:
@@ -95,15 +95,35 @@ class GenParams:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    frequency_penalty: float = 0.0  # OpenAI's: minus penalty x times the token was generated
+    presence_penalty: float = 0.0  # minus penalty once a token has been generated at all
+    logprobs: int | None = None  # report log-probabilities with this many alternatives
 
 
 @dataclass
 class Piece:
-    """A bit of generated text; the last piece of a generation carries its finish_reason."""
+    """A bit of generated text; the last piece of a generation carries its finish_reason.
+    With GenParams.logprobs, `logprobs` holds one entry per token since the previous piece:
+    {"token": text, "logprob": float, "top": [(text, logprob), ...]}."""
 
     text: str
     finish_reason: str | None
     completion_tokens: int
+    logprobs: list[dict[str, Any]] | None = None
+
+
+TokenTrace = list[tuple[int, float, list[tuple[int, float]]]]  # (token, logprob, top-k)
+
+
+def penalize(
+    logits: torch.Tensor, counts: torch.Tensor, frequency: float, presence: float
+) -> torch.Tensor:
+    """OpenAI's frequency/presence penalties: logits - f*count - p*(count > 0)."""
+    if frequency:
+        logits = logits - frequency * counts
+    if presence:
+        logits = logits - presence * (counts > 0).float()
+    return logits
 
 
 def _generator(seed: int | None) -> torch.Generator:
@@ -121,21 +141,36 @@ def decode_tokens(
     params: GenParams,
     eos_ids: set[int],
     cancelled: Callable[[], bool],
+    trace: TokenTrace | None = None,
 ) -> Iterator[int]:
-    """Yield generated token ids one at a time (KV cache), up to max_tokens or an EOS (yielded)."""
+    """Yield generated token ids one at a time (KV cache), up to max_tokens or an EOS (yielded).
+
+    Penalties apply to the tokens generated so far; with params.logprobs, `trace` receives
+    (token, its log-probability, the top alternatives) from the penalised distribution
+    before temperature, as OpenAI reports them.
+    """
     device = next(model.parameters()).device
     generator = _generator(params.seed)
     step = torch.tensor([prompt_ids], device=device)
     past = None
+    counts: torch.Tensor | None = None
     for _ in range(params.max_tokens):
         if cancelled():
             return
         with torch.inference_mode():  # grad mode is per thread: set it where the model runs
             out = model(input_ids=step, past_key_values=past, use_cache=True)
         past = out.past_key_values
-        token = sample_next(
-            out.logits[0, -1].float().cpu(), params.temperature, params.top_p, generator
-        )
+        logits = out.logits[0, -1].float().cpu()
+        if counts is None:
+            counts = torch.zeros_like(logits)
+        logits = penalize(logits, counts, params.frequency_penalty, params.presence_penalty)
+        token = sample_next(logits, params.temperature, params.top_p, generator)
+        counts[token] += 1  # a normal tensor (made outside inference mode): editable
+        if trace is not None and params.logprobs is not None:
+            logp = torch.log_softmax(logits, dim=-1)
+            top = logp.topk(params.logprobs) if params.logprobs else None
+            alts = list(zip(top.indices.tolist(), top.values.tolist(), strict=True)) if top else []
+            trace.append((token, float(logp[token]), alts))
         yield token
         if token in eos_ids:
             return
@@ -273,7 +308,8 @@ class Engine:
         scanner = StopText(params.stop)
         ids: list[int] = []  # text tokens (an EOS is counted, never decoded into text)
         finish, n = "length", 0
-        for token in decode_tokens(self.model, prompt_ids, params, self.eos_ids, cancelled):
+        trace: TokenTrace | None = [] if params.logprobs is not None else None
+        for token in decode_tokens(self.model, prompt_ids, params, self.eos_ids, cancelled, trace):
             n += 1
             if token in self.eos_ids:
                 finish = "stop"
@@ -281,14 +317,30 @@ class Engine:
             ids.append(token)
             delta, hit = scanner.step(self._decode(ids))
             if hit:
-                yield Piece(delta, "stop", n)
+                yield Piece(delta, "stop", n, self._take(trace))
                 return
             if delta:
-                yield Piece(delta, None, n)
+                yield Piece(delta, None, n, self._take(trace))
         if finish == "length" and n < params.max_tokens:
             finish = "cancelled"
         delta, hit = scanner.step(self._decode(ids), final=True)
-        yield Piece(delta, "stop" if hit else finish, n)
+        yield Piece(delta, "stop" if hit else finish, n, self._take(trace))
+
+    def _take(self, trace: TokenTrace | None) -> list[dict[str, Any]] | None:
+        """The trace's entries as text (then emptied), for the piece that carries them."""
+        if trace is None:
+            return None
+        out = [
+            {
+                "token": self._decode([t]),
+                "logprob": lp,
+                "top": [(self._decode([a]), alp) for a, alp in alts],
+            }
+            for t, lp, alts in trace
+            if t not in self.eos_ids
+        ]
+        trace.clear()
+        return out
 
     def classify(self, items: list[dict[str, str]], batch_size: int = 32) -> list[dict[str, Any]]:
         """Label and per-label probabilities for each {"text", optional "text_pair"} item."""

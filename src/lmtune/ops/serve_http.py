@@ -24,8 +24,8 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 OPEN_PATHS = ("/health",)  # answered without the API key (load balancers, liveness probes)
-DRAIN_LIMIT = 8 * 1024 * 1024  # an oversized body up to this size is read and dropped, so the
-# client gets its 413 instead of a connection reset while it is still sending
+DRAIN_LIMIT = 128 * 1024 * 1024  # an oversized body up to this size is read and dropped, so
+# the client gets its 413 instead of a connection reset while it is still sending
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

@@ -132,6 +132,21 @@ def prometheus_text(snap: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+LOG_TEXT_CHARS = 4000  # longest text kept per field in the prediction log
+
+
+def truncate(value: Any, limit: int = LOG_TEXT_CHARS) -> Any:
+    """value with every string longer than limit cut, ending in a marker that says how much
+    was left out (a 1 MB prompt must not become one 1 MB log line)."""
+    if isinstance(value, str) and len(value) > limit:
+        return value[:limit] + f"...[truncated: {len(value) - limit} more characters]"
+    if isinstance(value, dict):
+        return {k: truncate(v, limit) for k, v in value.items()}
+    if isinstance(value, list):
+        return [truncate(v, limit) for v in value]
+    return value
+
+
 class PredictionLog:
     """Append-only JSON-lines log of predictions; one writer lock, flushed per request."""
 
@@ -155,7 +170,9 @@ class PredictionLog:
             "model_version": self.version,
             "latency_ms": round(latency_s * 1000, 3),
         }
-        text = "".join(json.dumps({**base, **r}, ensure_ascii=False) + "\n" for r in records)
+        text = "".join(
+            json.dumps({**base, **truncate(r)}, ensure_ascii=False) + "\n" for r in records
+        )
         with self._lock:
             self._file.write(text)
             self._file.flush()

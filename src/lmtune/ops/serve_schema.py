@@ -1,9 +1,11 @@
 """Request models and response shapes of `lmtune serve`, following OpenAI's API.
 
-Requests are validated strictly (a string where a number belongs is a 422, not a guess);
-fields OpenAI clients send that lmtune does not use (user, logprobs, presence_penalty, ...)
-are ignored so standard clients work unchanged. Responses carry OpenAI's fields: id, object,
-created, model, choices (text or message, index, finish_reason) and usage.
+Requests are validated strictly (a string where a number belongs is a 422, not a guess).
+Bookkeeping fields OpenAI clients send (user, metadata, store, service_tier) are accepted
+and ignored; any other field lmtune does not implement (tools, response_format, logit_bias,
+...) is a 400 that names it, never a silent 200 that ignored what the client asked for.
+Responses carry OpenAI's fields: id, object, created, model, choices (text or message,
+index, logprobs, finish_reason) and usage.
 """
 
 from __future__ import annotations
@@ -19,8 +21,21 @@ MAX_STOPS = 4  # as OpenAI: up to 4 stop sequences
 MAX_STOP_CHARS = 256  # each is matched against the text after every token: keep that cheap
 
 
+SEED_MAX = 2**63 - 1  # OpenAI's seed is an int64; torch takes up to 2**64 - 1
+
+
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="ignore", strict=True)
+    # extra="forbid": an unknown field is reported (400 naming it), not silently ignored.
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class _Ignored(_Request):
+    """Fields that change nothing about the answer: accepted so standard clients work."""
+
+    user: str | None = None
+    metadata: dict[str, str] | None = None
+    store: bool | None = None
+    service_tier: str | None = None
 
 
 class StreamOptions(_Request):
@@ -29,17 +44,19 @@ class StreamOptions(_Request):
     include_usage: bool = False
 
 
-class _Sampling(_Request):
-    model: str | None = None  # one model per server: accepted, not used to route
+class _Sampling(_Ignored):
+    model: str | None = None  # one model per server: another name is a 404
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)  # the newer name for chat
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    n: Literal[1] = 1
+    n: int = Field(1, ge=1, le=16)
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, le=SEED_MAX)
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
 
     @field_validator("stop")
     @classmethod
@@ -64,17 +81,25 @@ class CompletionRequest(_Sampling):
     """POST /v1/completions: continue a raw prompt (or a list of prompts)."""
 
     prompt: str | list[str] = Field(..., min_length=1)
+    logprobs: int | None = Field(None, ge=0, le=5)  # top alternatives per token, as OpenAI
+
+    def top_logprobs_count(self) -> int | None:
+        """How many alternatives per token to report (None: no logprobs)."""
+        return self.logprobs
 
 
 class TextPart(_Request):
     """One part of a message's content list (only text parts are understood)."""
 
+    model_config = ConfigDict(extra="ignore", strict=True)
     type: Literal["text"]
     text: str
 
 
 class Message(_Request):
     """A chat message; content is a string or a list of text parts."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)  # name, ... change nothing here
 
     role: Literal["system", "user", "assistant"]
     content: str | list[TextPart]
@@ -90,6 +115,12 @@ class ChatRequest(_Sampling):
     """POST /v1/chat/completions: answer the last user message, in the trained chat format."""
 
     messages: list[Message] = Field(..., min_length=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+
+    def top_logprobs_count(self) -> int | None:
+        """How many alternatives per token to report (None: no logprobs)."""
+        return (self.top_logprobs or 0) if self.logprobs else None
 
 
 class PairInput(_Request):
@@ -99,11 +130,22 @@ class PairInput(_Request):
     text_pair: str | None = None
 
 
-class ClassifyRequest(_Request):
+class ClassifyRequest(_Ignored):
     """POST /v1/classify: label one input or a list of inputs."""
 
     model: str | None = None
     input: str | PairInput | list[str | PairInput]
+
+    @field_validator("input")
+    @classmethod
+    def _not_blank(cls, v: Any) -> Any:
+        # Training rejects empty texts, so a classifier has never seen one: refuse, not guess.
+        for i, x in enumerate(v if isinstance(v, list) else [v]):
+            texts = [x] if isinstance(x, str) else [x.text, x.text_pair or "x"]
+            if any(not t.strip() for t in texts):
+                where = f"input[{i}]" if isinstance(v, list) else "input"
+                raise ValueError(f"{where} is empty or only whitespace; send text to classify")
+        return v
 
     def items(self) -> list[dict[str, str]]:
         """Every input as {"text", optional "text_pair"}."""
@@ -147,11 +189,21 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
 
 
 def completion_response(
-    rid: str, model: str, texts: list[tuple[str, str]], prompt_tokens: int, completion_tokens: int
+    rid: str,
+    model: str,
+    texts: list[tuple[str, str]],
+    prompt_tokens: int,
+    completion_tokens: int,
+    logprobs: list[Any] | None = None,
 ) -> dict[str, Any]:
-    """A text_completion body; texts holds (text, finish_reason) per prompt."""
+    """A text_completion body; texts holds (text, finish_reason) per choice."""
     choices = [
-        {"index": i, "text": t, "logprobs": None, "finish_reason": f}
+        {
+            "index": i,
+            "text": t,
+            "logprobs": logprobs[i] if logprobs else None,
+            "finish_reason": f,
+        }
         for i, (t, f) in enumerate(texts)
     ]
     return {
@@ -165,27 +217,69 @@ def completion_response(
 
 
 def chat_response(
-    rid: str, model: str, text: str, finish: str, prompt_tokens: int, completion_tokens: int
+    rid: str,
+    model: str,
+    texts: list[tuple[str, str]],
+    prompt_tokens: int,
+    completion_tokens: int,
+    logprobs: list[Any] | None = None,
 ) -> dict[str, Any]:
-    """A chat.completion body with one assistant message."""
-    choice = {
-        "index": 0,
-        "message": {"role": "assistant", "content": text},
-        "logprobs": None,
-        "finish_reason": finish,
-    }
+    """A chat.completion body with one assistant message per (text, finish_reason) choice."""
+    choices = [
+        {
+            "index": i,
+            "message": {"role": "assistant", "content": text},
+            "logprobs": logprobs[i] if logprobs else None,
+            "finish_reason": finish,
+        }
+        for i, (text, finish) in enumerate(texts)
+    ]
     return {
         "id": rid,
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [choice],
+        "choices": choices,
         "usage": usage(prompt_tokens, completion_tokens),
     }
 
 
+def chat_logprobs(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """Chat's logprobs block from per-token entries {token, logprob, top: [(token, logprob)]}."""
+
+    def one(token: str, logprob: float) -> dict[str, Any]:
+        return {"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8"))}
+
+    return {
+        "content": [
+            {**one(e["token"], e["logprob"]), "top_logprobs": [one(t, lp) for t, lp in e["top"]]}
+            for e in entries
+        ]
+    }
+
+
+def completion_logprobs(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """The legacy completions logprobs block (tokens, token_logprobs, top_logprobs, offsets)."""
+    offsets, pos = [], 0
+    for e in entries:
+        offsets.append(pos)
+        pos += len(e["token"])
+    return {
+        "tokens": [e["token"] for e in entries],
+        "token_logprobs": [e["logprob"] for e in entries],
+        "top_logprobs": [dict(e["top"]) for e in entries],
+        "text_offset": offsets,
+    }
+
+
 def stream_chunk(
-    rid: str, model: str, chat: bool, text: str | None, finish: str | None, first: bool = False
+    rid: str,
+    model: str,
+    chat: bool,
+    text: str | None,
+    finish: str | None,
+    first: bool = False,
+    logprobs: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """One streamed chunk: chat.completion.chunk (delta) or text_completion (text)."""
     if chat:
@@ -197,12 +291,17 @@ def stream_chunk(
         choice: dict[str, Any] = {
             "index": 0,
             "delta": delta,
-            "logprobs": None,
+            "logprobs": chat_logprobs(logprobs) if logprobs else None,
             "finish_reason": finish,
         }
         kind = "chat.completion.chunk"
     else:
-        choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
+        choice = {
+            "index": 0,
+            "text": text or "",
+            "logprobs": completion_logprobs(logprobs) if logprobs else None,
+            "finish_reason": finish,
+        }
         kind = "text_completion"
     return {
         "id": rid,

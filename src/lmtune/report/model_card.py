@@ -78,12 +78,23 @@ def _method(f: Folder) -> str:
     return text
 
 
+def _base_text(m: dict[str, Any], cfg_model: dict[str, Any]) -> str:
+    base = str(m.get("base_model") or cfg_model.get("name_or_path"))
+    if not m.get("base_model_local"):
+        return base
+    given = cfg_model.get("name_or_path") or base
+    return (
+        f"{given} (a local folder, not a Hugging Face Hub id: loading this adapter needs "
+        "that folder, or point adapter_config.json's base_model_name_or_path at a copy)"
+    )
+
+
 def details_section(f: Folder) -> list[str]:
     """Model details: task, base model, method, inputs."""
     m, cfg_model = f.meta, f.config.get("model") or {}
     rows = [
         ["task", f.task or "unknown"],
-        ["base model", m.get("base_model") or cfg_model.get("name_or_path")],
+        ["base model", _base_text(m, cfg_model)],
         [
             "base model revision",
             m.get("base_revision") or cfg_model.get("revision") or "not recorded",
@@ -525,4 +536,26 @@ def write_model_card(run_dir: str | Path, model_dir: str | Path) -> Path:
         folder.meta = meta
     out = Path(model_dir) / MODEL_CARD_FILE
     out.write_text(render_model_card(folder), encoding="utf-8")
+    write_readme(model_dir)
+    return out
+
+
+def write_readme(model_dir: str | Path) -> Path | None:
+    """README.md = MODEL_CARD.md under the Hugging Face Hub's metadata header, so the card a
+    hub page (or anyone opening the folder) shows is the real one; None without a card."""
+    model_dir = Path(model_dir)
+    card = model_dir / MODEL_CARD_FILE
+    if not card.is_file():
+        return None
+    meta = read_json(model_dir / "lmtune_model.json")
+    meta = meta if isinstance(meta, dict) else {}
+    adapter = (model_dir / "adapter_config.json").is_file()
+    header = ["---", f"library_name: {'peft' if adapter else 'transformers'}"]
+    base = meta.get("base_model")
+    if isinstance(base, str) and base and not meta.get("base_model_local"):
+        if not base.startswith(("builtin:", "/", ".")):  # the hub's base_model takes hub ids
+            header.append(f"base_model: {base}")
+    header += ["tags:", "- lmtune", *([f"- {meta['task']}"] if meta.get("task") else []), "---"]
+    out = model_dir / "README.md"
+    out.write_text("\n".join(header) + "\n\n" + card.read_text(encoding="utf-8"), encoding="utf-8")
     return out

@@ -100,11 +100,11 @@ class PairEncoder:
 
     def prompt_and_responses(self, row: dict[str, Any]) -> tuple[list[int], list[int], list[int]]:
         """Untruncated (prompt ids, chosen ids, rejected ids); responses end with EOS."""
-        from lmtune.data.templates import encode_prompt, encode_sft_row
+        from lmtune.data.templates import encode_sft_row, generation_prompt_ids
 
         prompt = row["prompt"]
+        prompt_ids = generation_prompt_ids(prompt, "preference", self.tokenizer, self.template)
         if isinstance(prompt, list):
-            prompt_ids = encode_prompt(prompt, "chat", self.tokenizer, self.template)
             responses = []
             for key in ("chosen", "rejected"):
                 chat = {"messages": [*prompt, {"role": "assistant", "content": row[key]}]}
@@ -118,7 +118,6 @@ class PairEncoder:
                     )
                 responses.append(full[len(prompt_ids) :])
             return prompt_ids, responses[0], responses[1]
-        prompt_ids = encode_prompt({"text": prompt}, "text", self.tokenizer, self.template)
         return prompt_ids, *(
             self._eos(self._text_ids(joiner(prompt, row[k]) + row[k]))
             for k in ("chosen", "rejected")

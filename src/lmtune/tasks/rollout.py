@@ -25,12 +25,9 @@ Prompt = str | list[dict[str, str]]
 def encode_prompt_ids(prompt: Prompt, tokenizer: Any, template: str, max_tokens: int) -> list[int]:
     """Prompt token ids exactly as SFT/DPO render them (BOS + text, or the chat template up
     to the assistant turn), keeping the END (and BOS) when longer than max_tokens."""
-    from lmtune.data.templates import encode_prompt
+    from lmtune.data.templates import generation_prompt_ids
 
-    if isinstance(prompt, list):
-        ids = encode_prompt(prompt, "chat", tokenizer, template)
-    else:
-        ids = encode_prompt({"text": prompt}, "text", tokenizer, template)
+    ids = generation_prompt_ids(prompt, "prompt", tokenizer, template)
     bos = tokenizer.bos_token_id
     keep_first = 1 if bos is not None and ids[:1] == [bos] else 0
     return keep_end(ids, max_tokens, keep_first)

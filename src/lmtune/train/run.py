@@ -7,7 +7,9 @@ no logic of its own beyond the order of the steps.
 from __future__ import annotations
 
 import json
+import re
 import tempfile
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +18,7 @@ from typing import Any
 import torch
 
 from lmtune.config import Config, dump_config
+from lmtune.data.report import add_tokenize_section
 from lmtune.runtime.dist import Dist
 from lmtune.train.checkpoint import assert_finite
 from lmtune.train.logging import finite_json
@@ -80,7 +83,10 @@ def encode_rows(
             for r in rejected:
                 f.write(json.dumps(r, ensure_ascii=False) + "\n")
     if rejected:
-        Dist.get().print(f"{len(rejected)} row(s) rejected at tokenization (see {rejects_path})")
+        Dist.get().print(
+            f"tokenize: dropped {len(rejected)} row(s) (e.g. {rejected[0]['source']}: "
+            f"{rejected[0]['reason']}); each one is in {rejects_path}"
+        )
     if rows and not feats:
         from lmtune.errors import UserError
 
@@ -89,7 +95,39 @@ def encode_rows(
             f"{rejected[0]['source']}: {rejected[0]['reason']}; raise model.max_length "
             "or shorten the prompts"
         )
+    if rejects_path is not None:
+        by_reason = Counter(_reason_kind(r["reason"]) for r in rejected)
+        add_tokenize_section(
+            rejects_path.parent, {"rejected": len(rejected), "by_reason": dict(by_reason)}
+        )
     return feats
+
+
+def _reason_kind(reason: str) -> str:
+    # Reasons carry row-specific numbers ("prompt has 700 tokens"); count them by their words.
+    return re.sub(r"\d+", "N", reason)[:120]
+
+
+def report_ragged_tail(cfg: Config, n_examples: int, run_dir: Path) -> None:
+    """Say (console and data report) how many examples each epoch leaves out: the loop plans
+    whole optimizer steps, so a tail smaller than one step is skipped every epoch."""
+    from lmtune.data.report import ragged_tail_line
+
+    dist = Dist.get()
+    step_batch = cfg.train.batch_size * dist.world_size * cfg.train.grad_accum
+    tail = n_examples % step_batch
+    if not tail or n_examples < step_batch:
+        return
+    section = {"ragged_tail": tail, "examples": n_examples, "step_batch": step_batch}
+    dist.print("train: " + ragged_tail_line(section))
+    if dist.is_main:
+        report = run_dir / "data_report.json"
+        old = (
+            json.loads(report.read_text(encoding="utf-8")).get("tokenize", {})
+            if report.is_file()
+            else {}
+        )
+        add_tokenize_section(run_dir, {**old, **section})
 
 
 def setup(cfg: Config, run_dir: Path, for_training: bool = True) -> dict[str, Any]:
@@ -106,7 +144,7 @@ def setup(cfg: Config, run_dir: Path, for_training: bool = True) -> dict[str, An
     tokenizer = load_tokenizer(cfg.model, for_training=for_training)
     # Every process prepares the same data (it is deterministic); only rank 0 keeps the files.
     data_dir = run_dir if dist.is_main else Path(tempfile.mkdtemp(prefix="lmtune-rank"))
-    prepared = prepare_data(cfg, data_dir, length_fn=text_length_fn(tokenizer))
+    prepared = prepare_data(cfg, data_dir, length_fn=text_length_fn(tokenizer), say=dist.print)
     if cfg.task == "classification" and not prepared.labels:
         from lmtune.errors import UserError
 
@@ -153,6 +191,9 @@ def model_meta(cfg: Config, prepared: Any) -> dict[str, Any]:
         "adapter": cfg.adapter.type,
         "run_name": cfg.run.name,
         "pooling": cfg.model.pooling,
+        # Preference/RL prompts given as message lists: generate renders a plain prompt
+        # through the chat template too (templates.generation_prompt_ids).
+        "chat_prompts": any(isinstance(r.get("prompt"), list) for r in prepared.splits["train"]),
     }
 
 
@@ -203,6 +244,7 @@ def run_training(
         features += forget.replay
     if hasattr(task, "prepare_features"):
         features = task.prepare_features(features)
+    report_ragged_tail(cfg, len(features), run_dir)
     eval_rows = prepared.splits.get("eval") or []
     if hasattr(task, "prepare_reference"):
         # DPO without an adapter to disable: reference log-probs of the still-untrained model,
@@ -361,12 +403,28 @@ def _evaluate(f: Finished, rows: list[dict[str, Any]], out_dir: Path | None) -> 
 
 
 def _test_split(f: Finished) -> dict[str, float] | None:
-    """The kept model on the test split: eval.json, predictions and errors in the run folder."""
+    """The kept model on the test split: eval.json, predictions and errors in the run folder.
+
+    Without a test split (the default: 10% eval, no test) the same files come from the eval
+    split, and eval.json says so ("split": "eval"; the report names the split). Those are not
+    held-out test metrics (the eval split chose the kept checkpoint), so they stay out of
+    summary["test"], which the release gate reads.
+    """
     rows = f.prepared.splits.get("test") or []
+    split = "test"
     if not rows:
+        rows, split = f.prepared.splits.get("eval") or [], "eval"
+        if not rows:
+            return None
+    result = _evaluate(f, rows, f.run_dir)
+    (f.run_dir / "eval.json").write_text(json.dumps({"split": split, **result}, indent=2))
+    if split == "eval":
+        Dist.get().print(
+            f"no test split: eval.json, errors and per-class results come from the eval split "
+            f"({len(rows)} rows, which also chose the kept checkpoint); see {f.run_dir}"
+        )
         return None
-    f.test = _evaluate(f, rows, f.run_dir)
-    (f.run_dir / "eval.json").write_text(json.dumps({"split": "test", **f.test}, indent=2))
+    f.test = result
     return _flat(f.test)
 
 
