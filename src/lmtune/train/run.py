@@ -171,8 +171,10 @@ def run_training(
     from lmtune.train.loop import train
 
     dist = Dist.get()
-    run_dir = Path(cfg.run.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    from lmtune.train.logging import describe_precision
+    from lmtune.train.output_dir import require_dir
+
+    run_dir = require_dir(cfg.run.output_dir)
     require_packages(cfg.tracking)  # a missing tensorboard/mlflow fails now, not after data prep
     if dist.is_main:
         (run_dir / "config.yaml").write_text(dump_config(cfg))
@@ -180,6 +182,7 @@ def run_training(
             for stale in ("metrics.jsonl", "rejects.jsonl"):
                 (run_dir / stale).unlink(missing_ok=True)
     parts = setup(cfg, run_dir)
+    dist.print(describe_precision(cfg.train.precision, dist.device))
     task, model, tokenizer, prepared = (
         parts["task"],
         parts["model"],
@@ -205,7 +208,11 @@ def run_training(
         )
         features += forget.replay
     if hasattr(task, "prepare_features"):
+        n_rows = len(features)
         features = task.prepare_features(features)
+        if len(features) != n_rows:  # packed: the loop counts sequences, not rows
+            _require_one_step(cfg, len(features), f"packed sequences (from {n_rows} rows)")
+    _set_log_cadence(cfg, len(features))
     eval_rows = prepared.splits.get("eval") or []
     if hasattr(task, "prepare_reference"):
         # DPO without an adapter to disable: reference log-probs of the still-untrained model,
@@ -283,6 +290,34 @@ def run_training(
             trackers.log_summary(summary, run_dir)
     dist.barrier()
     return summary
+
+
+def _require_one_step(cfg: Config, n: int, what: str) -> None:
+    """UserError when `n` training sequences make less than one optimizer step."""
+    tc, world = cfg.train, Dist.get().world_size
+    if n >= tc.batch_size * tc.grad_accum * world:
+        return
+    from lmtune.errors import UserError
+
+    raise UserError(
+        f"train split has {n} {what}: fewer than one optimizer step (batch_size "
+        f"{tc.batch_size} x grad_accum {tc.grad_accum} x {world} process(es)); lower "
+        "train.batch_size or train.grad_accum, or add data"
+        + (", or turn data.packing off" if cfg.data.packing else "")
+    )
+
+
+def _set_log_cadence(cfg: Config, n: int) -> None:
+    """A short run logs its loss often enough to draw a curve, unless train.log_every is set."""
+    from lmtune.train.logging import auto_log_every
+
+    tc = cfg.train
+    if "log_every" in tc.model_fields_set:
+        return
+    per_epoch = n // (tc.batch_size * tc.grad_accum * Dist.get().world_size)
+    total = tc.max_steps if tc.max_steps > 0 else max(1, round(tc.epochs * per_epoch))
+    # Straight into the field: the saved config.yaml keeps the user's (unset) default.
+    tc.__dict__["log_every"] = auto_log_every(total, tc.log_every)
 
 
 @dataclass
