@@ -88,6 +88,33 @@ def config_show(
         print(f"# {note}")
 
 
+@config_app.command("import")
+def config_import(
+    source: Annotated[
+        Path, typer.Argument(help="An Axolotl, LLaMA-Factory or TRL (HfArgumentParser) YAML.")
+    ],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Write the lmtune config here (default: print).")
+    ] = None,
+) -> None:
+    """Convert another tool's training YAML into an lmtune config; list what it could not map."""
+    from lmtune.config_import import render
+
+    text, unmapped = render(source)
+    if out is None:
+        print(text, end="")
+    else:
+        out.write_text(text, encoding="utf-8")
+        err_console.print(f"written: {out}", highlight=False, markup=False)
+    err_console.print(
+        f"not mapped ({len(unmapped)}):" if unmapped else "every key was mapped",
+        highlight=False,
+        markup=False,
+    )
+    for line in unmapped:
+        err_console.print(f"  {line}", highlight=False, markup=False)
+
+
 def _print_fields(section: str | None) -> None:
     """`config show --fields [SECTION]`: a table on a terminal, one plain line per key otherwise."""
     from lmtune.config import describe_fields
@@ -695,7 +722,9 @@ def main() -> None:
         # importing it here would cost seconds on every `lmtune --help`.
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-        if "transformers" in sys.modules:  # imported already (main() called in-process)
+        words = [a for a in sys.argv[1:] if not a.startswith("-")]
+        loads_models = bool(words) and words[0] not in ("config", "report", "registry")
+        if (loads_models and "--help" not in sys.argv) or "transformers" in sys.modules:
             from transformers.utils import logging as hf_logging
 
             hf_logging.set_verbosity_error()

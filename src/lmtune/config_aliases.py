@@ -55,6 +55,8 @@ KEY_ALIASES: dict[str, str] = {
     "output_dir": "run.output_dir",
     "seed": "run.seed",
     "run_name": "run.name",
+    "max_samples": "data.limit",
+    "dataloader_num_workers": "train.num_workers",
 }
 
 #: data.format values other tools use -> lmtune's format.
