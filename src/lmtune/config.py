@@ -772,6 +772,9 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     from lmtune.config_aliases import normalize, normalize_values
 
     notes = normalize(data, source)
+    if path is not None and isinstance(data.get("run", {}), dict):
+        # A run named after its config file: report titles and logs say which run it is.
+        data.setdefault("run", {}).setdefault("name", Path(path).stem)
     apply_overrides(data, list(overrides or []), notes)
     notes += normalize_values(data)
     if "task" not in data:

@@ -214,3 +214,12 @@ def test_import_trl_arguments(tmp_path: Path) -> None:
     assert cfg.tracking.tensorboard and cfg.data.packing and cfg.train.eval_every == 100
     assert any(u.startswith("dataset_name:") for u in unmapped)
     assert any(u.startswith("push_to_hub:") for u in unmapped)
+
+
+def test_a_run_is_named_after_its_config_file_unless_named(tmp_path: Path) -> None:
+    p = tmp_path / "sft_my_data.yaml"
+    p.write_text("task: sft\n")
+    assert load_config(p).run.name == "sft_my_data"
+    p.write_text("task: sft\nrun: {name: mine}\n")
+    assert load_config(p).run.name == "mine"
+    assert load_config(None).run.name == "run"

@@ -174,18 +174,10 @@ class Progress:
 TRAIN_KEYS = ("event", "time", "step", "epoch", "loss", "lr", "tokens", "elapsed_s")
 
 
-def is_count(key: str) -> bool:
-    """Whether a metric is a count (examples, tokens, pairs, rows) rather than a measurement."""
-    return key.endswith(("_examples", "_tokens", "_pairs", "_rows", "_total", "total")) or key in (
-        "rows",
-        "pairs",
-        "examples",
-        "tokens",
-    )
-
-
 def metrics_text(metrics: dict[str, Any]) -> str:
     """`eval_loss 0.6931 accuracy 0.8125 eval_examples 64`: measurements, then counts."""
+    from lmtune.report.collect import is_count
+
     shown = {
         k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
     }
