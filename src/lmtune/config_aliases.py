@@ -202,8 +202,11 @@ def normalize(data: dict[str, Any], source: str) -> list[str]:
 
 
 def normalize_values(data: dict[str, Any]) -> list[str]:
-    """Format names and scheduler names of other tools -> lmtune's; returns the notes."""
+    """Adapter, format and scheduler names of other tools -> lmtune's; returns the notes."""
     notes = []
+    if isinstance(data.get("adapter"), str):  # Axolotl's `adapter: lora`
+        notes.append(f"adapter.type {data['adapter']} (given as adapter: {data['adapter']})")
+        data["adapter"] = {"type": data["adapter"]}
     fmt = _get(data, "data.format")
     if isinstance(fmt, str) and fmt.lower() in FORMAT_ALIASES:
         data["data"]["format"] = FORMAT_ALIASES[fmt.lower()]

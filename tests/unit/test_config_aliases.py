@@ -63,6 +63,7 @@ def test_an_alias_override_replaces_the_files_value_and_flags_translate(tmp_path
     p.write_text("task: classification\ntrain: {lr: 1.0e-3}\n")
     assert load_config(p, ["learning_rate=3e-4"]).train.lr == 3e-4
     assert load_config(p, ["train.learning_rate=4e-4"]).train.lr == 4e-4
+    assert load_config(None, ["adapter=full"]).adapter.type == "full"  # Axolotl's adapter: lora
     argv = ["--debug", "train", "--config", "c.yaml", "--learning_rate", "1e-4", "--quiet"]
     assert rewrite_argv(argv) == ["--debug", "train", "c.yaml", "learning_rate=1e-4", "--quiet"]
     assert rewrite_argv(["prepare", "c.yaml", "--train.lr=2e-4", "--num-epochs", "2"]) == [
