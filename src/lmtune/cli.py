@@ -80,7 +80,9 @@ def config_show(
     from lmtune.config import dump_config, load_config
 
     if fields:
-        _print_fields(str(config) if config is not None else None)
+        from lmtune.cli_config import print_fields
+
+        print_fields(str(config) if config is not None else None, console)
         return
     cfg = load_config(config, overrides or [])
     print(dump_config(cfg), end="")
@@ -98,41 +100,9 @@ def config_import(
     ] = None,
 ) -> None:
     """Convert another tool's training YAML into an lmtune config; list what it could not map."""
-    from lmtune.config_import import render
+    from lmtune.cli_config import import_command
 
-    text, unmapped = render(source)
-    if out is None:
-        print(text, end="")
-    else:
-        out.write_text(text, encoding="utf-8")
-        err_console.print(f"written: {out}", highlight=False, markup=False)
-    err_console.print(
-        f"not mapped ({len(unmapped)}):" if unmapped else "every key was mapped",
-        highlight=False,
-        markup=False,
-    )
-    for line in unmapped:
-        err_console.print(f"  {line}", highlight=False, markup=False)
-
-
-def _print_fields(section: str | None) -> None:
-    """`config show --fields [SECTION]`: a table on a terminal, one plain line per key otherwise."""
-    from lmtune.config import describe_fields
-
-    rows = describe_fields()
-    if section:
-        rows = [r for r in rows if r[0] == section or r[0].startswith(section + ".")]
-        if not rows:
-            sections = sorted({k.split(".")[0] for k, _, _ in describe_fields()})
-            raise UserError(f"no config keys under '{section}'; sections: {', '.join(sections)}")
-    if not sys.stdout.isatty():  # piped into grep or a file: whole keys, never wrapped
-        for key, default, desc in rows:
-            print(f"{key}\t{default}\t{desc}")
-        return
-    table = Table("key", "default", "description")
-    for key, default, desc in rows:
-        table.add_row(key, default, desc)
-    console.print(table)
+    import_command(source, out, err_console)
 
 
 @app.command()
