@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from lmtune.cli_args import flags_as_flags, rewrite_argv
 from lmtune.errors import UserError
 
 app = typer.Typer(
@@ -34,8 +35,22 @@ _DEBUG = {"on": False}
 
 ConfigArg = Annotated[Path, typer.Argument(help="Run config (YAML).")]
 Overrides = Annotated[
-    list[str] | None, typer.Argument(help="key.sub=value overrides, e.g. train.lr=1e-4")
+    list[str] | None,
+    typer.Argument(
+        help="key.sub=value overrides, e.g. train.lr=1e-4 (also learning_rate=1e-4, --learning_rate 1e-4)"
+    ),
 ]
+
+
+def _load(config: Path | None, overrides: list[str] | None):  # noqa: ANN202 - lmtune.config.Config
+    """load_config, then say on stderr what loading chose for the user (aliases, task, lr)."""
+    from lmtune.config import load_config
+
+    cfg = load_config(config, overrides or [])
+    if os.environ.get("RANK", "0") == "0":  # torchrun workers: the launcher said it already
+        for note in cfg.notes:
+            err_console.print(f"config: {note}", highlight=False, markup=False)
+    return cfg
 
 
 @app.callback()
@@ -54,32 +69,53 @@ def config_show(
     ] = None,
     overrides: Overrides = None,
     fields: Annotated[
-        bool, typer.Option("--fields", help="List every key with its default and meaning.")
+        bool,
+        typer.Option(
+            "--fields",
+            help="List every key with its default and meaning; CONFIG may name a section (train, data.clean) to list only its keys.",
+        ),
     ] = False,
 ) -> None:
-    """Print the resolved config (file + overrides + defaults)."""
-    from lmtune.config import describe_fields, dump_config, load_config
+    """Print the resolved config (file + overrides + defaults); aliases read are noted as comments."""
+    from lmtune.config import dump_config, load_config
 
     if fields:
-        table = Table("key", "default", "description")
-        for key, default, desc in describe_fields():
-            table.add_row(key, default, desc)
-        console.print(table)
+        from lmtune.cli_config import print_fields
+
+        print_fields(str(config) if config is not None else None, console)
         return
-    print(dump_config(load_config(config, overrides or [])), end="")
+    cfg = load_config(config, overrides or [])
+    print(dump_config(cfg), end="")
+    for note in cfg.notes:
+        print(f"# {note}")
+
+
+@config_app.command("import")
+def config_import(
+    source: Annotated[
+        Path, typer.Argument(help="An Axolotl, LLaMA-Factory or TRL (HfArgumentParser) YAML.")
+    ],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Write the lmtune config here (default: print).")
+    ] = None,
+) -> None:
+    """Convert another tool's training YAML into an lmtune config; list what it could not map."""
+    from lmtune.cli_config import import_command
+
+    import_command(source, out, err_console)
 
 
 @app.command()
 def prepare(config: ConfigArg, overrides: Overrides = None) -> None:
     """Load, validate, clean and split the data; write splits and data_report.json/.md."""
-    from lmtune.config import dump_config, load_config
+    from lmtune.config import dump_config
     from lmtune.data.pipeline import prepare_data
     from lmtune.models.load import load_tokenizer
+    from lmtune.train.output_dir import require_dir
     from lmtune.train.run import text_length_fn
 
-    cfg = load_config(config, overrides or [])
-    out = Path(cfg.run.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    cfg = _load(config, overrides)
+    out = require_dir(cfg.run.output_dir)
     (out / "config.yaml").write_text(dump_config(cfg))
     tok = load_tokenizer(cfg.model)
     prepared = prepare_data(cfg, out, length_fn=text_length_fn(tok), say=print)
@@ -134,13 +170,21 @@ def train(
         int, typer.Option("--nproc", help="Processes to train with (launches torchrun).")
     ] = 1,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite", help="Replace a previous run in run.output_dir (its checkpoints, model)."
+        ),
+    ] = False,
 ) -> None:
     """Train a model as the config says; the run folder gets everything."""
-    from lmtune.config import load_config
     from lmtune.runtime.dist import Dist
+    from lmtune.train.output_dir import check_fresh
     from lmtune.train.run import run_training
 
-    cfg = load_config(config, overrides or [])  # validate before spawning workers
+    cfg = _load(config, overrides)  # validate before spawning workers
+    if "WORLD_SIZE" not in os.environ:  # once, before any worker starts
+        check_fresh(cfg.run.output_dir, resume=resume, overwrite=overwrite)
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         _launch_workers(nproc)
     try:
@@ -151,6 +195,14 @@ def train(
         _print_summary(summary)
         if summary.get("baselines"):
             _print_baselines(summary["baselines"])
+        _print_run_folder(Path(cfg.run.output_dir))
+
+
+def _print_run_folder(run: Path) -> None:
+    """The last lines of a run: where everything is, and the page to open."""
+    print(f"run folder: {run}", flush=True)
+    if (run / "report.html").is_file():
+        print(f"report: {run / 'report.html'}", flush=True)
 
 
 def _print_summary(summary: dict) -> None:
@@ -189,10 +241,9 @@ def tune(
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
     """Search hyperparameters (the config's search: block); each trial is a run folder."""
-    from lmtune.config import load_config
     from lmtune.search.hpo import run_search
 
-    run_search(load_config(config, overrides or []), resume=resume, quiet=quiet)
+    run_search(_load(config, overrides), resume=resume, quiet=quiet)
 
 
 @app.command("eval")
@@ -501,11 +552,10 @@ def pipeline(
     ] = False,
 ) -> None:
     """Train, test on held-out data, gate (config gate:), release into the registry; exit 3 when refused."""
-    from lmtune.config import load_config
     from lmtune.ops.pipeline import print_decision, run_pipeline
     from lmtune.runtime.dist import Dist
 
-    cfg = load_config(config, overrides or [])
+    cfg = _load(config, overrides)
     try:
         result = run_pipeline(cfg, quiet=quiet)
     finally:
@@ -675,13 +725,21 @@ def main() -> None:
     """Console-script entry point with the error policy described in the module docstring."""
     debug = "--debug" in sys.argv
     if not debug:
-        # transformers' per-load reports and download bars drown lmtune's own output.
-        from transformers.utils import logging as hf_logging
+        # transformers' per-load reports and download bars drown lmtune's own output. Said
+        # through the environment transformers reads when (and if) a command imports it:
+        # importing it here would cost seconds on every `lmtune --help`.
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        words = [a for a in sys.argv[1:] if not a.startswith("-")]
+        loads_models = bool(words) and words[0] not in ("config", "report", "registry")
+        if (loads_models and "--help" not in sys.argv) or "transformers" in sys.modules:
+            from transformers.utils import logging as hf_logging
 
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
+            hf_logging.set_verbosity_error()
+            hf_logging.disable_progress_bar()
+    flags_as_flags()
     try:
-        app(standalone_mode=False)
+        app(args=rewrite_argv(sys.argv[1:]), standalone_mode=False)
     except UserError as exc:
         # escape: messages quote config keys and extras in [brackets] that rich would eat as markup
         err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)

@@ -11,7 +11,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from lmtune.config_base import Strict
 from lmtune.config_eval import (  # noqa: F401 - sections are importable from lmtune.config too
@@ -289,11 +296,17 @@ class TrainConfig(Strict):
     epochs: float = Field(
         3.0, gt=0, description="Passes over the training data (ignored when max_steps > 0)."
     )
-    max_steps: int = Field(-1, description="Optimizer steps to run; -1 derives it from epochs.")
+    max_steps: int = Field(
+        -1, description="Optimizer steps to run; -1 derives it from epochs (0 is refused)."
+    )
     batch_size: int = Field(16, gt=0, description="Examples per micro-batch per process.")
     eval_batch_size: int = Field(64, gt=0, description="Examples per eval batch.")
     grad_accum: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
-    lr: float = Field(5e-5, gt=0, description="Peak learning rate.")
+    lr: float = Field(
+        5e-5,
+        gt=0,
+        description="Peak learning rate; unset: picked per adapter (lora/dora 2e-4, full 5e-5, head 1e-3).",
+    )
     head_lr: float | None = Field(
         None,
         gt=0,
@@ -360,6 +373,14 @@ class TrainConfig(Strict):
         "activations (less memory, about one more forward pass of time).",
     )
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
+
+    @field_validator("max_steps")
+    @classmethod
+    def _steps(cls, v: int) -> int:
+        # 0 used to mean "use epochs" silently; only -1 says that, so a typo cannot train 3 epochs.
+        if v == 0 or v < -1:
+            raise ValueError("must be a positive number of steps, or -1 to train for train.epochs")
+        return v
 
 
 class TrackingConfig(Strict):
@@ -495,8 +516,17 @@ class RLHFConfig(Strict):
     )
 
 
+#: train.lr when the config does not set it: adapters train best with a larger step than
+#: full fine-tuning (peft and TRL recipes use 1e-4..2e-4 for LoRA, 1e-5..5e-5 for full).
+DEFAULT_LR = {"lora": 2e-4, "dora": 2e-4, "full": 5e-5, "head": 1e-3}
+
+
 class Config(Strict):
     """A whole run. Every section has defaults, so a config only states what differs."""
+
+    # What loading did on the user's behalf (aliases read, task inferred, lr picked): the CLI
+    # prints these, `config show` as comments.
+    _notes: list[str] = PrivateAttr(default_factory=list)
 
     run: RunConfig = Field(default_factory=RunConfig, description="Run identity and output folder.")
     task: TaskName = Field(
@@ -552,6 +582,20 @@ class Config(Strict):
         default_factory=GateConfig,
         description="Release gate and model registry for `lmtune pipeline` (ignored by `lmtune train`).",
     )
+
+    @property
+    def notes(self) -> list[str]:
+        """What loading decided for the user (aliases, inferred task, lr per adapter)."""
+        return self._notes
+
+    @model_validator(mode="after")
+    def _lr_per_adapter(self) -> Config:
+        if "lr" not in self.train.model_fields_set:
+            lr = DEFAULT_LR[self.adapter.type]
+            # Not through validate_assignment: the dumped config must still say it was chosen
+            # here (a dump sets lr explicitly, so a reload keeps this value).
+            self.train.__dict__["lr"] = lr
+        return self
 
     @model_validator(mode="after")
     def _combinations(self) -> Config:
@@ -670,20 +714,36 @@ def _parse_value(raw: str) -> Any:
         return raw
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply `a.b.c=value` overrides in order onto a nested dict (returns the same dict)."""
+def apply_overrides(
+    data: dict[str, Any], overrides: list[str], notes: list[str] | None = None
+) -> dict[str, Any]:
+    """Apply `a.b.c=value` overrides in order onto a nested dict (returns the same dict).
+
+    Aliases (`learning_rate=1e-4`, config_aliases.py) set their canonical key, so an override
+    replaces the file's value however either spells it; each is noted in `notes`.
+    """
+    from lmtune.config_aliases import canonical_override_key, resolve, set_path
+
     for item in overrides:
         if "=" not in item:
             raise UserError(f"override '{item}' is not key=value (example: train.lr=1e-4)")
         key, raw = item.split("=", 1)
-        parts = key.strip().split(".")
-        node = data
-        for part in parts[:-1]:
-            if not isinstance(node.get(part), dict):
-                node[part] = {}
-            node = node[part]
-        node[parts[-1]] = _parse_value(raw)
+        key = key.strip()
+        alias = canonical_override_key(key)
+        if alias is None:
+            set_path(data, key, _parse_value(raw))
+            continue
+        for canonical, value in resolve(alias, _parse_value(raw)).items():
+            set_path(data, canonical, value)
+            if notes is not None:
+                notes.append(f"{canonical} (given as {key})")
     return data
+
+
+def _known_keys() -> list[str]:
+    """Every dotted key and section name (for "did you mean" suggestions)."""
+    keys = [k for k, _, _ in describe_fields()]
+    return list(dict.fromkeys([*keys, *(k.rsplit(".", 1)[0] for k in keys if "." in k)]))
 
 
 def _format_errors(err: ValidationError, source: str) -> str:
@@ -692,7 +752,11 @@ def _format_errors(err: ValidationError, source: str) -> str:
         path = ".".join(str(p) for p in e["loc"]) or "(top level)"
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling; `lmtune config show --fields` lists the keys)"
+            from lmtune.config_aliases import suggest
+
+            close = suggest(path, _known_keys())
+            hint = f"did you mean {' or '.join(close)}? " if close else "check the spelling; "
+            msg = f"unknown key ({hint}`lmtune config show --fields` lists the keys)"
         elif e["type"] == "literal_error":
             msg = f"{msg}, got {e.get('input')!r}"
         lines.append(f"  - {path}: {msg}")
@@ -725,11 +789,29 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
                 f"{p}: the top level must be a mapping of sections (run, model, data, train, ...)"
             )
         data = loaded
-    apply_overrides(data, list(overrides or []))
+    from lmtune.config_aliases import normalize, normalize_values
+
+    notes = normalize(data, source)
+    if path is not None and isinstance(data.get("run", {}), dict):
+        # A run named after its config file: report titles and logs say which run it is.
+        data.setdefault("run", {}).setdefault("name", Path(path).stem)
+    apply_overrides(data, list(overrides or []), notes)
+    notes += normalize_values(data)
+    if "task" not in data:
+        from lmtune.data.infer import infer_task
+
+        task, why = infer_task(data)
+        if task is not None:
+            data["task"] = task
+            notes.append(f"task {task} ({why}; set task: to choose another)")
     try:
-        return Config.model_validate(data)
+        cfg = Config.model_validate(data)
     except ValidationError as err:
         raise UserError(_format_errors(err, source)) from None
+    if "lr" not in cfg.train.model_fields_set:
+        notes.append(f"train.lr {cfg.train.lr:g} (the default for adapter {cfg.adapter.type})")
+    cfg._notes = notes
+    return cfg
 
 
 def dump_config(cfg: Config) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -235,3 +236,57 @@ def test_two_processes_share_the_dpo_reference_pass(tmp_path: Path) -> None:
         return next(e["loss"] for e in map(json.loads, lines) if e["event"] == "train")
 
     assert abs(first_loss("one") - first_loss("two")) < 1e-5
+
+
+def test_first_hour_habits_piped_log_and_a_rerun_into_the_same_folder(tmp_path: Path) -> None:
+    """TRL-style flags, no task: key, stdout piped (as under nohup/Slurm): plain lines, the
+    inferred task, the report path; a second run into the folder is refused with the fix."""
+    model_dir = tiny_causal_dir(tmp_path, "llama")
+    data = write_jsonl(tmp_path / "inst.jsonl", instruction_rows(40))
+    cfg = tmp_path / "mine.yaml"
+    cfg.write_text(f"base_model: {model_dir}\ndata: {{train: {data}, template: alpaca}}\n")
+    run = tmp_path / "run"
+    args = ["--config", str(cfg), "--output_dir", str(run), "--num_epochs", "1"]
+    r = lmtune("train", *args, "--learning_rate", "1e-2", "--cutoff_len", "160")
+    assert r.returncode == 0, r.stderr
+    assert "config: task sft (inferred from the instruction rows" in r.stderr
+    assert "config: train.lr (given as learning_rate)" in r.stderr
+    out = r.stdout.splitlines()
+    steps = [line for line in out if line.startswith("step ")]
+    assert steps and steps[0].startswith("step 1/") and "| epoch 1 | loss " in steps[0]
+    assert all(" tok/s | elapsed " in line and "| eta " in line for line in steps)
+    assert len(steps) == int(steps[0].split("/")[1].split()[0])  # a short run logs every step
+    evals = [line for line in out if line.startswith("eval step ")]
+    assert evals and re.search(r"eval_tokens \d+ eval_examples \d+$", evals[-1]), evals
+    assert any(line.startswith("precision: ") for line in out)
+    assert out[-2:] == [f"run folder: {run}", f"report: {run / 'report.html'}"]
+    config = json.loads((run / "model" / "lmtune_model.json").read_text())
+    assert config["task"] == "sft" and config["run_name"] == "mine"
+    r = lmtune("train", *args)
+    assert r.returncode == 2 and "holds a previous run" in r.stderr, r.stderr
+    assert "--resume" in r.stderr and "--overwrite" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_config_show_notes_aliases_and_bad_values_exit_2(tmp_path: Path) -> None:
+    r = lmtune("config", "show", "configs/demo.yaml", "--learning_rate", "1e-4", "lora_r=4")
+    assert r.returncode == 0, r.stderr
+    assert "lr: 0.0001" in r.stdout and "r: 4" in r.stdout
+    assert "# train.lr (given as learning_rate)" in r.stdout
+    assert "# adapter.r (given as lora_r)" in r.stdout
+    r = lmtune("config", "show", "train", "--fields")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines and all(line.startswith("train.") for line in lines)
+    lr = next(line for line in lines if line.startswith("train.lr\t"))
+    assert lr.endswith("(lora/dora 2e-4, full 5e-5, head 1e-3).")  # one line, never wrapped
+    r = lmtune("train", "--help")
+    assert r.returncode == 0 and "--resume" in r.stdout and "<bool>" not in r.stdout
+    r = lmtune("train", "configs/demo.yaml", "train.max_stepz=3")
+    assert r.returncode == 2 and "did you mean train.max_steps?" in r.stderr
+    r = lmtune("train", "configs/demo.yaml", "train.max_steps=0")
+    assert r.returncode == 2 and "train.max_steps" in r.stderr and "-1" in r.stderr
+    taken = tmp_path / "taken"
+    taken.write_text("a file")
+    r = lmtune("prepare", "configs/demo.yaml", f"run.output_dir={taken}")
+    assert r.returncode == 2 and f"run.output_dir {taken} is a file" in r.stderr
+    assert "Traceback" not in r.stderr

@@ -538,3 +538,41 @@ def test_load_folder_skips_damaged_lines_and_keeps_the_resumed_steps(tmp_path: P
     assert [e["step"] for e in folder.train_events] == [e["step"] for e in TRAIN]
     assert [e["loss"] for e in folder.train_events][-2:] == [0.42, 0.41]
     assert len(folder.eval_events) == len(EVALS)
+
+
+def test_counts_are_not_plotted_one_point_is_no_curve_and_the_title_is_never_run(
+    tmp_path: Path,
+) -> None:
+    from lmtune.report.collect import is_count
+
+    assert all(is_count(k) for k in ("eval_examples", "eval_tokens", "eval_pairs", "rows"))
+    assert not any(is_count(k) for k in ("eval_loss", "pairwise_accuracy", "reward_margin"))
+    evals = [
+        {
+            "event": "eval",
+            "step": s,
+            "eval_loss": 1.0 / s,
+            "pairwise_accuracy": 0.5,
+            "eval_pairs": 9,
+        }
+        for s in (1, 2)
+    ]
+    # Only the counts beside eval_loss: nothing to plot as an eval metric but the accuracy.
+    assert (
+        plots.eval_metrics_plot(
+            [{k: v for k, v in e.items() if k != "pairwise_accuracy"} for e in evals]
+        )
+        is None
+    )
+    one = [{"event": "train", "step": 1, "loss": 2.0, "lr": 1e-4}]
+    assert plots.loss_lr_plot(one, evals[:1]) is None  # a one-point chart is not drawn
+    assert plots.loss_lr_plot(one, evals) is not None  # two evaluations are a curve
+    assert plots.train_extras_plot([{"step": 1, "loss": 1.0, "reward": 0.3}]) is None
+    run = tmp_path / "my-run-folder"
+    run.mkdir()
+    (run / "config.yaml").write_text("run: {name: run}\ntask: sft\n")
+    assert load_folder(run).name == "my-run-folder"  # the default name says nothing
+    (run / "config.yaml").write_text("run: {name: sft_alpaca_lora}\ntask: sft\n")
+    assert load_folder(run).name == "sft_alpaca_lora"
+    html = write_report(run).read_text()
+    assert "<h1>sft_alpaca_lora</h1>" in html

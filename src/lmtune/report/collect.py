@@ -44,12 +44,9 @@ class Folder:
 
     @property
     def name(self) -> str:
-        """A title for the report: the run name, else the folder name."""
-        return str(
-            self.meta.get("run_name")
-            or (self.config.get("run") or {}).get("name")
-            or self.root.name
-        )
+        """A title for the report: the run name, else the folder name (never the default "run")."""
+        names = (self.meta.get("run_name"), (self.config.get("run") or {}).get("name"))
+        return str(next((n for n in names if n and n != "run"), None) or self.root.name)
 
 
 def read_json(path: Path) -> Any:
@@ -151,6 +148,17 @@ def load_folder(path: str | Path) -> Folder:
         if isinstance(found, dict) and found:
             folder.extras[name] = found
     return folder
+
+
+def is_count(key: str) -> bool:
+    """Whether a metric is a count (examples, tokens, pairs, rows), not a measurement: counts
+    are printed as integers and never plotted as metrics."""
+    return key.endswith(("_examples", "_tokens", "_pairs", "_rows", "_total", "total")) or key in (
+        "rows",
+        "pairs",
+        "examples",
+        "tokens",
+    )
 
 
 def scalar_metrics(metrics: dict[str, Any], skip: tuple[str, ...] = ()) -> dict[str, float]:

@@ -65,8 +65,8 @@ def loss_lr_plot(
     steps, loss = _series(train_events, "loss")
     ev_steps, ev_loss = _series(eval_events, "eval_loss")
     lr_steps, lr = _series(train_events, "lr")
-    if not loss and not ev_loss:
-        return None
+    if len(loss) < 2 and len(ev_loss) < 2:
+        return None  # one point is no curve (the metrics table shows it)
     with plt.rc_context(STYLE):
         fig, (ax1, ax2) = plt.subplots(
             1, 2, figsize=(10, 3.4), gridspec_kw={"width_ratios": [3, 2]}
@@ -139,7 +139,9 @@ def _panels(
 
 
 def _is_count(key: str) -> bool:
-    return key.endswith(("_examples", "_tokens", "_total", "total")) or key in ("rows", "pairs")
+    from lmtune.report.collect import is_count
+
+    return is_count(key)
 
 
 def eval_metrics_plot(eval_events: Sequence[dict[str, Any]]) -> bytes | None:
@@ -193,6 +195,8 @@ def train_extras_plot(train_events: Sequence[dict[str, Any]]) -> bytes | None:
             and isinstance(v, (int, float))
             and not isinstance(v, bool)
         ]
+    if len(train_events) < 2:
+        return None
     return _panels([(k, [k]) for k in keys[:9]], train_events, "Training measurements")
 
 

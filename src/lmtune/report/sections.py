@@ -6,7 +6,13 @@ from typing import Any
 
 from lmtune.report import plots
 from lmtune.report.calibration import expected_calibration_error, reliability_bins
-from lmtune.report.collect import Folder, headline, scalar_metrics, weight_average_text
+from lmtune.report.collect import (
+    Folder,
+    headline,
+    is_count,
+    scalar_metrics,
+    weight_average_text,
+)
 from lmtune.report.htmlkit import Styled, esc, facts, figure, fmt, kv_table, para, section, table
 
 #: Metrics shown first in the header tiles, when present.
@@ -170,7 +176,7 @@ def lower_is_better(metric: str) -> bool:
 
 def change(metric: str, after: float, before: Any) -> Styled | None:
     """after - before, coloured better/worse (None for counts and unknown before values)."""
-    if not isinstance(before, (int, float)) or metric.endswith(("_examples", "_tokens")):
+    if not isinstance(before, (int, float)) or is_count(metric):
         return None
     delta = after - float(before)
     good = delta < 0 if lower_is_better(metric) else delta > 0

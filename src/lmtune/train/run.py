@@ -213,11 +213,13 @@ def run_training(
     from lmtune.evaluate.forgetting import forgetting_on, start_forgetting
     from lmtune.models.adapters import head_module_names
     from lmtune.models.export import save_model
+    from lmtune.train.logging import describe_precision
     from lmtune.train.loop import TrainHooks, TrainInputs, train
 
     dist = Dist.get()
     run_dir = _open_run_dir(cfg, resume)
     parts = setup(cfg, run_dir)
+    dist.print(describe_precision(cfg.train.precision, dist.device))
     task, model, tokenizer, prepared = (
         parts["task"],
         parts["model"],
@@ -243,8 +245,12 @@ def run_training(
         )
         features += forget.replay
     if hasattr(task, "prepare_features"):
+        n_rows = len(features)
         features = task.prepare_features(features)
+        if len(features) != n_rows:  # packed: the loop counts sequences, not rows
+            _require_one_step(cfg, len(features), f"packed sequences (from {n_rows} rows)")
     report_ragged_tail(cfg, len(features), run_dir)
+    _set_log_cadence(cfg, len(features))
     eval_rows = prepared.splits.get("eval") or []
     if hasattr(task, "prepare_reference"):
         # DPO without an adapter to disable: reference log-probs of the still-untrained model,
@@ -297,8 +303,9 @@ def run_training(
 
 def _open_run_dir(cfg: Config, resume: bool) -> Path:
     """The run folder with this run's config.yaml; a fresh run starts new logs."""
-    run_dir = Path(cfg.run.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    from lmtune.train.output_dir import require_dir
+
+    run_dir = require_dir(cfg.run.output_dir)
     require_packages(cfg.tracking)  # a missing tensorboard/mlflow fails now, not after data prep
     if Dist.get().is_main:
         (run_dir / "config.yaml").write_text(dump_config(cfg))
@@ -362,6 +369,34 @@ def _write_results(
     write_run_outputs(run_dir)
     trackers.log_summary(summary, run_dir)
     return summary
+
+
+def _require_one_step(cfg: Config, n: int, what: str) -> None:
+    """UserError when `n` training sequences make less than one optimizer step."""
+    tc, world = cfg.train, Dist.get().world_size
+    if n >= tc.batch_size * tc.grad_accum * world:
+        return
+    from lmtune.errors import UserError
+
+    raise UserError(
+        f"train split has {n} {what}: fewer than one optimizer step (batch_size "
+        f"{tc.batch_size} x grad_accum {tc.grad_accum} x {world} process(es)); lower "
+        "train.batch_size or train.grad_accum, or add data"
+        + (", or turn data.packing off" if cfg.data.packing else "")
+    )
+
+
+def _set_log_cadence(cfg: Config, n: int) -> None:
+    """A short run logs its loss often enough to draw a curve, unless train.log_every is set."""
+    from lmtune.train.logging import auto_log_every
+
+    tc = cfg.train
+    if "log_every" in tc.model_fields_set:
+        return
+    per_epoch = n // (tc.batch_size * tc.grad_accum * Dist.get().world_size)
+    total = tc.max_steps if tc.max_steps > 0 else max(1, round(tc.epochs * per_epoch))
+    # Straight into the field: the saved config.yaml keeps the user's (unset) default.
+    tc.__dict__["log_every"] = auto_log_every(total, tc.log_every)
 
 
 @dataclass
