@@ -42,6 +42,7 @@ from lmtune.data.stages import (
     require_rows,
     validate_records,
 )
+from lmtune.data.truncate import cap_eval
 from lmtune.errors import UserError
 
 Rows = list[dict[str, Any]]
@@ -128,6 +129,7 @@ def _split(cfg: Config, fmt: str, pools: dict[str, Rows]) -> dict[str, Rows]:
         idx = group_split_indices(groups, eval_frac, test_frac, cfg.run.seed)
     else:
         idx = split_indices(len(train), eval_frac, test_frac, cfg.run.seed, strat)
+    idx = cap_eval(idx, cfg.data.split.max_eval_rows)
     splits = {"train": [train[i] for i in idx["train"]]}
     for s in ("eval", "test"):
         splits[s] = pools[s] if s in pools else [train[i] for i in idx[s]]

@@ -131,7 +131,7 @@ def train(
     # ---- plan: one optimizer step = grad_accum micro-batches x world_size processes
     micro_global = tc.batch_size * dist.world_size
     step_batch = micro_global * tc.grad_accum
-    lengths = [int(f["length"]) for f in train_features]
+    lengths = getattr(train_features, "lengths", None) or [int(f["length"]) for f in train_features]
     steps_per_epoch = len(train_features) // step_batch
     if steps_per_epoch < 1:
         from lmtune.errors import UserError
