@@ -141,6 +141,10 @@ def as_paths(value: str | list[str] | None) -> list[str]:
 
 def read_file(path: str, split: str = "train", limit: int | None = None) -> list[Record]:
     """Read one input into records (at most `limit`); UserError when it cannot be read at all."""
+    from lmtune.data import hub
+
+    if hub.is_hub(path):
+        return hub.records(path, split, limit)
     p = Path(path).expanduser()
     if not p.exists():
         raise UserError(
@@ -325,6 +329,10 @@ def _decode_bytes(row: dict[str, Any]) -> dict[str, Any]:
 
 def _read_dataset_dir(path: str, p: Path, split: str, limit: int | None) -> list[Record]:
     if not any((p / m).exists() for m in _DATASET_MARKERS):
+        from lmtune.data import hub
+
+        if hub.has_data_files(p):  # a data folder (or a dataset's own layout): load_dataset
+            return hub.records(path, split, limit)
         raise UserError(
             f"{path}: a folder, but not one written by datasets' save_to_disk (no "
             f"{', '.join(_DATASET_MARKERS)}); pass a file inside it instead; "

@@ -81,7 +81,12 @@ def _read_all(cfg: Config) -> dict[str, list[tuple[str, list[Record]]]]:
             "data.train is not set: point it at a file (jsonl, json, csv, tsv, txt, parquet) "
             "or a datasets save_to_disk folder"
         )
-    records = {s: [(p, read_file(p, s, cfg.data.limit)) for p in ps] for s, ps in files.items()}
+    if cfg.data.streaming:  # only the rows max_steps needs, split by a hash of each row
+        from lmtune.data.hub import rows_for_steps, stream_records
+
+        records = stream_records(cfg, rows_for_steps(cfg))
+    else:
+        records = {s: [(p, read_file(p, s, cfg.data.limit)) for p in ps] for s, ps in files.items()}
     for per_file in records.values():
         for path, recs in per_file:
             require_rows(path, recs)
