@@ -41,8 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
 MAX_LENGTH = 256
 
-PLAIN = (
-    r"""
+PLAIN = r"""
 import sys, time
 t0 = float(sys.argv[3])
 import datasets
@@ -50,13 +49,11 @@ from transformers import AutoTokenizer
 tok = AutoTokenizer.from_pretrained(sys.argv[2])
 def tokenize(batch):
     texts = [i + "\n" + o for i, o in zip(batch["instruction"], batch["output"])]
-    return tok(texts, truncation=True, max_length=%d)
+    return tok(texts, truncation=True, max_length=MAXLEN)
 ds = datasets.load_dataset("json", data_files=sys.argv[1], split="train")
 ds = ds.map(tokenize, batched=True, num_proc=2, remove_columns=ds.column_names)
 print("ROWS", len(ds), "SECONDS", time.time() - t0)
-"""
-    % MAX_LENGTH
-)
+""".replace("MAXLEN", str(MAX_LENGTH))
 
 
 def write_rows(path: Path, n: int, seed: int = 0) -> None:
