@@ -87,7 +87,8 @@ def _schema(sample: dict[str, Any]) -> tuple[dict[str, str], Any]:
         "bool": datasets.Value("bool"),
         "int64": datasets.Value("int64"),
         "float64": datasets.Value("float64"),
-        "ids": datasets.List(datasets.Value("int32")),
+        # datasets >= 4 names it List; 3.x only has Sequence.
+        "ids": getattr(datasets, "List", datasets.Sequence)(datasets.Value("int32")),
     }
     kinds = {k: kind for k, v in sample.items() if (kind := _kind(v)) is not None}
     cols = {k: types[kind] for k, kind in kinds.items()}
