@@ -116,6 +116,21 @@ def data_key(cfg: Config, tokenizer: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
+def _link_or_copy(src: Path, dst: Path, link: bool) -> None:
+    """dst as a hard link to src where possible (a million-row train.jsonl is hundreds of MB),
+    else a copy. Split files are only ever replaced whole (write + rename), never edited in
+    place, so the link cannot change the cache entry."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.unlink(missing_ok=True)
+    if link:
+        try:
+            os.link(src, dst)
+            return
+        except OSError:  # another filesystem, or links not allowed: copy
+            pass
+    shutil.copyfile(src, dst)
+
+
 @dataclass
 class CacheHit:
     """A complete cache entry: what prepare_data and the encoding would have produced."""
@@ -131,8 +146,7 @@ class CacheHit:
         for name in RUN_FILES + REPORT_FILES:
             src, dst = self.folder / "run" / name, run_dir / name
             if src.is_file():
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(src, dst)
+                _link_or_copy(src, dst, link=name.startswith("data/"))
             elif name.startswith("data/"):
                 dst.unlink(missing_ok=True)  # a stale split from an earlier run would mislead
         splits: dict[str, Any] = {"train": LazyRows(load_arrow(self.folder, "rows"))}
