@@ -26,6 +26,13 @@ for path in (str(SRC), str(TESTS)):
 # creates its consoles; subprocesses inherit it.
 os.environ.setdefault("COLUMNS", "250")
 
+# The data cache (lmtune.data.cache) of a test session lives in a fresh temporary folder:
+# never the user's ~/.cache, and no hit from an earlier session. Subprocesses inherit it.
+if "LMTUNE_CACHE_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["LMTUNE_CACHE_DIR"] = tempfile.mkdtemp(prefix="lmtune-test-cache-")
+
 # Tests run tiny models, where thread start-up and spin-waits dominate: on a busy 2-core box
 # one thread made the packing tests ~50x faster. OMP_NUM_THREADS, when set, wins.
 if "OMP_NUM_THREADS" not in os.environ:

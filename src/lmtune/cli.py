@@ -110,15 +110,17 @@ def prepare(config: ConfigArg, overrides: Overrides = None) -> None:
     """Load, validate, clean and split the data; write splits and data_report.json/.md."""
     from lmtune.config import dump_config
     from lmtune.data.pipeline import prepare_data
+    from lmtune.data.trainset import set_token_stats, token_lengths
     from lmtune.models.load import load_tokenizer
     from lmtune.train.output_dir import require_dir
-    from lmtune.train.run import text_length_fn
 
     cfg = _load(config, overrides)
     out = require_dir(cfg.run.output_dir)
     (out / "config.yaml").write_text(dump_config(cfg))
     tok = load_tokenizer(cfg.model)
-    prepared = prepare_data(cfg, out, length_fn=text_length_fn(tok), say=print)
+    prepared = prepare_data(cfg, out, say=print)
+    lengths = {s: token_lengths(tok, rows) for s, rows in prepared.splits.items()}
+    set_token_stats(out, prepared.report, lengths)  # batched: one tokenizer call per 1k rows
     sizes = ", ".join(f"{k} {len(v)}" for k, v in prepared.splits.items())
     console.print(f"format {prepared.format}; {sizes}")
     console.print(f"report: {out / 'data_report.md'}")

@@ -167,6 +167,11 @@ class SplitConfig(Strict):
     stratify: bool = Field(
         True, description="Keep label proportions equal across splits (classification)."
     )
+    max_eval_rows: int | None = Field(
+        2000,
+        gt=0,
+        description="Cap on the eval split taken out of train (the rest stays in train; said on the console); None: no cap. An eval file is never capped.",
+    )
     group_by: str | None = Field(
         None,
         description="Column whose rows stay together in one split (e.g. title: no article in two splits); eval/test take whole groups in a seeded order until they hold their share of rows; not stratified.",
@@ -186,6 +191,10 @@ class LeakageConfig(Strict):
     remove_from_train: bool = Field(False, description="Drop train rows that leak into eval/test.")
     threshold: float = Field(
         0.85, gt=0.0, le=1.0, description="Near-duplicate similarity threshold for leakage."
+    )
+    near: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Near-duplicate (MinHash) leakage: on, off (exact hashing only), or auto: on when clean.near_dedupe is on or train has at most 20,000 rows.",
     )
 
 
@@ -258,6 +267,22 @@ class DataConfig(Strict):
     encoding: str = Field(
         "utf-8",
         description="Text encoding of csv/tsv/jsonl/json/txt inputs (e.g. latin-1, cp1252); a byte-order mark is skipped.",
+    )
+    # Out-of-core data: encoding in worker processes, the on-disk cache, hub/streaming inputs.
+    num_proc: int = Field(
+        1, ge=1, description="Processes that tokenize (datasets.map num_proc) on a cache miss."
+    )
+    cache: bool = Field(
+        True,
+        description="Reuse prepared and tokenized data across runs (an Arrow cache keyed by the data files, tokenizer, template and every data/encoding setting).",
+    )
+    cache_dir: str | None = Field(
+        None,
+        description="Where the data cache lives; None: $LMTUNE_CACHE_DIR, else $XDG_CACHE_HOME/lmtune/data, else ~/.cache/lmtune/data.",
+    )
+    streaming: bool = Field(
+        False,
+        description="Read hf:// and datasets inputs as a stream, taking only the rows train.max_steps needs (eval/test by a hash of each row); needs train.max_steps.",
     )
 
 

@@ -11,9 +11,11 @@ from typing import Any
 import pytest
 
 from lmtune.config import Config
+from lmtune.data.encode import encode_split
 from lmtune.data.pipeline import prepare_data
+from lmtune.data.trainset import report_rejects
 from lmtune.errors import UserError
-from lmtune.train.run import encode_rows, report_ragged_tail
+from lmtune.train.run import report_ragged_tail
 
 
 def _jsonl(path: Path, rows: list[dict]) -> str:
@@ -125,7 +127,8 @@ def test_tokenization_rejects_and_ragged_tail_reach_the_report(
     run = tmp_path / "run"
     out = prepare_data(cfg, run, say=None)
     assert "No rows were dropped." in (run / "data_report.md").read_text()
-    feats = encode_rows(_Task(), out.splits["train"], run / "rejects.jsonl")
+    feats, rejected = encode_split(_Task(), out.splits["train"], run / "encoded")
+    report_rejects(rejected, run / "rejects.jsonl", len(out.splits["train"]))
     report_ragged_tail(cfg, len(feats), run)
     printed = capsys.readouterr().out
     assert "tokenize: dropped 2 row(s)" in printed

@@ -219,29 +219,35 @@ def find_leaks(
     shingle: int,
     num_perm: int,
     seed: int,
+    near: bool = True,
 ) -> list[Leak]:
     """Train rows that also occur (exactly or nearly) in another split; one Leak per row.
 
     Rows are (content key, text): the key decides exact overlap, the text is shingled.
+    near=False checks exact overlap only: no MinHash, which on large train splits costs
+    more time and memory than the rest of the check.
     """
     exact: dict[str, tuple[str, int]] = {}
     hasher = MinHasher(num_perm, shingle, seed)
     index = LSHIndex(num_perm, threshold)
     where: list[tuple[str, int]] = []
     for split, rows in others.items():
-        sigs = hasher.signatures([text for _, text in rows])
+        sigs = hasher.signatures([text for _, text in rows]) if near else None
         for j, (key, _) in enumerate(rows):
             exact.setdefault(key, (split, j))
-            index.add(len(where), sigs[j])
+            if sigs is not None:
+                index.add(len(where), sigs[j])
             where.append((split, j))
     leaks: list[Leak] = []
     if not where:
         return leaks
-    train_sigs = hasher.signatures([text for _, text in train])
+    train_sigs = hasher.signatures([text for _, text in train]) if near else None
     for i, (key, _) in enumerate(train):
         if key in exact:
             split, j = exact[key]
             leaks.append(Leak(i, split, j, "exact", 1.0))
+            continue
+        if train_sigs is None:
             continue
         match = index.best_match(train_sigs[i])
         if match is not None:

@@ -148,6 +148,10 @@ def read_file(
 
     `encoding` (data.encoding) decodes text files; parquet and saved datasets carry their own.
     """
+    from lmtune.data import hub
+
+    if hub.is_hub(path):
+        return hub.records(path, split, limit)
     p = Path(path).expanduser()
     if not p.exists():
         raise UserError(
@@ -400,6 +404,10 @@ def _decode_bytes(row: dict[str, Any]) -> dict[str, Any]:
 
 def _read_dataset_dir(path: str, p: Path, split: str, limit: int | None) -> list[Record]:
     if not any((p / m).exists() for m in _DATASET_MARKERS):
+        from lmtune.data import hub
+
+        if hub.has_data_files(p):  # a data folder (or a dataset's own layout): load_dataset
+            return hub.records(path, split, limit)
         raise UserError(
             f"{path}: a folder, but not one written by datasets' save_to_disk (no "
             f"{', '.join(_DATASET_MARKERS)}); pass a file inside it instead; "

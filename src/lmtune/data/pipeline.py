@@ -43,6 +43,7 @@ from lmtune.data.stages import (
     require_rows,
     validate_records,
 )
+from lmtune.data.truncate import cap_eval
 from lmtune.errors import UserError
 
 Rows = list[dict[str, Any]]
@@ -81,10 +82,15 @@ def _read_all(cfg: Config) -> dict[str, list[tuple[str, list[Record]]]]:
             "data.train is not set: point it at a file (jsonl, json, csv, tsv, txt, parquet) "
             "or a datasets save_to_disk folder"
         )
-    records = {
-        s: [(p, read_file(p, s, cfg.data.limit, cfg.data.encoding)) for p in ps]
-        for s, ps in files.items()
-    }
+    if cfg.data.streaming:  # only the rows max_steps needs, split by a hash of each row
+        from lmtune.data.hub import rows_for_steps, stream_records
+
+        records = stream_records(cfg, rows_for_steps(cfg))
+    else:
+        records = {
+            s: [(p, read_file(p, s, cfg.data.limit, cfg.data.encoding)) for p in ps]
+            for s, ps in files.items()
+        }
     for per_file in records.values():
         for path, recs in per_file:
             require_rows(path, recs)
@@ -132,6 +138,7 @@ def _split(cfg: Config, fmt: str, pools: dict[str, Rows]) -> dict[str, Rows]:
         idx = group_split_indices(groups, eval_frac, test_frac, cfg.run.seed)
     else:
         idx = split_indices(len(train), eval_frac, test_frac, cfg.run.seed, strat)
+    idx = cap_eval(idx, cfg.data.split.max_eval_rows)
     splits = {"train": [train[i] for i in idx["train"]]}
     for s in ("eval", "test"):
         splits[s] = pools[s] if s in pools else [train[i] for i in idx[s]]

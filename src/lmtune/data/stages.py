@@ -27,6 +27,7 @@ from lmtune.data.formats import (
 )
 from lmtune.data.io import Record, Reject
 from lmtune.data.split import balance
+from lmtune.data.truncate import announce_truncated, char_limit, truncate_row
 from lmtune.errors import UserError
 
 ORIGIN = "__origin"  # (file, line, original row) while the pipeline runs; stripped on output
@@ -168,6 +169,9 @@ def clean_pool(
     if fmt in PREFERENCE:
         rows = drop_ties(rows, rejects, cfg.preference.ties == "keep")
     kept = []
+    # QA splits long contexts into windows and uses all of them: never cut its rows.
+    limit = None if cfg.task == "qa" else char_limit(cfg.model.max_length)
+    cut = 0
     for row in rows:
         try:
             cleaner(row, fmt)
@@ -178,7 +182,11 @@ def clean_pool(
         if problem is not None:
             rejects.append(reject_row(row, problem, "length"))
             continue
+        if limit is not None and truncate_row(row, limit):
+            cut += 1
         kept.append(row)
+    if limit is not None:
+        announce_truncated(cut, limit, cfg.model.max_length)
     if c.dedupe:
         labels = [r["label"] for r in kept] if fmt in LABELLED else None
         dups, conflicts = dd.exact_dedupe([content_key(r, fmt) for r in kept], labels)
@@ -234,13 +242,15 @@ def check_leakage(
     if not lc.check or not others:
         return {"checked": False}
     train = splits["train"]
+    near = near_leakage(cfg, len(train))
     leaks = dd.find_leaks(
-        [(content_key(r, fmt), main_text(r, fmt)) for r in train],
+        [(content_key(r, fmt), main_text(r, fmt) if near else "") for r in train],
         {s: [(content_key(r, fmt), main_text(r, fmt)) for r in rows] for s, rows in others.items()},
         lc.threshold,
         nd.shingle,
         nd.num_perm,
         cfg.run.seed,
+        near=near,
     )
     section = dd.summarize_leaks(
         leaks,
@@ -250,6 +260,7 @@ def check_leakage(
         lc.remove_from_train,
     )
     section["threshold"] = lc.threshold
+    section["near"] = near
     if lc.remove_from_train and leaks:
         for lk in leaks:
             other = others[lk.split][lk.other]["_source"]
@@ -265,6 +276,28 @@ def check_leakage(
         drop = {lk.index for lk in leaks}
         splits["train"] = [r for i, r in enumerate(train) if i not in drop]
     return section
+
+
+# Above this many train rows, leakage.near auto checks exact overlap only (MinHash over every
+# train row took about a quarter of `prepare` at 200k rows).
+NEAR_LEAKAGE_AUTO_ROWS = 20_000
+
+
+def near_leakage(cfg: Config, n_train: int) -> bool:
+    """Whether the leakage check also looks for near duplicates (MinHash); says so when not."""
+    mode = cfg.data.leakage.near
+    if mode != "auto":
+        return mode == "on"
+    if cfg.data.clean.near_dedupe.enabled or n_train <= NEAR_LEAKAGE_AUTO_ROWS:
+        return True
+    from lmtune.train.dist import Dist
+
+    Dist.get().print(
+        f"leakage check: exact overlap only ({n_train:,} train rows > "
+        f"{NEAR_LEAKAGE_AUTO_ROWS:,} and clean.near_dedupe is off); data.leakage.near: on "
+        "adds near duplicates"
+    )
+    return False
 
 
 def check_balance_config(cfg: Config, fmt: str, mapping: dict[str, str]) -> None:

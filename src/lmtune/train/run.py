@@ -7,9 +7,7 @@ no logic of its own beyond the order of the steps.
 from __future__ import annotations
 
 import json
-import re
 import tempfile
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,89 +21,6 @@ from lmtune.runtime.dist import Dist
 from lmtune.train.checkpoint import assert_finite
 from lmtune.train.logging import finite_json
 from lmtune.train.tracking import Trackers, open_trackers, require_packages
-
-
-def text_length_fn(tokenizer: Any):
-    """Token count of a canonical row's text fields (for the data report's length stats)."""
-
-    def fn(row: dict[str, Any]) -> int:
-        if "messages" in row:
-            parts = [m["content"] for m in row["messages"]]
-        elif "prompt" in row:  # a preference pair (the prompt and its longer response), or a prompt
-            prompt = row["prompt"]
-            prompt = " ".join(m["content"] for m in prompt) if isinstance(prompt, list) else prompt
-            parts = [prompt] + (
-                [max(row["chosen"], row["rejected"], key=len)] if "chosen" in row else []
-            )
-        else:
-            parts = [
-                row[k]
-                for k in (
-                    "text",
-                    "text_pair",
-                    "instruction",
-                    "input",
-                    "output",
-                    "question",
-                    "context",
-                )
-                if row.get(k)
-            ]
-        return len(tokenizer(" ".join(parts), add_special_tokens=False)["input_ids"])
-
-    return fn
-
-
-def encode_rows(
-    task: Any, rows: list[dict[str, Any]], rejects_path: Path | None
-) -> list[dict[str, Any]]:
-    """Encode rows; rows the task cannot encode (no room for a response) are rejected, not lost."""
-    feats, rejected = [], []
-    for row in rows:
-        try:
-            feat = task.encode(row)
-        except ValueError as exc:
-            rejected.append(
-                {
-                    "source": row.get("_source"),
-                    "reason": str(exc),
-                    "stage": "tokenize",
-                    "row": {k: v for k, v in row.items() if not k.startswith("_")},
-                }
-            )
-            continue
-        if isinstance(feat, list):  # qa: one row -> one feature per window of a long context
-            feats.extend(feat)
-        else:
-            feats.append(feat)
-    if rejected and rejects_path is not None:
-        with rejects_path.open("a", encoding="utf-8") as f:
-            for r in rejected:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    if rejected:
-        Dist.get().print(
-            f"tokenize: dropped {len(rejected)} row(s) (e.g. {rejected[0]['source']}: "
-            f"{rejected[0]['reason']}); each one is in {rejects_path}"
-        )
-    if rows and not feats:
-        from lmtune.errors import UserError
-
-        raise UserError(
-            f"all {len(rows)} rows were rejected at tokenization, e.g. "
-            f"{rejected[0]['source']}: {rejected[0]['reason']}; raise model.max_length "
-            "or shorten the prompts"
-        )
-    if rejects_path is not None:
-        by_reason = Counter(_reason_kind(r["reason"]) for r in rejected)
-        add_tokenize_section(
-            rejects_path.parent, {"rejected": len(rejected), "by_reason": dict(by_reason)}
-        )
-    return feats
-
-
-def _reason_kind(reason: str) -> str:
-    # Reasons carry row-specific numbers ("prompt has 700 tokens"); count them by their words.
-    return re.sub(r"\d+", "N", reason)[:120]
 
 
 def report_ragged_tail(cfg: Config, n_examples: int, run_dir: Path) -> None:
@@ -134,7 +49,7 @@ def setup(cfg: Config, run_dir: Path, for_training: bool = True) -> dict[str, An
     """Tokenizer, prepared data, task and model with its adapter: everything train/eval need."""
     from transformers import set_seed
 
-    from lmtune.data.pipeline import prepare_data
+    from lmtune.data.trainset import prepare_cached
     from lmtune.models.adapters import apply_adapter, count_parameters
     from lmtune.models.load import load_model, load_tokenizer
     from lmtune.tasks import build_task
@@ -144,7 +59,8 @@ def setup(cfg: Config, run_dir: Path, for_training: bool = True) -> dict[str, An
     tokenizer = load_tokenizer(cfg.model, for_training=for_training)
     # Every process prepares the same data (it is deterministic); only rank 0 keeps the files.
     data_dir = run_dir if dist.is_main else Path(tempfile.mkdtemp(prefix="lmtune-rank"))
-    prepared = prepare_data(cfg, data_dir, length_fn=text_length_fn(tokenizer), say=dist.print)
+    # From the data cache when this data, tokenizer and these settings were prepared before.
+    prepared, data_plan = prepare_cached(cfg, tokenizer, data_dir)
     if cfg.task == "classification" and not prepared.labels:
         from lmtune.errors import UserError
 
@@ -173,6 +89,8 @@ def setup(cfg: Config, run_dir: Path, for_training: bool = True) -> dict[str, An
     return {
         "tokenizer": tokenizer,
         "prepared": prepared,
+        "data_dir": data_dir,
+        "data_plan": data_plan,
         "task": task,
         "model": model,
         "params": {"trainable": trainable, "total": total},
@@ -234,8 +152,17 @@ def run_training(
     if hasattr(task, "model_meta"):  # qa: decoding settings that eval/predict must reuse
         meta.update(task.model_meta())
 
-    features = encode_rows(
-        task, prepared.splits["train"], run_dir / "rejects.jsonl" if dist.is_main else None
+    from lmtune.data.trainset import encode_train
+
+    # Arrow, memory-mapped: encoded once with data.num_proc workers, then cached.
+    features = encode_train(
+        cfg,
+        task,
+        tokenizer,
+        prepared,
+        parts["data_dir"],
+        parts["data_plan"],
+        run_dir / "rejects.jsonl" if dist.is_main else None,
     )
     forget = None
     if forgetting_on(cfg):  # the reference measured before training; L2-SP/EWC anchors; replay rows
@@ -243,7 +170,9 @@ def run_training(
         forget = start_forgetting(
             cfg, model, tokenizer, head_module_names(model), len(features), dist.is_main
         )
-        features += forget.replay
+        features = features + forget.replay
+    if hasattr(task, "prepare_reference"):
+        features = features.to_list()  # DPO fills reference log-probs into each feature
     if hasattr(task, "prepare_features"):
         n_rows = len(features)
         features = task.prepare_features(features)

@@ -176,7 +176,9 @@ def setup(inp: TrainInputs, hooks: TrainHooks) -> Run:
         eval_dtype=eval_dtype,
         micro_global=micro_global,
         step_batch=step_batch,
-        lengths=[int(f["length"]) for f in inp.train_features],
+        # Arrow-backed features give the length column at once, without reading the rows.
+        lengths=getattr(inp.train_features, "lengths", None)
+        or [int(f["length"]) for f in inp.train_features],
         total_steps=total_steps,
         average=average,
         log=MetricsLog(inp.run_dir / "metrics.jsonl", enabled=dist.is_main, forward=hooks.on_log),

@@ -1,0 +1,179 @@
+"""lmtune's data path at scale vs plain `datasets`, and a second run from the data cache.
+
+On N synthetic instruction rows (a 10-40-word instruction, a 30-150-word output; N = 1M by
+default) with one tokenizer (the MiniLM WordPiece vocabulary, 30,522 tokens, on a random
+4-layer Llama: examples/make_tiny_llama.py), three timed commands, each in its own process
+tree, back to back:
+
+  plain    datasets.load_dataset("json") + .map(tokenize, batched=True, num_proc=2): the
+           tokenization a user would write by hand (instruction + output, truncation to
+           max_length), nothing else. Time from process start to the end of map().
+  first    `lmtune train` (SFT, LoRA, alpaca template, max_length 256, data.num_proc 2, the
+           default cleaning: normalisation, PII redaction, exact dedupe, split, leakage),
+           cold cache: time from the command to the first optimizer step (its metrics.jsonl
+           event). The process is stopped there.
+  second   the same command again: a data cache hit. Time to the first optimizer step.
+
+Peak RSS is the largest sum of the resident memory of the process and all its children
+(datasets' map workers included), sampled every 0.1 s from /proc via psutil.
+Targets (issue 14): first within 2x of plain; peak RSS under 3 GB; second under 15 s.
+
+Usage
+  .venv/bin/python benchmarks/bench_data.py                 # 1,000,000 rows
+  .venv/bin/python benchmarks/bench_data.py --rows 200000
+  .venv/bin/python benchmarks/bench_data.py --rows 2000 --out /tmp/b.json   # a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "examples"))
+MAX_LENGTH = 256
+
+PLAIN = r"""
+import sys, time
+t0 = float(sys.argv[3])
+import datasets
+from transformers import AutoTokenizer
+tok = AutoTokenizer.from_pretrained(sys.argv[2])
+def tokenize(batch):
+    texts = [i + "\n" + o for i, o in zip(batch["instruction"], batch["output"])]
+    return tok(texts, truncation=True, max_length=MAXLEN)
+ds = datasets.load_dataset("json", data_files=sys.argv[1], split="train")
+ds = ds.map(tokenize, batched=True, num_proc=2, remove_columns=ds.column_names)
+print("ROWS", len(ds), "SECONDS", time.time() - t0)
+""".replace("MAXLEN", str(MAX_LENGTH))
+
+
+def write_rows(path: Path, n: int, seed: int = 0) -> None:
+    """n instruction rows: 10-40-word instructions, 30-150-word outputs, from 5,000 words."""
+    rng = random.Random(seed)
+    words = [f"w{chr(97 + i % 26)}{i}" for i in range(5000)]
+    with path.open("w", encoding="utf-8") as f:
+        for i in range(n):
+            ins = " ".join(rng.choices(words, k=rng.randint(10, 40)))
+            out = " ".join(rng.choices(words, k=rng.randint(30, 150)))
+            f.write(json.dumps({"instruction": f"{ins} ({i})", "output": out}) + "\n")
+
+
+def tree_rss(proc: Any) -> int:
+    """Resident bytes of a psutil.Process and all its descendants (0 once gone)."""
+    import psutil
+
+    total = 0
+    try:
+        for p in [proc, *proc.children(recursive=True)]:
+            try:
+                total += p.memory_info().rss
+            except psutil.Error:
+                pass
+    except psutil.Error:
+        return 0
+    return total
+
+
+def run_timed(cmd: list[str], env: dict[str, str], until: Any = None) -> dict[str, Any]:
+    """Run cmd; seconds until `until()` is true (else until it exits) and peak tree RSS."""
+    import psutil
+
+    t0 = time.time()
+    popen = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc, peak, done_at = psutil.Process(popen.pid), 0, None
+    while popen.poll() is None:
+        peak = max(peak, tree_rss(proc))
+        if until is not None and until():
+            done_at = time.time() - t0
+            for p in proc.children(recursive=True):
+                p.kill()
+            popen.kill()
+            break
+        time.sleep(0.1)
+    out = popen.communicate()[0].decode(errors="replace")
+    if done_at is None:
+        if popen.returncode != 0 or until is not None:
+            raise SystemExit(f"bench_data: {' '.join(cmd[:4])} failed:\n{out[-4000:]}")
+        done_at = time.time() - t0
+    return {"seconds": round(done_at, 1), "peak_rss_gb": round(peak / 2**30, 2), "log": out}
+
+
+def first_step(run_dir: Path) -> Any:
+    """A predicate: metrics.jsonl of run_dir holds a train event (the first optimizer step)."""
+
+    def check() -> bool:
+        log = run_dir / "metrics.jsonl"
+        return log.is_file() and '"event": "train"' in log.read_text(errors="replace")
+
+    return check
+
+
+def write_config(work: Path, model: Path, data: Path, run: str) -> Path:
+    import yaml
+
+    cfg = {
+        "task": "sft",
+        "run": {"output_dir": str(work / run), "seed": 0},
+        "model": {"name_or_path": str(model), "max_length": MAX_LENGTH},
+        "adapter": {"type": "lora"},
+        "data": {"train": str(data), "format": "instruction", "template": "alpaca", "num_proc": 2},
+        "train": {"max_steps": 5, "batch_size": 8, "eval_before": False, "log_every": 1},
+    }
+    path = work / f"{run}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "bench_data.json"))
+    ap.add_argument("--work", default=None, help="work folder (default: a temporary one)")
+    args = ap.parse_args()
+    from make_tiny_llama import save_tiny_llama
+
+    work = Path(args.work or tempfile.mkdtemp(prefix="bench-data-"))
+    work.mkdir(parents=True, exist_ok=True)
+    data = work / "rows.jsonl"
+    write_rows(data, args.rows)
+    model = save_tiny_llama(work / "tiny-llama")
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT / "src"),
+        "LMTUNE_CACHE_DIR": str(work / "lmtune-cache"),
+        "HF_DATASETS_CACHE": str(work / "hf-cache"),  # a cold datasets cache for `plain`
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    py = sys.executable
+    results: dict[str, Any] = {"rows": args.rows, "bytes": data.stat().st_size}
+    script = work / "plain.py"
+    script.write_text(PLAIN)
+    results["plain"] = run_timed([py, str(script), str(data), str(model), str(time.time())], env)
+    for run in ("first", "second"):
+        cfg = write_config(work, model, data, run)
+        cmd = [py, "-m", "lmtune", "train", str(cfg)]
+        results[run] = run_timed(cmd, env, until=first_step(work / run))
+    logs = {k: results[k].pop("log") for k in ("plain", "first", "second")}
+    ratio = results["first"]["seconds"] / results["plain"]["seconds"]
+    results["first_over_plain"] = round(ratio, 2)
+    results["cache_hit_line"] = "data cache hit" in logs["second"]
+    print(f"{args.rows:,} rows ({results['bytes'] / 2**20:.0f} MiB of JSON lines)")
+    print(f"{'':8} {'seconds':>8} {'peak RSS GB':>12}")
+    for k in ("plain", "first", "second"):
+        print(f"{k:8} {results[k]['seconds']:>8} {results[k]['peak_rss_gb']:>12}")
+    print(f"ratio first/plain {ratio:.2f}; second run cache hit: {results['cache_hit_line']}")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+"""task.encode over a whole split, batched through datasets.map into Arrow files.
+
+Rows go in as one JSON string per row (write_rows), features come out as Arrow columns that
+FeatureSet reads lazily. Worker processes (data.num_proc) each append the rows their task
+refused (ValueError from encode: no room for a response within max_length, ...) to their own
+rejects file; the shards are contiguous, so reading the files in shard order gives the
+rejects in row order.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from lmtune.data.features import EXTRA, FeatureSet, load_arrow, write_rows
+
+BATCH = 1000  # rows per map() call: big enough to amortise Arrow conversion, small in memory
+
+
+def _reject(row: dict[str, Any], exc: Exception) -> dict[str, Any]:
+    """A rejects.jsonl entry for a row task.encode refused (same shape as before batching)."""
+    return {
+        "source": row.get("_source"),
+        "reason": str(exc),
+        "stage": "tokenize",
+        "row": {k: v for k, v in row.items() if not k.startswith("_")},
+    }
+
+
+def _kind(v: Any) -> str | None:
+    """The typed column kind a value fits (None: it travels in the JSON column)."""
+    if isinstance(v, bool):
+        return "bool"
+    if isinstance(v, int):
+        return "int64"
+    if isinstance(v, float):
+        return "float64"
+    if isinstance(v, list) and v and all(type(x) is int for x in v):
+        return "ids"
+    return None
+
+
+class _EncodeBatch:
+    """The map() function: a class, so worker processes get the task by pickling once."""
+
+    def __init__(self, task: Any, kinds: dict[str, str], rejects_dir: Path) -> None:
+        self.task, self.kinds, self.rejects_dir = task, kinds, rejects_dir
+
+    def __call__(self, batch: dict[str, list[Any]], rank: int | None) -> dict[str, list[Any]]:
+        out: dict[str, list[Any]] = {k: [] for k in [*self.kinds, EXTRA]}
+        rejected = []
+        for text in batch["row"]:
+            row = json.loads(text)
+            try:
+                feat = self.task.encode(row)
+            except ValueError as exc:
+                rejected.append(_reject(row, exc))
+                continue
+            for f in feat if isinstance(feat, list) else [feat]:  # qa: one per window
+                self._add(out, f)
+        if rejected:
+            path = self.rejects_dir / f"rejects-{rank or 0:05d}.jsonl"
+            with path.open("a", encoding="utf-8") as fh:
+                for r in rejected:
+                    fh.write(json.dumps(r, ensure_ascii=False) + "\n")
+        return out
+
+    def _add(self, out: dict[str, list[Any]], feat: dict[str, Any]) -> None:
+        rest = {}
+        for k, v in feat.items():
+            kind = self.kinds.get(k)
+            if kind is not None and (_kind(v) == kind or (kind == "ids" and v == [])):
+                continue
+            rest[k] = v  # a key or a type the typed columns do not hold: kept exactly
+        for k in self.kinds:
+            out[k].append(None if k in rest or k not in feat else feat[k])
+        out[EXTRA].append(json.dumps(rest) if rest else None)
+
+
+def _schema(sample: dict[str, Any]) -> tuple[dict[str, str], Any]:
+    """Typed columns from one encoded feature: token ids as int32 (int64 would double the
+    cache for no use); values of other types go to the JSON column."""
+    import datasets
+
+    types = {
+        "bool": datasets.Value("bool"),
+        "int64": datasets.Value("int64"),
+        "float64": datasets.Value("float64"),
+        # datasets >= 4 names it List; 3.x only has Sequence.
+        "ids": getattr(datasets, "List", datasets.Sequence)(datasets.Value("int32")),
+    }
+    kinds = {k: kind for k, v in sample.items() if (kind := _kind(v)) is not None}
+    cols = {k: types[kind] for k, kind in kinds.items()}
+    cols[EXTRA] = datasets.Value("large_string")
+    return kinds, datasets.Features(cols)
+
+
+def _first_feature(task: Any, rows: Any) -> dict[str, Any] | None:
+    for row in rows:
+        try:
+            feat = task.encode(row)
+        except ValueError:
+            continue
+        feat = feat[0] if isinstance(feat, list) and feat else feat
+        if isinstance(feat, dict):
+            return feat
+    return None
+
+
+def encode_split(
+    task: Any, rows: Any, folder: Path, num_proc: int = 1
+) -> tuple[FeatureSet, list[dict[str, Any]]]:
+    """Encode rows into folder/features*.arrow; returns the features and the rejects.
+
+    folder also receives rows.arrow (the rows as JSON, what a cache hit reads back) and the
+    workers' rejects files. Rows that encode to nothing are rejects, never silently lost.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    write_rows(folder / "rows.arrow", rows)
+    source = load_arrow(folder, "rows")
+    sample = _first_feature(task, rows[:BATCH] if len(rows) > BATCH else rows)
+    kinds, schema = _schema(sample or {"length": 0})
+    rejects_dir = folder / "rejects"
+    rejects_dir.mkdir(exist_ok=True)
+    ds = source.map(
+        _EncodeBatch(task, kinds, rejects_dir),
+        batched=True,
+        batch_size=BATCH,
+        with_rank=True,
+        num_proc=num_proc if num_proc > 1 and len(rows) >= 2 * BATCH else None,
+        remove_columns=["row"],
+        features=schema,
+        cache_file_name=str(folder / "features.arrow"),
+        load_from_cache_file=False,
+        new_fingerprint=f"lmtune-encode-{folder.name}",  # skip hashing the task and tokenizer
+        desc="tokenizing",
+    )
+    rejects = [
+        json.loads(line)
+        for f in sorted(rejects_dir.glob("rejects-*.jsonl"))
+        for line in f.read_text(encoding="utf-8").splitlines()
+        if line
+    ]
+    return FeatureSet(ds), rejects
