@@ -290,7 +290,7 @@ def near_leakage(cfg: Config, n_train: int) -> bool:
         return mode == "on"
     if cfg.data.clean.near_dedupe.enabled or n_train <= NEAR_LEAKAGE_AUTO_ROWS:
         return True
-    from lmtune.train.dist import Dist
+    from lmtune.runtime.dist import Dist
 
     Dist.get().print(
         f"leakage check: exact overlap only ({n_train:,} train rows > "

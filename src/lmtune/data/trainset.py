@@ -31,7 +31,7 @@ class DataPlan:
 
 
 def _say(msg: str) -> None:
-    from lmtune.train.dist import Dist
+    from lmtune.runtime.dist import Dist
 
     Dist.get().print(msg)
 
@@ -152,7 +152,7 @@ def encode_train(
         if prepared.splits.get(s):
             lengths[s] = token_lengths(tokenizer, prepared.splits[s])
     set_token_stats(Path(out_dir), prepared.report, lengths)
-    from lmtune.train.dist import Dist
+    from lmtune.runtime.dist import Dist
 
     # Only the main process publishes: the others hold no rejects.jsonl of their own.
     final = None

@@ -61,7 +61,7 @@ def announce_truncated(count: int, limit: int, max_length: int) -> None:
     """The console line for rows cut by truncate_row (nothing when none were)."""
     if not count:
         return
-    from lmtune.train.dist import Dist
+    from lmtune.runtime.dist import Dist
 
     Dist.get().print(
         f"{count:,} row(s) have a text field over {2 * limit:,} characters, more than "
@@ -79,7 +79,7 @@ def cap_eval(idx: dict[str, list[int]], cap: int | None) -> dict[str, list[int]]
     ev = idx["eval"]
     if cap is None or len(ev) <= cap:
         return idx
-    from lmtune.train.dist import Dist
+    from lmtune.runtime.dist import Dist
 
     # idx["eval"] is sorted; an evenly spaced subset keeps the split's seeded randomness and
     # its label proportions (stratified splits interleave labels across the index range).
