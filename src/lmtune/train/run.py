@@ -124,7 +124,9 @@ def setup(cfg: Config, run_dir: Path, for_training: bool = True) -> dict[str, An
         num_labels=len(prepared.labels or []) or None,
         labels=prepared.labels,
     )
-    model = apply_adapter(model, cfg.adapter, cfg.task)
+    # A quantized base is prepared for k-bit training there (checkpointing when switched on).
+    checkpointing = bool(getattr(cfg.train, "gradient_checkpointing", False))
+    model = apply_adapter(model, cfg.adapter, cfg.task, gradient_checkpointing=checkpointing)
     trainable, total = count_parameters(model)
     dist.print(
         f"model {cfg.model.name_or_path}: {trainable:,} of {total:,} parameters trainable "
@@ -151,6 +153,8 @@ def model_meta(cfg: Config, prepared: Any) -> dict[str, Any]:
         "adapter": cfg.adapter.type,
         "run_name": cfg.run.name,
         "pooling": cfg.model.pooling,
+        # A QLoRA adapter is reloaded on the same quantized base it was trained on.
+        "quantization": cfg.model.quantization.model_dump() if cfg.model.quantization else None,
     }
 
 
