@@ -27,9 +27,11 @@ from lmtune.config import Config
 from lmtune.tasks.base import Task
 from lmtune.train import checkpoint as ckpt
 from lmtune.train.averaging import WeightAverage, averaging_start
+from lmtune.train.device_stats import device_summary
 from lmtune.train.dist import Dist
 from lmtune.train.logging import MetricsLog, Progress, peak_rss_mb
 from lmtune.train.optim import build_optimizer
+from lmtune.train.precision import grad_scaler, optimizer_step, precision_name, scaled
 from lmtune.train.schedule import lr_lambda, param_groups, warmup_steps
 
 
@@ -70,11 +72,11 @@ def split_step(step: list[int], lengths: list[int], micro: int) -> list[list[int
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast dtype or None for fp32; `auto` picks bf16 only where it is native."""
+    """bf16/fp16 autocast dtype or None for fp32; `auto` picks bf16 only where it is native."""
     if precision == "fp32":
         return None
-    if precision == "bf16":
-        return torch.bfloat16
+    if precision in ("bf16", "fp16"):
+        return torch.bfloat16 if precision == "bf16" else torch.float16
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
     # On CPUs without native bf16 (AVX512-BF16 / AMX), emulated bf16 is slower than fp32.
@@ -123,6 +125,7 @@ def train(
     device = dist.device
     model.to(device)
     amp_dtype = resolve_precision(tc.precision, device)
+    scaler = grad_scaler(amp_dtype, device)  # fp16 only: dynamic loss scaling
     # Evaluations pick the kept checkpoint: by default they run in fp32, as every later reading
     # of the saved weights does (eval, serve, test split), not under the training autocast.
     eval_dtype = amp_dtype if tc.eval_precision == "train" else None
@@ -284,7 +287,7 @@ def train(
                     m = {k: v.to(device) if torch.is_tensor(v) else v for k, v in m.items()}
                     with _autocast(device, amp_dtype):
                         loss_sum, _ = task.loss(model, m)
-                    (loss_sum.float() / units).backward()
+                    scaled(loss_sum.float() / units, scaler).backward()
                     step_loss += loss_sum.item()
                     state["tokens"] += int(m["num_tokens"])
                     state["samples"] += int(m["num_examples"])
@@ -293,14 +296,12 @@ def train(
                     # the step's mean, so the objective is mean loss + penalty for any grad_accum.
                     # Every process adds the same penalty and the sum over processes follows.
                     penalty = regularizer(_unwrap(model))
-                    (penalty / dist.world_size).backward()
+                    scaled(penalty / dist.world_size, scaler).backward()
                     window_extra["penalty"] = window_extra.get("penalty", 0.0) + float(
                         penalty.detach()
                     )
                 dist.all_reduce_grads(model)
-                if tc.max_grad_norm:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
-                optimizer.step()
+                optimizer_step(optimizer, model, tc.max_grad_norm, scaler)
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
 
@@ -415,9 +416,11 @@ def train(
         "best_eval": next((h for h in reversed(history) if h["step"] == state["best_step"]), None),
         "stopped_early": stopped_early,
         "world_size": dist.world_size,
-        "precision": "bf16" if amp_dtype else "fp32",
-        "eval_precision": "bf16" if eval_dtype else "fp32",
+        "precision": precision_name(amp_dtype),
+        "eval_precision": precision_name(eval_dtype),
     }
+    mean_len = state["tokens"] / max(state["samples"], 1)
+    summary.update(device_summary(_unwrap(model), summary["train_tokens_per_s"], mean_len, device))
     if average_result is not None:
         summary["weight_average"] = {k: v for k, v in average_result.items() if k != "eval"}
     if dist.is_main:
