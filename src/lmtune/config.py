@@ -60,6 +60,25 @@ class RunConfig(Strict):
     seed: int = Field(42, description="Seed for data splits, shuffling, init and dropout.")
 
 
+class QuantizationConfig(Strict):
+    """A base loaded in 4 or 8 bits through bitsandbytes (QLoRA); only adapters train on it."""
+
+    bits: Literal[4, 8] = Field(
+        4, description="4: NF4/FP4 weights (QLoRA); 8: LLM.int8 weights (bitsandbytes)."
+    )
+    quant_type: Literal["nf4", "fp4"] = Field(
+        "nf4", description="4-bit data type: nf4 (normal float, QLoRA's choice) or fp4."
+    )
+    double_quant: bool = Field(
+        True,
+        description="Quantize the 4-bit block scales too (about 0.4 bits per weight less).",
+    )
+    compute_dtype: Literal["bf16", "fp16", "fp32"] = Field(
+        "bf16",
+        description="dtype the 4-bit weights are de-quantized to for each matmul (fp32 on CPUs without bf16).",
+    )
+
+
 class ModelConfig(Strict):
     name_or_path: str = Field(
         "builtin:minilm",
@@ -73,7 +92,8 @@ class ModelConfig(Strict):
         None, description="Hub revision (branch, tag or commit) for hub ids."
     )
     attn_implementation: str | None = Field(
-        None, description="Attention kernel override (sdpa, eager); None lets transformers choose."
+        None,
+        description="Attention kernel override (sdpa, eager, flash_attention_2); auto: flash_attention_2 when the flash_attn package is installed, else sdpa; None lets transformers choose.",
     )
     pooling: Literal["cls", "mean"] = Field(
         "cls",
@@ -84,6 +104,10 @@ class ModelConfig(Strict):
         ge=0.0,
         lt=1.0,
         description="Set every dropout layer of the model to this probability; None keeps the checkpoint's. 0 is TRL's default for reward models and DPO (dropout makes scores noisy), and lets attention run a fused kernel that stores far fewer activations.",
+    )
+    quantization: QuantizationConfig | None = Field(
+        None,
+        description='Load the base in 4 or 8 bits through bitsandbytes (QLoRA; adapter lora or dora, causal-LM tasks); None: full precision. Needs `pip install "lmtune[qlora]"`.',
     )
 
 
@@ -357,9 +381,13 @@ class TrainConfig(Strict):
     max_grad_norm: float | None = Field(
         1.0, description="Gradient clipping norm (None: no clipping)."
     )
-    precision: Literal["fp32", "bf16", "auto"] = Field(
+    precision: Literal["fp32", "bf16", "fp16", "auto"] = Field(
         "auto",
-        description="fp32, or bf16 autocast; auto picks bf16 where the hardware supports it.",
+        description="fp32, bf16 autocast, or fp16 autocast with dynamic loss scaling (GPUs without bf16); auto picks bf16 where the hardware supports it.",
+    )
+    optimizer: Literal["adamw", "adamw_8bit", "paged_adamw_8bit", "adafactor", "sgd"] = Field(
+        "adamw",
+        description="adamw: torch's fused AdamW; adamw_8bit / paged_adamw_8bit: bitsandbytes' 8-bit AdamW (states in 8 bits; paged: spill to CPU under memory pressure, CUDA); adafactor: factored second moments; sgd: momentum 0.9.",
     )
     eval_precision: Literal["fp32", "train"] = Field(
         "fp32",
@@ -637,6 +665,7 @@ class Config(Strict):
         problems += self._qa_problems()
         if self.baselines.enabled and self.task != "classification":
             problems.append("baselines.enabled only applies to task classification")
+        problems += self._quantization_problems()
         if self.data.packing and self.task != "sft":
             problems.append("data.packing only applies to task sft")
         if self.train.class_weights != "none" and self.task != "classification":
@@ -648,6 +677,23 @@ class Config(Strict):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def _quantization_problems(self) -> list[str]:
+        if self.model.quantization is None:
+            return []
+        problems = []
+        if self.adapter.type in ("full", "head"):
+            problems.append(
+                f"model.quantization: a {self.model.quantization.bits}-bit base cannot train "
+                f"(adapter.type {self.adapter.type}): set adapter.type lora or dora (QLoRA), or "
+                "remove model.quantization"
+            )
+        if self.task not in ("sft", "dpo", "orpo", "rlhf"):
+            problems.append(
+                f"model.quantization applies to causal-LM tasks (sft, dpo, orpo, rlhf), not "
+                f"task {self.task}: remove model.quantization"
+            )
+        return problems
 
     def _preference_problems(self) -> list[str]:
         pref, fmt = self.preference, self.data.format

@@ -118,15 +118,28 @@ def _set_trainable(model: torch.nn.Module, names: list[str]) -> None:
         getattr(model, name).requires_grad_(True)
 
 
-def apply_adapter(model: torch.nn.Module, acfg: AdapterConfig, task: str) -> torch.nn.Module:
+def apply_adapter(
+    model: torch.nn.Module, acfg: AdapterConfig, task: str, gradient_checkpointing: bool = False
+) -> torch.nn.Module:
     """Prepare model for training per acfg.type; returns the model to train (maybe peft-wrapped).
 
     full: every weight trains. head: only the task head (classifier/score/lm_head) trains;
     for tied LMs that includes the input embeddings. lora/dora: peft adapters on the target
     modules, plus modules_to_save (auto: the classification head, nothing for sft).
+    A 4/8-bit base (model.quantization) is first prepared for k-bit training (peft: frozen,
+    float weights in fp32, checkpointing when asked); only lora/dora train on it.
     """
     if task not in _TASK_TYPES:
         raise UserError(f"task {task!r} has no adapter setup (known: {', '.join(_TASK_TYPES)})")
+    from lmtune.models.quantize import is_quantized, prepare_for_training
+
+    if is_quantized(model):
+        if acfg.type in ("full", "head"):
+            raise UserError(
+                f"adapter.type {acfg.type} cannot train a quantized base (model.quantization): "
+                "its weights are frozen 4/8-bit integers; use adapter.type lora or dora"
+            )
+        model = prepare_for_training(model, gradient_checkpointing)
     heads = head_module_names(model)
     if acfg.type == "full":
         model.requires_grad_(True)

@@ -20,7 +20,7 @@ from peft import PeftModel
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from lmtune.atomic import atomic_dir
-from lmtune.config import ModelConfig
+from lmtune.config import ModelConfig, QuantizationConfig
 from lmtune.errors import UserError
 from lmtune.models.load import BUILTIN_MODELS, load_model, resolve_model_path
 
@@ -148,13 +148,35 @@ def _is_adapter(model_dir: Path) -> bool:
     return (model_dir / "adapter_config.json").is_file()
 
 
+def _load_base(
+    meta: dict[str, Any], tokenizer: PreTrainedTokenizerBase, dequantize_to: torch.dtype | None
+) -> torch.nn.Module:
+    """The base model an adapter folder was trained on (quantized again for a QLoRA adapter,
+    or de-quantized to `dequantize_to`: the float weights the quantized forward multiplies by)."""
+    quant = meta.get("quantization")
+    base_cfg = ModelConfig(
+        name_or_path=meta["base_model"],
+        revision=meta.get("base_revision"),
+        pooling=meta.get("pooling", "cls"),
+        quantization=QuantizationConfig(**quant) if quant else None,
+    )
+    base = load_model(base_cfg, meta["task"], tokenizer, labels=meta.get("labels"))
+    if quant and dequantize_to is not None:
+        from lmtune.models.quantize import dequantize
+
+        base = dequantize(base, dequantize_to)
+    return base
+
+
 def load_trained(
-    model_dir: Path, for_training: bool = False
+    model_dir: Path, for_training: bool = False, dequantize_to: torch.dtype | None = None
 ) -> tuple[torch.nn.Module, PreTrainedTokenizerBase, dict[str, Any]]:
     """Load a folder written by save_model/export_merged: (model, tokenizer, meta).
 
     Adapters are applied to a freshly loaded base (trainable when for_training); full
     models load directly. The model is in train mode when for_training, else eval mode.
+    A QLoRA adapter gets its quantized base back, or that base de-quantized to
+    `dequantize_to` (what export merges into).
     """
     model_dir = Path(model_dir)
     meta = read_meta(model_dir)
@@ -164,14 +186,8 @@ def load_trained(
         raise UserError(f"could not load the tokenizer saved in {model_dir}: {exc}") from exc
     if for_training:
         tokenizer.padding_side = "right"
-    task, labels = meta["task"], meta.get("labels")
     if _is_adapter(model_dir):
-        base_cfg = ModelConfig(
-            name_or_path=meta["base_model"],
-            revision=meta.get("base_revision"),
-            pooling=meta.get("pooling", "cls"),
-        )
-        base = load_model(base_cfg, task, tokenizer, labels=labels)
+        base = _load_base(meta, tokenizer, dequantize_to=dequantize_to)
         with warnings.catch_warnings():
             # peft 0.21 calls a transformers 5 API that warns of its own deprecation.
             warnings.filterwarnings(
@@ -181,17 +197,28 @@ def load_trained(
                 base, str(model_dir), is_trainable=for_training
             )
     else:
-        model = load_model(ModelConfig(name_or_path=str(model_dir)), task, tokenizer, labels=labels)
+        model = load_model(
+            ModelConfig(name_or_path=str(model_dir)),
+            meta["task"],
+            tokenizer,
+            labels=meta.get("labels"),
+        )
     # from_pretrained returns eval mode; a model reloaded to continue training must train.
     model.train(for_training)
     return model, tokenizer, meta
 
 
-def export_merged(model_dir: Path, out_dir: Path) -> Path:
+EXPORT_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def export_merged(model_dir: Path, out_dir: Path, dtype: str | None = None) -> Path:
     """Write a standalone model that plain transformers Auto* classes load.
 
     LoRA/DoRA adapters are merged into the base weights (merge_and_unload); lmtune_model.json
-    is copied with merged: true. Full models are copied as they are.
+    is copied with merged: true. A QLoRA adapter is merged into its base DE-QUANTIZED in fp32
+    (never into the 4-bit weights: rounding the sum back to 4 bits changes the model). `dtype`
+    (bf16, fp16, fp32) is the dtype of the written weights; None keeps fp32 for merges. Full
+    models are copied as they are, or re-saved in `dtype` when one is given.
     """
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     meta = read_meta(model_dir)
@@ -199,13 +226,22 @@ def export_merged(model_dir: Path, out_dir: Path) -> Path:
         raise UserError(
             f"export target {out_dir} is the model folder itself; choose another folder"
         )
-    if not _is_adapter(model_dir):
+    if dtype is not None and dtype not in EXPORT_DTYPES:
+        raise UserError(f"export --dtype {dtype!r}: use one of {', '.join(EXPORT_DTYPES)}")
+    if not _is_adapter(model_dir) and dtype is None:
         with atomic_dir(out_dir) as tmp:
             shutil.copytree(model_dir, tmp, dirs_exist_ok=True)
         return out_dir
-    model, tokenizer, meta = load_trained(model_dir)
-    merged = model.merge_and_unload()
-    meta = {**meta, "merged": True}
+    model, tokenizer, meta = load_trained(model_dir, dequantize_to=torch.float32)
+    merged = model.merge_and_unload() if isinstance(model, PeftModel) else model
+    if dtype is not None:
+        merged.to(EXPORT_DTYPES[dtype])
+    meta = {**meta, "merged": _is_adapter(model_dir)}
+    if meta.get("quantization"):
+        # The export is a plain float model: record where it came from, not how to quantize.
+        meta["dequantized_from"] = meta.pop("quantization")
+    if dtype is not None:
+        meta["dtype"] = dtype
     with atomic_dir(out_dir) as tmp:
         merged.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))

@@ -117,6 +117,15 @@ def resolve_model_path(name_or_path: str) -> str:
     return name_or_path
 
 
+def resolve_attn_implementation(name: str) -> str:
+    """model.attn_implementation as transformers takes it: auto -> flash_attention_2 when the
+    flash_attn package is installed (CUDA only), else sdpa; other names pass through."""
+    if name != "auto":
+        return name
+    has_flash = importlib.util.find_spec("flash_attn") is not None
+    return "flash_attention_2" if has_flash and torch.cuda.is_available() else "sdpa"
+
+
 def _is_local(path: str) -> bool:
     return Path(path).is_dir()
 
@@ -303,7 +312,18 @@ def load_model(
     # training bf16 weights directly loses small updates. Mixed precision is autocast's job.
     load_kwargs: dict = {**kwargs, "dtype": torch.float32, "use_safetensors": True}
     if mcfg.attn_implementation:
-        load_kwargs["attn_implementation"] = mcfg.attn_implementation
+        load_kwargs["attn_implementation"] = resolve_attn_implementation(mcfg.attn_implementation)
+    if mcfg.quantization is not None:
+        if MODEL_KIND.get(task) != "causal":
+            raise UserError(
+                f"model.quantization applies to causal LMs; task {task} loads a "
+                f"{MODEL_KIND.get(task)}: remove model.quantization"
+            )
+        from lmtune.models.quantize import bnb_config, quant_device
+
+        # Weights are quantized while they load, on the device they will train on.
+        load_kwargs["quantization_config"] = bnb_config(mcfg.quantization)
+        load_kwargs["device_map"] = {"": str(quant_device())}
     if task == "reward":
         # One output: the scalar reward. A checkpoint's own head (other size) is replaced.
         load_kwargs.update(

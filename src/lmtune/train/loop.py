@@ -28,7 +28,9 @@ from lmtune.runtime.memory import steady_malloc
 from lmtune.tasks.base import Task
 from lmtune.train import checkpoint as ckpt
 from lmtune.train.averaging import judge_average as _judge_average
+from lmtune.train.device_stats import device_summary
 from lmtune.train.logging import MetricsLog, Progress, finite_json, peak_rss_mb
+from lmtune.train.precision import apply_update, precision_name, scaled
 from lmtune.train.session import (
     AVERAGE_FILE,
     Run,
@@ -164,7 +166,7 @@ def optimizer_step(run: Run, state: TrainState, examples: list[int]) -> float:
         m = {k: v.to(dist.device) if torch.is_tensor(v) else v for k, v in m.items()}
         with autocast(dist.device, run.amp_dtype):
             loss, _ = task.loss(model, m)
-        (loss.float() / units).backward()
+        scaled(loss.float() / units, run.scaler).backward()
         loss_sum += loss.item()
         state.tokens += int(m["num_tokens"])
         state.samples += int(m["num_examples"])
@@ -173,17 +175,15 @@ def optimizer_step(run: Run, state: TrainState, examples: list[int]) -> float:
         # step's mean, so the objective is mean loss + penalty for any grad_accum. Every
         # process adds the same penalty and the sum over processes follows.
         penalty = run.inp.regularizer(unwrap(model))
-        (penalty / dist.world_size).backward()
+        scaled(penalty / dist.world_size, run.scaler).backward()
         run.window.add("penalty", float(penalty.detach()))
     dist.all_reduce_grads(model)
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    if run.tc.max_grad_norm:
-        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), run.tc.max_grad_norm)
-    else:
-        norm = torch.nn.utils.get_total_norm(grads)
     step_loss = dist.all_sum(loss_sum) / units
-    check_finite(run.tc, state.step + 1, step_loss, float(norm))
-    run.optimizer.step()
+
+    def guard(grad_norm: float) -> None:  # before the update: nothing non-finite is applied
+        check_finite(run.tc, state.step + 1, step_loss, grad_norm)
+
+    apply_update(run.optimizer, model, run.tc.max_grad_norm, run.scaler, guard)
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
     if run.average is not None and run.average.due(state.step + 1):
@@ -335,9 +335,12 @@ def finish(run: Run, state: TrainState) -> TrainResult:
         "best_eval": next((h for h in reversed(run.history) if h["step"] == state.best_step), None),
         "stopped_early": run.stopped_early,
         "world_size": world,
-        "precision": "bf16" if run.amp_dtype else "fp32",
-        "eval_precision": "bf16" if run.eval_dtype else "fp32",
+        "precision": precision_name(run.amp_dtype),
+        "eval_precision": precision_name(run.eval_dtype),
     }
+    mean_len = state.tokens / max(state.samples, 1)
+    tokens_per_s = summary["train_tokens_per_s"]
+    summary.update(device_summary(unwrap(run.model), tokens_per_s, mean_len, dist.device))
     if average_result is not None:
         summary["weight_average"] = {k: v for k, v in average_result.items() if k != "eval"}
     summary = finite_json(summary)

@@ -10,6 +10,7 @@ import json
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +81,9 @@ def setup(cfg: Config, run_dir: Path, for_training: bool = True) -> dict[str, An
         num_labels=len(prepared.labels or []) or None,
         labels=prepared.labels,
     )
-    model = apply_adapter(model, cfg.adapter, cfg.task)
+    # A quantized base is prepared for k-bit training there (checkpointing when switched on).
+    checkpointing = bool(getattr(cfg.train, "gradient_checkpointing", False))
+    model = apply_adapter(model, cfg.adapter, cfg.task, gradient_checkpointing=checkpointing)
     trainable, total = count_parameters(model)
     dist.print(
         f"model {cfg.model.name_or_path}: {trainable:,} of {total:,} parameters trainable "
@@ -111,7 +114,12 @@ def model_meta(cfg: Config, prepared: Any) -> dict[str, Any]:
         "pooling": cfg.model.pooling,
         # Preference/RL prompts given as message lists: generate renders a plain prompt
         # through the chat template too (templates.generation_prompt_ids).
-        "chat_prompts": any(isinstance(r.get("prompt"), list) for r in prepared.splits["train"]),
+        # One format per file: the first rows tell (never a scan of a million cached rows).
+        "chat_prompts": any(
+            isinstance(r.get("prompt"), list) for r in islice(prepared.splits["train"], 100)
+        ),
+        # A QLoRA adapter is reloaded on the same quantized base it was trained on.
+        "quantization": cfg.model.quantization.model_dump() if cfg.model.quantization else None,
     }
 
 
