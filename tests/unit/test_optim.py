@@ -13,6 +13,7 @@ from lmtune.errors import UserError
 from lmtune.train import checkpoint as ckpt
 from lmtune.train.optim import OPTIMIZERS, build_optimizer
 from lmtune.train.schedule import param_groups
+from lmtune.train.state import TrainState
 
 NEEDS_BNB = ("adamw_8bit", "paged_adamw_8bit")
 
@@ -58,7 +59,7 @@ def test_optimizer_steps_and_resumes_exactly(tmp_path: Path, name: str) -> None:
         quant = [v for s in states for v in s.get("__bnb_optimizer_quant_state__", {}).values()]
         assert any(t.dtype == torch.uint8 for t in quant), "expected 8-bit moments"
     # Through the real checkpoint files (optimizer state loaded back with weights_only=True).
-    path = ckpt.save_checkpoint(tmp_path, 3, model, opt, sched, {"step": 3}, keep_last=1)
+    path = ckpt.save_checkpoint(tmp_path, 3, model, opt, sched, TrainState(step=3), keep_last=1)
     twin = _model()
     twin_opt = _build(name, twin)
     twin_sched = torch.optim.lr_scheduler.LambdaLR(twin_opt, lambda s: 1.0)
