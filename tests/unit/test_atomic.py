@@ -105,3 +105,30 @@ def test_atomic_dir_files_honour_the_umask(tmp_path: Path) -> None:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "model" / "model.safetensors").stat().st_mode) == 0o644
     assert stat.S_IMODE((tmp_path / "model" / "sub").stat().st_mode) == 0o755
+
+
+@pytest.mark.parametrize("how", ["ENOSPC", "torch-writer"])
+def test_disk_full_while_checkpointing_leaves_the_run_resumable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    import torch
+
+    from lmtune.train import checkpoint as ck
+
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    root = tmp_path / "checkpoints"
+    ck.save_checkpoint(root, 1, model, opt, sched, {"step": 1}, keep_last=2)
+
+    def full(*args: object, **kwargs: object) -> None:
+        if how == "ENOSPC":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        raise RuntimeError("[enforce fail at inline_container.cc:595] . unexpected pos 64 vs 0")
+
+    monkeypatch.setattr(ck.torch, "save", full)
+    monkeypatch.setattr("lmtune.atomic._free_bytes", lambda p: 0)
+    with pytest.raises(UserError, match=r"disk full while writing .*step-0000002.*--resume"):
+        ck.save_checkpoint(root, 2, model, opt, sched, {"step": 2}, keep_last=2)
+    assert [p.name for p in ck.list_checkpoints(root)] == ["step-0000001"]
+    assert sorted(p.name for p in root.iterdir()) == ["step-0000001"]  # no half checkpoint
