@@ -128,6 +128,10 @@ def train(
         int, typer.Option("--nproc", help="Processes to train with (launches torchrun).")
     ] = 1,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
+    no_plan_check: Annotated[
+        bool,
+        typer.Option("--no-plan-check", help="Skip the memory plan check (`lmtune plan`)."),
+    ] = False,
 ) -> None:
     """Train a model as the config says; the run folder gets everything."""
     from lmtune.config import load_config
@@ -135,6 +139,10 @@ def train(
     from lmtune.train.run import run_training
 
     cfg = load_config(config, overrides or [])  # validate before spawning workers
+    if not no_plan_check and "WORLD_SIZE" not in os.environ:
+        from lmtune.runtime.plan import check_fits
+
+        check_fits(cfg, nproc=nproc)  # exit 2 with advice rather than out of memory mid-run
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         _launch_workers(nproc)
     try:
@@ -167,6 +175,11 @@ def _print_summary(summary: dict) -> None:
     for k, v in (summary.get("test") or {}).items():
         table.add_row(f"test {k}", f"{v:.4f}")
     console.print(table)
+
+
+from lmtune.runtime.plan_cli import plan_command  # noqa: E402 - its own module, registered here
+
+app.command("plan")(plan_command)
 
 
 @app.command()
