@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from runkit import cli_exit, config, tiny_causal_dir, write_jsonl
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from lmtune.models.adapters import apply_adapter
@@ -20,6 +19,7 @@ from lmtune.runtime import plan as planmod
 from lmtune.runtime.plan import PlanInputs, estimate
 from lmtune.runtime.plan_model import measure_shape, model_shape
 from lmtune.train.loop import _adamw_kernel
+from runkit import cli_exit, config, tiny_causal_dir, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[2]
 
