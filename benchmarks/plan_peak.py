@@ -34,7 +34,7 @@ from lmtune.runtime.plan_model import measure_shape, model_shape
 from lmtune.train.loop import _adamw_kernel, steady_malloc
 
 
-def tensor_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, int]:
+def tensor_bytes(params: list[torch.Tensor], optimizer: torch.optim.Optimizer) -> dict[str, int]:
     """Bytes of the parameters, their gradients and the optimizer states, from the tensors
     (each storage once: tied weights are one tensor)."""
 
@@ -45,7 +45,6 @@ def tensor_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> di
             seen[local.untyped_storage().data_ptr()] = local.untyped_storage().nbytes()
         return sum(seen.values())
 
-    params = list(model.parameters())
     states = [v for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v)]
     return {
         "weights": size(params),
@@ -87,7 +86,9 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                 )
             (-logp.sum() / logp.numel()).backward()
             optimizer.step()
-            measured = tensor_bytes(model, optimizer)  # gradients still there: before zero_grad
+            measured = tensor_bytes(
+                list(model.parameters()), optimizer
+            )  # gradients still there: before zero_grad
             optimizer.zero_grad(set_to_none=True)
     step_s = (time.perf_counter() - t0) / args.steps
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss0

@@ -32,7 +32,6 @@ def redact(url: str) -> str:
 def shared_storage(url: str, heartbeat_seconds: int) -> Any:
     """An Optuna RDBStorage at url with heartbeats and one retry of a dead worker's trial."""
     import optuna
-
     from sqlalchemy.exc import IntegrityError, ProgrammingError
 
     url = with_driver(url)
