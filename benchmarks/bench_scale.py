@@ -131,7 +131,9 @@ def worker(cfg_path: str, overrides: list[str], result: str) -> int:
             tensor_bytes([p for g in optimizer.param_groups for p in g["params"]], optimizer)
         )
 
-    torch.optim.Optimizer.register_optimizer_step_post_hook(after_step)
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    register_optimizer_step_post_hook(after_step)  # every optimizer's step, lmtune's included
     try:
         cfg = load_config(cfg_path, overrides)
         summary = run_training(cfg, quiet=True)

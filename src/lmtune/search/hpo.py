@@ -243,8 +243,6 @@ def make_objective(cfg: Config, params: list[Param], quiet: bool) -> Callable[[A
         if cfg.search.storage:
             from lmtune.search.shared import retried_from
 
-            # Workers may not share a filesystem: the study keeps what best.yaml needs.
-            trial.set_user_attr("config_yaml", dump_config(trial_cfg))
             if (first := retried_from(trial)) is not None:
                 trial.set_user_attr("rerun_of", first)
         rerun = trial.user_attrs.get("rerun_of")
@@ -319,7 +317,6 @@ def trial_row(t: Any, params: list[Param]) -> dict[str, Any]:
         "rerun_of": t.user_attrs.get("rerun_of"),
         "run_dir": t.user_attrs.get("run_dir"),
         "eval": t.user_attrs.get("eval"),
-        "config_yaml": t.user_attrs.get("config_yaml"),
     }
 
 
@@ -338,13 +335,16 @@ def write_trials(out: Path, rows: list[dict[str, Any]], keys: list[str]) -> None
             )
 
 
-def write_best(out: Path, best: dict[str, Any]) -> Path:
-    """OUT/best.yaml: the best trial's full config (as trained), writing to OUT/best_run."""
+def write_best(out: Path, best: dict[str, Any], cfg: Config | None = None) -> Path:
+    """OUT/best.yaml: the best trial's full config (as trained), writing to OUT/best_run.
+
+    A trial another worker ran on another machine has no folder here: its config is this
+    search's config with the trial's parameters (from the shared study)."""
     saved = Path(best["run_dir"]) / "config.yaml"
-    text = saved.read_text(encoding="utf-8") if saved.is_file() else best.get("config_yaml")
-    if text is None:
-        raise UserError(f"the best trial's config {saved} is missing; was its folder removed?")
-    data = yaml.safe_load(text)
+    if saved.is_file() or cfg is None:
+        data = yaml.safe_load(saved.read_text(encoding="utf-8"))
+    else:
+        data = trial_config(cfg, best["params"], Path(best["run_dir"])).model_dump(mode="json")
     set_dotted(data, "run.output_dir", str(out / "best_run"))
     path = out / "best.yaml"
     path.write_text(
@@ -390,8 +390,7 @@ def write_results(
 
     out, search = Path(cfg.run.output_dir), cfg.search
     keys = [p.key for p in params]
-    full = [trial_row(t, params) for t in study.get_trials(deepcopy=False)]
-    rows = [{k: v for k, v in r.items() if k != "config_yaml"} for r in full]
+    rows = [trial_row(t, params) for t in study.get_trials(deepcopy=False)]
     write_trials(out, rows, keys)
     complete = [r for r in rows if r["state"] == "COMPLETE" and r["value"] is not None]
     best = None
@@ -399,8 +398,7 @@ def write_results(
         pick = max if search.direction == "maximize" else min
         row = pick(complete, key=lambda r: (r["value"], r["number"]))
         best = {**row, "metric": search.metric}
-        yaml_text = next(r["config_yaml"] for r in full if r["number"] == row["number"])
-        best["config"] = str(write_best(out, {**best, "config_yaml": yaml_text}))
+        best["config"] = str(write_best(out, best, cfg))
     importances, note = param_importances(study, params)
     notes = notes + ([note] if note else [])
     log_keys = {p.key for p in params if p.spec.log}
