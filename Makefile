@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow lint bench install clean wheels
+.PHONY: demo test test-slow lint bench install clean wheels deps-system browser
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -22,8 +22,21 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/lmtune demo
 
+# PostgreSQL server binaries for the shared-study test of `lmtune tune` (search.storage): Debian's
+# package, installed only where initdb is absent and only as root (elsewhere the test says why
+# it skips). Idempotent and quiet.
+deps-system:
+	@if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "installing postgresql (apt-get) for the search.storage test"; \
+			apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+		else \
+			echo "note: PostgreSQL is absent and this is not root with apt-get: its test will skip"; \
+		fi; \
+	fi
+
 # Two workers (pytest-xdist), one test file each at a time: most tests are single-threaded.
-test: $(STAMP)
+test: $(STAMP) deps-system
 	$(BIN)/ruff check src tests $(wildcard benchmarks examples)
 	$(BIN)/ruff format --check src tests $(wildcard benchmarks examples)
 	$(BIN)/python -m mypy src/lmtune/train src/lmtune/runtime

@@ -178,6 +178,10 @@ def train(
             "--overwrite", help="Replace a previous run in run.output_dir (its checkpoints, model)."
         ),
     ] = False,
+    no_plan_check: Annotated[
+        bool,
+        typer.Option("--no-plan-check", help="Skip the memory plan check (`lmtune plan`)."),
+    ] = False,
 ) -> None:
     """Train a model as the config says; the run folder gets everything."""
     from lmtune.runtime.dist import Dist
@@ -187,6 +191,10 @@ def train(
     cfg = _load(config, overrides)  # validate before spawning workers
     if "WORLD_SIZE" not in os.environ:  # once, before any worker starts
         check_fresh(cfg.run.output_dir, resume=resume, overwrite=overwrite)
+    if not no_plan_check and "WORLD_SIZE" not in os.environ:
+        from lmtune.runtime.plan import check_fits
+
+        check_fits(cfg, nproc=nproc)  # exit 2 with advice rather than out of memory mid-run
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         _launch_workers(nproc)
     try:
@@ -227,6 +235,11 @@ def _print_summary(summary: dict) -> None:
     for k, v in (summary.get("test") or {}).items():
         table.add_row(f"test {k}", f"{v:.4f}")
     console.print(table)
+
+
+from lmtune.runtime.plan_cli import plan_command  # noqa: E402 - its own module, registered here
+
+app.command("plan")(plan_command)
 
 
 @app.command()

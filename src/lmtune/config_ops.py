@@ -210,6 +210,15 @@ class SearchConfig(Strict):
         default_factory=dict,
         description="Dotted config key -> values to try, e.g. {train.lr: {type: float, low: 1.0e-5, high: 1.0e-3, log: true}}.",
     )
+    storage: str | None = Field(
+        None,
+        description='Optuna RDB URL of a study shared by several `lmtune tune` workers, e.g. postgresql://USER:PASSWORD@HOST:5432/DB (pip install "lmtune[postgres]"); each worker runs its own trials; a trial whose worker died is run again once. None: OUT/study.db (SQLite, one machine).',
+    )
+    heartbeat_seconds: int = Field(
+        30,
+        ge=1,
+        description="search.storage: each running trial records a heartbeat this often; one silent for twice as long is failed and queued again once.",
+    )
 
     @model_validator(mode="after")
     def _budget(self) -> SearchConfig:

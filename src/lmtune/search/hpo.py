@@ -28,6 +28,7 @@ from rich.table import Table
 from lmtune.config import Config, PrunerConfig, SearchConfig, dump_config
 from lmtune.errors import UserError
 from lmtune.report.collect import scalar_metrics
+from lmtune.search.shared import budget_callback, finish, redact
 from lmtune.search.space import (
     Param,
     decode,
@@ -78,6 +79,8 @@ def open_study(cfg: Config, params: list[Param], resume: bool) -> tuple[Any, Any
     import optuna
 
     search, out = cfg.search, Path(cfg.run.output_dir)
+    if search.storage:
+        return _open_shared(cfg, params)
     db = out / "study.db"
     if db.exists() and not resume:
         raise UserError(
@@ -118,6 +121,35 @@ def open_study(cfg: Config, params: list[Param], resume: bool) -> tuple[Any, Any
     return study, storage
 
 
+def _open_shared(cfg: Config, params: list[Param]) -> tuple[Any, Any]:
+    """Join (or create) the study at search.storage that other workers share."""
+    import optuna
+
+    from lmtune.search.shared import shared_storage, worker_seed
+
+    search = cfg.search
+    Path(cfg.run.output_dir).mkdir(parents=True, exist_ok=True)
+    storage = shared_storage(search.storage, search.heartbeat_seconds)
+    study = optuna.create_study(
+        storage=storage,
+        study_name=cfg.run.name,  # one study per run name on the server
+        direction=search.direction,
+        load_if_exists=True,
+        pruner=make_pruner(search.pruner),
+    )
+    before = study.user_attrs.get("metric")
+    if before is not None and before != search.metric:
+        raise UserError(
+            f"the study {cfg.run.name} at search.storage scores trials by {before}; this config "
+            f"says search.metric {search.metric}: use the same metric, or another run.name"
+        )
+    study.set_user_attr("metric", search.metric)
+    study.set_user_attr("search", search.model_dump(mode="json"))
+    seed = cfg.run.seed if search.seed is None else search.seed
+    study.sampler = make_sampler(search, params, worker_seed(seed, len(study.trials)))
+    return study, storage
+
+
 def requeue_interrupted(study: Any, storage: Any, params: list[Param]) -> list[int]:
     """Mark trials a kill left RUNNING as failed, and queue a re-run of every interrupted trial
     (killed, or stopped with Ctrl-C) with the same parameters; returns their numbers."""
@@ -151,6 +183,14 @@ def trials_left(study: Any, search: SearchConfig, params: list[Param]) -> int | 
         size = math.prod(len(p.labels) for p in params)
         budget = size if budget is None else min(budget, size)
     return None if budget is None else max(budget - done, 0)
+
+
+def _budget(study: Any, left: int | None) -> int | None:
+    """The study-wide number of finished trials to stop at (trials_left counts from it)."""
+    from optuna.trial import TrialState
+
+    finished = (TrialState.COMPLETE, TrialState.PRUNED)
+    return None if left is None else left + len(study.get_trials(deepcopy=False, states=finished))
 
 
 def make_on_eval(
@@ -200,6 +240,11 @@ def make_objective(cfg: Config, params: list[Param], quiet: bool) -> Callable[[A
         run_dir = out / "trials" / f"trial_{trial.number:04d}"
         trial.set_user_attr("run_dir", str(run_dir))
         trial_cfg = trial_config(cfg, values, run_dir)
+        if cfg.search.storage:
+            from lmtune.search.shared import retried_from
+
+            if (first := retried_from(trial)) is not None:
+                trial.set_user_attr("rerun_of", first)
         rerun = trial.user_attrs.get("rerun_of")
         console.print(
             f"[bold]trial {trial.number}[/]"
@@ -290,9 +335,16 @@ def write_trials(out: Path, rows: list[dict[str, Any]], keys: list[str]) -> None
             )
 
 
-def write_best(out: Path, best: dict[str, Any]) -> Path:
-    """OUT/best.yaml: the best trial's full config (as trained), writing to OUT/best_run."""
-    data = yaml.safe_load((Path(best["run_dir"]) / "config.yaml").read_text(encoding="utf-8"))
+def write_best(out: Path, best: dict[str, Any], cfg: Config | None = None) -> Path:
+    """OUT/best.yaml: the best trial's full config (as trained), writing to OUT/best_run.
+
+    A trial another worker ran on another machine has no folder here: its config is this
+    search's config with the trial's parameters (from the shared study)."""
+    saved = Path(best["run_dir"]) / "config.yaml"
+    if saved.is_file() or cfg is None:
+        data = yaml.safe_load(saved.read_text(encoding="utf-8"))
+    else:
+        data = trial_config(cfg, best["params"], Path(best["run_dir"])).model_dump(mode="json")
     set_dotted(data, "run.output_dir", str(out / "best_run"))
     path = out / "best.yaml"
     path.write_text(
@@ -344,9 +396,9 @@ def write_results(
     best = None
     if complete:
         pick = max if search.direction == "maximize" else min
-        row = pick(complete, key=lambda r: r["value"])
+        row = pick(complete, key=lambda r: (r["value"], r["number"]))
         best = {**row, "metric": search.metric}
-        best["config"] = str(write_best(out, best))
+        best["config"] = str(write_best(out, best, cfg))
     importances, note = param_importances(study, params)
     notes = notes + ([note] if note else [])
     log_keys = {p.key for p in params if p.spec.log}
@@ -374,7 +426,7 @@ def write_results(
         "best": best,
         "importances": importances,
         "wall_time_s": round(wall_s, 1),
-        "study": str(out / "study.db"),
+        "study": redact(search.storage) if search.storage else str(out / "study.db"),
         "plots": [f"plots/{n}.png" for n, png in figures.items() if png],
         "notes": notes,
     }
@@ -439,7 +491,8 @@ def run_search(cfg: Config, resume: bool = False, quiet: bool = False) -> dict[s
             f"({kept_by}) keeps; set it to {search.metric} to keep the best"
         )
     study, storage = open_study(cfg, params, resume)
-    for n in requeue_interrupted(study, storage, params):
+    # A shared study: a dead worker's trial is found by its heartbeat, not by being RUNNING.
+    for n in [] if search.storage else requeue_interrupted(study, storage, params):
         console.print(f"trial {n} was interrupted: it runs again with the same parameters")
     left = trials_left(study, search, params)
     grid = math.prod(len(p.labels) for p in params)
@@ -455,13 +508,18 @@ def run_search(cfg: Config, resume: bool = False, quiet: bool = False) -> dict[s
             with warnings.catch_warnings():
                 # enqueue/user-attr features are marked experimental; their use here is plain.
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                objective = make_objective(cfg, params, quiet)
+                callbacks = [_after_trial(params, search.metric)]
                 study.optimize(
-                    make_objective(cfg, params, quiet),
+                    objective,
                     n_trials=left,
                     timeout=search.timeout_minutes * 60 if search.timeout_minutes else None,
-                    callbacks=[_after_trial(params, search.metric)],
+                    callbacks=callbacks
+                    + (budget_callback(_budget(study, left)) if search.storage else []),
                     gc_after_trial=True,
                 )
+                if search.storage:  # others' trials: run the requeued ones, wait for the rest
+                    finish(study, lambda n: study.optimize(objective, n, callbacks=callbacks))
         else:
             console.print(
                 f"search.n_trials {search.n_trials} trials are done already; writing the results"
