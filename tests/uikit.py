@@ -62,7 +62,7 @@ def ui_in_thread(root: Path, token: str | None = None) -> Iterator[str]:
     """The UI over root on a free 127.0.0.1 port; yields its base URL."""
     import uvicorn
 
-    from lmtune.ops.serve import bind_socket, url_of
+    from lmtune.ops.serve_http import bind_socket, url_of
 
     sock = bind_socket("127.0.0.1", 0)
     settings = UiSettings(root=root, token=token, cwd=REPO)

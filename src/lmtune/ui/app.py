@@ -133,7 +133,7 @@ def _add_run_api(app: FastAPI, root: Path, settings: UiSettings) -> None:
         }
         return {
             "row": runs.run_row(root, run_dir),
-            "config": (run_dir / "config.yaml").read_text(encoding="utf-8"),
+            "config": _read_text(run_dir / runs.RUN_MARKER),
             "summary": summary,
             "eval": runs.read_json(run_dir / "eval.json"),
             "errors": runs.read_jsonl(run_dir / "errors.jsonl"),
@@ -176,9 +176,17 @@ def _add_run_api(app: FastAPI, root: Path, settings: UiSettings) -> None:
 
 def _run_dir(root: Path, name: str) -> Path:
     run_dir = runs.safe_path(root, name)
-    if not (run_dir / runs.RUN_MARKER).is_file():
+    # A run launched from the UI has a page before its process wrote config.yaml.
+    if not (run_dir / runs.RUN_MARKER).is_file() and not runs.launch_record(root, name):
         raise UserError(f"{name} is not a run folder under {root}")
     return run_dir
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError:
+        return ""
 
 
 def _log_tail(root: Path, name: str, limit: int = 8000) -> str:
@@ -313,7 +321,7 @@ def run_ui(settings: UiSettings) -> None:
     """Serve the UI until Ctrl-C; prints the URL (with the token when one is required)."""
     import uvicorn
 
-    from lmtune.ops.serve import bind_socket, url_of
+    from lmtune.ops.serve_http import bind_socket, url_of
 
     if not settings.root.is_dir():
         raise UserError(f"{settings.root} is not a folder (give the folder that holds your runs)")

@@ -132,7 +132,7 @@ def run_row(root: Path, run_dir: Path) -> dict[str, Any]:
         "steps": (summary or {}).get("train_steps") or last.get("step"),
         "time_s": elapsed,
         "tokens_per_s": tokens,
-        "modified": run_dir.stat().st_mtime,
+        "modified": run_dir.stat().st_mtime if run_dir.exists() else time.time(),
     }
 
 

@@ -82,7 +82,8 @@ async function pageRun() {
   runDetails(d);
   const events = [], es = new EventSource(`/api/stream?name=${encodeURIComponent(name)}`);
   es.onmessage = (m) => { const e = JSON.parse(m.data); events.push(e); if (e.step !== undefined && e.event === "train") $("#step").textContent = e.step; drawCurves($("#curves"), events); };
-  es.addEventListener("status", (m) => { const s = JSON.parse(m.data); $("#status").textContent = s; $("#status").className = `status-${s.split(" ")[0]}`; if (s !== "running") api(`/api/run?name=${encodeURIComponent(name)}`).then(runDetails); });
+  const refresh = setInterval(() => api(`/api/run?name=${encodeURIComponent(name)}`).then(runDetails), 5000);
+  es.addEventListener("status", (m) => { const s = JSON.parse(m.data); $("#status").textContent = s; $("#status").className = `status-${s.split(" ")[0]}`; if (s !== "running") { clearInterval(refresh); api(`/api/run?name=${encodeURIComponent(name)}`).then(runDetails); } });
 }
 function runDetails(d) {
   let html = "";
