@@ -5,6 +5,7 @@ chat with a tiny causal run. A screenshot is saved beside the test's tmp folder 
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -27,8 +28,13 @@ pytestmark = pytest.mark.skipif(
 def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     base = tmp_path_factory.mktemp("uib")
     make_runs(base / "runs", base / "models")
+    # The launched `lmtune train` inherits this: one thread, as the test processes use, since
+    # two threads spin-waiting beside the other test worker on 2 cores are many times slower.
+    mp = pytest.MonkeyPatch()
+    mp.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
     with ui_in_thread(base / "runs") as url:
         yield url, base / "runs"
+    mp.undo()
 
 
 @pytest.fixture(scope="module")
