@@ -19,6 +19,13 @@ $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+# The UI's browser tests drive Debian's chromium (a browser download cannot work offline):
+# installed here where missing and when we may (root with apt-get); otherwise they skip.
+browser:
+	@command -v chromedriver >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
+	  || echo "chromium not installed: the UI browser tests will skip"; }
+
 demo: $(STAMP)
 	$(BIN)/lmtune demo
 
@@ -36,7 +43,7 @@ deps-system:
 	fi
 
 # Two workers (pytest-xdist), one test file each at a time: most tests are single-threaded.
-test: $(STAMP) deps-system
+test: $(STAMP) deps-system browser
 	$(BIN)/ruff check src tests $(wildcard benchmarks examples)
 	$(BIN)/ruff format --check src tests $(wildcard benchmarks examples)
 	$(BIN)/python -m mypy src/lmtune/train src/lmtune/runtime

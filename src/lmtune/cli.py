@@ -566,6 +566,29 @@ def demo(
 
 
 @app.command()
+def ui(
+    root: Annotated[Path, typer.Argument(help="Folder of runs, registries and monitors.")] = Path(
+        "runs"
+    ),
+    host: Annotated[
+        str, typer.Option("--host", help="Address (beyond 127.0.0.1 a token is required).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port (0 = any free port).")] = 7860,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            "--token", envvar="LMTUNE_UI_TOKEN", show_default=False, help="Token to require."
+        ),
+    ] = None,
+) -> None:
+    """A local web UI over runs: watch, compare, launch, release, monitor and chat."""
+    from lmtune.ui.app import UiSettings, run_ui
+
+    root.mkdir(parents=True, exist_ok=True)
+    run_ui(UiSettings(root=root, host=host, port=port, token=token))
+
+
+@app.command()
 def pipeline(
     config: ConfigArg,
     overrides: Overrides = None,

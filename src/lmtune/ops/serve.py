@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import signal
-import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -38,7 +37,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lmtune.errors import UserError
 from lmtune.ops.serve_engine import Engine, load_engine
-from lmtune.ops.serve_http import Guard
+from lmtune.ops.serve_http import Guard, bind_socket, url_of
 from lmtune.ops.serve_metrics import Metrics, prometheus_text
 from lmtune.ops.serve_schema import (
     ChatRequest,
@@ -334,28 +333,6 @@ def create_app(engine: Engine, settings: ServeSettings, metrics: Metrics | None 
         }
 
     return Guard(app, metrics, ENDPOINTS, settings.api_key, settings.max_request_bytes)
-
-
-def bind_socket(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on host:port (port 0: a free port the OS picks)."""
-    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-    sock = socket.socket(family, kind, proto)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind(address)
-    except OSError as exc:
-        sock.close()
-        raise UserError(
-            f"cannot listen on {host}:{port}: {exc.strerror} (choose another --port)"
-        ) from exc
-    sock.listen(128)
-    return sock
-
-
-def url_of(sock: socket.socket) -> str:
-    """http://HOST:PORT for a bound socket (IPv6 hosts in brackets)."""
-    host, port = sock.getsockname()[:2]
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 @contextlib.contextmanager

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import hmac
 import json
+import socket
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from lmtune.errors import UserError
 from lmtune.ops.serve_metrics import Metrics
 from lmtune.ops.serve_schema import error_body
 
@@ -165,3 +167,25 @@ class Guard:
         finally:
             label = path if path in self.endpoints else "other"  # unknown paths: one label
             self.metrics.observe(label, status[0], time.perf_counter() - start)
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on host:port (port 0: a free port the OS picks)."""
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise UserError(
+            f"cannot listen on {host}:{port}: {exc.strerror} (choose another --port)"
+        ) from exc
+    sock.listen(128)
+    return sock
+
+
+def url_of(sock: socket.socket) -> str:
+    """http://HOST:PORT for a bound socket (IPv6 hosts in brackets)."""
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
