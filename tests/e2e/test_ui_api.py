@@ -84,6 +84,15 @@ def test_validation_reports_every_problem_with_its_key(url: str) -> None:
     assert call(url, "/api/validate", {"yaml": ok})[1]["ok"]
 
 
+def test_new_run_page_shows_the_memory_plan(url: str) -> None:
+    demo = (Path(__file__).resolve().parents[2] / "configs" / "demo.yaml").read_text()
+    status, d = call(url, "/api/plan", {"yaml": demo})
+    assert status == 200
+    text = "\n".join(d["lines"])
+    assert "builtin:minilm" in text and "total (peak)" in text and "optimizer" in text
+    assert call(url, "/api/plan", {"yaml": "train: {lr: -1}"})[0] == 400
+
+
 def test_uploads_are_named_and_size_limited(url: str, root: Path) -> None:
     status, d = call(url, "/api/upload?filename=mine.jsonl", raw=b'{"text": "a", "label": "x"}\n')
     assert status == 200 and (root / d["path"]).is_file()

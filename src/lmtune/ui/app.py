@@ -231,6 +231,14 @@ def _add_launch_api(app: FastAPI, root: Path, settings: UiSettings) -> None:
         cfg, problems = launch.validate_yaml(body.get("yaml", ""), body.get("overrides") or [])
         return {"ok": cfg is not None, "problems": problems}
 
+    @app.post("/api/plan")
+    async def plan(request: Request) -> dict[str, Any]:
+        body = await request.json()
+        lines = await asyncio.to_thread(
+            launch.plan_lines, body.get("yaml", ""), body.get("overrides") or []
+        )
+        return {"lines": lines}
+
     @app.post("/api/launch")
     async def start(request: Request) -> dict[str, Any]:
         body = await request.json()

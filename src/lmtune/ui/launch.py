@@ -45,6 +45,22 @@ def validate_yaml(text: str, overrides: list[str] | None = None) -> tuple[Any, l
     return cfg, []
 
 
+def plan_lines(text: str, overrides: list[str], gpus: int = 1) -> list[str]:
+    """`lmtune plan`'s memory table for a pasted config (validated first, as the CLI does)."""
+    import torch
+
+    from lmtune.runtime.plan import PlanInputs, device_budget, estimate, report_lines
+    from lmtune.runtime.plan_model import model_shape
+
+    cfg, problems = validate_yaml(text, overrides)
+    if cfg is None:
+        raise UserError("\n".join(problems))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    shape = model_shape(cfg)
+    plan = estimate(shape, PlanInputs.from_config(cfg, nproc=gpus, device=device))
+    return report_lines(cfg, shape, plan, device_budget(device, gpus))
+
+
 def shipped_configs(base: Path) -> dict[str, str]:
     """name -> YAML text of the configs/ folder beside where the UI was started."""
     folder = base / "configs"

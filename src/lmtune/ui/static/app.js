@@ -136,7 +136,7 @@ async function pageNew() {
       · upload <input id="upload" type="file" accept=".jsonl,.csv,.tsv"></p>
     <textarea id="yaml" rows="22" spellcheck="false"></textarea>
     <p>Overrides (one key=value per line, e.g. train.lr=1e-4)</p><textarea id="over" rows="3"></textarea>
-    <p><button id="check">Validate</button><button id="go">Launch</button> <span id="msg"></span></p><div id="problems"></div>`;
+    <p><button id="check">Validate</button><button id="plan">Memory plan</button><button id="go">Launch</button> <span id="msg"></span></p><div id="problems"></div><pre id="plantable" hidden></pre>`;
   $("#pick").onchange = () => { $("#yaml").value = configs[$("#pick").value] || ""; };
   $("#upload").onchange = async () => {
     const f = $("#upload").files[0]; if (!f) return;
@@ -151,6 +151,11 @@ async function pageNew() {
     return d.ok;
   };
   $("#check").onclick = check;
+  $("#plan").onclick = async () => {
+    if (!(await check())) return;
+    try { const d = await api("/api/plan", { yaml: $("#yaml").value, overrides: overrides() }); $("#plantable").hidden = false; $("#plantable").textContent = d.lines.join("\n"); }
+    catch (e) { $("#problems").innerHTML = `<div class="err">${esc(e.message)}</div>`; }
+  };
   $("#go").onclick = async () => {
     if (!(await check())) return;
     try { const d = await api("/api/launch", { yaml: $("#yaml").value, overrides: overrides() }); location.href = `/run?name=${encodeURIComponent(d.name)}`; }
