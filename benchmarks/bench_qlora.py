@@ -15,6 +15,7 @@ optimizer states + temporaries).
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import resource
 import subprocess
@@ -37,7 +38,15 @@ def _status_mib(field: str) -> float:
 
 
 def _reset_peak_rss() -> None:
-    """Start a new peak-RSS window (Linux: writing 5 to clear_refs resets VmHWM)."""
+    """Start a new peak-RSS window (Linux: writing 5 to clear_refs resets VmHWM).
+
+    Memory freed while loading (a 4-bit base passes through RAM in fp32 first) stays in the
+    heap and in RSS unless malloc_trim hands it back; trimmed first, so it is not counted.
+    """
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
     try:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:

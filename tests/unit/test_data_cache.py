@@ -40,6 +40,15 @@ def test_encode_split_equals_encode_and_keeps_rejects(tmp_path: Path) -> None:
     assert len(both) == 30 and both[29]["length"] == 2 and both.lengths[-1] == 2
 
 
+def test_encode_split_in_two_processes(tmp_path: Path) -> None:
+    task = SFTTask(make_tokenizer(), "instruction", 120)
+    rows = [{**r, "_source": f"a:{i}"} for i, r in enumerate(instruction_rows(1200))]
+    rows[1100] = {"instruction": "too long " * 100, "output": "x", "_source": "a:1100"}
+    feats, rejects = encode_split(task, rows, tmp_path / "enc", num_proc=2)
+    assert len(feats) == 1199 and [r["source"] for r in rejects] == ["a:1100"]
+    assert feats[1150] == task.encode(rows[1151]) and len(feats.lengths) == 1199
+
+
 def test_second_run_reuses_the_cache(tmp_path: Path, monkeypatch, capsys) -> None:
     model_dir = tiny_causal_dir(tmp_path)
     data = write_jsonl(tmp_path / "inst.jsonl", instruction_rows(48))

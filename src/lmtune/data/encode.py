@@ -9,6 +9,7 @@ rejects in row order.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -128,12 +129,14 @@ def encode_split(
         batched=True,
         batch_size=BATCH,
         with_rank=True,
-        num_proc=num_proc if num_proc > 1 and len(rows) >= 2 * BATCH else None,
+        num_proc=num_proc if num_proc > 1 and len(rows) > BATCH else None,
         remove_columns=["row"],
         features=schema,
         cache_file_name=str(folder / "features.arrow"),
         load_from_cache_file=False,
-        new_fingerprint=f"lmtune-encode-{folder.name}",  # skip hashing the task and tokenizer
+        # A fingerprint of our own skips hashing the task and tokenizer (datasets caps it at
+        # 64 characters, shard suffixes included).
+        new_fingerprint="lmtune-" + hashlib.sha256(str(folder).encode()).hexdigest()[:24],
         desc="tokenizing",
     )
     rejects = [
