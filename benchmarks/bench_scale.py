@@ -115,7 +115,7 @@ def worker(cfg_path: str, overrides: list[str], result: str) -> int:
 
     from lmtune.config import load_config
     from lmtune.errors import UserError
-    from lmtune.train.dist import Dist
+    from lmtune.runtime.dist import Dist
     from lmtune.train.run import run_training
 
     rss0 = psutil.Process().memory_info().rss
