@@ -24,6 +24,9 @@ from typing import Any
 import torch
 
 from lmtune.config import Config
+from lmtune.runtime import sharded_ckpt
+from lmtune.runtime.sharded_eval import evaluate_sharded
+from lmtune.runtime.strategy import Engine, engine_for
 from lmtune.tasks.base import Task
 from lmtune.train import checkpoint as ckpt
 from lmtune.train.averaging import WeightAverage, averaging_start
@@ -40,6 +43,7 @@ class TrainResult:
     best_dir: Path | None
     stopped_early: bool = False
     history: list[dict[str, Any]] = field(default_factory=list)
+    engine: Engine | None = None  # the strategy the model trained under (run.py saves through it)
 
 
 def plan_steps(
@@ -127,6 +131,7 @@ def train(
     eval_dtype = amp_dtype if tc.eval_precision == "train" else None
     if tc.compile:
         model = torch.compile(model)  # type: ignore[assignment]
+    engine = engine_for(tc, model, dist, amp_dtype, regularizer is not None)  # before the optimizer
 
     # ---- plan: one optimizer step = grad_accum micro-batches x world_size processes
     micro_global = tc.batch_size * dist.world_size
@@ -184,7 +189,7 @@ def train(
     if resume:
         found = ckpt.list_checkpoints(ckpt_root)
         if found:
-            state = ckpt.load_checkpoint(found[-1], model, optimizer, scheduler)
+            state = sharded_ckpt.load_any(found[-1], model, optimizer, scheduler, dist.rank)
             saved_average = ckpt.load_extra(found[-1], AVERAGE_FILE)
             if average is not None and saved_average is not None:
                 average.load(saved_average, int(state.get("average_count", 0)))
@@ -211,20 +216,19 @@ def train(
         if not eval_rows:
             return None
         model.eval()
-        result = None
-        if dist.is_main:
-            with torch.no_grad(), _autocast(device, eval_dtype):
-                result = task.evaluate(_unwrap(model), eval_rows, tc.eval_batch_size, None)
-                result = {k: float(v) for k, v in result.items() if isinstance(v, (int, float))}
+        with _autocast(device, eval_dtype):  # each process scores its share of the rows
+            result = evaluate_sharded(task, engine, eval_rows, tc.eval_batch_size, dist)
         model.train()
-        return dist.broadcast(result)
+        return result
 
     def save_best() -> None:
         """The model as it is now becomes best/ (a loadable folder, on the main process)."""
+        full = engine.full_state_dict()  # FSDP: gathered onto rank 0 (every process takes part)
         if dist.is_main:
-            save_model(_unwrap(model), best_dir)
+            save_model(_unwrap(model), best_dir, full)
             # The exact trainable tensors too, so the end of the run can reload the best.
-            ckpt.save_file(ckpt.trainable_state(model), str(best_dir / "trainable.safetensors"))
+            trainable = engine.trainable_state(full)
+            ckpt.save_file(trainable, str(best_dir / "trainable.safetensors"))
 
     def after_eval(metrics: dict[str, float]) -> bool:
         """Track the best model; return True when early stopping says stop."""
@@ -259,11 +263,10 @@ def train(
         if average is not None and average.count:
             state["average_count"] = average.count
             extra = {AVERAGE_FILE: average.tensors()}
-        if dist.is_main:
-            ckpt.save_checkpoint(
-                ckpt_root, step, model, optimizer, scheduler, state, tc.keep_last, extra=extra
-            )
-        dist.barrier()
+        # Every process writes its shard (torch.distributed.checkpoint); complete or absent.
+        sharded_ckpt.save_sharded(
+            ckpt_root, step, model, optimizer, scheduler, state, tc.keep_last, dist.rank, extra
+        )
 
     model.train()
     with steady_malloc():
@@ -280,24 +283,27 @@ def train(
                 # and 2 processes == 1 process (mean over tokens, not mean of micro-batch means).
                 units = dist.all_sum(sum(float(m["num_units"]) for m in micro))
                 step_loss = 0.0
-                for m in micro:
+                for i, m in enumerate(micro):
                     m = {k: v.to(device) if torch.is_tensor(v) else v for k, v in m.items()}
-                    with _autocast(device, amp_dtype):
-                        loss_sum, _ = task.loss(model, m)
-                    (loss_sum.float() / units).backward()
+                    # DDP syncs on the step's last micro-batch only; DDP/FSDP average over
+                    # processes, so engine.loss_scale (the world size) makes that the exact sum.
+                    with engine.accumulating(last=i == len(micro) - 1):
+                        with _autocast(device, amp_dtype):
+                            loss_sum, _ = engine.forward(task.loss, m)
+                        (loss_sum.float() * engine.loss_scale / units).backward()
                     step_loss += loss_sum.item()
                     state["tokens"] += int(m["num_tokens"])
                     state["samples"] += int(m["num_examples"])
                 if regularizer is not None:
                     # Once per optimizer step, not per micro-batch: the task loss above is already
                     # the step's mean, so the objective is mean loss + penalty for any grad_accum.
-                    # Every process adds the same penalty and the sum over processes follows.
+                    # Every process adds the same penalty's gradient after the engine averaged
+                    # the task gradients (outside its forward: no sync), so it counts once.
                     penalty = regularizer(_unwrap(model))
-                    (penalty / dist.world_size).backward()
+                    penalty.backward()
                     window_extra["penalty"] = window_extra.get("penalty", 0.0) + float(
                         penalty.detach()
                     )
-                dist.all_reduce_grads(model)
                 if tc.max_grad_norm:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
                 optimizer.step()
@@ -395,7 +401,7 @@ def train(
     if (best_dir / "trainable.safetensors").is_file() and state["best_step"] is not None:
         best_path = best_dir
         if state["best_step"] != state["step"]:
-            ckpt.load_trainable(model, best_dir / "trainable.safetensors")
+            engine.load_trainable(best_dir / "trainable.safetensors", dist.is_main)
             dist.print(
                 f"loaded the best model (step {state['best_step']}, {metric}={state['best']:.4f})"
             )
@@ -415,6 +421,7 @@ def train(
         "best_eval": next((h for h in reversed(history) if h["step"] == state["best_step"]), None),
         "stopped_early": stopped_early,
         "world_size": dist.world_size,
+        "strategy": engine.name,
         "precision": "bf16" if amp_dtype else "fp32",
         "eval_precision": "bf16" if eval_dtype else "fp32",
     }
@@ -422,7 +429,7 @@ def train(
         summary["weight_average"] = {k: v for k, v in average_result.items() if k != "eval"}
     if dist.is_main:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    return TrainResult(summary, best_path, stopped_early, history)
+    return TrainResult(summary, best_path, stopped_early, history, engine)
 
 
 AVERAGE_FILE = "weight_average"  # CKPT/weight_average.safetensors: the running mean

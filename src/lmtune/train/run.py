@@ -233,8 +233,8 @@ def run_training(
         model.to(dist.device)
         audit_in_run(cfg, "before", model, tokenizer, task, prepared, run_dir)
 
-    def saver(m: torch.nn.Module, out: Path) -> None:
-        save_model(m, tokenizer, out, extra=meta)
+    def saver(m: torch.nn.Module, out: Path, state_dict: dict | None = None) -> None:
+        save_model(m, tokenizer, out, extra=meta, state_dict=state_dict)
 
     # TensorBoard/MLflow (tracking.*, off by default) on the main process; they get every
     # metrics.jsonl event, and are closed FAILED when anything below raises.
@@ -266,9 +266,14 @@ def run_training(
             "eval_before": before,
             "data": {k: len(v) for k, v in prepared.splits.items()},
         }
+        # FSDP: the whole weights onto rank 0 for model/, then gathered on every process so
+        # rank 0 alone can run the steps below (collective; a no-op for none and ddp).
+        full = result.engine.full_state_dict() if result.engine else None
+        if result.engine:
+            result.engine.unshard_all()
         if dist.is_main:
             done = Finished(cfg, run_dir, task, model, tokenizer, prepared, forget)
-            save_model(model, tokenizer, run_dir / "model", extra=meta)
+            save_model(model, tokenizer, run_dir / "model", extra=meta, state_dict=full)
             _write_profile(done)
             summary["model_dir"] = str(run_dir / "model")
             for key, step in AFTER_TRAINING:
