@@ -73,7 +73,8 @@ def save_sharded(
     tmp = ckpt_root / f".tmp-{final.name}"
     if rank == 0:
         ckpt_root.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)  # a previous attempt killed mid-write
+        for stale in ckpt_root.glob(".tmp-*"):  # what a run killed mid-write left
+            shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir()
     _barrier()
     tensors, groups = _states(model, optimizer)

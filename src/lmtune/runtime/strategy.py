@@ -121,8 +121,11 @@ class Engine:
             yield
         finally:
             for m in self._fsdp_modules():
-                m.reshard()
                 m.set_reshard_after_forward(m is not self.wrapper, recurse=False)
+            # Reshard everything and forget the forward order these evaluation forwards
+            # recorded: FSDP prefetches in backward by that order, and processes that scored
+            # different numbers of batches would otherwise issue mismatched collectives.
+            self.wrapper.reset_iter_state()  # type: ignore[union-attr]
 
     def unshard_all(self) -> None:
         """FSDP: gather every weight and stop resharding after forward (collective)."""
@@ -227,6 +230,10 @@ def _fully_shard(
         kwargs["offload_policy"] = CPUOffloadPolicy(pin_memory=torch.cuda.is_available())
     for block in blocks:
         fully_shard(block, reshard_after_forward=True, **kwargs)
+    # transformers' generate() then keeps every process stepping until all are done
+    # (synced_gpus), since each step all-gathers the blocks: RLHF rollouts of unequal length.
+    for m in {model, model.get_base_model() if hasattr(model, "get_base_model") else model}:
+        m._is_fsdp_managed_module = True
     root = _Call(model)
     # The root stays gathered from forward to backward (it is needed again at once there).
     fully_shard(root, reshard_after_forward=False, **kwargs)
