@@ -118,6 +118,8 @@ def test_checkpoint_of_one_process_resumes_on_two_fsdp(tmp_path: Path) -> None:
     _assert_same_weights(ref, run, atol=1e-4)
 
 
+@pytest.mark.multiproc
+@pytest.mark.timeout(600)
 def test_kill_9_at_any_moment_leaves_a_resumable_checkpoint(tmp_path: Path) -> None:
     """A run killed while it trains and checkpoints (every step) resumes to the same weights."""
     sections = _sections(tmp_path, max_steps=6)

@@ -120,7 +120,7 @@ CASES = [
     for strategy in ("ddp", "fsdp")
     for task in ("sft", "classification", "dpo")
     for adapter in ("full", "lora")
-]
+] + [("sft", "dora", "fsdp"), ("classification", "dora", "ddp")]
 
 
 @pytest.mark.multiproc
