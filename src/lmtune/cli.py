@@ -126,35 +126,6 @@ def prepare(config: ConfigArg, overrides: Overrides = None) -> None:
     console.print(f"report: {out / 'data_report.md'}")
 
 
-def _launch_workers(nproc: int) -> None:
-    """Re-run this command under torchrun with `nproc` processes (CPU: gloo, GPU: nccl)."""
-    import subprocess
-
-    args = [a for a in sys.argv[1:]]
-    cleaned, skip = [], False
-    for a in args:
-        if skip:
-            skip = False
-            continue
-        if a == "--nproc":
-            skip = True
-            continue
-        if a.startswith("--nproc="):
-            continue
-        cleaned.append(a)
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={nproc}",
-        "-m",
-        "lmtune",
-        *cleaned,
-    ]
-    raise typer.Exit(subprocess.call(cmd))
-
-
 @app.command()
 def train(
     config: ConfigArg,
@@ -169,7 +140,10 @@ def train(
         ),
     ] = False,
     nproc: Annotated[
-        int, typer.Option("--nproc", help="Processes to train with (launches torchrun).")
+        int,
+        typer.Option(
+            "--nproc", help="Processes to train with on this machine (launches torchrun)."
+        ),
     ] = 1,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
     overwrite: Annotated[
@@ -182,21 +156,33 @@ def train(
         bool,
         typer.Option("--no-plan-check", help="Skip the memory plan check (`lmtune plan`)."),
     ] = False,
+    nnodes: Annotated[int, typer.Option("--nnodes", help="Machines in the job.")] = 1,
+    node_rank: Annotated[
+        int, typer.Option("--node-rank", help="This machine's rank (0 at --master-addr).")
+    ] = 0,
+    master_addr: Annotated[
+        str | None, typer.Option("--master-addr", help="Address of the machine of rank 0.")
+    ] = None,
+    master_port: Annotated[
+        int, typer.Option("--master-port", help="Rendezvous port on --master-addr.")
+    ] = 29500,
 ) -> None:
     """Train a model as the config says; the run folder gets everything."""
     from lmtune.runtime.dist import Dist
+    from lmtune.runtime.launch import LaunchPlan, launch
     from lmtune.train.output_dir import check_fresh
     from lmtune.train.run import run_training
 
     cfg = _load(config, overrides)  # validate before spawning workers
+    plan = LaunchPlan(nproc, nnodes, node_rank, master_addr, master_port)
     if "WORLD_SIZE" not in os.environ:  # once, before any worker starts
         check_fresh(cfg.run.output_dir, resume=resume, overwrite=overwrite)
-    if not no_plan_check and "WORLD_SIZE" not in os.environ:
-        from lmtune.runtime.plan import check_fits
+        if not no_plan_check:  # exit 2 with advice rather than out of memory mid-run
+            from lmtune.runtime.plan import check_fits
 
-        check_fits(cfg, nproc=nproc)  # exit 2 with advice rather than out of memory mid-run
-    if nproc > 1 and "WORLD_SIZE" not in os.environ:
-        _launch_workers(nproc)
+            check_fits(cfg, nproc=nproc * nnodes)
+        if plan.wanted():
+            raise typer.Exit(launch(plan, sys.argv[1:]))
     try:
         summary = run_training(cfg, resume=resume, quiet=quiet, force=force)
     finally:

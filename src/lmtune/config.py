@@ -32,6 +32,7 @@ from lmtune.config_eval import (  # noqa: F401 - sections are importable from lm
 )
 from lmtune.config_ops import GateConfig, MonitorConfig, PrunerConfig, SearchConfig, SearchParam  # noqa: F401
 from lmtune.errors import UserError
+from lmtune.runtime.config import DistributedConfig
 
 TaskName = Literal["sft", "classification", "reward", "dpo", "orpo", "rlhf", "qa"]
 FormatName = Literal[
@@ -426,6 +427,10 @@ class TrainConfig(Strict):
         "activations (less memory, about one more forward pass of time).",
     )
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
+    distributed: DistributedConfig = Field(
+        default_factory=DistributedConfig,
+        description="Several processes: the strategy (none, ddp, fsdp) and its options.",
+    )
 
     @field_validator("max_steps")
     @classmethod

@@ -76,8 +76,11 @@ def save_model(
     tokenizer: PreTrainedTokenizerBase,
     out_dir: Path,
     extra: dict | None = None,
+    state_dict: dict[str, torch.Tensor] | None = None,
 ) -> None:
     """Write model (adapter or full weights), tokenizer and lmtune_model.json atomically.
+
+    `state_dict` replaces model.state_dict() (FSDP: the whole weights gathered onto rank 0).
 
     extra's keys (format, template, max_length, ...) go to the top level of the metadata,
     where readers look for them. Its "task" and "adapter" override the values inferred from
@@ -115,14 +118,14 @@ def save_model(
             try:
                 # Embeddings are never stored in the adapter: load_model rebuilds a grown
                 # vocab deterministically, and "auto" would query the hub for the base config.
-                model.save_pretrained(str(tmp), save_embedding_layers=False)
+                model.save_pretrained(str(tmp), save_embedding_layers=False, state_dict=state_dict)
             finally:
                 pcfg.base_model_name_or_path = resolved
             # peft's README.md is a blank template ("Model Card for Model ID"); lmtune writes
             # the real card there (the same text as MODEL_CARD.md) when the run ends.
             (tmp / "README.md").unlink(missing_ok=True)
         else:
-            model.save_pretrained(str(tmp))
+            model.save_pretrained(str(tmp), state_dict=state_dict)
         tokenizer.save_pretrained(str(tmp))
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
 

@@ -1,10 +1,8 @@
 """The process group: one process, or several (torchrun, accelerate launch, `lmtune train --nproc`).
 
 accelerate's PartialState reads the launcher's environment and sets up the process group
-(gloo on CPU, nccl on GPU). Gradients are summed with ONE flat all-reduce per optimizer step
-instead of wrapping the model in DDP: the loss is already divided by the global number of
-loss units, so a plain sum is the exact full-batch gradient, and tasks may call any
-submodule of the model directly (DDP only syncs when its own forward runs).
+(gloo on CPU, nccl on GPU). Gradients are synchronised by the strategy's engine (DDP or
+FSDP2, runtime/strategy.py), never here.
 """
 
 from __future__ import annotations
@@ -58,21 +56,6 @@ class Dist:
         t = torch.tensor([value], dtype=torch.float64)
         td.all_reduce(t)
         return float(t.item())
-
-    def all_reduce_grads(self, model: torch.nn.Module) -> None:
-        """Sum gradients over processes with a single flat all-reduce."""
-        if self.world_size == 1:
-            return
-        grads = [p.grad for p in model.parameters() if p.requires_grad and p.grad is not None]
-        if not grads:
-            return
-        flat = torch.cat([g.reshape(-1).float() for g in grads])
-        td.all_reduce(flat)
-        offset = 0
-        for g in grads:
-            n = g.numel()
-            g.copy_(flat[offset : offset + n].view_as(g))
-            offset += n
 
     def broadcast(self, obj: Any) -> Any:
         """Send a picklable object from rank 0 to all ranks."""

@@ -109,10 +109,25 @@ class ClassificationTask:
     ) -> dict[str, Any]:
         """Loss, accuracy, precision/recall/F1, ECE; writes errors.jsonl and predictions.jsonl
         to out_dir when given."""
+        return self._metrics(rows, self.eval_partial(model, rows, batch_size), out_dir)
+
+    def eval_partial(
+        self, model: torch.nn.Module, rows: list[dict[str, Any]], batch_size: int
+    ) -> torch.Tensor:
+        """Class probabilities of a share of the rows (runtime/sharded_eval.py gathers them)."""
         was_training = model.training
         model.eval()
         probs = self.predict(model, rows, batch_size)
         model.train(was_training)
+        return probs
+
+    def eval_merge(self, parts: list[torch.Tensor], rows: list[dict[str, Any]]) -> dict[str, Any]:
+        """The metrics of every process's probabilities, concatenated in row order."""
+        return self._metrics(rows, torch.cat(parts), None)
+
+    def _metrics(
+        self, rows: list[dict[str, Any]], probs: torch.Tensor, out_dir: Path | None
+    ) -> dict[str, Any]:
         gold = torch.tensor([self.label2id[r["label"]] for r in rows])
         pred = probs.argmax(-1)
         nll = F.nll_loss(probs.clamp_min(1e-12).log(), gold, reduction="mean")

@@ -95,6 +95,12 @@ class SFTTask:
         out_dir: Path | None = None,
     ) -> dict[str, float]:
         """Token-weighted loss, perplexity and next-token accuracy on the response tokens."""
+        return self.eval_merge([self.eval_partial(model, rows, batch_size)], rows)
+
+    def eval_partial(
+        self, model: torch.nn.Module, rows: list[dict[str, Any]], batch_size: int
+    ) -> dict[str, float]:
+        """Sums and counts over rows (a share of an evaluation, runtime/sharded_eval.py)."""
         was_training = model.training
         model.eval()
         device = next(model.parameters()).device
@@ -114,11 +120,20 @@ class SFTTask:
             total_tok += nll.numel()
             correct += int((pred == tgt).sum())
         model.train(was_training)
+        return {"nll": total_nll, "tokens": total_tok, "correct": correct, "examples": len(feats)}
+
+    def eval_merge(
+        self, parts: list[dict[str, float]], rows: list[dict[str, Any]]
+    ) -> dict[str, float]:
+        """The metrics of the summed parts (every process's share, or one whole evaluation)."""
+        total_nll = sum(p["nll"] for p in parts)
+        total_tok = sum(p["tokens"] for p in parts)
+        correct = sum(p["correct"] for p in parts)
         mean = total_nll / max(total_tok, 1)
         return {
             "eval_loss": mean,
             "perplexity": perplexity(mean),
             "token_accuracy": correct / max(total_tok, 1),
             "eval_tokens": float(total_tok),
-            "eval_examples": float(len(feats)),
+            "eval_examples": float(sum(p["examples"] for p in parts)),
         }

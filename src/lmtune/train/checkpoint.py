@@ -24,7 +24,8 @@ from lmtune.errors import UserError
 from lmtune.train.state import TrainState
 
 CKPT_PREFIX = "step-"
-_STALE = re.compile(r"\.step-\d+\.(tmp|old)-[0-9a-f]{8}")
+# Left by a kill mid-write: atomic_dir's temporary/old folders, and save_sharded's .tmp-step-N.
+_STALE = re.compile(r"\.step-\d+\.(tmp|old)-[0-9a-f]{8}|\.tmp-step-\d+")
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -149,15 +150,31 @@ def remove_stale(ckpt_root: Path) -> list[Path]:
     return stale
 
 
-def assert_finite(model: torch.nn.Module, where: Path) -> None:
-    """Refuse to write non-finite trainable weights to `where` (a diverged run)."""
-    bad = [n for n, p in model.named_parameters() if p.requires_grad and not p.isfinite().all()]
+def assert_finite(
+    model: torch.nn.Module | None, where: Path, tensors: dict[str, torch.Tensor] | None = None
+) -> None:
+    """Refuse to write non-finite trainable weights to `where` (a diverged run).
+
+    `tensors` (the whole weights gathered under FSDP) are checked instead of the model's
+    parameters, which are then only this process's shards.
+    """
+    if tensors is not None:
+        items = list(tensors.items())
+    else:
+        assert model is not None
+        items = [(n, p.detach()) for n, p in model.named_parameters() if p.requires_grad]
+    bad = [n for n, t in items if not torch.isfinite(_local(t)).all()]
     if bad:
         raise UserError(
             f"not writing {where}: {len(bad)} trainable tensor(s) hold NaN or Inf (first: "
             f"{bad[0]}); training diverged: lower train.lr, use train.precision=fp32 or set "
             "train.max_grad_norm"
         )
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    # A DTensor (FSDP2 shard) checks its local part: no collective from one process alone.
+    return t.to_local() if hasattr(t, "to_local") else t
 
 
 def load_extra(path: Path, name: str) -> dict[str, torch.Tensor] | None:

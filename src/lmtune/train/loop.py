@@ -25,6 +25,8 @@ import torch
 from lmtune.config import TrainConfig
 from lmtune.errors import UserError
 from lmtune.runtime.memory import steady_malloc
+from lmtune.runtime.sharded_eval import evaluate_sharded
+from lmtune.runtime.strategy import Engine
 from lmtune.tasks.base import Task
 from lmtune.train import checkpoint as ckpt
 from lmtune.train.averaging import judge_average as _judge_average
@@ -42,6 +44,7 @@ from lmtune.train.session import (
     start,
     unwrap,
 )
+from lmtune.train.sharded_ckpt import save_sharded
 from lmtune.train.state import TrainState, improved
 
 __all__ = ["TrainHooks", "TrainInputs", "TrainResult", "plan_steps", "resolve_precision", "train"]
@@ -55,6 +58,7 @@ class TrainResult:
     best_dir: Path | None
     stopped_early: bool = False
     history: list[dict[str, Any]] = field(default_factory=list)
+    engine: Engine | None = None  # the strategy the model trained under (run.py saves through it)
 
 
 def plan_steps(
@@ -161,23 +165,26 @@ def optimizer_step(run: Run, state: TrainState, examples: list[int]) -> float:
         for b in split_step(examples, run.lengths, run.micro_global)
     ]
     units = dist.all_sum(sum(float(m["num_units"]) for m in micro))
-    loss_sum = 0.0
-    for m in micro:
+    loss_sum, engine = 0.0, run.engine
+    for i, m in enumerate(micro):
         m = {k: v.to(dist.device) if torch.is_tensor(v) else v for k, v in m.items()}
-        with autocast(dist.device, run.amp_dtype):
-            loss, _ = task.loss(model, m)
-        scaled(loss.float() / units, run.scaler).backward()
+        # DDP syncs on the step's last micro-batch only; DDP/FSDP average over processes, so
+        # engine.loss_scale (the world size) turns that average back into the exact sum.
+        with engine.accumulating(last=i == len(micro) - 1):
+            with autocast(dist.device, run.amp_dtype):
+                loss, _ = engine.forward(task.loss, m)
+            scaled(loss.float() * engine.loss_scale / units, run.scaler).backward()
         loss_sum += loss.item()
         state.tokens += int(m["num_tokens"])
         state.samples += int(m["num_examples"])
     if run.inp.regularizer is not None:
         # Once per optimizer step, not per micro-batch: the task loss above is already the
         # step's mean, so the objective is mean loss + penalty for any grad_accum. Every
-        # process adds the same penalty and the sum over processes follows.
+        # process adds the same penalty's gradient after the engine averaged the task
+        # gradients (outside its forward: no sync), so it counts once.
         penalty = run.inp.regularizer(unwrap(model))
-        scaled(penalty / dist.world_size, run.scaler).backward()
+        scaled(penalty, run.scaler).backward()
         run.window.add("penalty", float(penalty.detach()))
-    dist.all_reduce_grads(model)
     step_loss = dist.all_sum(loss_sum) / units
 
     def guard(grad_norm: float) -> None:  # before the update: nothing non-finite is applied
@@ -258,50 +265,51 @@ def evaluate(run: Run, state: TrainState) -> dict[str, float] | None:
 
 
 def _eval_metrics(run: Run) -> dict[str, float] | None:
-    """The task's numeric eval metrics on the main process, the same on every process."""
+    """The task's numeric eval metrics, the same on every process: each process scores its
+    share of the rows where the task can merge shares exactly, else the main process all."""
     if not run.inp.eval_rows:
         return None
     run.model.eval()
-    result = None
-    if run.dist.is_main:
-        with torch.no_grad(), autocast(run.dist.device, run.eval_dtype):
-            out = run.inp.task.evaluate(
-                unwrap(run.model), run.inp.eval_rows, run.tc.eval_batch_size, None
-            )
-        result = {k: float(v) for k, v in out.items() if isinstance(v, (int, float))}
+    with autocast(run.dist.device, run.eval_dtype):
+        result = evaluate_sharded(
+            run.inp.task, run.engine, run.inp.eval_rows, run.tc.eval_batch_size, run.dist
+        )
     run.model.train()
-    return run.dist.broadcast(result)
+    return result
 
 
 def save_best(run: Run) -> None:
-    """The model as it is now becomes best/ (a loadable folder, on the main process)."""
+    """The model as it is now becomes best/ (a loadable folder, written by the main process;
+    under FSDP every process takes part in gathering the whole weights first)."""
+    full = run.engine.full_state_dict()
     if run.dist.is_main:
         model = unwrap(run.model)
-        ckpt.assert_finite(model, run.best_dir)
-        run.inp.save_model(model, run.best_dir)
+        trainable = run.engine.trainable_state(full)
+        ckpt.assert_finite(model, run.best_dir, trainable)
+        run.inp.save_model(model, run.best_dir, full)
         # The exact trainable tensors too, so the end of the run can reload the best.
-        ckpt.save_file(ckpt.trainable_state(model), str(run.best_dir / "trainable.safetensors"))
+        ckpt.save_file(trainable, str(run.best_dir / "trainable.safetensors"))
 
 
 def checkpoint(run: Run, state: TrainState) -> None:
-    """An atomic checkpoint of this step (weights, optimizer, scheduler, RNG, state.json)."""
+    """A checkpoint of this step, complete or absent: every process writes its shard of the
+    weights and optimizer (torch.distributed.checkpoint), plus scheduler, RNG, state.json."""
     state.elapsed = time.perf_counter() - run.t_start
     extra = None
     if run.average is not None and run.average.count:
         state.average_count = run.average.count
         extra = {AVERAGE_FILE: run.average.tensors()}
-    if run.dist.is_main:
-        ckpt.save_checkpoint(
-            run.ckpt_root,
-            state.step,
-            run.model,
-            run.optimizer,
-            run.scheduler,
-            state,
-            run.tc.keep_last,
-            extra=extra,
-        )
-    run.dist.barrier()
+    save_sharded(
+        run.ckpt_root,
+        state.step,
+        run.model,
+        run.optimizer,
+        run.scheduler,
+        state.to_json(),
+        run.tc.keep_last,
+        run.dist.rank,
+        extra,
+    )
 
 
 def finish(run: Run, state: TrainState) -> TrainResult:
@@ -314,7 +322,7 @@ def finish(run: Run, state: TrainState) -> TrainResult:
     if (run.best_dir / "trainable.safetensors").is_file() and state.best_step is not None:
         best_path = run.best_dir
         if state.best_step != state.step:
-            ckpt.load_trainable(run.model, run.best_dir / "trainable.safetensors")
+            run.engine.load_trainable(run.best_dir / "trainable.safetensors", run.dist.is_main)
             run.dist.print(
                 f"loaded the best model (step {state.best_step}, {metric}={state.best:.4f})"
             )
@@ -335,6 +343,7 @@ def finish(run: Run, state: TrainState) -> TrainResult:
         "best_eval": next((h for h in reversed(run.history) if h["step"] == state.best_step), None),
         "stopped_early": run.stopped_early,
         "world_size": world,
+        "strategy": run.engine.name,
         "precision": precision_name(run.amp_dtype),
         "eval_precision": precision_name(run.eval_dtype),
     }
@@ -348,7 +357,7 @@ def finish(run: Run, state: TrainState) -> TrainResult:
         (run.inp.run_dir / "summary.json").write_text(
             json.dumps(summary, indent=2, allow_nan=False)
         )
-    return TrainResult(summary, best_path, run.stopped_early, run.history)
+    return TrainResult(summary, best_path, run.stopped_early, run.history, run.engine)
 
 
 def _keep_average(run: Run, state: TrainState) -> dict[str, Any]:

@@ -52,6 +52,8 @@ def apply_update(
         norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
     else:
         norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+    if hasattr(norm, "full_tensor"):  # FSDP2: a DTensor norm over all shards
+        norm = norm.full_tensor()
     if check is not None:
         check(float(norm) if scaler is None else 0.0)
     if scaler is None:

@@ -200,8 +200,8 @@ def run_training(
 
     before = _before_training(cfg, task, model, tokenizer, prepared, run_dir, resume)
 
-    def saver(m: torch.nn.Module, out: Path) -> None:
-        save_model(m, tokenizer, out, extra=meta)
+    def saver(m: torch.nn.Module, out: Path, state_dict: dict | None = None) -> None:
+        save_model(m, tokenizer, out, extra=meta, state_dict=state_dict)
 
     # TensorBoard/MLflow (tracking.*, off by default) on the main process; they get every
     # metrics.jsonl event, and are closed FAILED when anything below raises.
@@ -231,9 +231,14 @@ def run_training(
             "eval_before": before,
             "data": {k: len(v) for k, v in prepared.splits.items()},
         }
+        # FSDP: the whole weights onto rank 0 for model/, then gathered on every process so
+        # rank 0 alone can run the steps below (collective; a no-op for none and ddp).
+        full = result.engine.full_state_dict() if result.engine else None
+        if result.engine:
+            result.engine.unshard_all()
         if dist.is_main:
             done = Finished(cfg, run_dir, task, model, tokenizer, prepared, forget)
-            summary = _write_results(done, summary, meta, trackers)
+            summary = _write_results(done, summary, meta, trackers, full)
     dist.barrier()
     return summary
 
@@ -285,7 +290,11 @@ def _before_training(
 
 
 def _write_results(
-    done: Finished, summary: dict[str, Any], meta: dict[str, Any], trackers: Trackers
+    done: Finished,
+    summary: dict[str, Any],
+    meta: dict[str, Any],
+    trackers: Trackers,
+    full: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """model/, the after-training steps, summary.json, report and model card (main process)."""
     from lmtune.models.export import save_model
@@ -293,7 +302,8 @@ def _write_results(
 
     run_dir = done.run_dir
     assert_finite(done.model, run_dir / "model")  # never a diverged model (the loop stops first)
-    save_model(done.model, done.tokenizer, run_dir / "model", extra=meta)
+    # FSDP: `full` holds the whole weights gathered onto this (main) process.
+    save_model(done.model, done.tokenizer, run_dir / "model", extra=meta, state_dict=full)
     _write_profile(done)
     summary["model_dir"] = str(run_dir / "model")
     for key, step in AFTER_TRAINING:

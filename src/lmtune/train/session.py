@@ -19,6 +19,7 @@ from lmtune.config import Config, TrainConfig
 from lmtune.errors import UserError
 from lmtune.runtime.dist import Dist
 from lmtune.runtime.memory import enable_activation_checkpointing
+from lmtune.runtime.strategy import Engine, engine_for
 from lmtune.tasks.base import Task
 from lmtune.train import checkpoint as ckpt
 from lmtune.train.averaging import WeightAverage, averaging_start
@@ -26,6 +27,7 @@ from lmtune.train.logging import MetricsLog, Progress
 from lmtune.train.optim import build_optimizer
 from lmtune.train.precision import grad_scaler
 from lmtune.train.schedule import lr_lambda, param_groups, warmup_steps
+from lmtune.train.sharded_ckpt import load_any
 from lmtune.train.state import TrainState, check_resume, run_fingerprint
 
 AVERAGE_FILE = "weight_average"  # CKPT/weight_average.safetensors: the running mean
@@ -35,7 +37,7 @@ AVERAGE_FILE = "weight_average"  # CKPT/weight_average.safetensors: the running 
 class TrainInputs:
     """What a run trains (the recipe, train/run.py, builds it).
 
-    `save_model(model, dir)` writes a loadable model folder (used for best/).
+    `save_model(model, dir, state_dict)` writes a loadable model folder (used for best/).
     `regularizer(model)` is a penalty (L2-SP, EWC) added to each optimizer step's mean loss,
     logged as `penalty` beside the loss. `head_names` get train.head_lr.
     """
@@ -46,7 +48,8 @@ class TrainInputs:
     train_features: list[dict[str, Any]]
     eval_rows: list[dict[str, Any]]
     run_dir: Path
-    save_model: Callable[[torch.nn.Module, Path], None]
+    # save_model(model, folder, state_dict): state_dict is None, or under FSDP the whole weights.
+    save_model: Callable[[torch.nn.Module, Path, dict[str, torch.Tensor] | None], None]
     head_names: list[str] = field(default_factory=list)
     regularizer: Callable[[torch.nn.Module], torch.Tensor] | None = None
 
@@ -102,6 +105,7 @@ class Run:
     amp_dtype: torch.dtype | None
     eval_dtype: torch.dtype | None
     scaler: torch.amp.GradScaler | None
+    engine: Engine  # the strategy (none / DDP / FSDP2): forward, sync, gather, shards
     micro_global: int  # examples per micro-batch over all processes
     step_batch: int  # examples per optimizer step over all processes
     lengths: list[int]
@@ -142,6 +146,9 @@ def setup(inp: TrainInputs, hooks: TrainHooks) -> Run:
         enable_activation_checkpointing(model)
     if tc.compile:
         model = torch.compile(model)  # type: ignore[assignment]
+    # DDP / FSDP2 (train.distributed): FSDP shards the parameters in place, so before the
+    # optimizer is built over them.
+    engine = engine_for(tc, model, dist, amp_dtype, inp.regularizer is not None)
     # One optimizer step = grad_accum micro-batches x world_size processes.
     micro_global = tc.batch_size * dist.world_size
     step_batch = micro_global * tc.grad_accum
@@ -178,6 +185,7 @@ def setup(inp: TrainInputs, hooks: TrainHooks) -> Run:
         amp_dtype=amp_dtype,
         eval_dtype=eval_dtype,
         scaler=grad_scaler(amp_dtype, dist.device),  # fp16 only: dynamic loss scaling
+        engine=engine,
         micro_global=micro_global,
         step_batch=step_batch,
         # Arrow-backed features give the length column at once, without reading the rows.
@@ -206,7 +214,8 @@ def start(run: Run) -> TrainState:
         return fresh
     saved = ckpt.read_state(found[-1])
     forced = check_resume(saved.fingerprint, run.fingerprint, run.hooks.force, found[-1])
-    ckpt.load_checkpoint(found[-1], run.model, run.optimizer, run.scheduler)
+    # Sharded (torch.distributed.checkpoint, any process count) or the older single-file form.
+    load_any(found[-1], run.model, run.optimizer, run.scheduler, run.dist.rank)
     if forced:
         _reschedule(run)
         run.dist.print(f"--force: resuming with changed {', '.join(forced)}")
