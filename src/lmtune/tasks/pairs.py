@@ -30,6 +30,7 @@ import torch
 
 from lmtune.data.collate import IGNORE, pad_batch
 from lmtune.losses.logprobs import sequence_sums
+from lmtune.tasks.base import Task
 
 PairStats = dict[str, torch.Tensor]
 
@@ -238,7 +239,7 @@ def evaluate_pairs(
     return out
 
 
-class PairStatsTask:
+class PairStatsTask(Task):
     """`loss` and `evaluate` of a pairwise task, both read off its per-pair `pair_stats`.
 
     A subclass supplies `encode`, `collate` and `pair_stats(model, batch)`, whose "loss" is

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from lmtune.errors import UserError
 from lmtune.evaluate.squad import best_null_threshold, gold_answers, score_one, squad_metrics
+from lmtune.tasks.base import Task
 
 Offsets = list[tuple[int, int] | None]  # character span of each token; None outside the context
 
@@ -95,11 +96,10 @@ def decode(
     return {"text": context[a:b], "start": a, "score": score, "null_score": null}
 
 
-class QATask:
+class QATask(Task):
     """Span extraction: cross-entropy on start and end positions; SQuAD EM/F1."""
 
     name = "qa"
-    default_metric = ("f1", "max")
 
     def __init__(self, tokenizer: Any, cfg: Any) -> None:
         if not getattr(tokenizer, "is_fast", False):
@@ -308,6 +308,12 @@ class QATask:
                 }
             )
         return out
+
+    def predict_rows(
+        self, model: torch.nn.Module, rows: list[dict[str, Any]], batch_size: int
+    ) -> list[dict[str, Any]]:
+        """`lmtune predict`: the answers (see answer)."""
+        return self.answer(model, rows, batch_size)
 
     def evaluate(
         self,

@@ -28,7 +28,6 @@ class RewardTask(PairStatsTask):
     """Pairwise reward modelling; metrics: eval_loss, pairwise_accuracy, mean_margin, reward_chosen/rejected."""
 
     name = "reward"
-    default_metric = ("pairwise_accuracy", "max")
 
     def __init__(self, tokenizer: Any, cfg: Any) -> None:
         self.tokenizer, self.max_length = tokenizer, cfg.model.max_length

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from lmtune.tasks.base import eval_mode
 from lmtune.tasks.pairs import keep_end
 
 Prompt = str | list[dict[str, str]]
@@ -179,8 +180,8 @@ def reference_logits(
     no second copy), else ref_model (a frozen copy of the initial model), else None."""
     with torch.no_grad():
         peft = peft_of(model)
-        if peft is not None:
-            with peft.disable_adapter():
+        if peft is not None:  # eval mode: the reference is fixed, whatever dropout training uses
+            with eval_mode(peft), peft.disable_adapter():
                 return completion_logits(peft, r)
         if ref_model is not None:
             return completion_logits(ref_model, r)

@@ -12,13 +12,13 @@ from typing import Any
 import torch
 
 from lmtune.evaluate.metrics import perplexity
+from lmtune.tasks.base import Task, TaskInputs
 
 
-class SFTTask:
+class SFTTask(Task):
     """Causal-LM next-token loss with prompt masking and optional packing."""
 
     name = "sft"
-    default_metric = ("eval_loss", "min")
 
     def __init__(
         self,
@@ -30,6 +30,17 @@ class SFTTask:
     ) -> None:
         self.tokenizer, self.fmt, self.max_length = tokenizer, fmt, max_length
         self.template, self.packing = template, packing
+
+    @classmethod
+    def from_config(cls, tokenizer: Any, cfg: Any, inputs: TaskInputs) -> SFTTask:
+        """The row format is the one data preparation detected (or the saved model's)."""
+        return cls(
+            tokenizer,
+            inputs.format or "text",
+            cfg.model.max_length,
+            cfg.data.template,
+            cfg.data.packing,
+        )
 
     def encode(self, row: dict[str, Any]) -> dict[str, Any]:
         """input_ids + labels (-100 outside responses); ValueError when no response fits."""

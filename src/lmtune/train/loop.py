@@ -204,7 +204,7 @@ def train(
     window_loss, window_units = 0.0, 0.0
     # Tasks that measure more than the loss per step (rlhf: reward, KL, lengths) expose
     # step_metrics(); their values are averaged over the log window like the loss.
-    step_metrics = getattr(task, "step_metrics", None)
+    step_metrics = task.step_metrics  # {} unless the task has per-step statistics
     window_extra: dict[str, float] = {}
 
     def run_eval() -> dict[str, float] | None:
@@ -279,6 +279,7 @@ def train(
                 # Normalise by the loss units of the WHOLE step on ALL processes, so 4x2 == 8x1
                 # and 2 processes == 1 process (mean over tokens, not mean of micro-batch means).
                 units = dist.all_sum(sum(float(m["num_units"]) for m in micro))
+                task.begin_step(state["step"])  # rlhf: a rollout's reuse is counted in steps
                 step_loss = 0.0
                 for m in micro:
                     m = {k: v.to(device) if torch.is_tensor(v) else v for k, v in m.items()}

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from lmtune.config import Config, dump_config
+from lmtune.tasks.base import Task
 from lmtune.train.dist import Dist
 from lmtune.train.tracking import Trackers, open_trackers, require_packages
 
@@ -26,12 +27,10 @@ def text_length_fn(tokenizer: Any):
     def fn(row: dict[str, Any]) -> int:
         if "messages" in row:
             parts = [m["content"] for m in row["messages"]]
-        elif "prompt" in row:  # a preference pair (the prompt and its longer response), or a prompt
-            prompt = row["prompt"]
-            prompt = " ".join(m["content"] for m in prompt) if isinstance(prompt, list) else prompt
-            parts = [prompt] + (
-                [max(row["chosen"], row["rejected"], key=len)] if "chosen" in row else []
-            )
+        elif "prompt" in row:  # a prompt with its (longest) response(s), or a prompt alone
+            parts = [_joined(row["prompt"])]
+            responses = [_joined(row[k]) for k in ("chosen", "rejected", "completion") if k in row]
+            parts += [max(responses, key=len)] if responses else []
         else:
             parts = [
                 row[k]
@@ -51,8 +50,12 @@ def text_length_fn(tokenizer: Any):
     return fn
 
 
+def _joined(value: str | list[dict[str, str]]) -> str:
+    return " ".join(m["content"] for m in value) if isinstance(value, list) else value
+
+
 def encode_rows(
-    task: Any, rows: list[dict[str, Any]], rejects_path: Path | None
+    task: Task, rows: list[dict[str, Any]], rejects_path: Path | None
 ) -> list[dict[str, Any]]:
     """Encode rows; rows the task cannot encode (no room for a response) are rejected, not lost."""
     feats, rejected = [], []
@@ -97,7 +100,7 @@ def setup(cfg: Config, run_dir: Path, for_training: bool = True) -> dict[str, An
     from lmtune.data.pipeline import prepare_data
     from lmtune.models.adapters import apply_adapter, count_parameters
     from lmtune.models.load import load_model, load_tokenizer
-    from lmtune.tasks import build_task
+    from lmtune.tasks import build_task, spec
 
     dist = Dist.get()
     set_seed(cfg.run.seed)
@@ -105,17 +108,16 @@ def setup(cfg: Config, run_dir: Path, for_training: bool = True) -> dict[str, An
     # Every process prepares the same data (it is deterministic); only rank 0 keeps the files.
     data_dir = run_dir if dist.is_main else Path(tempfile.mkdtemp(prefix="lmtune-rank"))
     prepared = prepare_data(cfg, data_dir, length_fn=text_length_fn(tokenizer))
-    if cfg.task == "classification" and not prepared.labels:
+    if spec(cfg.task).labelled and not prepared.labels:
         from lmtune.errors import UserError
 
         raise UserError(
-            "task classification found no labels in the training data (check data.columns.label)"
+            f"task {cfg.task} found no labels in the training data (check data.columns.label)"
         )
     task = build_task(
         cfg.task, tokenizer, cfg, prepared.labels, prepared.label_weights, prepared.format
     )
-    if hasattr(task, "observe_train"):  # qa: are there unanswerable questions to learn?
-        task.observe_train(prepared.splits["train"])
+    task.observe_train(prepared.splits["train"])  # qa: are there unanswerable questions?
     set_seed(cfg.run.seed)  # the head's random init must not depend on how much data prep drew
     model = load_model(
         cfg.model,
@@ -165,10 +167,11 @@ def run_training(
 
     `on_eval(step, metrics)` goes to the loop (`lmtune tune` reports to its pruner there).
     """
-    from lmtune.evaluate.forgetting import forgetting_on, start_forgetting
+    from lmtune.evaluate.forgetting import forgetting_on
     from lmtune.models.adapters import head_module_names
     from lmtune.models.export import save_model
     from lmtune.train.loop import train
+    from lmtune.train.regularize import start_forgetting
 
     dist = Dist.get()
     run_dir = Path(cfg.run.output_dir)
@@ -191,8 +194,7 @@ def run_training(
         from lmtune.evaluate.baselines import check_label_maps
 
         check_label_maps(cfg.baselines, prepared.labels or [])  # fail now, not after training
-    if hasattr(task, "model_meta"):  # qa: decoding settings that eval/predict must reuse
-        meta.update(task.model_meta())
+    meta.update(task.model_meta())  # qa: decoding settings that eval/predict must reuse
 
     features = encode_rows(
         task, prepared.splits["train"], run_dir / "rejects.jsonl" if dist.is_main else None
@@ -204,17 +206,16 @@ def run_training(
             cfg, model, tokenizer, head_module_names(model), len(features), dist.is_main
         )
         features += forget.replay
-    if hasattr(task, "prepare_features"):
-        features = task.prepare_features(features)
+    features = task.prepare_features(features)  # sft: packing
     eval_rows = prepared.splits.get("eval") or []
-    if hasattr(task, "prepare_reference"):
-        # DPO without an adapter to disable: reference log-probs of the still-untrained model,
-        # computed once here (and cached in the run folder for --resume).
+    if task.needs_reference:
         model.to(dist.device)
-        held_out = [r for name in ("eval", "test") for r in prepared.splits.get(name) or []]
-        task.prepare_reference(
-            model, features, held_out, run_dir, cfg.train.eval_batch_size, resume=resume
-        )
+    # DPO without an adapter to disable: reference log-probs of the still-untrained model,
+    # computed once here (and cached in the run folder for --resume); a no-op for most tasks.
+    held_out = [r for name in ("eval", "test") for r in prepared.splits.get(name) or []]
+    task.prepare_reference(
+        model, features, held_out, run_dir, cfg.train.eval_batch_size, resume=resume
+    )
 
     # The untrained baseline (for classification: the randomly initialised head) on the
     # held-out splits, so the summary shows what training bought.

@@ -1,0 +1,1 @@
+"""The process layer below tasks/, train/ and evaluate/: process group, memory settings."""
