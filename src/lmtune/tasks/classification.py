@@ -42,7 +42,7 @@ class ClassificationTask(Task):
         enc = self.tokenizer(
             row["text"], row.get("text_pair"), truncation=True, max_length=self.max_length
         )
-        feat = {
+        feat: dict[str, Any] = {
             k: list(enc[k]) for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc
         }
         feat["label"] = (
@@ -55,7 +55,7 @@ class ClassificationTask(Task):
         """Dynamic padding to the longest example in the batch."""
         from lmtune.data.collate import pad_batch
 
-        batch = pad_batch(
+        batch: dict[str, Any] = pad_batch(
             features,
             self.tokenizer.pad_token_id,
             keys=("input_ids", "attention_mask", "token_type_ids"),

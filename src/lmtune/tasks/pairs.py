@@ -120,10 +120,11 @@ class PairEncoder:
                 responses.append(full[len(prompt_ids) :])
             return prompt_ids, responses[0], responses[1]
         prompt_ids = encode_prompt({"text": prompt}, "text", self.tokenizer, self.template)
-        return prompt_ids, *(
+        chosen, rejected = (
             self._eos(self._text_ids(joiner(prompt, row[k]) + row[k]))
             for k in ("chosen", "rejected")
         )
+        return prompt_ids, chosen, rejected
 
     def encode(self, row: dict[str, Any]) -> dict[str, Any]:
         """{prompt_ids, chosen_ids, rejected_ids, length, key[, margin]} for one row."""

@@ -58,6 +58,7 @@ class RewardTask(PairStatsTask):
         if isinstance(prompt, list):
             prompt = render_prompt(prompt, "chat", self.tokenizer, self.template)
         bt = self.backend
+        assert bt is not None  # text_pair tokenizers always have their backend copy
         enc = {
             k: bt.encode(row[k] if k != "prompt" else prompt, add_special_tokens=False)
             for k in ("prompt", "chosen", "rejected")

@@ -198,7 +198,7 @@ class RewardModel:
         from lmtune.tasks.pairs import to_device
 
         feats = [
-            encode_response(self.task, self._text(p), self._text(r))
+            encode_response(self.task, self._text(p), self._clean(r))
             for p, r in zip(prompts, responses, strict=True)
         ]
         order = sorted(range(len(feats)), key=lambda i: len(feats[i]["input_ids"]))

@@ -101,7 +101,7 @@ def sample(
 ) -> Rollout:
     """k completions of every prompt (temperature 0: greedy, then k should be 1), in eval
     mode (no dropout while sampling); the model's train/eval mode is restored after."""
-    gen_model = unwrap(model)
+    gen_model: Any = unwrap(model)  # a transformers model: generate() is not on nn.Module
     was_training = gen_model.training
     gen_model.eval()
     device = next(gen_model.parameters()).device
@@ -144,7 +144,7 @@ def sample(
 
 
 @functools.cache
-def _takes_logits_to_keep(model_cls: type) -> bool:
+def _takes_logits_to_keep(model_cls: Any) -> bool:
     return "logits_to_keep" in inspect.signature(model_cls.forward).parameters
 
 
@@ -158,7 +158,7 @@ def completion_logits(model: torch.nn.Module, r: Rollout) -> torch.Tensor:
         "position_ids": r.position_ids(),
         "use_cache": False,
     }
-    base = unwrap(model)
+    base: Any = unwrap(model)
     base = base.get_base_model() if hasattr(base, "get_base_model") else base
     if _takes_logits_to_keep(type(base)):
         logits = model(**inputs, logits_to_keep=t + 1).logits

@@ -64,6 +64,7 @@ class SFTTask(Task):
         from lmtune.data.collate import check_labels, collate_packed, pad_batch
 
         pad_id = self.tokenizer.pad_token_id
+        batch: dict[str, Any]
         if features and "seq_lens" in features[0]:
             batch = collate_packed(features, pad_id)
             batch["num_tokens"] = int(sum(len(f["input_ids"]) for f in features))
@@ -82,7 +83,7 @@ class SFTTask(Task):
         """Per-token NLL, predictions and targets at the positions that carry loss."""
         from lmtune.models.lm_head import target_logps
 
-        inputs = {
+        inputs: dict[str, torch.Tensor] = {
             k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch
         }
         # The vocabulary projection only where the loss is, in recomputed chunks: prompt and
