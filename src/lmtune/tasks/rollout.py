@@ -160,7 +160,7 @@ def completion_logits(model: torch.nn.Module, r: Rollout) -> torch.Tensor:
     }
     base: Any = unwrap(model)
     base = base.get_base_model() if hasattr(base, "get_base_model") else base
-    if _takes_logits_to_keep(type(base)):
+    if _takes_logits_to_keep(base.__class__):
         logits = model(**inputs, logits_to_keep=t + 1).logits
     else:
         logits = model(**inputs).logits[:, -(t + 1) :]

@@ -59,20 +59,25 @@ class SFTTask(Task):
             p["length"] = len(p["input_ids"])
         return packed
 
-    def collate(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    def collate(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         """Pad (or pack with a block-diagonal mask) and count the tokens that carry loss."""
         from lmtune.data.collate import check_labels, collate_packed, pad_batch
 
         pad_id = self.tokenizer.pad_token_id
         batch: dict[str, Any]
         if features and "seq_lens" in features[0]:
-            batch = collate_packed(features, pad_id)
-            batch["num_tokens"] = int(sum(len(f["input_ids"]) for f in features))
-            batch["num_examples"] = int(sum(len(f["seq_lens"]) for f in features))
+            batch = {
+                **collate_packed(features, pad_id),
+                "num_tokens": int(sum(len(f["input_ids"]) for f in features)),
+                "num_examples": int(sum(len(f["seq_lens"]) for f in features)),
+            }
         else:
-            batch = pad_batch(features, pad_id, keys=("input_ids", "labels", "attention_mask"))
-            batch["num_tokens"] = int(batch["attention_mask"].sum())
-            batch["num_examples"] = len(features)
+            padded = pad_batch(features, pad_id, keys=("input_ids", "labels", "attention_mask"))
+            batch = {
+                **padded,
+                "num_tokens": int(padded["attention_mask"].sum()),
+                "num_examples": len(features),
+            }
         check_labels(batch)
         batch["num_units"] = int((batch["labels"][:, 1:] != -100).sum())
         return batch
