@@ -84,6 +84,27 @@ SPECS: tuple[TaskSpec, ...] = (
         base_dropout=0.0,
     ),
     TaskSpec(
+        "kto",
+        "lmtune.tasks.kto:KTOTask",
+        "causal",
+        ("unpaired", *PAIRS),
+        ("eval_loss", "min"),
+        "generates responses tuned towards completions marked desirable (KTO)",
+        section="kto",
+        section_model="lmtune.tasks.kto:KTOConfig",
+        row_formats=(
+            RowFormat(
+                "unpaired",
+                ("prompt", "completion", "label"),
+                ("prompt", "completion"),
+                "lmtune.tasks.kto:unpaired_row",
+                "{prompt: question, completion: answer, label: is_good}",
+            ),
+        ),
+        serve="causal",
+        base_dropout=0.0,
+    ),
+    TaskSpec(
         "qa",
         "lmtune.tasks.qa:QATask",
         "span",
