@@ -31,7 +31,6 @@ config_app = typer.Typer(no_args_is_help=True, help="Inspect configs.")
 app.add_typer(config_app, name="config")
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
-_DEBUG = {"on": False}
 
 ConfigArg = Annotated[Path, typer.Argument(help="Run config (YAML).")]
 Overrides = Annotated[
@@ -59,7 +58,9 @@ def _root(
         bool, typer.Option("--debug", help="Show tracebacks for internal errors.")
     ] = False,
 ) -> None:
-    _DEBUG["on"] = debug
+    # Declared here so typer accepts it and --help lists it; main() reads it from argv,
+    # because it catches errors outside typer's call.
+    del debug
 
 
 @config_app.command("show")

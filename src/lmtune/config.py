@@ -1,6 +1,6 @@
 """Typed run configuration: one YAML file plus `key.sub=value` overrides.
 
-Every field carries a one-line description (shown by `lmtune config show --help-fields`).
+Every field carries a one-line description (shown by `lmtune config show --fields`).
 Validation reports every problem at once, each with its dotted key path and the file name,
 so a user fixes a config in one pass instead of one error per run.
 """
@@ -17,6 +17,7 @@ from pydantic import (
     PrivateAttr,
     ValidationError,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -33,10 +34,11 @@ from lmtune.config_eval import (  # noqa: F401 - sections are importable from lm
 from lmtune.config_ops import GateConfig, MonitorConfig, PrunerConfig, SearchConfig, SearchParam  # noqa: F401
 from lmtune.errors import UserError
 from lmtune.runtime.config import DistributedConfig
+from lmtune.tasks import TASKS, row_formats, section_models, section_owners, spec
+from lmtune.tasks.spec import load_object
 
-TaskName = Literal["sft", "classification", "reward", "dpo", "orpo", "rlhf", "qa"]
-FormatName = Literal[
-    "auto",
+# Row formats data/formats.py reads; tasks may declare more (their specs' row_formats).
+BUILTIN_FORMATS = (
     "text",
     "instruction",
     "chat",
@@ -47,10 +49,25 @@ FormatName = Literal[
     "dialogue_pair",
     "prompt",
     "qa",
-]
-# Tasks that learn from preference pairs, and the row formats that hold such pairs.
-PREFERENCE_TASKS = ("reward", "dpo", "orpo")
+)
 PREFERENCE_FORMATS = ("preference", "pairwise", "dialogue_pair")
+# What a task whose first format is the key reads, for "task X <needs>, not data.format Y".
+_NEEDS = {
+    "preference": "needs preference pairs (data.format preference, pairwise, dialogue_pair or auto)",
+    "prompt": "reads prompts (data.format prompt or auto)",
+    "qa": "reads SQuAD JSON or context/question/answers rows (data.format qa or auto)",
+    "classification": "needs labelled rows (data.format classification, pair_classification "
+    "or auto)",
+}
+
+
+def format_names() -> tuple[str, ...]:
+    """Every data.format value: auto, the built-in formats, and those tasks declare."""
+    return ("auto", *BUILTIN_FORMATS, *row_formats())
+
+
+def _tasks_where(flag: str) -> str:
+    return ", ".join(n for n, s in TASKS.items() if getattr(s, flag))
 
 
 class RunConfig(Strict):
@@ -243,7 +260,15 @@ class DataConfig(Strict):
     test: str | list[str] | None = Field(
         None, description="Test file(s); if absent, split from train when split.test > 0."
     )
-    format: FormatName = Field("auto", description="Row format; auto detects from the columns.")
+    format: str = Field("auto", description="Row format; auto detects from the columns.")
+
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, v: str) -> str:
+        if v not in format_names():
+            raise ValueError(f"unknown format {v!r} (known: {', '.join(format_names())})")
+        return v
+
     columns: dict[str, str] = Field(
         default_factory=dict,
         description="Map lmtune field -> your column, e.g. {text: review, label: stars}.",
@@ -426,7 +451,6 @@ class TrainConfig(Strict):
         description="Recompute each transformer block in backward instead of keeping its "
         "activations (less memory, about one more forward pass of time).",
     )
-    num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
     distributed: DistributedConfig = Field(
         default_factory=DistributedConfig,
         description="Several processes: the strategy (none, ddp, fsdp) and its options.",
@@ -439,6 +463,23 @@ class TrainConfig(Strict):
         if v == 0 or v < -1:
             raise ValueError("must be a positive number of steps, or -1 to train for train.epochs")
         return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed_keys(cls, data: Any) -> Any:
+        # train.num_workers was documented as DataLoader workers but read by nothing: batches
+        # are collated in the main process. Old configs (and run folders) keep loading.
+        if isinstance(data, dict) and "num_workers" in data:
+            data = dict(data)
+            if data.pop("num_workers") not in (0, None):
+                import warnings
+
+                warnings.warn(
+                    "train.num_workers is ignored and will be refused in a later version: it "
+                    "never did anything (lmtune collates batches in the main process); remove it",
+                    stacklevel=2,
+                )
+        return data
 
 
 class TrackingConfig(Strict):
@@ -587,9 +628,9 @@ class Config(Strict):
     _notes: list[str] = PrivateAttr(default_factory=list)
 
     run: RunConfig = Field(default_factory=RunConfig, description="Run identity and output folder.")
-    task: TaskName = Field(
+    task: str = Field(
         "classification",
-        description="What to train: sft (causal LM), classification, reward (Bradley-Terry reward model), dpo or orpo (preference tuning of a causal LM), rlhf (online RL of a causal LM from a reward).",
+        description="What to train (tasks/__init__.py registers them): sft (causal LM), classification, reward (Bradley-Terry reward model), dpo or orpo (preference tuning of a causal LM), rlhf (online RL of a causal LM from a reward), qa (extractive QA).",
     )
     model: ModelConfig = Field(default_factory=ModelConfig, description="Base model.")
     adapter: AdapterConfig = Field(
@@ -655,29 +696,70 @@ class Config(Strict):
             self.train.__dict__["lr"] = lr
         return self
 
+    sections: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Config sections that task modules declare (e.g. kto:); written at the top level.",
+    )
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, v: str) -> str:
+        spec(v)  # ValueError naming the known tasks
+        return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _collect_sections(cls, data: Any) -> Any:
+        # A section a task module declares (its spec's section_model) is written at the top
+        # level like the built-in ones; it is kept in `sections` and validated by its model.
+        if isinstance(data, dict) and any(k in data for k in section_models()):
+            data = dict(data)
+            data["sections"] = {
+                **(data.get("sections") or {}),
+                **{k: data.pop(k) for k in section_models() if k in data},
+            }
+        return data
+
+    @field_validator("sections")
+    @classmethod
+    def _validate_sections(cls, v: dict[str, Any]) -> dict[str, Any]:
+        models = section_models()
+        unknown = [k for k in v if k not in models]
+        if unknown:
+            raise ValueError(f"unknown section(s) {', '.join(unknown)}")
+        return {k: load_object(models[k]).model_validate(value) for k, value in v.items()}
+
+    @model_serializer(mode="wrap")
+    def _flat_sections(self, handler: Any) -> dict[str, Any]:
+        out = handler(self)
+        out.update(out.pop("sections", None) or {})
+        return out
+
+    def section(self, name: str) -> Any:
+        """A task-declared config section (its defaults when the config leaves it out)."""
+        if name in self.sections:
+            return self.sections[name]
+        return load_object(section_models()[name])()
+
     @model_validator(mode="after")
     def _combinations(self) -> Config:
-        problems = []
-        if self.task == "sft" and self.data.format in ("classification", "pair_classification"):
-            problems.append("task sft cannot train on data.format " + self.data.format)
-        if self.task == "classification" and self.data.format in ("text", "instruction", "chat"):
-            problems.append(
-                "task classification needs labelled rows, not data.format " + self.data.format
-            )
+        problems = self._format_problems() + self._section_problems()
         problems += self._preference_problems()
         problems += self._rlhf_problems()
         problems += self.forgetting.problems(self.task, self.adapter.type)
         problems += self._qa_problems()
-        if self.baselines.enabled and self.task != "classification":
-            problems.append("baselines.enabled only applies to task classification")
+        task = spec(self.task)
         problems += self._quantization_problems()
-        if self.data.packing and self.task != "sft":
-            problems.append("data.packing only applies to task sft")
-        if self.train.class_weights != "none" and self.task != "classification":
-            problems.append("train.class_weights only applies to task classification")
-        if self.data.balance.strategy == "loss_weights" and self.task != "classification":
+        if self.baselines.enabled and not task.labelled:
+            problems.append(f"baselines.enabled only applies to task {_tasks_where('labelled')}")
+        if self.data.packing and not task.packs:
+            problems.append(f"data.packing only applies to task {_tasks_where('packs')}")
+        if self.train.class_weights != "none" and not task.labelled:
+            problems.append(f"train.class_weights only applies to task {_tasks_where('labelled')}")
+        if self.data.balance.strategy == "loss_weights" and not task.labelled:
             problems.append(
-                "data.balance.strategy loss_weights only applies to task classification"
+                "data.balance.strategy loss_weights only applies to task "
+                + _tasks_where("labelled")
             )
         if problems:
             raise ValueError("; ".join(problems))
@@ -693,36 +775,52 @@ class Config(Strict):
                 f"(adapter.type {self.adapter.type}): set adapter.type lora or dora (QLoRA), or "
                 "remove model.quantization"
             )
-        if self.task not in ("sft", "dpo", "orpo", "rlhf"):
+        if spec(self.task).model != "causal":
             problems.append(
-                f"model.quantization applies to causal-LM tasks (sft, dpo, orpo, rlhf), not "
+                f"model.quantization applies to causal-LM tasks ({', '.join(n for n, t in TASKS.items() if t.model == 'causal')}), not "
                 f"task {self.task}: remove model.quantization"
             )
         return problems
 
-    def _preference_problems(self) -> list[str]:
-        pref, fmt = self.preference, self.data.format
-        problems = []
-        if self.task in PREFERENCE_TASKS and fmt not in ("auto", *PREFERENCE_FORMATS):
-            problems.append(
-                f"task {self.task} needs preference pairs (data.format "
-                f"{', '.join(PREFERENCE_FORMATS)} or auto), not data.format {fmt}"
-            )
-        if self.task not in PREFERENCE_TASKS and fmt in PREFERENCE_FORMATS:
-            problems.append(
-                f"data.format {fmt} holds preference pairs: use task {', '.join(PREFERENCE_TASKS)}"
-            )
+    def _format_problems(self) -> list[str]:
+        task, fmt = spec(self.task), self.data.format
+        if fmt == "auto" or fmt in task.formats:
+            return []
+        needs = _NEEDS.get(task.formats[0], f"reads data.format {', '.join(task.formats)} or auto")
+        users = [n for n, s in TASKS.items() if fmt in s.formats]
+        return [
+            f"task {self.task} {needs}, not data.format {fmt}"
+            + (f" (data.format {fmt}: use task {', '.join(users)})" if users else "")
+        ]
+
+    def _section_problems(self) -> list[str]:
         # Compare with the defaults (not fields_set) so a dumped config still loads.
-        if self.task not in PREFERENCE_TASKS and pref != PreferenceConfig():
+        problems = []
+        for section, owners in section_owners().items():
+            if self.task in owners:
+                continue
+            if section in section_models():
+                default = load_object(section_models()[section])()
+                given = section in self.sections and self.sections[section] != default
+            else:
+                value = getattr(self, section)
+                given = value != type(value)()
+            if given:
+                which = "task" if len(owners) == 1 else "tasks"
+                problems.append(
+                    f"the {section} section only applies to {which} {', '.join(owners)}"
+                )
+        return problems
+
+    def _preference_problems(self) -> list[str]:
+        pref, task = self.preference, spec(self.task)
+        problems = []
+        if pref.ties == "keep" and not task.ties:
             problems.append(
-                f"the preference section only applies to tasks {', '.join(PREFERENCE_TASKS)}"
+                f"preference.ties: keep is for task {_tasks_where('ties')} (a tie is a target "
+                f"of 0.5 there); task {self.task} has no use for ties: use preference.ties: drop"
             )
-        if pref.ties == "keep" and self.task != "reward":
-            problems.append(
-                f"preference.ties: keep is for task reward (a tie is a target of 0.5 "
-                f"there); task {self.task} has no use for ties: use preference.ties: drop"
-            )
-        if self.task in ("reward", "orpo") and pref.loss != "sigmoid":
+        if task.own_loss and pref.loss != "sigmoid":
             problems.append(
                 f"preference.loss picks a DPO-family loss; task {self.task} has its own"
             )
@@ -734,19 +832,10 @@ class Config(Strict):
         return problems
 
     def _rlhf_problems(self) -> list[str]:
-        rl, fmt = self.rlhf, self.data.format
-        if self.task != "rlhf":
-            problems = (
-                ["data.format prompt holds prompts only: use task rlhf"] if fmt == "prompt" else []
-            )
-            if rl != RLHFConfig():
-                problems.append("the rlhf section only applies to task rlhf")
-            return problems
+        rl = self.rlhf
+        if spec(self.task).section != "rlhf":
+            return []
         problems = []
-        if fmt not in ("auto", "prompt"):
-            problems.append(
-                f"task rlhf reads prompts (data.format prompt or auto), not data.format {fmt}"
-            )
         if not rl.reward:
             problems.append(
                 "task rlhf needs rlhf.reward: a reward-model run folder or a Python "
@@ -760,18 +849,9 @@ class Config(Strict):
         return problems
 
     def _qa_problems(self) -> list[str]:
-        fmt, problems = self.data.format, []
-        if self.task != "qa":
-            if fmt == "qa":
-                problems.append("data.format qa holds questions with contexts: use task qa")
-            if self.qa != QAConfig():
-                problems.append("the qa section only applies to task qa")
+        problems: list[str] = []
+        if spec(self.task).section != "qa":
             return problems
-        if fmt not in ("auto", "qa"):
-            problems.append(
-                f"task qa reads SQuAD JSON or context/question/answers rows "
-                f"(data.format qa or auto), not data.format {fmt}"
-            )
         if self.qa.doc_stride + 32 > self.model.max_length:
             # Each window holds the question, 3 special tokens, doc_stride old and some new context.
             problems.append(

@@ -169,10 +169,15 @@ class ForgettingConfig(Strict):
 
     def problems(self, task: str, adapter: str) -> list[str]:
         """Combinations that cannot work, as messages naming the keys (checked with the task)."""
-        causal = task in ("sft", "dpo", "orpo", "rlhf")
+        from lmtune.tasks import TASKS
+
+        if task not in TASKS:
+            return []  # the task field reports it
+        t = TASKS[task]
+        causal = t.generates
         m, out = self.mitigation, []
-        if (self.prior or self.measure == "prior_accuracy") and task not in (
-            "classification",
+        if (self.prior or self.measure == "prior_accuracy") and t.model not in (
+            "classifier",
             "reward",
         ):
             out.append(
@@ -202,7 +207,7 @@ class ForgettingConfig(Strict):
             out.append(
                 "forgetting.mitigation.replay needs both data (a text file) and fraction > 0"
             )
-        if m.replay.fraction > 0 and task != "sft":
+        if m.replay.fraction > 0 and "text" not in t.formats:  # replay rows are plain text
             # A classifier has one head: rows of a previous task (other labels, or the same label
             # names meaning something else) would train this head on that task's labels.
             out.append(

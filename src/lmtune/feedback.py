@@ -24,6 +24,7 @@ from typing import IO, Any
 import torch
 
 from lmtune.errors import UserError
+from lmtune.tasks import causal_tasks, spec
 from lmtune.tasks.rollout import Prompt, encode_prompt_ids, sample
 
 KEYS = {
@@ -36,7 +37,6 @@ KEYS = {
     "q": "quit",
     "quit": "quit",
 }
-CAUSAL_TASKS = ("sft", "dpo", "orpo", "rlhf")
 
 
 def load_policy(path: str) -> tuple[torch.nn.Module, Any, str]:
@@ -53,10 +53,10 @@ def load_policy(path: str) -> tuple[torch.nn.Module, Any, str]:
         tokenizer = load_tokenizer(mcfg, for_training=False)
         return load_model(mcfg, "sft", tokenizer).eval(), tokenizer, "auto"
     model, tokenizer, meta, _ = load_for_inference(path)
-    if meta["task"] not in CAUSAL_TASKS:
+    if not spec(meta["task"]).generates:
         raise UserError(
             f"--model {path} is a {meta['task']} model, which cannot write "
-            f"completions; give a causal LM (task {', '.join(CAUSAL_TASKS)})"
+            f"completions; give a causal LM (task {', '.join(causal_tasks())})"
         )
     return model, tokenizer, meta.get("template", "auto")
 

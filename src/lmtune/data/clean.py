@@ -12,7 +12,7 @@ import unicodedata
 from typing import Any
 
 from lmtune.config import CleanConfig
-from lmtune.data.formats import CONTENT_FIELDS, PREFERENCE, RowError, check_chat
+from lmtune.data.formats import FORMATS, PREFERENCE, RowError, check_chat, content_fields
 from lmtune.data.pii import Redactor
 
 # Horizontal whitespace: spaces, tabs and the unicode space separators (NBSP, thin space, ...).
@@ -53,7 +53,7 @@ def text_fields(row: dict[str, Any], fmt: str) -> list[str]:
     if fmt == "chat":
         return [m["content"] for m in row["messages"]]
     out: list[str] = []
-    for f in CONTENT_FIELDS[fmt]:  # a preference prompt may be a message list
+    for f in content_fields(fmt):  # a preference prompt may be a message list
         value = row[f]
         if isinstance(value, list):
             out.extend(m["content"] for m in value)
@@ -72,7 +72,7 @@ def content_key(row: dict[str, Any], fmt: str) -> str:
     if fmt == "chat":
         return "\x1e".join(f"{m['role']}\x1f{m['content']}" for m in row["messages"])
     return "\x1e".join(
-        _messages_key(row[f]) if isinstance(row[f], list) else row[f] for f in CONTENT_FIELDS[fmt]
+        _messages_key(row[f]) if isinstance(row[f], list) else row[f] for f in content_fields(fmt)
     )
 
 
@@ -150,13 +150,14 @@ class RowCleaner:
                     "empty after cleaning",
                 ) from None
             return
-        for f in CONTENT_FIELDS[fmt]:
+        for f in content_fields(fmt):
             if isinstance(row[f], list):  # a preference prompt given as messages
                 for m in row[f]:
                     m["content"] = self._one(m["content"])
                 continue
             row[f] = self._one(row[f])
-            if f in _REQUIRED_TEXT and not row[f].strip():
+            # Every text field of a task-declared format is required (its spec lists them).
+            if (f in _REQUIRED_TEXT or fmt not in FORMATS) and not row[f].strip():
                 raise RowError(f"field '{f}' is empty after cleaning", "empty after cleaning")
         if fmt in PREFERENCE:
             from lmtune.data.preference import check_preference

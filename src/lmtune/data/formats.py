@@ -12,6 +12,8 @@ Canonical rows per format (what tasks consume):
   prompt              {"prompt" (text or messages)}: prompts only, for online RL (task rlhf)
   qa                  {"id"?, "title", "context", "question", "answers": {"text", "answer_start"},
                       "is_impossible"}: extractive QA from SQuAD JSON or flat rows (data/squad.py)
+Tasks may declare more formats in their spec (tasks/spec.py RowFormat): required fields,
+content fields and a normalizer in the task's own module; the functions below consult them.
 Validation turns one user row into a canonical row or raises RowError with a reason that
 names the field, so each bad row lands in rejects.jsonl instead of failing the run.
 """
@@ -64,13 +66,38 @@ CONTENT_FIELDS = {
     "prompt": ("prompt",),
     "qa": ("context", "question"),
 }
-TASK_FORMATS = {
-    "sft": ("chat", "instruction", "text"),
-    "classification": LABELLED,
-    **{t: PREFERENCE for t in ("reward", "dpo", "orpo")},
-    "rlhf": ("prompt",),
-    "qa": ("qa",),
+# A data.columns example per format family, for error messages.
+_EXAMPLES = {
+    "classification": "{text: review, label: stars}",
+    "chat": "{instruction: question, output: answer}",
+    "prompt": "{prompt: question}",
+    "qa": "{context: passage, question: query}",
 }
+
+
+def task_formats(task: str) -> tuple[str, ...]:
+    """The formats task reads (its spec), or every format for an unknown task."""
+    from lmtune.tasks import TASKS
+
+    return TASKS[task].formats if task in TASKS else (*FORMATS, *_declared())
+
+
+def _declared() -> dict[str, Any]:
+    from lmtune.tasks import row_formats
+
+    return row_formats()
+
+
+def required_fields(fmt: str) -> tuple[str, ...]:
+    """Fields a row of fmt must have (built-in or task-declared)."""
+    return REQUIRED[fmt] if fmt in REQUIRED else _declared()[fmt].required
+
+
+def content_fields(fmt: str) -> tuple[str, ...]:
+    """Text fields of a canonical row of fmt that cleaning, dedupe and length limits read."""
+    return CONTENT_FIELDS[fmt] if fmt in CONTENT_FIELDS else _declared()[fmt].content
+
+
 ROLES = ("system", "user", "assistant")
 # ShareGPT `from` values -> roles.
 SHAREGPT_ROLES = {
@@ -175,20 +202,22 @@ def detect_format(
 ) -> str:
     """The format for these columns (or check the requested one); UserError when unclear."""
     cols = set(columns)
-    allowed = TASK_FORMATS.get(task, FORMATS)
-    example = {
-        "classification": "{text: review, label: stars}",
-        "sft": "{instruction: question, output: answer}",
-        "rlhf": "{prompt: question}",
-        "qa": "{context: passage, question: query}",
-    }.get(task, "{prompt: question, chosen: good_answer, rejected: bad_answer}")
+    allowed = task_formats(task)
+    declared = {f: rf for f, rf in _declared().items() if f in allowed}
+    example = (
+        next(iter(declared.values())).example
+        if declared
+        else _EXAMPLES.get(
+            allowed[0], "{prompt: question, chosen: good_answer, rejected: bad_answer}"
+        )
+    )
     shown = ", ".join(c or "(unnamed)" for c in columns) or "(none)"
     hint = (
         f"columns found: {shown}. Set data.format to one of {', '.join(allowed)} and map your "
         f"columns with data.columns (e.g. data.columns={example})"
     )
     if requested != "auto":
-        required = [f for f in REQUIRED[requested] if not (labels_optional and f == "label")]
+        required = [f for f in required_fields(requested) if not (labels_optional and f == "label")]
         lacking = [f for f in required if not _has(f, cols, mapping)]
         if lacking and columns:
             raise UserError(
@@ -200,25 +229,29 @@ def detect_format(
     def has(f: str) -> bool:
         return (labels_optional and f == "label") or _has(f, cols, mapping)
 
-    if task == "classification":
+    for f, rf in declared.items():  # a task's own formats first: the most specific columns
+        if all(has(x) for x in rf.required):
+            return f
+    if allowed == LABELLED:
         if has("text") and has("label"):
             return "pair_classification" if has("text_pair") else "classification"
         missing = [f for f in ("text", "label") if not has(f)]
         raise UserError(
-            f"{where}: task classification needs a text and a label column; no "
+            f"{where}: task {task} needs a text and a label column; no "
             f"column for {_missing(missing, mapping)}; {hint}"
         )
-    if task in TASK_FORMATS and TASK_FORMATS[task] == PREFERENCE:
+    if set(PREFERENCE) <= set(allowed):
         # Most specific first: a pairwise file may also carry chosen/rejected-like columns.
         for f in ("preference", "pairwise", "dialogue_pair"):
             if all(has(x) for x in REQUIRED[f]):
                 return f
+        own = "".join(f"{', '.join(rf.required)} ({f}) rows, or " for f, rf in declared.items())
         raise UserError(
-            f"{where}: task {task} needs preference pairs: prompt/chosen/rejected, "
+            f"{where}: task {task} needs {own}preference pairs: prompt/chosen/rejected, "
             f"prompt/response_a/response_b/preference (a, b or tie), or chosen/rejected full "
             f"dialogues; {hint}"
         )
-    if task == "qa":
+    if allowed == ("qa",):
         if has("context") and has("question"):
             return "qa"
         missing = [f for f in ("context", "question") if not has(f)]
@@ -226,12 +259,14 @@ def detect_format(
             f"{where}: task qa needs SQuAD JSON or rows with context, question and answers; no "
             f"column for {_missing(missing, mapping)}; {hint}"
         )
-    if task == "rlhf":
+    if allowed == ("prompt",):
         if has("prompt"):
             return "prompt"
         raise UserError(
-            f"{where}: task rlhf needs a prompt column (text or a list of messages); {hint}"
+            f"{where}: task {task} needs a prompt column (text or a list of messages); {hint}"
         )
+    if declared:
+        raise UserError(f"{where}: task {task} reads data.format {', '.join(allowed)}; {hint}")
     found = [f for f in ("chat", "instruction") if all(has(x) for x in REQUIRED[f])]
     if len(found) > 1:
         raise UserError(
@@ -364,7 +399,11 @@ def to_canonical(
     """The canonical row for a user row (without `_source`); RowError naming the bad field."""
     fmt, mapping = schema.format, schema.mapping
     row: dict[str, Any]
-    if fmt in PREFERENCE:
+    if fmt not in REQUIRED:  # a format a task declares: its own normalizer
+        from lmtune.tasks.spec import load_object
+
+        row = load_object(_declared()[fmt].normalize)(raw, mapping)
+    elif fmt in PREFERENCE:
         from lmtune.data.preference import preference_row
 
         row = preference_row(raw, fmt, mapping)

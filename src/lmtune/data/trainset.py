@@ -55,9 +55,11 @@ def row_text(row: dict[str, Any]) -> str:
     elif "prompt" in row:  # a preference pair (the prompt and its longer response), or a prompt
         prompt = row["prompt"]
         prompt = " ".join(m["content"] for m in prompt) if isinstance(prompt, list) else prompt
-        parts = [prompt] + (
-            [max(row["chosen"], row["rejected"], key=len)] if "chosen" in row else []
-        )
+        responses = [row[k] for k in ("chosen", "rejected", "completion") if k in row]
+        responses = [
+            " ".join(m["content"] for m in r) if isinstance(r, list) else r for r in responses
+        ]
+        parts = [prompt] + ([max(responses, key=len)] if responses else [])
     else:
         keys = ("text", "text_pair", "instruction", "input", "output", "question", "context")
         parts = [row[k] for k in keys if row.get(k)]

@@ -29,8 +29,8 @@ from lmtune.evaluate.bias import (
     load_terms,
     read_crows,
 )
+from lmtune.tasks import spec
 
-CAUSAL_TASKS = ("sft", "dpo", "orpo", "rlhf")
 UNTRAINED_HEAD = (
     "before training a classifier has an untrained head, whose predictions are noise; "
     "probes start after training (compare two runs with `lmtune audit RUN --before OTHER_RUN`)"
@@ -63,12 +63,13 @@ def load_target(spec: str) -> Target:
     model, tok, meta, cfg = load_for_inference(model_dir)
     run_dir = model_dir.parent if (model_dir.parent / "config.yaml").is_file() else None
     name, task_name = str(model_dir), meta["task"]
-    if task_name == "classification":
+    kind = spec(task_name).audit_kind
+    if kind == "classifier":
         from lmtune.tasks import build_task
 
         task = build_task(task_name, tok, cfg, meta.get("labels"))
         return Target(name, "classifier", model, tok, task, cfg, run_dir=run_dir)
-    if task_name in CAUSAL_TASKS:
+    if kind == "causal":
         return Target(
             name, "causal", model, tok, cfg=cfg, run_dir=run_dir, base=meta.get("base_model")
         )
@@ -291,13 +292,7 @@ def audit_in_run(
     """
     a = cfg.audit
     pairs = read_crows(a.crows, a.max_pairs) if a.crows else None
-    kind = (
-        "classifier"
-        if cfg.task == "classification"
-        else "causal"
-        if cfg.task in CAUSAL_TASKS
-        else None
-    )
+    kind = spec(cfg.task).audit_kind
     reason = None if kind else f"task {cfg.task} trains neither a language model nor a classifier"
     before_path = run_dir / "audit_before.json"
     if stage == "before":

@@ -29,6 +29,7 @@ from lmtune.config import BaselinesConfig, Config, ModelConfig
 from lmtune.errors import UserError
 from lmtune.evaluate.metrics import classification_metrics
 from lmtune.losses.logprobs import sequence_logps
+from lmtune.tasks import TASKS
 
 Rows = list[dict[str, Any]]
 BASELINES_FILE = "baselines.json"
@@ -522,7 +523,7 @@ def run_baselines(
     from lmtune.models.export import read_meta
 
     meta = read_meta(Path(model_dir))
-    if meta.get("task") != "classification":
+    if not (meta.get("task") in TASKS and TASKS[meta["task"]].labelled):
         raise UserError(
             f"baselines need a classification model; {model_dir} is a {meta.get('task')} model"
         )

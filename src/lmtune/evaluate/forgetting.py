@@ -7,8 +7,9 @@ What is measured depends on the model being trained:
 - classifiers continuing from an earlier classification run (the prior task): accuracy on
   the prior task's rows when this model's encoder is read through the PRIOR run's head.
 The result, with absolute and relative change, goes to RUN_DIR/forgetting.json and
-summary.json. Mitigation (config forgetting.mitigation) is built here too: the L2-SP/EWC
-regularizer for the loop (train/regularize.py) and replay rows mixed into SFT training.
+summary.json. Mitigation (config forgetting.mitigation): the probes here supply the EWC
+Fisher samples and the replay rows mixed into SFT training; train/regularize.py
+(start_forgetting) builds the L2-SP/EWC regularizer for the loop.
 
 `overfitting_flags` reads the loop's metrics events and flags a train/eval gap and an eval
 loss that rises while the train loss falls.
@@ -30,8 +31,8 @@ import torch
 
 from lmtune.config import Config
 from lmtune.errors import UserError
+from lmtune.tasks import TASKS, spec
 
-CAUSAL_TASKS = ("sft", "dpo", "orpo", "rlhf")
 TEXT_FILES = (".txt", ".raw", ".tokens")
 
 
@@ -243,7 +244,7 @@ def resolve_prior(cfg: Config) -> Path | None:
             return None
         raise UserError(f"forgetting.prior: {exc}") from None
     task = read_meta(model_dir).get("task")
-    if task != "classification":
+    if not (task in TASKS and TASKS[task].labelled):
         if auto:
             return None
         raise UserError(
@@ -346,7 +347,7 @@ def prior_accuracy_probe(
 def build_probe(cfg: Config, tokenizer: Any, model: torch.nn.Module) -> Probe | None:
     """The configured measure, or None when nothing is to be measured (no reference, no prior)."""
     fc = cfg.forgetting
-    if cfg.task in CAUSAL_TASKS:
+    if spec(cfg.task).forgetting_kind == "lm":
         return perplexity_probe(cfg, tokenizer) if fc.reference else None
     prior = resolve_prior(cfg)
     if prior is not None and fc.measure in ("auto", "prior_accuracy"):
@@ -423,37 +424,6 @@ class Forgetting:
             }
         (Path(run_dir) / "forgetting.json").write_text(json.dumps(result, indent=2))
         return result
-
-
-def start_forgetting(
-    cfg: Config,
-    model: torch.nn.Module,
-    tokenizer: Any,
-    head_names: list[str],
-    n_train: int,
-    is_main: bool = True,
-) -> Forgetting:
-    """Before training: measure the reference (main process), build L2-SP/EWC and replay.
-
-    Runs on a forked random stream, so switching the measurement on or off leaves the
-    training itself bit-identical.
-    """
-    from lmtune.train.regularize import build_regularizer
-
-    m = cfg.forgetting.mitigation
-    with torch.random.fork_rng(devices=[]):
-        probe = build_probe(cfg, tokenizer, model)
-        before = probe.score(model) if probe is not None and is_main else None
-        losses = (lambda: probe.sample_losses(model, m.ewc.samples)) if probe is not None else None
-        regularizer = build_regularizer(model, head_names, m.l2sp, m.ewc.weight, losses)
-    replay = replay_features(cfg, tokenizer, n_train)
-    info = {
-        "l2sp": m.l2sp,
-        "ewc": m.ewc.model_dump() if m.ewc.weight > 0 else None,
-        "replay": {**m.replay.model_dump(), "rows": len(replay)} if replay else None,
-        "adapter": cfg.adapter.type,
-    }
-    return Forgetting(probe, before, regularizer, replay, info)
 
 
 def forgetting_on(cfg: Config) -> bool:

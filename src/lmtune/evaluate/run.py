@@ -7,56 +7,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from lmtune.config import Config
 from lmtune.errors import UserError
+from lmtune.models.saved import load_for_inference, resolve_model_dir
+from lmtune.tasks import causal_tasks, spec
+from lmtune.tasks.base import Task
+
+__all__ = ["load_for_inference", "resolve_model_dir", "run_eval", "run_generate", "run_predict"]
 
 
-def resolve_model_dir(path: str | Path) -> Path:
-    """A run folder (uses its model/) or a model folder written by lmtune."""
-    p = Path(path)
-    if (p / "model" / "lmtune_model.json").is_file():
-        return p / "model"
-    if (p / "lmtune_model.json").is_file():
-        return p
-    if p.is_dir() and (p / "best" / "lmtune_model.json").is_file():
-        return p / "best"  # a run that was interrupted after its first evaluation
-    raise UserError(
-        f"{p} is neither a run folder (with model/) nor a model folder written by lmtune "
-        "(no lmtune_model.json); pass the output_dir of a finished `lmtune train` run"
-    )
-
-
-def load_for_inference(path: str | Path) -> tuple[torch.nn.Module, Any, dict[str, Any], Config]:
-    """Model, tokenizer, its metadata, and a config that reads data the way training did."""
-    from lmtune.models.export import load_trained
-
-    model_dir = resolve_model_dir(path)
-    model, tokenizer, meta = load_trained(model_dir)
-    model.eval()
-    # A released version keeps its resolved config beside the weights; a run folder above model/.
-    run_cfg = (
-        model_dir / "config.yaml"
-        if (model_dir / "config.yaml").is_file()
-        else model_dir.parent / "config.yaml"
-    )
-    data: dict[str, Any] = {}
-    if run_cfg.is_file():
-        data = yaml.safe_load(run_cfg.read_text()) or {}
-        data.get("data", {}).pop("train", None)
-    data.setdefault("data", {})
-    data["task"] = meta["task"]
-    data["data"]["format"] = meta.get("format", "auto")
-    if meta.get("labels"):
-        data["data"]["labels"] = meta["labels"]
-    data.setdefault("model", {})["max_length"] = meta.get("max_length", 256)
-    if meta.get("qa"):  # qa: decode exactly as training resolved it (allow_no_answer included)
-        data["qa"] = dict(meta["qa"])
-    return model, tokenizer, meta, Config.model_validate(data)
-
-
-def _task_for(meta: dict[str, Any], tokenizer: Any, cfg: Config) -> Any:
+def _task_for(meta: dict[str, Any], tokenizer: Any, cfg: Config) -> Task:
     from lmtune.tasks import build_task
 
     return build_task(meta["task"], tokenizer, cfg, meta.get("labels"), None, meta.get("format"))
@@ -78,7 +39,7 @@ def run_eval(
     from lmtune.data.pipeline import read_rows
 
     model, tokenizer, meta, cfg = load_for_inference(model_path)
-    if baselines and meta["task"] != "classification":
+    if baselines and not spec(meta["task"]).labelled:
         raise UserError(
             f"--baselines needs a classification model; {model_path} is a {meta['task']} model"
         )
@@ -154,21 +115,21 @@ def run_predict(
     out_path: str | Path | None,
     batch_size: int = 64,
 ) -> list[dict[str, Any]]:
-    """Label every text in a file with a trained classifier; writes predictions jsonl."""
+    """Predict for every row of a file with a model whose task predicts (a classifier's labels,
+    a qa model's answers); writes predictions jsonl."""
     model, tokenizer, meta, cfg = load_for_inference(model_path)
-    if meta["task"] == "qa":
-        return _predict_qa(model, tokenizer, meta, cfg, input_path, out_path, batch_size)
-    if meta["task"] != "classification":
+    task_spec = spec(meta["task"])
+    if not task_spec.predicts:
         raise UserError(
-            f"predict needs a classification model; {model_path} is a {meta['task']} model "
-            "(use `lmtune generate` for causal LMs)"
+            f"predict needs a classification or qa model; {model_path} is a {meta['task']} "
+            "model (use `lmtune generate` for causal LMs)"
         )
-    if Path(input_path).suffix == ".txt":
+    if Path(input_path).suffix == ".txt" and task_spec.labelled:
         rows = read_texts(input_path)
     else:
         from lmtune.data.pipeline import read_rows
 
-        # Same column mapping and validation as training; labels may be absent.
+        # Same column mapping and validation as training; labels/answers may be absent.
         rows, rejects = read_rows(input_path, cfg, labels_optional=True)
         if rejects:
             first = rejects[0]
@@ -176,50 +137,7 @@ def run_predict(
                 f"{input_path}: {len(rejects)} row(s) cannot be predicted, first at line "
                 f"{first.get('line')}: {first.get('reason')}"
             )
-    task = _task_for(meta, tokenizer, cfg)
-    probs = task.predict(model, rows, batch_size)
-    labels = meta["labels"]
-    preds = []
-    for r, p in zip(rows, probs, strict=True):
-        top = int(p.argmax())
-        preds.append(
-            {
-                "text": r["text"],
-                **({"text_pair": r["text_pair"]} if "text_pair" in r else {}),
-                "label": labels[top],
-                "confidence": round(float(p[top]), 4),
-                "scores": {
-                    lab: round(float(s), 4) for lab, s in zip(labels, p.tolist(), strict=True)
-                },
-            }
-        )
-    if out_path:
-        with Path(out_path).open("w", encoding="utf-8") as f:
-            for row in preds:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    return preds
-
-
-def _predict_qa(
-    model: torch.nn.Module,
-    tokenizer: Any,
-    meta: dict[str, Any],
-    cfg: Config,
-    input_path: str | Path,
-    out_path: str | Path | None,
-    batch_size: int,
-) -> list[dict[str, Any]]:
-    """Answers for a SQuAD JSON or context/question rows file (answers may be absent)."""
-    from lmtune.data.pipeline import read_rows
-
-    rows, rejects = read_rows(input_path, cfg, labels_optional=True)
-    if rejects:
-        first = rejects[0]
-        raise UserError(
-            f"{input_path}: {len(rejects)} row(s) cannot be answered, first at row "
-            f"{first.get('line')}: {first.get('reason')}"
-        )
-    preds = _task_for(meta, tokenizer, cfg).answer(model, rows, batch_size)
+    preds = _task_for(meta, tokenizer, cfg).predict_rows(model, rows, batch_size)
     if out_path:
         with Path(out_path).open("w", encoding="utf-8") as f:
             for row in preds:
@@ -239,10 +157,10 @@ def run_generate(
     from lmtune.data.templates import generation_prompt_ids
 
     model, tokenizer, meta, _ = load_for_inference(model_path)
-    if meta["task"] not in ("sft", "dpo", "orpo", "rlhf"):
+    if not spec(meta["task"]).generates:
         raise UserError(
-            f"generate needs a causal LM (task sft, dpo, orpo or rlhf); {model_path} is a "
-            f"{meta['task']} model"
+            f"generate needs a causal LM (task {', '.join(causal_tasks())}); {model_path} is "
+            f"a {meta['task']} model"
         )
     torch.manual_seed(seed)
     fmt = meta.get("format", "text")

@@ -16,6 +16,7 @@ from transformers.pytorch_utils import Conv1D
 
 from lmtune.config import AdapterConfig
 from lmtune.errors import UserError
+from lmtune.tasks import spec
 
 # Top-level attribute names of task heads in transformers models, in lookup order.
 # DistilBERT's head is pre_classifier + classifier, so both are listed.
@@ -48,16 +49,6 @@ DEFAULT_TARGETS: dict[str, list[str]] = {
     **{a: _BERT_LIKE for a in ("bert", "roberta", "xlm-roberta", "electra", "camembert", "mpnet")},
     "distilbert": ["q_lin", "k_lin", "v_lin", "out_lin", "lin1", "lin2"],
     "deberta-v2": ["query_proj", "key_proj", "value_proj", "dense"],
-}
-
-_TASK_TYPES = {
-    "sft": TaskType.CAUSAL_LM,
-    "dpo": TaskType.CAUSAL_LM,
-    "orpo": TaskType.CAUSAL_LM,
-    "rlhf": TaskType.CAUSAL_LM,
-    "classification": TaskType.SEQ_CLS,
-    "reward": TaskType.SEQ_CLS,
-    "qa": TaskType.QUESTION_ANS,
 }
 
 
@@ -129,8 +120,10 @@ def apply_adapter(
     A 4/8-bit base (model.quantization) is first prepared for k-bit training (peft: frozen,
     float weights in fp32, checkpointing when asked); only lora/dora train on it.
     """
-    if task not in _TASK_TYPES:
-        raise UserError(f"task {task!r} has no adapter setup (known: {', '.join(_TASK_TYPES)})")
+    try:
+        task_type = TaskType[spec(task).peft_task_type]
+    except ValueError as exc:
+        raise UserError(f"task {task!r} has no adapter setup ({exc})") from None
     from lmtune.models.quantize import is_quantized, prepare_for_training
 
     if is_quantized(model):
@@ -156,11 +149,11 @@ def apply_adapter(
     targets = _resolve_targets(model, acfg)
     if acfg.modules_to_save == "auto":
         # A freshly initialised classifier must train in full; an LM head stays frozen.
-        seq_cls = _TASK_TYPES[task] == TaskType.SEQ_CLS
+        seq_cls = task_type == TaskType.SEQ_CLS
         to_save = [h for h in heads if h != "lm_head"] if seq_cls else None
         # QUESTION_ANS: peft adds qa_outputs to modules_to_save by itself (listing it twice
         # would wrap it twice).
-    elif _TASK_TYPES[task] == TaskType.QUESTION_ANS:
+    elif task_type == TaskType.QUESTION_ANS:
         to_save = [m for m in acfg.modules_to_save if m != "qa_outputs"] or None
     else:
         to_save = list(acfg.modules_to_save) or None
@@ -173,7 +166,7 @@ def apply_adapter(
         bias=acfg.bias,
         use_dora=acfg.type == "dora",
         modules_to_save=to_save,
-        task_type=_TASK_TYPES[task],
+        task_type=task_type,
         # GPT-2 stores its projections as Conv1D (weight transposed); peft needs to know.
         fan_in_fan_out=model_type == "gpt2",
     )

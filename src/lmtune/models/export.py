@@ -23,6 +23,7 @@ from lmtune.atomic import atomic_dir
 from lmtune.config import ModelConfig, QuantizationConfig
 from lmtune.errors import UserError
 from lmtune.models.load import BUILTIN_MODELS, load_model, resolve_model_path
+from lmtune.tasks import SPECS, spec
 
 META_FILE = "lmtune_model.json"
 META_VERSION = 1
@@ -54,18 +55,25 @@ def _recorded_base(given: str | None, resolved: str) -> str:
 
 
 def _task_of(base: torch.nn.Module) -> str:
+    # The first registered task that loads this kind of model (classification, sft, qa).
     cls = type(base).__name__
-    if cls.endswith("ForSequenceClassification"):
-        return "classification"
-    if cls.endswith(("ForCausalLM", "LMHeadModel")):
-        return "sft"
-    if cls.endswith("ForQuestionAnswering"):
-        return "qa"
+    kind = (
+        "classifier"
+        if cls.endswith("ForSequenceClassification")
+        else "causal"
+        if cls.endswith(("ForCausalLM", "LMHeadModel"))
+        else "span"
+        if cls.endswith("ForQuestionAnswering")
+        else None
+    )
+    for s in SPECS:
+        if s.model == kind:
+            return s.name
     raise UserError(f"cannot tell the task of a {cls}; pass extra={{'task': ...}} to save_model")
 
 
 def _labels(base: torch.nn.Module, task: str) -> list[str] | None:
-    if task != "classification":
+    if spec(task).model != "classifier":
         return None
     id2label = base.config.id2label
     return [str(id2label[i]) for i in range(len(id2label))]

@@ -37,6 +37,7 @@ from transformers.models.auto.modeling_auto import (
 from lmtune.config import ModelConfig
 from lmtune.errors import UserError
 from lmtune.models import pooling
+from lmtune.tasks import TASKS, spec
 
 # Saved mean-pooled classifiers (model.pooling: mean) load through the Auto classes.
 pooling.register()
@@ -52,17 +53,6 @@ _BUILTIN_PACKAGES: dict[str, tuple[str, str, str]] = {
 }
 
 NEW_PAD_TOKEN = "<|pad|>"
-TASKS = ("sft", "classification", "reward", "dpo", "orpo", "rlhf", "qa")
-# What each task loads: a causal LM, or a sequence classifier (reward: one output, the score).
-MODEL_KIND = {
-    "sft": "causal",
-    "dpo": "causal",
-    "orpo": "causal",
-    "rlhf": "causal",
-    "classification": "classifier",
-    "reward": "classifier",
-    "qa": "qa",
-}  # qa: a span head (start/end logits per token) on an encoder
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
@@ -191,7 +181,7 @@ def _check_task(config: PretrainedConfig, task: str, path: str) -> None:
     model_type = getattr(config, "model_type", "?")
     # Remote-code models declare their classes in auto_map instead of transformers' registry.
     auto_map = getattr(config, "auto_map", None) or {}
-    kind = MODEL_KIND.get(task)
+    kind = spec(task).model
     if kind == "causal":
         # BERT-like encoders are registered as causal LMs in transformers (BertLMHeadModel) but
         # were never trained to predict the next token: fine-tuning them for sft is a mistake.
@@ -202,13 +192,12 @@ def _check_task(config: PretrainedConfig, task: str, path: str) -> None:
             model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or "AutoModelForCausalLM" in auto_map
         )
         if encoder or config.is_encoder_decoder or not known:
-            other = "classification" if task == "sft" else "reward"
             raise UserError(
                 f"{path} is a {model_type} model, which cannot generate text, so task {task} "
                 "cannot use it: use a causal LM (Llama, Qwen2, GPT-2, Mistral, ...) or set "
-                f"task: {other}"
+                "task: classification or task: reward (an encoder labels or scores text)"
             )
-    elif kind == "classifier":
+    elif kind in ("classifier", "reward"):
         known = (
             model_type in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
             or model_type == pooling.MEAN_POOL_MODEL_TYPE
@@ -220,7 +209,7 @@ def _check_task(config: PretrainedConfig, task: str, path: str) -> None:
                 f"sequence-classification head for, so task {task} cannot use it: pick another "
                 "model (builtin:minilm works) or task sft"
             )
-    elif kind == "qa":
+    elif kind == "span":
         known = (
             model_type in MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES
             or "AutoModelForQuestionAnswering" in auto_map
@@ -259,7 +248,7 @@ def _use_mean_pooling(config: PretrainedConfig, task: str, path: str, load_kwarg
     A config object passed to from_pretrained is used as it is (label kwargs beside it would
     reach the model's __init__), so the labels move into the config.
     """
-    if task not in ("classification", "reward"):
+    if spec(task).model not in ("classifier", "reward"):
         raise UserError(
             f"model.pooling: mean applies to tasks classification and reward, not {task}; "
             "remove it or set model.pooling: cls"
@@ -314,17 +303,18 @@ def load_model(
     if mcfg.attn_implementation:
         load_kwargs["attn_implementation"] = resolve_attn_implementation(mcfg.attn_implementation)
     if mcfg.quantization is not None:
-        if MODEL_KIND.get(task) != "causal":
+        if spec(task).model != "causal":
             raise UserError(
                 f"model.quantization applies to causal LMs; task {task} loads a "
-                f"{MODEL_KIND.get(task)}: remove model.quantization"
+                f"{spec(task).model}: remove model.quantization"
             )
         from lmtune.models.quantize import bnb_config, quant_device
 
         # Weights are quantized while they load, on the device they will train on.
         load_kwargs["quantization_config"] = bnb_config(mcfg.quantization)
         load_kwargs["device_map"] = {"": str(quant_device())}
-    if task == "reward":
+    kind = spec(task).model
+    if kind == "reward":
         # One output: the scalar reward. A checkpoint's own head (other size) is replaced.
         load_kwargs.update(
             num_labels=1,
@@ -333,12 +323,12 @@ def load_model(
             ignore_mismatched_sizes=True,
         )
         auto_cls = AutoModelForSequenceClassification
-    elif task == "classification":
+    elif kind == "classifier":
         if labels is not None:
             num_labels = len(labels)
         if num_labels is None or num_labels < 2:
             raise UserError(
-                f"task classification needs at least 2 labels (got {num_labels}); check data.labels"
+                f"task {task} needs at least 2 labels (got {num_labels}); check data.labels"
             )
         names = list(labels) if labels is not None else [f"LABEL_{i}" for i in range(num_labels)]
         load_kwargs.update(
@@ -349,7 +339,7 @@ def load_model(
             ignore_mismatched_sizes=True,
         )
         auto_cls = AutoModelForSequenceClassification
-    elif task == "qa":
+    elif kind == "span":
         auto_cls = AutoModelForQuestionAnswering  # a fresh qa_outputs head on a plain encoder
     else:
         auto_cls = AutoModelForCausalLM
@@ -370,11 +360,13 @@ def load_model(
 
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         _grow_embeddings(model, len(tokenizer))
-    if mcfg.dropout is not None:
+    dropout = mcfg.dropout if mcfg.dropout is not None else spec(task).base_dropout
+    if dropout is not None:
         # Attention reads its probability from these modules too (transformers' sdpa path).
+        # Before any adapter exists: LoRA's own dropout (adapter.dropout) is left as configured.
         for module in model.modules():
             if isinstance(module, torch.nn.Dropout):
-                module.p = mcfg.dropout
+                module.p = dropout
     model.config.pad_token_id = tokenizer.pad_token_id
     gen = getattr(model, "generation_config", None)
     if gen is not None:

@@ -264,7 +264,7 @@ def _labelled(
     from lmtune.data.pipeline import read_rows
     from lmtune.evaluate.metrics import classification_metrics
     from lmtune.evaluate.run import load_for_inference
-    from lmtune.tasks import build_task
+    from lmtune.tasks import build_task, spec
 
     model, tokenizer, meta, cfg = load_for_inference(target.model_dir)
     rows, rejects = read_rows(data, cfg)
@@ -276,7 +276,7 @@ def _labelled(
     task = build_task(meta["task"], tokenizer, cfg, meta.get("labels"), None, meta.get("format"))
     texts, gold, preds = [row_text(r) for r in rows], None, None
     with torch.no_grad():
-        if meta["task"] == "classification":
+        if spec(meta["task"]).labelled:
             labels = meta["labels"]
             probs = task.predict(model, rows, batch_size)
             gold = [r["label"] for r in rows]

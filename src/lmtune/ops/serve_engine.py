@@ -21,8 +21,6 @@ import torch
 
 from lmtune.errors import UserError
 
-CAUSAL_TASKS = ("sft", "dpo", "orpo", "rlhf")
-
 
 def _follow_pointer(pointer: Path) -> Path:
     """The version folder a registry's `current` names (a symlink, or a file holding a name).
@@ -375,19 +373,19 @@ def load_engine(path: str | Path) -> Engine:
 
     model_dir, version, registry = resolve_serve_dir(path)
     model, tokenizer, meta, cfg = load_for_inference(model_dir)
-    task_name = meta["task"]
-    if task_name == "classification":
-        from lmtune.tasks import build_task
+    from lmtune.tasks import build_task, causal_tasks, spec
 
-        kind = "classifier"
+    task_name = meta["task"]
+    kind = spec(task_name).serve
+    if kind == "classifier":
         task = build_task(task_name, tokenizer, cfg, meta.get("labels"), None, meta.get("format"))
         limit = int(meta.get("max_length") or context_limit(model, meta))
-    elif task_name in CAUSAL_TASKS:
-        kind, task, limit = "causal", None, context_limit(model, meta)
+    elif kind == "causal":
+        task, limit = None, context_limit(model, meta)
     else:
         raise UserError(
             f"{model_dir} is a {task_name} model; serve runs causal LMs "
-            f"({', '.join(CAUSAL_TASKS)}) and classifiers (use `lmtune score` for reward models)"
+            f"({', '.join(causal_tasks())}) and classifiers (use `lmtune score` for reward models)"
         )
     return Engine(
         model=model,

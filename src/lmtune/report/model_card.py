@@ -16,19 +16,14 @@ from lmtune.report import MODEL_CARD_FILE
 from lmtune.report.collect import Folder, headline, load_folder, read_json, weight_average_text
 from lmtune.report.htmlkit import fmt
 from lmtune.report.sections import overfitting_messages
+from lmtune.tasks import TASKS, section_models
+from lmtune.tasks.spec import TaskSpec
 
 TODO = "> **TO COMPLETE (model owner):**"
 
-#: One line per task: what the model does, for the intended-use section.
-TASK_PURPOSE = {
-    "classification": "assigns one of the labels {labels} to a text (or text pair)",
-    "sft": "continues prompts in the style of its {fmt} training data (supervised fine-tuning)",
-    "dpo": "generates responses tuned towards the preferred answers of its preference pairs (DPO)",
-    "orpo": "generates responses tuned on preference pairs (ORPO)",
-    "rlhf": "generates responses optimised for a reward (online RL)",
-    "reward": "scores a (prompt, response) pair; higher means more preferred (reward model)",
-    "qa": "extracts the answer span to a question from a given context (extractive QA)",
-}
+
+def _spec(task: str | None) -> TaskSpec | None:
+    return TASKS.get(task or "")
 
 
 def md_table(headers: list[str], rows: list[list[Any]]) -> str:
@@ -65,10 +60,10 @@ def _method(f: Folder) -> str:
             "full": "full fine-tuning (every weight trained)",
             "head": "head-only training (the pre-trained body frozen)",
         }.get(kind, str(kind))
-    task = f.task
-    if task in ("dpo", "orpo", "reward"):
+    ts = _spec(f.task)
+    if ts and ts.section == "preference" and not ts.own_loss:
         p = f.config.get("preference") or {}
-        text += f"; preference loss {p.get('loss')}, beta {p.get('beta')}" if task == "dpo" else ""
+        text += f"; preference loss {p.get('loss')}, beta {p.get('beta')}"
     s = f.summary
     if s.get("trainable_params") and s.get("total_params"):
         text += (
@@ -243,15 +238,12 @@ def training_section(f: Folder) -> list[str]:
     es = t.get("early_stopping") or {}
     if es:
         rows.append(["best checkpoint by", f"{es.get('metric')} ({es.get('mode')})"])
-    if f.task in ("dpo", "orpo", "reward"):
+    section = (_spec(f.task) or TaskSpec("", "", "causal", (), ("", ""), "")).section
+    if section in ("preference", "rlhf") or section in section_models():  # the task's settings
         rows += [
-            [f"preference.{k}", str(v)]
-            for k, v in (f.config.get("preference") or {}).items()
+            [f"{section}.{k}", str(v)]
+            for k, v in (f.config.get(section) or {}).items()
             if v is not None
-        ]
-    if f.task == "rlhf":
-        rows += [
-            [f"rlhf.{k}", str(v)] for k, v in (f.config.get("rlhf") or {}).items() if v is not None
         ]
     done = [
         ["steps trained", s.get("train_steps")],
@@ -405,7 +397,8 @@ def bias_section(f: Folder) -> list[str]:
 def use_section(f: Folder) -> list[str]:
     """Intended use and limitations: what the files tell, then the owner's paragraph."""
     labels = ", ".join(map(str, f.meta.get("labels") or [])) or "?"
-    purpose = TASK_PURPOSE.get(f.task, f"performs the task {f.task or 'unknown'}")
+    ts = _spec(f.task)  # one line per task (its spec): what the model does
+    purpose = ts.description if ts else f"performs the task {f.task or 'unknown'}"
     purpose = purpose.format(labels=labels, fmt=f.meta.get("format") or "text")
     files = ", ".join(
         sorted({Path(str(i.get("file"))).name for i in f.data_report.get("inputs") or []})
@@ -452,7 +445,7 @@ def use_section(f: Folder) -> list[str]:
         )
     if "audit" not in f.extras:
         bullets.append("No bias audit was run.")
-    if "forgetting" not in f.extras and f.task != "classification":
+    if "forgetting" not in f.extras and not (_spec(f.task) and _spec(f.task).labelled):
         bullets.append("Loss of general ability (forgetting) was not measured.")
     bullets += [f"Data warning: {w}" for w in f.data_report.get("warnings") or []]
     out += [f"- {b}" for b in bullets]
@@ -465,15 +458,15 @@ def use_section(f: Folder) -> list[str]:
 
 def usage_section(f: Folder) -> list[str]:
     """How to load the model again."""
-    cmd = {
-        "classification": "lmtune predict MODEL_DIR --input texts.txt",
-        "reward": "lmtune score MODEL_DIR --input rows.jsonl",
-    }.get(
-        f.task,
-        'lmtune generate MODEL_DIR --prompt "..."'
-        if f.task in ("sft", "dpo", "orpo", "rlhf")
-        else "lmtune eval MODEL_DIR --data labelled.jsonl",
-    )
+    ts = _spec(f.task)
+    if ts and ts.labelled:
+        cmd = "lmtune predict MODEL_DIR --input texts.txt"
+    elif ts and ts.model == "reward":
+        cmd = "lmtune score MODEL_DIR --input rows.jsonl"
+    elif ts and ts.generates:
+        cmd = 'lmtune generate MODEL_DIR --prompt "..."'
+    else:
+        cmd = "lmtune eval MODEL_DIR --data labelled.jsonl"
     adapter = (
         "a peft adapter (load with PeftModel.from_pretrained on the base model)"
         if f.meta.get("adapter") in ("lora", "dora") and not f.meta.get("merged")

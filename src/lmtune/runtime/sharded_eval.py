@@ -28,7 +28,7 @@ def row_share(n: int, rank: int, world_size: int) -> tuple[int, int]:
 
 def can_shard(task: Any) -> bool:
     """Whether the task's evaluation splits exactly over processes."""
-    return hasattr(task, "eval_partial") and hasattr(task, "eval_merge")
+    return bool(task.shards_eval)
 
 
 def evaluate_sharded(

@@ -9,15 +9,17 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from lmtune.evaluate.calibration import expected_calibration_error
 from lmtune.evaluate.metrics import classification_metrics
-from lmtune.report.calibration import expected_calibration_error
+from lmtune.tasks.base import Task, TaskInputs
 
 
-class ClassificationTask:
+class ClassificationTask(Task):
     """Cross-entropy on a classification head; metrics from evaluate/metrics.py."""
 
+    shards_eval = True  # eval_partial/eval_merge: exact over processes
+
     name = "classification"
-    default_metric = ("accuracy", "max")
 
     def __init__(
         self,
@@ -32,12 +34,17 @@ class ClassificationTask:
         self.max_length = max_length
         self.weights = torch.tensor(label_weights, dtype=torch.float32) if label_weights else None
 
+    @classmethod
+    def from_config(cls, tokenizer: Any, cfg: Any, inputs: TaskInputs) -> ClassificationTask:
+        """Labels (and their loss weights) come from data preparation or the saved model."""
+        return cls(tokenizer, inputs.labels or [], cfg.model.max_length, inputs.label_weights)
+
     def encode(self, row: dict[str, Any]) -> dict[str, Any]:
         """Tokenize text (and text_pair); unlabeled rows (prediction) get label -1."""
         enc = self.tokenizer(
             row["text"], row.get("text_pair"), truncation=True, max_length=self.max_length
         )
-        feat = {
+        feat: dict[str, Any] = {
             k: list(enc[k]) for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc
         }
         feat["label"] = (
@@ -50,7 +57,7 @@ class ClassificationTask:
         """Dynamic padding to the longest example in the batch."""
         from lmtune.data.collate import pad_batch
 
-        batch = pad_batch(
+        batch: dict[str, Any] = pad_batch(
             features,
             self.tokenizer.pad_token_id,
             keys=("input_ids", "attention_mask", "token_type_ids"),
@@ -99,6 +106,28 @@ class ClassificationTask:
             batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
             probs[idx] = self.logits(model, batch).float().softmax(-1).cpu()
         return probs
+
+    def predict_rows(
+        self, model: torch.nn.Module, rows: list[dict[str, Any]], batch_size: int
+    ) -> list[dict[str, Any]]:
+        """Per row: its text(s), the top label, its confidence and every label's probability."""
+        probs = self.predict(model, rows, batch_size)
+        out = []
+        for r, p in zip(rows, probs, strict=True):
+            top = int(p.argmax())
+            out.append(
+                {
+                    "text": r["text"],
+                    **({"text_pair": r["text_pair"]} if "text_pair" in r else {}),
+                    "label": self.labels[top],
+                    "confidence": round(float(p[top]), 4),
+                    "scores": {
+                        lab: round(float(s), 4)
+                        for lab, s in zip(self.labels, p.tolist(), strict=True)
+                    },
+                }
+            )
+        return out
 
     def evaluate(
         self,

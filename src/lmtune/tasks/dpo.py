@@ -19,6 +19,7 @@ import torch
 
 from lmtune.atomic import atomic_write_text
 from lmtune.losses.dpo import DPO_LOSSES, REFERENCE_FREE, LossParams, PairLogps, implicit_rewards
+from lmtune.tasks.base import eval_mode
 from lmtune.tasks.pairs import (
     PairEncoder,
     PairStats,
@@ -44,24 +45,22 @@ def compute_reference(
 ) -> dict[str, list[float]]:
     """key -> [chosen, rejected] summed log-probs under the reference (the model as it is now,
     with any adapter disabled), in eval mode."""
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
     peft = _peft(model)
     out: dict[str, list[float]] = {}
     feats = sorted(features, key=lambda f: f["length"])
-    for i in range(0, len(feats), batch_size):
-        chunk = feats[i : i + batch_size]
-        batch = to_device(task.collate(chunk), device)
-        if peft is not None:
-            with peft.disable_adapter():
-                sums, _ = response_logps(peft, batch)
-        else:
-            sums, _ = response_logps(model, batch)
-        n = len(chunk)
-        for f, c, r in zip(chunk, sums[:n].tolist(), sums[n:].tolist(), strict=True):
-            out[f["key"]] = [c, r]
-    model.train(was_training)
+    with eval_mode(model):
+        for i in range(0, len(feats), batch_size):
+            chunk = feats[i : i + batch_size]
+            batch = to_device(task.collate(chunk), device)
+            if peft is not None:
+                with peft.disable_adapter():
+                    sums, _ = response_logps(peft, batch)
+            else:
+                sums, _ = response_logps(model, batch)
+            n = len(chunk)
+            for f, c, r in zip(chunk, sums[:n].tolist(), sums[n:].tolist(), strict=True):
+                out[f["key"]] = [c, r]
     return out
 
 
@@ -73,7 +72,6 @@ class DPOTask(PairStatsTask):
     """
 
     name = "dpo"
-    default_metric = ("eval_loss", "min")
 
     def __init__(self, tokenizer: Any, cfg: Any) -> None:
         pref = cfg.preference
@@ -88,6 +86,11 @@ class DPOTask(PairStatsTask):
         self.fingerprint = {"model": cfg.model.name_or_path, "revision": cfg.model.revision}
         self.precompute = False  # decided in prepare_reference, once the model is known
         self.ref_cache: dict[str, list[float]] = {}
+
+    @property
+    def needs_reference(self) -> bool:
+        """Reference log-probs may be precomputed before the loop."""
+        return True
 
     def encode(self, row: dict[str, Any]) -> dict[str, Any]:
         """Token ids of the prompt and both responses (see tasks/pairs.py for truncation)."""
@@ -111,12 +114,9 @@ class DPOTask(PairStatsTask):
         disabling an adapter. Fills features in place and keeps eval rows' values for evaluate.
         With resume, values cached in run_dir are reused (only missing pairs are computed).
 
-        Dropout is switched off first (as TRL does): with it, the policy's log-probs would be
-        noisy samples while the reference's are not, and the log-ratio would not start at 0.
+        The reference is computed in eval mode and no module is changed: the base model's
+        dropout is 0 from load (the task's spec, as TRL does), LoRA dropout stays as configured.
         """
-        for module in model.modules():
-            if isinstance(module, torch.nn.Dropout):
-                module.p = 0.0
         if self.loss_name in REFERENCE_FREE:
             return
         self.precompute = self.reference_mode == "precompute" or _peft(model) is None
@@ -167,7 +167,8 @@ class DPOTask(PairStatsTask):
         if peft is None or self.precompute:
             return None
         # The adapter starts as a no-op (LoRA B = 0), so the base model IS the initial policy.
-        with torch.no_grad(), peft.disable_adapter():
+        # Eval mode: the reference is a fixed function, whatever dropout the policy trains with.
+        with torch.no_grad(), eval_mode(peft), peft.disable_adapter():
             sums, _ = response_logps(peft, batch)
         return sums[:n], sums[n:]
 

@@ -29,7 +29,6 @@ class ORPOTask(PairStatsTask):
     """
 
     name = "orpo"
-    default_metric = ("eval_loss", "min")
 
     def __init__(self, tokenizer: Any, cfg: Any) -> None:
         self.tokenizer = tokenizer

@@ -30,6 +30,7 @@ import torch
 
 from lmtune.data.collate import IGNORE, pad_batch
 from lmtune.losses.logprobs import sequence_sums
+from lmtune.tasks.base import Task
 
 PairStats = dict[str, torch.Tensor]
 
@@ -118,10 +119,11 @@ class PairEncoder:
                     )
                 responses.append(full[len(prompt_ids) :])
             return prompt_ids, responses[0], responses[1]
-        return prompt_ids, *(
+        chosen, rejected = (
             self._eos(self._text_ids(joiner(prompt, row[k]) + row[k]))
             for k in ("chosen", "rejected")
         )
+        return prompt_ids, chosen, rejected
 
     def encode(self, row: dict[str, Any]) -> dict[str, Any]:
         """{prompt_ids, chosen_ids, rejected_ids, length, key[, margin]} for one row."""
@@ -237,7 +239,7 @@ def evaluate_pairs(
     return out
 
 
-class PairStatsTask:
+class PairStatsTask(Task):
     """`loss` and `evaluate` of a pairwise task, both read off its per-pair `pair_stats`.
 
     A subclass supplies `encode`, `collate` and `pair_stats(model, batch)`, whose "loss" is

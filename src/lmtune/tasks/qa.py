@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from lmtune.errors import UserError
 from lmtune.evaluate.squad import best_null_threshold, gold_answers, score_one, squad_metrics
+from lmtune.tasks.base import Task
 
 Offsets = list[tuple[int, int] | None]  # character span of each token; None outside the context
 
@@ -95,11 +96,10 @@ def decode(
     return {"text": context[a:b], "start": a, "score": score, "null_score": null}
 
 
-class QATask:
+class QATask(Task):
     """Span extraction: cross-entropy on start and end positions; SQuAD EM/F1."""
 
     name = "qa"
-    default_metric = ("f1", "max")
 
     def __init__(self, tokenizer: Any, cfg: Any) -> None:
         if not getattr(tokenizer, "is_fast", False):
@@ -159,7 +159,7 @@ class QATask:
         out = []
         for w in range(len(enc["input_ids"])):
             seq = enc.sequence_ids(w)
-            feat = {
+            feat: dict[str, Any] = {
                 k: list(enc[k][w])
                 for k in ("input_ids", "attention_mask", "token_type_ids")
                 if k in enc
@@ -188,7 +188,7 @@ class QATask:
         """Dynamic padding; a window is one loss unit."""
         from lmtune.data.collate import pad_batch
 
-        batch = pad_batch(
+        batch: dict[str, Any] = pad_batch(
             features,
             self.tokenizer.pad_token_id,
             keys=("input_ids", "attention_mask", "token_type_ids"),
@@ -238,7 +238,9 @@ class QATask:
         was_training = model.training
         model.eval()
         device = next(model.parameters()).device
-        feats, owner, decoded = [], [], []
+        feats: list[dict[str, Any]] = []
+        owner: list[int] = []
+        decoded: list[dict[str, Any] | None] = []
         for i, r in enumerate(rows):
             try:
                 fs = self.encode(r)
@@ -273,15 +275,15 @@ class QATask:
                     / 2
                 )
                 n_loss += len(idx)
-            start, end = start.cpu().numpy(), end.cpu().numpy()
+            start_np, end_np = start.cpu().numpy(), end.cpu().numpy()
             for k, j in enumerate(idx):
                 n = feats[j]["length"]
-                per_row[owner[j]].append((start[k, :n], end[k, :n], feats[j]["offsets"]))
+                per_row[owner[j]].append((start_np[k, :n], end_np[k, :n], feats[j]["offsets"]))
         model.train(was_training)
         for i, r in enumerate(rows):
             if decoded[i] is None:
                 decoded[i] = decode(per_row[i], r["context"], self.n_best, self.max_answer_length)
-        return decoded, loss_sum, n_loss
+        return [d for d in decoded if d is not None], loss_sum, n_loss
 
     def _final(self, d: dict[str, Any], allow_no_answer: bool) -> str:
         if allow_no_answer and d["null_score"] - d["score"] > self.null_threshold:
@@ -308,6 +310,12 @@ class QATask:
                 }
             )
         return out
+
+    def predict_rows(
+        self, model: torch.nn.Module, rows: list[dict[str, Any]], batch_size: int
+    ) -> list[dict[str, Any]]:
+        """`lmtune predict`: the answers (see answer)."""
+        return self.answer(model, rows, batch_size)
 
     def evaluate(
         self,

@@ -28,7 +28,6 @@ class RewardTask(PairStatsTask):
     """Pairwise reward modelling; metrics: eval_loss, pairwise_accuracy, mean_margin, reward_chosen/rejected."""
 
     name = "reward"
-    default_metric = ("pairwise_accuracy", "max")
 
     def __init__(self, tokenizer: Any, cfg: Any) -> None:
         self.tokenizer, self.max_length = tokenizer, cfg.model.max_length
@@ -59,6 +58,7 @@ class RewardTask(PairStatsTask):
         if isinstance(prompt, list):
             prompt = render_prompt(prompt, "chat", self.tokenizer, self.template)
         bt = self.backend
+        assert bt is not None  # text_pair tokenizers always have their backend copy
         enc = {
             k: bt.encode(row[k] if k != "prompt" else prompt, add_special_tokens=False)
             for k in ("prompt", "chosen", "rejected")

@@ -25,8 +25,9 @@ from typing import Any
 
 import torch
 
-from lmtune.evaluate.score import load_reward
 from lmtune.losses.rlhf import ADVANTAGES, exact_kl, kl_k1, rlhf_loss
+from lmtune.tasks.base import Task
+from lmtune.tasks.rewards import load_reward
 from lmtune.tasks.rollout import (
     Rollout,
     completion_logits,
@@ -38,12 +39,11 @@ from lmtune.tasks.rollout import (
 )
 
 
-class RLHFTask:
+class RLHFTask(Task):
     """Online RL from a reward; metrics: reward, kl, completion_length, eval_loss (= -(reward -
     kl_coef * kl), the KL-regularised objective, so lower is better like every eval_loss)."""
 
     name = "rlhf"
-    default_metric = ("eval_loss", "min")
 
     def __init__(self, tokenizer: Any, cfg: Any) -> None:
         rl = cfg.rlhf
@@ -51,11 +51,10 @@ class RLHFTask:
         self.max_prompt = cfg.model.max_length - rl.max_new_tokens
         self.reward = load_reward(rl.reward, rl.reward_batch_size)
         self.advantage_fn = ADVANTAGES[rl.advantage]
-        self.micro_per_step = cfg.train.grad_accum
         self.ref_model: torch.nn.Module | None = None
         self._stats: dict[str, list[float]] = {}
         self._round: list[Rollout] = []  # rollouts kept for reuse (updates_per_rollout > 1)
-        self._pos, self._pass = 0, 0
+        self._pos, self._pass = 0, 0  # micro-batch slot within the step; reuse pass of _round
 
     # ---- data --------------------------------------------------------------------------
     def encode(self, row: dict[str, Any]) -> dict[str, Any]:
@@ -84,16 +83,28 @@ class RLHFTask:
         batch_size: int,
         resume: bool = False,
     ) -> None:
-        """Before training (and before a resumed run loads its checkpoint): switch dropout
-        off (sampling, old, new and reference log-probs must be of the same function) and,
-        without an adapter to disable, keep a frozen copy of the initial model."""
-        for module in model.modules():
-            if isinstance(module, torch.nn.Dropout):
-                module.p = 0.0
+        """Before training (and before a resumed run loads its checkpoint): without an adapter
+        to disable, keep a frozen copy of the initial model. No module is changed: the base
+        model's dropout is 0 from load (the task's spec), LoRA dropout stays as configured, and
+        reference passes run in eval mode."""
         if self.rl.kl_coef > 0 and peft_of(model) is None:
             self.ref_model = copy.deepcopy(model).eval().requires_grad_(False)
 
+    @property
+    def needs_reference(self) -> bool:
+        """The frozen copy (full fine-tuning) is made from the model on its device."""
+        return True
+
     # ---- one step ----------------------------------------------------------------------
+    def begin_step(self, step: int) -> None:
+        """An optimizer step begins: the next pass over the kept rollout, or a fresh rollout
+        once it has served rlhf.updates_per_rollout steps (a resumed run starts fresh)."""
+        self._pos = 0
+        if self._round and self._pass + 1 < self.rl.updates_per_rollout:
+            self._pass += 1
+        else:
+            self._round, self._pass = [], 0
+
     def _sample(self, model: torch.nn.Module, batch: dict[str, Any]) -> Rollout:
         rl = self.rl
         r = sample(
@@ -121,14 +132,10 @@ class RLHFTask:
         """A fresh rollout, or the kept one of this micro-batch slot on a reuse pass."""
         if self.rl.updates_per_rollout == 1:
             return self._sample(model, batch)
-        if self._pass == 0:
+        if self._pos >= len(self._round):  # the first pass (or a step with more micro-batches)
             self._round.append(self._sample(model, batch))
         r = self._round[self._pos]
         self._pos += 1
-        if self._pos == self.micro_per_step:  # one optimizer step's micro-batches done
-            self._pos, self._pass = 0, self._pass + 1
-            if self._pass == self.rl.updates_per_rollout:
-                self._round, self._pass = [], 0
         return r
 
     def _advantages(self, r: Rollout, old: torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from lmtune.tasks.base import eval_mode
 from lmtune.tasks.pairs import keep_end
 
 Prompt = str | list[dict[str, str]]
@@ -97,7 +98,7 @@ def sample(
 ) -> Rollout:
     """k completions of every prompt (temperature 0: greedy, then k should be 1), in eval
     mode (no dropout while sampling); the model's train/eval mode is restored after."""
-    gen_model = unwrap(model)
+    gen_model: Any = unwrap(model)  # a transformers model: generate() is not on nn.Module
     was_training = gen_model.training
     gen_model.eval()
     device = next(gen_model.parameters()).device
@@ -140,7 +141,7 @@ def sample(
 
 
 @functools.cache
-def _takes_logits_to_keep(model_cls: type) -> bool:
+def _takes_logits_to_keep(model_cls: Any) -> bool:
     return "logits_to_keep" in inspect.signature(model_cls.forward).parameters
 
 
@@ -154,9 +155,9 @@ def completion_logits(model: torch.nn.Module, r: Rollout) -> torch.Tensor:
         "position_ids": r.position_ids(),
         "use_cache": False,
     }
-    base = unwrap(model)
+    base: Any = unwrap(model)
     base = base.get_base_model() if hasattr(base, "get_base_model") else base
-    if _takes_logits_to_keep(type(base)):
+    if _takes_logits_to_keep(base.__class__):
         logits = model(**inputs, logits_to_keep=t + 1).logits
     else:
         logits = model(**inputs).logits[:, -(t + 1) :]
@@ -176,8 +177,8 @@ def reference_logits(
     no second copy), else ref_model (a frozen copy of the initial model), else None."""
     with torch.no_grad():
         peft = peft_of(model)
-        if peft is not None:
-            with peft.disable_adapter():
+        if peft is not None:  # eval mode: the reference is fixed, whatever dropout training uses
+            with eval_mode(peft), peft.disable_adapter():
                 return completion_logits(peft, r)
         if ref_model is not None:
             return completion_logits(ref_model, r)

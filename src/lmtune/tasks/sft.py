@@ -12,13 +12,15 @@ from typing import Any
 import torch
 
 from lmtune.evaluate.metrics import perplexity
+from lmtune.tasks.base import Task, TaskInputs
 
 
-class SFTTask:
+class SFTTask(Task):
     """Causal-LM next-token loss with prompt masking and optional packing."""
 
+    shards_eval = True  # eval_partial/eval_merge: exact over processes
+
     name = "sft"
-    default_metric = ("eval_loss", "min")
 
     def __init__(
         self,
@@ -30,6 +32,17 @@ class SFTTask:
     ) -> None:
         self.tokenizer, self.fmt, self.max_length = tokenizer, fmt, max_length
         self.template, self.packing = template, packing
+
+    @classmethod
+    def from_config(cls, tokenizer: Any, cfg: Any, inputs: TaskInputs) -> SFTTask:
+        """The row format is the one data preparation detected (or the saved model's)."""
+        return cls(
+            tokenizer,
+            inputs.format or "text",
+            cfg.model.max_length,
+            cfg.data.template,
+            cfg.data.packing,
+        )
 
     def encode(self, row: dict[str, Any]) -> dict[str, Any]:
         """input_ids + labels (-100 outside responses); ValueError when no response fits."""
@@ -48,19 +61,25 @@ class SFTTask:
             p["length"] = len(p["input_ids"])
         return packed
 
-    def collate(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    def collate(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         """Pad (or pack with a block-diagonal mask) and count the tokens that carry loss."""
         from lmtune.data.collate import check_labels, collate_packed, pad_batch
 
         pad_id = self.tokenizer.pad_token_id
+        batch: dict[str, Any]
         if features and "seq_lens" in features[0]:
-            batch = collate_packed(features, pad_id)
-            batch["num_tokens"] = int(sum(len(f["input_ids"]) for f in features))
-            batch["num_examples"] = int(sum(len(f["seq_lens"]) for f in features))
+            batch = {
+                **collate_packed(features, pad_id),
+                "num_tokens": int(sum(len(f["input_ids"]) for f in features)),
+                "num_examples": int(sum(len(f["seq_lens"]) for f in features)),
+            }
         else:
-            batch = pad_batch(features, pad_id, keys=("input_ids", "labels", "attention_mask"))
-            batch["num_tokens"] = int(batch["attention_mask"].sum())
-            batch["num_examples"] = len(features)
+            padded = pad_batch(features, pad_id, keys=("input_ids", "labels", "attention_mask"))
+            batch = {
+                **padded,
+                "num_tokens": int(padded["attention_mask"].sum()),
+                "num_examples": len(features),
+            }
         check_labels(batch)
         batch["num_units"] = int((batch["labels"][:, 1:] != -100).sum())
         return batch
@@ -71,7 +90,7 @@ class SFTTask:
         """Per-token NLL, predictions and targets at the positions that carry loss."""
         from lmtune.models.lm_head import target_logps
 
-        inputs = {
+        inputs: dict[str, torch.Tensor] = {
             k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch
         }
         # The vocabulary projection only where the loss is, in recomputed chunks: prompt and

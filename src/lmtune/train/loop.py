@@ -27,7 +27,6 @@ from lmtune.errors import UserError
 from lmtune.runtime.memory import steady_malloc
 from lmtune.runtime.sharded_eval import evaluate_sharded
 from lmtune.runtime.strategy import Engine
-from lmtune.tasks.base import Task
 from lmtune.train import checkpoint as ckpt
 from lmtune.train.averaging import judge_average as _judge_average
 from lmtune.train.device_stats import device_summary
@@ -158,7 +157,7 @@ def optimizer_step(run: Run, state: TrainState, examples: list[int]) -> float:
     of micro-batch means). Nothing is applied when the loss or the gradient is not finite.
     """
     task, dist, model = run.inp.task, run.dist, run.model
-    _task_hook(task, "begin_step")
+    task.begin_step(state.step)  # rlhf: a rollout's reuse is counted in optimizer steps
     feats = run.inp.train_features
     micro = [
         task.collate([feats[i] for i in dist.shard(b)])
@@ -216,7 +215,7 @@ def _log_step(run: Run, state: TrainState, epoch: int, loss: float) -> None:
     dist, step = run.dist, state.step
     run.window.loss += loss
     run.window.steps += 1
-    for key, value in _task_hook(run.inp.task, "step_metrics", {}).items():
+    for key, value in run.inp.task.step_metrics().items():
         run.window.add(key, dist.all_sum(value) / dist.world_size)  # the mean over processes
     run.last_loss = loss
     lr = float(run.scheduler.get_last_lr()[0])
@@ -406,13 +405,3 @@ def _notify(
         )
         progress.stop()
         raise
-
-
-def _task_hook(task: Task, name: str, default: Any = None) -> Any:
-    """Call the task's lifecycle method `name` (begin_step, step_metrics) if it has one.
-
-    merge: once tasks/base.py declares the lifecycle with no-op defaults, call
-    task.begin_step() and task.step_metrics() directly and drop this helper.
-    """
-    method = getattr(task, name, None)
-    return method() if method is not None else default

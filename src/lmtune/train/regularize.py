@@ -16,10 +16,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from lmtune.errors import UserError
+
+if TYPE_CHECKING:
+    from lmtune.config import Config
+    from lmtune.evaluate.forgetting import Forgetting
 
 
 def l2sp_penalty(
@@ -151,3 +156,34 @@ def build_regularizer(
             )
         fisher = normalize_fisher(diagonal_fisher(params, sample_losses()))
     return Regularizer(anchors, l2sp=l2sp, ewc=ewc, fisher=fisher)
+
+
+def start_forgetting(
+    cfg: Config,
+    model: torch.nn.Module,
+    tokenizer: Any,
+    head_names: list[str],
+    n_train: int,
+    is_main: bool = True,
+) -> Forgetting:
+    """Before training: measure the reference (main process), build L2-SP/EWC and replay.
+
+    Runs on a forked random stream, so switching the measurement on or off leaves the
+    training itself bit-identical.
+    """
+    from lmtune.evaluate.forgetting import Forgetting, build_probe, replay_features
+
+    m = cfg.forgetting.mitigation
+    with torch.random.fork_rng(devices=[]):
+        probe = build_probe(cfg, tokenizer, model)
+        before = probe.score(model) if probe is not None and is_main else None
+        losses = (lambda: probe.sample_losses(model, m.ewc.samples)) if probe is not None else None
+        regularizer = build_regularizer(model, head_names, m.l2sp, m.ewc.weight, losses)
+    replay = replay_features(cfg, tokenizer, n_train)
+    info = {
+        "l2sp": m.l2sp,
+        "ewc": m.ewc.model_dump() if m.ewc.weight > 0 else None,
+        "replay": {**m.replay.model_dump(), "rows": len(replay)} if replay else None,
+        "adapter": cfg.adapter.type,
+    }
+    return Forgetting(probe, before, regularizer, replay, info)

@@ -53,7 +53,7 @@ def setup(cfg: Config, run_dir: Path, for_training: bool = True) -> dict[str, An
     from lmtune.data.trainset import prepare_cached
     from lmtune.models.adapters import apply_adapter, count_parameters
     from lmtune.models.load import load_model, load_tokenizer
-    from lmtune.tasks import build_task
+    from lmtune.tasks import build_task, spec
 
     dist = Dist.get()
     set_seed(cfg.run.seed)
@@ -62,17 +62,16 @@ def setup(cfg: Config, run_dir: Path, for_training: bool = True) -> dict[str, An
     data_dir = run_dir if dist.is_main else Path(tempfile.mkdtemp(prefix="lmtune-rank"))
     # From the data cache when this data, tokenizer and these settings were prepared before.
     prepared, data_plan = prepare_cached(cfg, tokenizer, data_dir)
-    if cfg.task == "classification" and not prepared.labels:
+    if spec(cfg.task).labelled and not prepared.labels:
         from lmtune.errors import UserError
 
         raise UserError(
-            "task classification found no labels in the training data (check data.columns.label)"
+            f"task {cfg.task} found no labels in the training data (check data.columns.label)"
         )
     task = build_task(
         cfg.task, tokenizer, cfg, prepared.labels, prepared.label_weights, prepared.format
     )
-    if hasattr(task, "observe_train"):  # qa: are there unanswerable questions to learn?
-        task.observe_train(prepared.splits["train"])
+    task.observe_train(prepared.splits["train"])  # qa: are there unanswerable questions?
     set_seed(cfg.run.seed)  # the head's random init must not depend on how much data prep drew
     model = load_model(
         cfg.model,
@@ -136,11 +135,12 @@ def run_training(
     `on_eval(step, metrics)` goes to the loop (`lmtune tune` reports to its pruner there).
     `force` lets --resume accept the changes declared safe (train.state.SAFE_KEYS).
     """
-    from lmtune.evaluate.forgetting import forgetting_on, start_forgetting
+    from lmtune.evaluate.forgetting import forgetting_on
     from lmtune.models.adapters import head_module_names
     from lmtune.models.export import save_model
     from lmtune.train.logging import describe_precision
     from lmtune.train.loop import TrainHooks, TrainInputs, train
+    from lmtune.train.regularize import start_forgetting
 
     dist = Dist.get()
     run_dir = _open_run_dir(cfg, resume)
@@ -157,8 +157,7 @@ def run_training(
         from lmtune.evaluate.baselines import check_label_maps
 
         check_label_maps(cfg.baselines, prepared.labels or [])  # fail now, not after training
-    if hasattr(task, "model_meta"):  # qa: decoding settings that eval/predict must reuse
-        meta.update(task.model_meta())
+    meta.update(task.model_meta())  # qa: decoding settings that eval/predict must reuse
 
     from lmtune.data.trainset import encode_train
 
@@ -179,24 +178,23 @@ def run_training(
             cfg, model, tokenizer, head_module_names(model), len(features), dist.is_main
         )
         features = features + forget.replay
-    if hasattr(task, "prepare_reference"):
-        features = features.to_list()  # DPO fills reference log-probs into each feature
-    if hasattr(task, "prepare_features"):
-        n_rows = len(features)
-        features = task.prepare_features(features)
-        if len(features) != n_rows:  # packed: the loop counts sequences, not rows
-            _require_one_step(cfg, len(features), f"packed sequences (from {n_rows} rows)")
+    if task.needs_reference:
+        features = features.to_list()  # DPO/KTO fill reference log-probs into each feature
+    n_rows = len(features)
+    features = task.prepare_features(features)  # sft: packing
+    if len(features) != n_rows:  # packed: the loop counts sequences, not rows
+        _require_one_step(cfg, len(features), f"packed sequences (from {n_rows} rows)")
     report_ragged_tail(cfg, len(features), run_dir)
     _set_log_cadence(cfg, len(features))
     eval_rows = prepared.splits.get("eval") or []
-    if hasattr(task, "prepare_reference"):
-        # DPO without an adapter to disable: reference log-probs of the still-untrained model,
-        # computed once here (and cached in the run folder for --resume).
+    if task.needs_reference:
         model.to(dist.device)
-        held_out = [r for name in ("eval", "test") for r in prepared.splits.get(name) or []]
-        task.prepare_reference(
-            model, features, held_out, run_dir, cfg.train.eval_batch_size, resume=resume
-        )
+    # DPO without an adapter to disable: reference log-probs of the still-untrained model,
+    # computed once here (and cached in the run folder for --resume); a no-op for most tasks.
+    held_out = [r for name in ("eval", "test") for r in prepared.splits.get(name) or []]
+    task.prepare_reference(
+        model, features, held_out, run_dir, cfg.train.eval_batch_size, resume=resume
+    )
 
     before = _before_training(cfg, task, model, tokenizer, prepared, run_dir, resume)
 
