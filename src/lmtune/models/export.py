@@ -260,7 +260,7 @@ def export_merged(model_dir: Path, out_dir: Path, dtype: str | None = None) -> P
         if (model_dir / "data_profile.json").is_file():  # `lmtune monitor` compares inputs with it
             shutil.copy2(model_dir / "data_profile.json", tmp / "data_profile.json")
         if (model_dir / "MODEL_CARD.md").is_file():  # the card travels with the released weights
-            from lmtune.report.model_card import write_readme
+            from lmtune.models.readme import write_readme
 
             shutil.copy2(model_dir / "MODEL_CARD.md", tmp / "MODEL_CARD.md")
             write_readme(tmp)

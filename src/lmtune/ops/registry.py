@@ -198,7 +198,7 @@ def _fill_version(
             card.read_text(encoding="utf-8").rstrip("\n") + "\n\n" + text.rstrip("\n") + "\n",
             encoding="utf-8",
         )
-        from lmtune.report.model_card import write_readme
+        from lmtune.models.readme import write_readme
 
         write_readme(tmp)  # README.md shows the same card, release section included
 

@@ -10,7 +10,7 @@ import shutil
 import warnings
 from pathlib import Path
 
-MODEL_CARD_FILE = "MODEL_CARD.md"
+from lmtune.models.readme import MODEL_CARD_FILE  # noqa: F401 - where report/ reads it
 
 
 def write_report(run_or_eval_dir: str | Path) -> Path:

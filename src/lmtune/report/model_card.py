@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from lmtune.models.readme import write_readme
 from lmtune.report import MODEL_CARD_FILE
 from lmtune.report.collect import Folder, headline, load_folder, read_json, weight_average_text
 from lmtune.report.htmlkit import fmt
@@ -530,25 +531,4 @@ def write_model_card(run_dir: str | Path, model_dir: str | Path) -> Path:
     out = Path(model_dir) / MODEL_CARD_FILE
     out.write_text(render_model_card(folder), encoding="utf-8")
     write_readme(model_dir)
-    return out
-
-
-def write_readme(model_dir: str | Path) -> Path | None:
-    """README.md = MODEL_CARD.md under the Hugging Face Hub's metadata header, so the card a
-    hub page (or anyone opening the folder) shows is the real one; None without a card."""
-    model_dir = Path(model_dir)
-    card = model_dir / MODEL_CARD_FILE
-    if not card.is_file():
-        return None
-    meta = read_json(model_dir / "lmtune_model.json")
-    meta = meta if isinstance(meta, dict) else {}
-    adapter = (model_dir / "adapter_config.json").is_file()
-    header = ["---", f"library_name: {'peft' if adapter else 'transformers'}"]
-    base = meta.get("base_model")
-    if isinstance(base, str) and base and not meta.get("base_model_local"):
-        if not base.startswith(("builtin:", "/", ".")):  # the hub's base_model takes hub ids
-            header.append(f"base_model: {base}")
-    header += ["tags:", "- lmtune", *([f"- {meta['task']}"] if meta.get("task") else []), "---"]
-    out = model_dir / "README.md"
-    out.write_text("\n".join(header) + "\n\n" + card.read_text(encoding="utf-8"), encoding="utf-8")
     return out

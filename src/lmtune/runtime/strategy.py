@@ -162,7 +162,7 @@ class Engine:
     def load_trainable(self, file: Path, is_main: bool) -> None:
         """Copy saved trainable tensors (a safetensors file) into the model (collective on FSDP)."""
         if self.name != "fsdp":
-            from lmtune.train.checkpoint import load_trainable
+            from lmtune.runtime.weights import load_trainable
 
             load_trainable(self.model, file)
             return

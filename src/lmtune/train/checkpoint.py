@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from lmtune.atomic import atomic_dir
 from lmtune.errors import UserError
+from lmtune.runtime.weights import load_trainable
 from lmtune.train.state import TrainState
 
 CKPT_PREFIX = "step-"
@@ -103,18 +104,6 @@ def list_checkpoints(ckpt_root: Path) -> list[Path]:
     found = [p for p in ckpt_root.iterdir() if p.is_dir() and p.name.startswith(CKPT_PREFIX)]
     found = [p for p in found if (p / "state.json").is_file()]
     return sorted(found, key=lambda p: int(p.name[len(CKPT_PREFIX) :]))
-
-
-def load_trainable(model: torch.nn.Module, file: Path) -> None:
-    """Copy saved trainable tensors into `model` in place."""
-    weights = load_file(str(file))
-    params = dict(model.named_parameters())
-    missing = [n for n in weights if n not in params]
-    if missing:
-        raise RuntimeError(f"{file} has weights this model lacks: {missing[:3]}")
-    with torch.no_grad():
-        for n, t in weights.items():
-            params[n].copy_(t.to(params[n].device, params[n].dtype))
 
 
 def load_checkpoint(

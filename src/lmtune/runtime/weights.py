@@ -1,0 +1,20 @@
+"""Weights read back into a live model (below train/: the strategies use it too)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+
+def load_trainable(model: torch.nn.Module, file: Path) -> None:
+    """Copy saved trainable tensors into `model` in place."""
+    weights = load_file(str(file))
+    params = dict(model.named_parameters())
+    missing = [n for n in weights if n not in params]
+    if missing:
+        raise RuntimeError(f"{file} has weights this model lacks: {missing[:3]}")
+    with torch.no_grad():
+        for n, t in weights.items():
+            params[n].copy_(t.to(params[n].device, params[n].dtype))
