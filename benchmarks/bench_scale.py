@@ -224,8 +224,10 @@ def run_one(size: str, nproc: int, strategy: str, ckpt: bool, args: argparse.Nam
         "checkpointing": ckpt,
     }
     if r.returncode != 0:
-        reason = [x for x in (r.stdout + r.stderr).splitlines() if "refused" in x or "rror" in x]
-        row["skipped"] = (reason or [f"exit {r.returncode}"])[-1].strip()[:300]
+        lines = (r.stdout + r.stderr).splitlines()
+        # lmtune's own reason first; a crash otherwise (torchrun's summary lines come last)
+        reason = [x for x in lines if "refused" in x] or [x for x in lines if "Error" in x]
+        row["skipped"] = (reason or [f"exit {r.returncode}"])[0].strip()[:300]
         return row
     ranks = [json.loads(Path(f"{result}.{i}").read_text()) for i in range(nproc)]
     plan = plan_for(cfg, overrides, nproc)

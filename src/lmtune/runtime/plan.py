@@ -226,9 +226,10 @@ def layer_activation_bytes(shape: ModelShape, inp: PlanInputs) -> float:
     per += 4 * inp.seq_len  # the padding mask, as an fp32 row per query
     # LoRA: the down-projection's output per adapted layer; with dropout its input is copied
     # (fp32 or bf16) with a one-byte mask.
-    per += len(shape.lora_in_features) * shape.lora_r * lora_e
+    # (lora_in_features lists every LoRA layer of the model: per block, divide by the blocks)
+    per += len(shape.lora_in_features) * shape.lora_r * lora_e / max(shape.layers, 1)
     if inp.lora_dropout > 0:
-        per += sum(shape.lora_in_features) * (FP32 + 1)
+        per += sum(shape.lora_in_features) * (FP32 + 1) / max(shape.layers, 1)
     return float(per)
 
 
