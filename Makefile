@@ -46,7 +46,7 @@ deps-system:
 test: $(STAMP) deps-system browser
 	$(BIN)/ruff check src tests $(wildcard benchmarks examples)
 	$(BIN)/ruff format --check src tests $(wildcard benchmarks examples)
-	$(BIN)/python -m mypy src/lmtune/train src/lmtune/runtime
+	$(BIN)/python -m mypy src/lmtune/train src/lmtune/runtime src/lmtune/tasks src/lmtune/losses
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 test-slow: $(STAMP)

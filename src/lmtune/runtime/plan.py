@@ -227,10 +227,10 @@ def layer_activation_bytes(shape: ModelShape, inp: PlanInputs) -> float:
     # LoRA: the down-projection's output per adapted layer; with dropout its input is copied
     # (fp32 or bf16) with a one-byte mask.
     # (lora_in_features lists every LoRA layer of the model: per block, divide by the blocks)
-    per += len(shape.lora_in_features) * shape.lora_r * lora_e / max(shape.layers, 1)
+    per_f = float(per) + len(shape.lora_in_features) * shape.lora_r * lora_e / max(shape.layers, 1)
     if inp.lora_dropout > 0:
-        per += sum(shape.lora_in_features) * (FP32 + 1) / max(shape.layers, 1)
-    return float(per)
+        per_f += sum(shape.lora_in_features) * (FP32 + 1) / max(shape.layers, 1)
+    return per_f
 
 
 def activation_bytes(shape: ModelShape, inp: PlanInputs) -> tuple[int, int]:
@@ -338,7 +338,12 @@ def largest_fitting(shape: ModelShape, inp: PlanInputs, budget: int, key: str) -
     high = 1 << 16 if key == "micro_batch" else (shape.max_positions or 1 << 20)
 
     def fits(v: int) -> bool:
-        return estimate(shape, dataclasses.replace(inp, **{key: v})).total <= budget
+        changed = (
+            dataclasses.replace(inp, micro_batch=v)
+            if key == "micro_batch"
+            else dataclasses.replace(inp, seq_len=v)
+        )
+        return estimate(shape, changed).total <= budget
 
     if not fits(low):
         return None

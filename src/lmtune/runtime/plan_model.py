@@ -134,8 +134,9 @@ def measure_shape(cfg: Any, model: torch.nn.Module, config: Any) -> ModelShape:
     """ModelShape of a (meta or real) model built for cfg; counts come from the tensors."""
     from lmtune.models.adapters import head_module_names
     from lmtune.models.lm_head import body_and_head
+    from lmtune.runtime.weights import base_of
 
-    hf = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hf = base_of(model)
     params = dict(model.named_parameters())  # tied weights once
     blocks = list(_blocks(hf))
     block_ids = {id(p) for b in blocks for p in b.parameters()}

@@ -25,11 +25,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
 from lmtune.errors import UserError
+from lmtune.runtime.weights import base_of
 
 
 class _Call(torch.nn.Module):
@@ -61,12 +62,15 @@ def transformer_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
     transformers names them in `_no_split_modules`; without that, the members of the
     longest ModuleList holding parameters.
     """
-    hf = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hf = base_of(model)
     names = set(getattr(hf, "_no_split_modules", None) or [])
-    lists = [m for m in hf.modules() if isinstance(m, torch.nn.ModuleList) and len(m)]
+    lists: list[torch.nn.ModuleList] = [
+        m for m in hf.modules() if isinstance(m, torch.nn.ModuleList) and len(m)
+    ]
     blocks = [b for ml in lists for b in ml if type(b).__name__ in names]
     if not blocks and lists:
-        blocks = list(max(lists, key=len))
+        sizes = [len(ml) for ml in lists]
+        blocks = list(lists[sizes.index(max(sizes))])
     return [b for b in blocks if any(True for _ in b.parameters())]
 
 
@@ -100,7 +104,7 @@ class Engine:
         """
         if self.name == "ddp" and not last:
             assert self.wrapper is not None
-            return self.wrapper.no_sync()
+            return cast(Any, self.wrapper).no_sync()
         return nullcontext()
 
     def _fsdp_modules(self) -> list[Any]:
@@ -125,7 +129,7 @@ class Engine:
             # Reshard everything and forget the forward order these evaluation forwards
             # recorded: FSDP prefetches in backward by that order, and processes that scored
             # different numbers of batches would otherwise issue mismatched collectives.
-            self.wrapper.reset_iter_state()  # type: ignore[union-attr]
+            cast(Any, self.wrapper).reset_iter_state()
 
     def unshard_all(self) -> None:
         """FSDP: gather every weight and stop resharding after forward (collective)."""
@@ -147,8 +151,11 @@ class Engine:
             get_model_state_dict,
         )
 
-        return get_model_state_dict(
-            self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return cast(
+            dict[str, torch.Tensor],
+            get_model_state_dict(
+                self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+            ),
         )
 
     def trainable_state(self, full: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
@@ -176,7 +183,7 @@ class Engine:
         weights = load_file(str(file)) if is_main else {}
         set_model_state_dict(
             self.model,
-            weights,
+            cast(Any, weights),
             options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=False),
         )
 
@@ -232,7 +239,7 @@ def _fully_shard(
         fully_shard(block, reshard_after_forward=True, **kwargs)
     # transformers' generate() then keeps every process stepping until all are done
     # (synced_gpus), since each step all-gathers the blocks: RLHF rollouts of unequal length.
-    for m in {model, model.get_base_model() if hasattr(model, "get_base_model") else model}:
+    for m in {model, base_of(model)}:
         m._is_fsdp_managed_module = True
     root = _Call(model)
     # The root stays gathered from forward to backward (it is needed again at once there).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file
@@ -18,3 +19,9 @@ def load_trainable(model: torch.nn.Module, file: Path) -> None:
     with torch.no_grad():
         for n, t in weights.items():
             params[n].copy_(t.to(params[n].device, params[n].dtype))
+
+
+def base_of(model: Any) -> Any:
+    """The transformers model under a peft wrapper (the model itself when there is none)."""
+    getter = getattr(model, "get_base_model", None)
+    return getter() if callable(getter) else model

@@ -69,7 +69,7 @@ def best_span(
                 continue
             score = float(s_logits[s] + e_logits[e])
             if best is None or score > best[0]:
-                best = (score, offsets[s][0], offsets[e][1])  # type: ignore[index]
+                best = (score, offsets[s][0], offsets[e][1])
     return best
 
 

@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from lmtune.runtime.weights import base_of
+
 # Dense (no sparsity) tensor-core peak in TFLOPS for bf16 (fp16 where the GPU has no bf16),
 # from NVIDIA's data sheets. First match of a name fragment in torch.cuda.get_device_name().
 PEAK_TFLOPS: tuple[tuple[str, float], ...] = (
@@ -46,9 +48,9 @@ def matmul_params(model: torch.nn.Module) -> int:
     """Weights that take part in a matmul per token: all but the input embedding (a lookup);
     a tied output head is counted once as the matmul it is. Quantized weights count as the
     number of weights they hold, not their packed storage."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    emb = base.get_input_embeddings() if hasattr(base, "get_input_embeddings") else None
-    out = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    base = base_of(model)
+    emb = getattr(base, "get_input_embeddings", lambda: None)()
+    out = getattr(base, "get_output_embeddings", lambda: None)()
     total = 0
     for p in base.parameters():
         quant_state = getattr(p, "quant_state", None)
@@ -86,7 +88,7 @@ def device_summary(
 ) -> dict[str, Any]:
     """summary.json's device block: the attention kernel, and on CUDA the GPU, its peak
     memory, model FLOPs per token and MFU against the named peak."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_of(model)
     config = getattr(base, "config", None)
     out: dict[str, Any] = {
         "attn_implementation": getattr(config, "_attn_implementation", None),

@@ -47,7 +47,7 @@ def _bnb_optim(name: str) -> Any:
     return bnb_optim
 
 
-def _adafactor_cls() -> type[torch.optim.Optimizer]:
+def _adafactor_cls() -> Any:
     """torch's own Adafactor (torch >= 2.5), else transformers'."""
     cls = getattr(torch.optim, "Adafactor", None)
     if cls is not None:
@@ -70,8 +70,8 @@ def build_optimizer(
         )
     if name in ("adamw_8bit", "paged_adamw_8bit"):
         bnb_optim = _bnb_optim(name)
-        cls = bnb_optim.PagedAdamW8bit if name == "paged_adamw_8bit" else bnb_optim.AdamW8bit
-        return cls(param_groups, lr=tc.lr, betas=tc.adam_betas)
+        bnb_cls = bnb_optim.PagedAdamW8bit if name == "paged_adamw_8bit" else bnb_optim.AdamW8bit
+        return bnb_cls(param_groups, lr=tc.lr, betas=tc.adam_betas)
     if name == "adafactor":
         cls = _adafactor_cls()
         if cls.__module__.startswith("torch"):

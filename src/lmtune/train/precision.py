@@ -51,7 +51,7 @@ def apply_update(
     if max_grad_norm:
         norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
     else:
-        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
     if hasattr(norm, "full_tensor"):  # FSDP2: a DTensor norm over all shards
         norm = norm.full_tensor()
     if check is not None:

@@ -48,9 +48,7 @@ def _barrier() -> None:
         torch.distributed.barrier()
 
 
-def _states(
-    model: torch.nn.Module, optimizer: torch.optim.Optimizer
-) -> tuple[dict[str, Any], dict[str, Any]]:
+def _states(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict[str, Any], Any]:
     """(tensors for DCP, optimizer param_groups) of the model's trainable state."""
     model = getattr(model, "_orig_mod", model)
     model_sd, optim_sd = get_state_dict(model, optimizer, options=_OPTIONS)
@@ -151,10 +149,12 @@ def load_any(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     rank: int,
-) -> dict[str, Any]:
-    """Resume from a sharded checkpoint, or from one of the earlier single-file format."""
+) -> None:
+    """Resume from a sharded checkpoint, or from one of the earlier single-file format
+    (the caller reads state.json: train.checkpoint.read_state)."""
     if is_sharded(path):
-        return load_sharded(path, model, optimizer, scheduler, rank)
+        load_sharded(path, model, optimizer, scheduler, rank)
+        return
     from lmtune.train.checkpoint import load_checkpoint
 
-    return load_checkpoint(path, model, optimizer, scheduler)
+    load_checkpoint(path, model, optimizer, scheduler)
