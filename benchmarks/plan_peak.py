@@ -29,9 +29,10 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from lmtune.config import Config
 from lmtune.models.adapters import apply_adapter
 from lmtune.models.lm_head import target_logps
+from lmtune.runtime.memory import steady_malloc
 from lmtune.runtime.plan import PlanInputs, estimate
 from lmtune.runtime.plan_model import measure_shape, model_shape
-from lmtune.train.loop import _adamw_kernel, steady_malloc
+from lmtune.train.optim import _adamw_kernel
 
 
 def tensor_bytes(params: list[torch.Tensor], optimizer: torch.optim.Optimizer) -> dict[str, int]:

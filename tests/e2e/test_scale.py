@@ -91,7 +91,8 @@ def test_checkpoint_of_two_ddp_processes_resumes_on_one(tmp_path: Path) -> None:
     assert (run / "checkpoints" / "step-0000002" / ".metadata").is_file()
     # The same run folder, continued by one process (batch 8: the same global batch).
     cfg = config(tmp_path / "part", **sections)
-    resumed = run_training(cfg, resume=True, quiet=True)
+    # --force: max_steps is a safe change (the first part stopped at 2).
+    resumed = run_training(cfg, resume=True, quiet=True, force=True)
     assert resumed["train_steps"] == 4 and resumed["world_size"] == 1
     _assert_same_weights(ref, run)
 
@@ -110,6 +111,7 @@ def test_checkpoint_of_one_process_resumes_on_two_fsdp(tmp_path: Path) -> None:
         "train.batch_size=4",
         "train.distributed.strategy=fsdp",
         "--resume",
+        "--force",  # max_steps: the first part stopped at 2
         "--nproc",
         "2",
     )

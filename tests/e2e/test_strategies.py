@@ -115,12 +115,24 @@ def assert_same_run(one: Path, two: Path, atol: float = 1e-4) -> None:
                 assert y[key] == pytest.approx(x[key], rel=1e-5, abs=atol), (key, x, y)
 
 
+# make test runs one case per strategy x adapter kind and task family (about 40 s each on two
+# cores); the rest of the matrix is marked slow (pytest -m slow).
+QUICK = {
+    ("sft", "lora", "ddp"),
+    ("sft", "full", "fsdp"),
+    ("dpo", "lora", "fsdp"),
+    ("classification", "dora", "ddp"),
+}
 CASES = [
-    (task, adapter, strategy)
-    for strategy in ("ddp", "fsdp")
-    for task in ("sft", "classification", "dpo")
-    for adapter in ("full", "lora")
-] + [("sft", "dora", "fsdp"), ("classification", "dora", "ddp")]
+    pytest.param(*case, marks=() if case in QUICK else pytest.mark.slow)
+    for case in [
+        (task, adapter, strategy)
+        for strategy in ("ddp", "fsdp")
+        for task in ("sft", "classification", "dpo")
+        for adapter in ("full", "lora")
+    ]
+    + [("sft", "dora", "fsdp"), ("classification", "dora", "ddp")]
+]
 
 
 @pytest.mark.multiproc

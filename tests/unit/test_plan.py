@@ -18,7 +18,7 @@ from lmtune.models.lm_head import target_logps
 from lmtune.runtime import plan as planmod
 from lmtune.runtime.plan import PlanInputs, estimate
 from lmtune.runtime.plan_model import measure_shape, model_shape
-from lmtune.train.loop import _adamw_kernel
+from lmtune.train.optim import _adamw_kernel
 from runkit import cli_exit, config, tiny_causal_dir, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -146,7 +146,7 @@ def run_fingerprint(
         "task": task_name,
         "train.batch_size": tc.batch_size,
         "train.grad_accum": tc.grad_accum,
-        # merge: the process count can change once checkpoints are resharded (DCP)
+        # With the two above: a resumed run may split the same step batch another way.
         "processes": world_size,
         "data": data_fingerprint(features),
         **{key: _plain(getattr(tc, key.split(".", 1)[1])) for key in SAFE_KEYS},
@@ -162,6 +162,10 @@ def check_resume(saved: dict[str, Any], now: dict[str, Any], force: bool, where:
     if not saved:
         return []
     changed = [k for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
+    if _same_step_batch(saved, now):
+        # Sharded checkpoints reshard to any process count, and the data position depends on
+        # the examples per optimizer step only: how a step is split may change.
+        changed = [k for k in changed if k not in STEP_SPLIT]
     unsafe = [k for k in changed if k not in SAFE_KEYS]
     safe = [k for k in changed if k in SAFE_KEYS]
     if unsafe or (safe and not force):
@@ -181,6 +185,19 @@ def check_resume(saved: dict[str, Any], now: dict[str, Any], force: bool, where:
             + f"\n{advice}"
         )
     return safe
+
+
+STEP_SPLIT = ("train.batch_size", "train.grad_accum", "processes")
+
+
+def _same_step_batch(saved: dict[str, Any], now: dict[str, Any]) -> bool:
+    """Whether both runs take the same examples per optimizer step (batch x accum x processes)."""
+    try:
+        return math.prod(int(saved[k]) for k in STEP_SPLIT) == math.prod(
+            int(now[k]) for k in STEP_SPLIT
+        )
+    except (KeyError, TypeError, ValueError):
+        return False
 
 
 def _plain(value: Any) -> Any:
