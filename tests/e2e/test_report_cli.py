@@ -80,7 +80,8 @@ def test_classification_run_writes_report_and_model_card(tmp_path: Path) -> None
     assert len(pngs(page)) >= 5 and all(p[:4] == b"\x89PNG" for p in pngs(page))
     card = (run / "model" / "MODEL_CARD.md").read_text(encoding="utf-8")
     assert card == (run / "MODEL_CARD.md").read_text(encoding="utf-8")
-    assert f"| base model | {model_dir} |" in card and "LoRA adapter" in card
+    # A local base is named as given, and the card says it is a local folder.
+    assert f"| base model | {model_dir} (a local folder" in card and "LoRA adapter" in card
     assert (
         f"| accuracy | {ev['accuracy']:.4f} |" in card
         and f"({int(ev['eval_examples'])} examples)" in card
@@ -138,7 +139,9 @@ def test_sft_run_writes_report_and_model_card(tmp_path: Path) -> None:
     page = (run / "report.html").read_text(encoding="utf-8")
     assert sections(page)[:2] == ["metrics", "curves"] and "confusion" not in sections(page)
     best = summary["best_eval"]
-    assert f"{best['perplexity']:.4f}" in page and f"best step {best['step']}" in page
+    # Without a test split the headline is the kept model on the eval split (eval.json).
+    ev = json.loads((run / "eval.json").read_text())
+    assert ev["split"] == "eval" and f"{ev['perplexity']:.4f}" in page and "eval split" in page
     assert len(pngs(page)) == 2  # loss/LR and eval metrics over steps
     card = (run / "model" / "MODEL_CARD.md").read_text(encoding="utf-8")
     assert "| task | sft |" in card and f"| perplexity | {best['perplexity']:.4f} |" in card

@@ -133,6 +133,9 @@ def test_evals_run_in_fp32_unless_asked(tmp_path: Path, monkeypatch, eval_precis
     summary = run_training(cfg, quiet=True)
     assert seen["loss"] and all(seen["loss"])  # training under bf16 autocast
     assert len(seen["evaluate"]) >= 2
-    assert set(seen["evaluate"]) == {eval_precision == "train"}
+    # Evaluations during training follow eval_precision; the last call is the kept model on
+    # the eval split after training (no test split here), read in fp32 as `lmtune eval` does.
+    assert set(seen["evaluate"][:-1]) == {eval_precision == "train"}
+    assert seen["evaluate"][-1] is False
     assert summary["precision"] == "bf16"
     assert summary["eval_precision"] == ("fp32" if eval_precision == "fp32" else "bf16")

@@ -11,6 +11,7 @@ import pytest
 
 from lmtune.atomic import atomic_dir, atomic_write_text, is_disk_full
 from lmtune.errors import UserError
+from lmtune.train.state import TrainState
 
 
 def test_atomic_dir_creates_and_replaces_whole(tmp_path: Path) -> None:
@@ -119,7 +120,7 @@ def test_disk_full_while_checkpointing_leaves_the_run_resumable(
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     root = tmp_path / "checkpoints"
-    ck.save_checkpoint(root, 1, model, opt, sched, {"step": 1}, keep_last=2)
+    ck.save_checkpoint(root, 1, model, opt, sched, TrainState(step=1), keep_last=2)
 
     def full(*args: object, **kwargs: object) -> None:
         if how == "ENOSPC":
@@ -129,6 +130,6 @@ def test_disk_full_while_checkpointing_leaves_the_run_resumable(
     monkeypatch.setattr(ck.torch, "save", full)
     monkeypatch.setattr("lmtune.atomic._free_bytes", lambda p: 0)
     with pytest.raises(UserError, match=r"disk full while writing .*step-0000002.*--resume"):
-        ck.save_checkpoint(root, 2, model, opt, sched, {"step": 2}, keep_last=2)
+        ck.save_checkpoint(root, 2, model, opt, sched, TrainState(step=2), keep_last=2)
     assert [p.name for p in ck.list_checkpoints(root)] == ["step-0000001"]
     assert sorted(p.name for p in root.iterdir()) == ["step-0000001"]  # no half checkpoint

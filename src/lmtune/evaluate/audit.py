@@ -52,14 +52,14 @@ class Target:
     base: str | None = None  # a causal run's base model: its default "before"
 
 
-def load_target(spec: str) -> Target:
+def load_target(path: str) -> Target:
     """An lmtune run or model folder, or a plain model (folder, hub id, builtin:NAME)."""
     from lmtune.evaluate.run import load_for_inference, resolve_model_dir
 
     try:
-        model_dir = resolve_model_dir(spec)
+        model_dir = resolve_model_dir(path)
     except UserError:
-        return _load_plain(spec)
+        return _load_plain(path)
     model, tok, meta, cfg = load_for_inference(model_dir)
     run_dir = model_dir.parent if (model_dir.parent / "config.yaml").is_file() else None
     name, task_name = str(model_dir), meta["task"]

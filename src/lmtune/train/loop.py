@@ -298,6 +298,20 @@ def checkpoint(run: Run, state: TrainState) -> None:
     if run.average is not None and run.average.count:
         state.average_count = run.average.count
         extra = {AVERAGE_FILE: run.average.tensors()}
+    if run.quantized:  # bitsandbytes' 8-bit layers break DCP's state-dict walk: one file
+        if run.dist.is_main:
+            ckpt.save_checkpoint(
+                run.ckpt_root,
+                state.step,
+                run.model,
+                run.optimizer,
+                run.scheduler,
+                state,
+                run.tc.keep_last,
+                extra=extra,
+            )
+        run.dist.barrier()
+        return
     save_sharded(
         run.ckpt_root,
         state.step,

@@ -106,6 +106,7 @@ class Run:
     eval_dtype: torch.dtype | None
     scaler: torch.amp.GradScaler | None
     engine: Engine  # the strategy (none / DDP / FSDP2): forward, sync, gather, shards
+    quantized: bool  # a 4/8-bit base (model.quantization): single-file checkpoints
     micro_global: int  # examples per micro-batch over all processes
     step_batch: int  # examples per optimizer step over all processes
     lengths: list[int]
@@ -186,6 +187,7 @@ def setup(inp: TrainInputs, hooks: TrainHooks) -> Run:
         eval_dtype=eval_dtype,
         scaler=grad_scaler(amp_dtype, dist.device),  # fp16 only: dynamic loss scaling
         engine=engine,
+        quantized=inp.cfg.model.quantization is not None,
         micro_global=micro_global,
         step_batch=step_batch,
         # Arrow-backed features give the length column at once, without reading the rows.
