@@ -8,7 +8,7 @@ so a user fixes a config in one pass instead of one error per run.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import (
@@ -21,8 +21,21 @@ from pydantic import (
     model_validator,
 )
 
+from lmtune.config_align import PreferenceConfig, RLHFConfig
 from lmtune.config_base import Strict
-from lmtune.config_eval import (  # noqa: F401 - sections are importable from lmtune.config too
+from lmtune.config_data import (  # noqa: F401 - sections are importable from lmtune.config too
+    BUILTIN_FORMATS,
+    PREFERENCE_FORMATS,
+    BalanceConfig,
+    CleanConfig,
+    DataConfig,
+    LeakageConfig,
+    NearDedupeConfig,
+    PiiMode,
+    SplitConfig,
+    format_names,
+)
+from lmtune.config_eval import (  # noqa: F401
     AuditConfig,
     BaselinesConfig,
     EWCConfig,
@@ -31,26 +44,19 @@ from lmtune.config_eval import (  # noqa: F401 - sections are importable from lm
     QAConfig,
     ReplayConfig,
 )
+from lmtune.config_model import AdapterConfig, ModelConfig, QuantizationConfig  # noqa: F401
 from lmtune.config_ops import GateConfig, MonitorConfig, PrunerConfig, SearchConfig, SearchParam  # noqa: F401
+from lmtune.config_train import (  # noqa: F401
+    DEFAULT_LR,
+    AverageConfig,
+    EarlyStopConfig,
+    TrackingConfig,
+    TrainConfig,
+)
 from lmtune.errors import UserError
-from lmtune.runtime.config import DistributedConfig
-from lmtune.tasks import TASKS, row_formats, section_models, section_owners, spec
+from lmtune.tasks import TASKS, section_models, section_owners, spec
 from lmtune.tasks.spec import load_object
 
-# Row formats data/formats.py reads; tasks may declare more (their specs' row_formats).
-BUILTIN_FORMATS = (
-    "text",
-    "instruction",
-    "chat",
-    "classification",
-    "pair_classification",
-    "preference",
-    "pairwise",
-    "dialogue_pair",
-    "prompt",
-    "qa",
-)
-PREFERENCE_FORMATS = ("preference", "pairwise", "dialogue_pair")
 # What a task whose first format is the key reads, for "task X <needs>, not data.format Y".
 _NEEDS = {
     "preference": "needs preference pairs (data.format preference, pairwise, dialogue_pair or auto)",
@@ -59,11 +65,6 @@ _NEEDS = {
     "classification": "needs labelled rows (data.format classification, pair_classification "
     "or auto)",
 }
-
-
-def format_names() -> tuple[str, ...]:
-    """Every data.format value: auto, the built-in formats, and those tasks declare."""
-    return ("auto", *BUILTIN_FORMATS, *row_formats())
 
 
 def _tasks_where(flag: str) -> str:
@@ -76,548 +77,6 @@ class RunConfig(Strict):
         "runs/run", description="Folder that receives everything this run writes."
     )
     seed: int = Field(42, description="Seed for data splits, shuffling, init and dropout.")
-
-
-class QuantizationConfig(Strict):
-    """A base loaded in 4 or 8 bits through bitsandbytes (QLoRA); only adapters train on it."""
-
-    bits: Literal[4, 8] = Field(
-        4, description="4: NF4/FP4 weights (QLoRA); 8: LLM.int8 weights (bitsandbytes)."
-    )
-    quant_type: Literal["nf4", "fp4"] = Field(
-        "nf4", description="4-bit data type: nf4 (normal float, QLoRA's choice) or fp4."
-    )
-    double_quant: bool = Field(
-        True,
-        description="Quantize the 4-bit block scales too (about 0.4 bits per weight less).",
-    )
-    compute_dtype: Literal["bf16", "fp16", "fp32"] = Field(
-        "bf16",
-        description="dtype the 4-bit weights are de-quantized to for each matmul (fp32 on CPUs without bf16).",
-    )
-
-
-class ModelConfig(Strict):
-    name_or_path: str = Field(
-        "builtin:minilm",
-        description="Local directory, hub id, or builtin:NAME (builtin:minilm ships with lmtune).",
-    )
-    trust_remote_code: bool = Field(
-        False, description="Run model code from the checkpoint (off: it executes foreign code)."
-    )
-    max_length: int = Field(256, gt=8, description="Maximum tokens per example after templating.")
-    revision: str | None = Field(
-        None, description="Hub revision (branch, tag or commit) for hub ids."
-    )
-    attn_implementation: str | None = Field(
-        None,
-        description="Attention kernel override (sdpa, eager, flash_attention_2); auto: flash_attention_2 when the flash_attn package is installed, else sdpa; None lets transformers choose.",
-    )
-    pooling: Literal["cls", "mean"] = Field(
-        "cls",
-        description="How a classifier or reward model reads the encoder (tasks classification, reward): cls is transformers' head (first token through the pooler); mean is the masked mean of the last layer, how sentence encoders such as builtin:minilm were trained (BERT encoders only; saved folders load in lmtune, plain transformers refuses them).",
-    )
-    dropout: float | None = Field(
-        None,
-        ge=0.0,
-        lt=1.0,
-        description="Set every dropout layer of the model to this probability; None keeps the checkpoint's. 0 is TRL's default for reward models and DPO (dropout makes scores noisy), and lets attention run a fused kernel that stores far fewer activations.",
-    )
-    quantization: QuantizationConfig | None = Field(
-        None,
-        description='Load the base in 4 or 8 bits through bitsandbytes (QLoRA; adapter lora or dora, causal-LM tasks); None: full precision. Needs `pip install "lmtune[qlora]"`.',
-    )
-
-
-class AdapterConfig(Strict):
-    type: Literal["full", "lora", "dora", "head"] = Field(
-        "lora",
-        description="full: all weights; lora/dora: peft adapters; head: frozen base, train the task head only.",
-    )
-    r: int = Field(8, gt=0, description="LoRA rank.")
-    alpha: int = Field(16, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
-    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
-    target_modules: list[str] | Literal["auto", "all-linear"] = Field(
-        "auto",
-        description="Modules that get adapters; auto picks attention+MLP projections per architecture.",
-    )
-    bias: Literal["none", "all", "lora_only"] = Field(
-        "none", description="Which biases LoRA trains."
-    )
-    modules_to_save: list[str] | Literal["auto"] = Field(
-        "auto", description="Modules trained in full beside the adapters; auto = the task head."
-    )
-
-
-class NearDedupeConfig(Strict):
-    enabled: bool = Field(False, description="Remove near-duplicates (MinHash over word shingles).")
-    threshold: float = Field(
-        0.85,
-        gt=0.0,
-        le=1.0,
-        description="Estimated Jaccard similarity at or above which rows are near-duplicates.",
-    )
-    shingle: int = Field(5, gt=0, description="Words per shingle.")
-    num_perm: int = Field(64, gt=0, description="MinHash permutations (more: slower, more exact).")
-
-
-PiiMode = Literal["detect", "redact", "off"]
-
-
-class CleanConfig(Strict):
-    normalize: bool = Field(True, description="Unicode NFC and whitespace normalisation.")
-    control_chars: bool = Field(
-        True, description="Remove control characters (keeps newlines and tabs)."
-    )
-    dedupe: bool = Field(True, description="Drop exact duplicate rows (after normalisation).")
-    near_dedupe: NearDedupeConfig = Field(
-        default_factory=NearDedupeConfig, description="Near-duplicate removal."
-    )
-    min_chars: int = Field(1, ge=0, description="Drop rows whose main text is shorter than this.")
-    max_chars: int | None = Field(
-        None, description="Drop rows whose main text is longer than this (None: no limit)."
-    )
-    pii: PiiMode = Field(
-        "detect",
-        description="Emails, phone numbers, IPs, credit cards (Luhn) and URLs: detect (count and report them, text unchanged), redact (replace with placeholders) or off. true means redact, false off.",
-    )
-    secrets: PiiMode = Field(
-        "detect",
-        description="API keys, access tokens and private-key blocks: detect, redact or off (as pii).",
-    )
-
-    @field_validator("pii", "secrets", mode="before")
-    @classmethod
-    def _bool_mode(cls, v: Any) -> Any:
-        # Older configs said `pii: true` (which redacted) or false.
-        return {True: "redact", False: "off"}.get(v, v) if isinstance(v, bool) else v
-
-
-class SplitConfig(Strict):
-    eval: float = Field(
-        0.1,
-        ge=0.0,
-        lt=1.0,
-        description="Fraction of rows for the eval split when no eval file is given.",
-    )
-    test: float = Field(
-        0.0,
-        ge=0.0,
-        lt=1.0,
-        description="Fraction of rows for the test split when no test file is given.",
-    )
-    stratify: bool = Field(
-        True, description="Keep label proportions equal across splits (classification)."
-    )
-    max_eval_rows: int | None = Field(
-        2000,
-        gt=0,
-        description="Cap on the eval split taken out of train (the rest stays in train; said on the console); None: no cap. An eval file is never capped.",
-    )
-    group_by: str | None = Field(
-        None,
-        description="Column whose rows stay together in one split (e.g. title: no article in two splits); eval/test take whole groups in a seeded order until they hold their share of rows; not stratified.",
-    )
-
-    @model_validator(mode="after")
-    def _fractions(self) -> SplitConfig:
-        if self.eval + self.test >= 1.0:
-            raise ValueError("split.eval + split.test must be below 1.0 so train keeps rows")
-        return self
-
-
-class LeakageConfig(Strict):
-    check: bool = Field(
-        True, description="Report exact and near-duplicate overlap between train and eval/test."
-    )
-    remove_from_train: bool = Field(False, description="Drop train rows that leak into eval/test.")
-    threshold: float = Field(
-        0.85, gt=0.0, le=1.0, description="Near-duplicate similarity threshold for leakage."
-    )
-    near: Literal["auto", "on", "off"] = Field(
-        "auto",
-        description="Near-duplicate (MinHash) leakage: on, off (exact hashing only), or auto: on when clean.near_dedupe is on or train has at most 20,000 rows.",
-    )
-
-
-class BalanceConfig(Strict):
-    column: str | None = Field(
-        None,
-        description="Column to balance (label or a group column such as a demographic attribute).",
-    )
-    strategy: Literal["none", "undersample", "oversample", "loss_weights"] = Field(
-        "none", description="How to balance the train split."
-    )
-
-
-class DataConfig(Strict):
-    train: str | list[str] | None = Field(
-        None, description="Training file(s) or a datasets save_to_disk folder."
-    )
-    eval: str | list[str] | None = Field(
-        None, description="Eval file(s); if absent, split from train."
-    )
-    test: str | list[str] | None = Field(
-        None, description="Test file(s); if absent, split from train when split.test > 0."
-    )
-    format: str = Field("auto", description="Row format; auto detects from the columns.")
-
-    @field_validator("format")
-    @classmethod
-    def _known_format(cls, v: str) -> str:
-        if v not in format_names():
-            raise ValueError(f"unknown format {v!r} (known: {', '.join(format_names())})")
-        return v
-
-    columns: dict[str, str] = Field(
-        default_factory=dict,
-        description="Map lmtune field -> your column, e.g. {text: review, label: stars}.",
-    )
-    labels: list[str] | None = Field(
-        None,
-        description="Allowed labels in order; rows with other labels are rejected. None: collected from train.",
-    )
-
-    @field_validator("labels", mode="before")
-    @classmethod
-    def _labels_as_strings(cls, v: Any) -> Any:
-        # YAML reads `labels: [0, 1]` as ints; labels are compared as strings everywhere.
-        return [str(x) for x in v] if isinstance(v, list) else v
-
-    max_bad_fraction: float = Field(
-        0.1,
-        ge=0.0,
-        le=1.0,
-        description="Fail the run when more than this fraction of rows is rejected.",
-    )
-    clean: CleanConfig = Field(default_factory=CleanConfig, description="Cleaning steps.")
-    split: SplitConfig = Field(
-        default_factory=SplitConfig, description="Splitting when eval/test files are absent."
-    )
-    leakage: LeakageConfig = Field(
-        default_factory=LeakageConfig, description="Train/eval/test overlap check."
-    )
-    balance: BalanceConfig = Field(
-        default_factory=BalanceConfig, description="Balancing by a label or group column."
-    )
-    template: Literal["auto", "alpaca", "chatml"] = Field(
-        "auto",
-        description="Prompt template for instruction/chat rows; auto uses the tokenizer's chat template when present.",
-    )
-    packing: bool = Field(
-        False,
-        description="Pack several SFT examples per sequence (block-diagonal attention, no cross-talk).",
-    )
-    bucketing: bool = Field(
-        True, description="Group examples of similar length into batches to cut padding."
-    )
-    limit: int | None = Field(
-        None, gt=0, description="Use at most this many rows per input file (quick experiments)."
-    )
-    encoding: str = Field(
-        "utf-8",
-        description="Text encoding of csv/tsv/jsonl/json/txt inputs (e.g. latin-1, cp1252); a byte-order mark is skipped.",
-    )
-    # Out-of-core data: encoding in worker processes, the on-disk cache, hub/streaming inputs.
-    num_proc: int = Field(
-        1, ge=1, description="Processes that tokenize (datasets.map num_proc) on a cache miss."
-    )
-    cache: bool = Field(
-        True,
-        description="Reuse prepared and tokenized data across runs (an Arrow cache keyed by the data files, tokenizer, template and every data/encoding setting).",
-    )
-    cache_dir: str | None = Field(
-        None,
-        description="Where the data cache lives; None: $LMTUNE_CACHE_DIR, else $XDG_CACHE_HOME/lmtune/data, else ~/.cache/lmtune/data.",
-    )
-    streaming: bool = Field(
-        False,
-        description="Read hf:// and datasets inputs as a stream, taking only the rows train.max_steps needs (eval/test by a hash of each row); needs train.max_steps.",
-    )
-
-
-class EarlyStopConfig(Strict):
-    metric: str = Field(
-        "eval_loss", description="Eval metric that decides the best checkpoint and early stopping."
-    )
-    mode: Literal["min", "max"] = Field(
-        "min", description="Whether lower or higher is better for the metric."
-    )
-    patience: int | None = Field(
-        None,
-        ge=1,
-        description="Stop after this many evaluations without improvement (None: never stop early).",
-    )
-    min_delta: float = Field(
-        0.0, ge=0.0, description="Smallest change that counts as an improvement."
-    )
-
-
-class AverageConfig(Strict):
-    """Weight averaging (SWA / checkpoint averaging) over the tail of training."""
-
-    start: float = Field(
-        0.5,
-        ge=0,
-        lt=1,
-        description="Fraction of the run's optimizer steps after which snapshots enter the mean (0.34 of 3 epochs: the last two).",
-    )
-    every: int = Field(
-        50, ge=1, description="Optimizer steps between two snapshots (the last step is always one)."
-    )
-
-
-class TrainConfig(Strict):
-    epochs: float = Field(
-        3.0, gt=0, description="Passes over the training data (ignored when max_steps > 0)."
-    )
-    max_steps: int = Field(
-        -1, description="Optimizer steps to run; -1 derives it from epochs (0 is refused)."
-    )
-    batch_size: int = Field(16, gt=0, description="Examples per micro-batch per process.")
-    eval_batch_size: int = Field(64, gt=0, description="Examples per eval batch.")
-    grad_accum: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
-    lr: float = Field(
-        5e-5,
-        gt=0,
-        description="Peak learning rate; unset: picked per adapter (lora/dora 2e-4, full 5e-5, head 1e-3).",
-    )
-    head_lr: float | None = Field(
-        None,
-        gt=0,
-        description="Learning rate for a freshly initialised task head (None: same as lr).",
-    )
-    weight_decay: float = Field(
-        0.01, ge=0, description="AdamW weight decay (never applied to biases and norms)."
-    )
-    layer_lr_decay: float = Field(
-        1.0,
-        gt=0,
-        le=1,
-        description="Layer-wise LR decay: block i of n trains at lr * decay ** (n - i), embeddings lowest, heads at lr (1: off; 0.8-0.95 is usual for encoders).",
-    )
-    adam_betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
-    scheduler: Literal["linear", "cosine", "constant"] = Field(
-        "linear", description="LR schedule after warmup."
-    )
-    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Warmup as a fraction of total steps.")
-    warmup_steps: int = Field(
-        0, ge=0, description="Warmup steps (overrides warmup_ratio when > 0)."
-    )
-    max_grad_norm: float | None = Field(
-        1.0, description="Gradient clipping norm (None: no clipping)."
-    )
-    precision: Literal["fp32", "bf16", "fp16", "auto"] = Field(
-        "auto",
-        description="fp32, bf16 autocast, or fp16 autocast with dynamic loss scaling (GPUs without bf16); auto picks bf16 where the hardware supports it.",
-    )
-    optimizer: Literal["adamw", "adamw_8bit", "paged_adamw_8bit", "adafactor", "sgd"] = Field(
-        "adamw",
-        description="adamw: torch's fused AdamW; adamw_8bit / paged_adamw_8bit: bitsandbytes' 8-bit AdamW (states in 8 bits; paged: spill to CPU under memory pressure, CUDA); adafactor: factored second moments; sgd: momentum 0.9.",
-    )
-    eval_precision: Literal["fp32", "train"] = Field(
-        "fp32",
-        description="Precision of the evaluations during training, which pick the best checkpoint. fp32: as `lmtune eval`, serve and the test split run the saved weights, so the kept checkpoint is chosen by the figure users will see (bf16 autocast can move a few predictions); train: the training precision (faster on large eval sets).",
-    )
-    eval_every: int = Field(
-        0, ge=0, description="Evaluate every N optimizer steps (0: only per epoch)."
-    )
-    eval_each_epoch: bool = Field(True, description="Evaluate at the end of each epoch.")
-    log_every: int = Field(10, gt=0, description="Log train loss every N optimizer steps.")
-    save_every: int = Field(
-        0, ge=0, description="Checkpoint every N optimizer steps (0: at each evaluation)."
-    )
-    keep_last: int = Field(
-        2, ge=1, description="Checkpoints to keep (the best one is always kept)."
-    )
-    early_stopping: EarlyStopConfig = Field(
-        default_factory=EarlyStopConfig, description="Best-model selection and early stopping."
-    )
-    average: AverageConfig | None = Field(
-        None,
-        description="Average the trainable weights over the tail of training; at the end the average is evaluated and kept when it scores at least as well as the best snapshot (None: off).",
-    )
-    class_weights: Literal["none", "balanced"] = Field(
-        "none", description="Class-weighted loss for imbalanced labels (classification)."
-    )
-    eval_before: bool = Field(
-        True, description="Evaluate once before training (the untrained baseline in the summary)."
-    )
-    compile: bool = Field(
-        False, description="torch.compile the model (helps long runs; costs start-up time)."
-    )
-    gradient_checkpointing: bool = Field(
-        False,
-        description="Recompute each transformer block in backward instead of keeping its "
-        "activations (less memory, about one more forward pass of time).",
-    )
-    distributed: DistributedConfig = Field(
-        default_factory=DistributedConfig,
-        description="Several processes: the strategy (none, ddp, fsdp) and its options.",
-    )
-
-    @field_validator("max_steps")
-    @classmethod
-    def _steps(cls, v: int) -> int:
-        # 0 used to mean "use epochs" silently; only -1 says that, so a typo cannot train 3 epochs.
-        if v == 0 or v < -1:
-            raise ValueError("must be a positive number of steps, or -1 to train for train.epochs")
-        return v
-
-    @model_validator(mode="before")
-    @classmethod
-    def _removed_keys(cls, data: Any) -> Any:
-        # train.num_workers was documented as DataLoader workers but read by nothing: batches
-        # are collated in the main process. Old configs (and run folders) keep loading.
-        if isinstance(data, dict) and "num_workers" in data:
-            data = dict(data)
-            if data.pop("num_workers") not in (0, None):
-                import warnings
-
-                warnings.warn(
-                    "train.num_workers is ignored and will be refused in a later version: it "
-                    "never did anything (lmtune collates batches in the main process); remove it",
-                    stacklevel=2,
-                )
-        return data
-
-
-class TrackingConfig(Strict):
-    """Experiment tracking beside metrics.jsonl: off by default; the defaults write local files only."""
-
-    tensorboard: bool = Field(
-        False,
-        description='Write every train/eval event of metrics.jsonl as TensorBoard scalars (needs `pip install "lmtune[tracking]"`).',
-    )
-    tensorboard_dir: str | None = Field(
-        None,
-        description="Folder for this run's TensorBoard event files; None: RUN/tensorboard (view with `tensorboard --logdir RUN/tensorboard`).",
-    )
-    mlflow: bool = Field(
-        False,
-        description='Log the run to MLflow: the resolved config as parameters, train/eval metrics per step, summary metrics, report and model card (needs `pip install "lmtune[tracking]"`).',
-    )
-    mlflow_tracking_uri: str | None = Field(
-        None,
-        description="MLflow tracking store, e.g. sqlite:///runs/mlflow.db to share one store between runs; None: sqlite:///RUN/mlflow.db, with artifacts in RUN/mlartifacts.",
-    )
-    mlflow_experiment: str | None = Field(
-        None, description="MLflow experiment name (created when missing); None: run.name."
-    )
-
-
-class PreferenceConfig(Strict):
-    """Preference learning (tasks reward, dpo, orpo): losses, reference model, truncation."""
-
-    loss: Literal["sigmoid", "robust", "ipo", "hinge", "simpo"] = Field(
-        "sigmoid",
-        description="DPO-family loss (task dpo): sigmoid (DPO), robust (rDPO), ipo, hinge, or simpo (length-normalised, no reference model).",
-    )
-    beta: float = Field(
-        0.1,
-        gt=0,
-        description="DPO/IPO/hinge/SimPO temperature beta (IPO: its tau); higher keeps the policy closer to the reference.",
-    )
-    label_smoothing: float = Field(
-        0.0,
-        ge=0.0,
-        lt=0.5,
-        description="Probability that a preference label is flipped: conservative DPO for sigmoid/simpo, rDPO for robust.",
-    )
-    simpo_gamma: float = Field(
-        0.5,
-        description="SimPO target reward margin gamma (absolute, in reward units; TRL's CPO simpo_gamma).",
-    )
-    orpo_lambda: float = Field(
-        0.1,
-        gt=0,
-        description="ORPO weight lambda of the odds-ratio term beside the chosen-response NLL (TRL's ORPO beta).",
-    )
-    reference: Literal["auto", "precompute"] = Field(
-        "auto",
-        description="DPO reference log-probs. auto: LoRA/DoRA use the base with the adapter disabled at each step, full/head fine-tuning precompute them once (cached in the run folder); precompute: always precompute.",
-    )
-    ties: Literal["drop", "keep"] = Field(
-        "drop",
-        description="Pairwise rows whose preference is a tie: drop (counted in rejects.jsonl) or keep (task reward only: a tie trains both rewards toward equal, target P(a > b) = 0.5, and is left out of pairwise_accuracy).",
-    )
-    max_prompt_length: int | None = Field(
-        None,
-        gt=0,
-        description="Prompts longer than this keep their last tokens (the end, next to the response); None: prompts are not cut, and a prompt that leaves no room for a response rejects the row.",
-    )
-
-
-class RLHFConfig(Strict):
-    """Online RL from a reward (task rlhf): sample, score, group-relative advantages, KL, clip."""
-
-    reward: str | None = Field(
-        None,
-        description="Where rewards come from: a reward-model run or model folder (a `task: reward` run), or a Python function as module:function (called as f(prompt, completion) -> float; imported from the current directory or PYTHONPATH).",
-    )
-    samples_per_prompt: int = Field(
-        4,
-        ge=2,
-        description="Completions sampled per prompt each step (k); advantages compare the k completions of one prompt, so at least 2.",
-    )
-    max_new_tokens: int = Field(
-        32,
-        gt=0,
-        description="Most tokens sampled per completion (sampling stops earlier at the end-of-sequence token).",
-    )
-    temperature: float = Field(
-        1.0,
-        gt=0,
-        description="Sampling temperature for training rollouts; log-probs in the loss use the same temperature.",
-    )
-    top_p: float = Field(
-        1.0,
-        gt=0,
-        le=1.0,
-        description="Nucleus sampling: sample from the smallest token set with this much probability (1.0: off).",
-    )
-    advantage: Literal["rloo", "grpo"] = Field(
-        "rloo",
-        description="Group-relative advantage: rloo (reward minus the mean of the other k-1 completions), grpo (reward minus the group mean, divided by the group standard deviation).",
-    )
-    kl_coef: float = Field(
-        0.05,
-        ge=0,
-        description="Weight beta of the KL penalty against the reference (the initial model); 0 switches the reference off.",
-    )
-    kl_in: Literal["loss", "reward"] = Field(
-        "loss",
-        description="Where the KL penalty goes: loss (GRPO: beta * per-token k3 estimate added to the loss) or reward (PPO/RLOO: beta * the summed per-token log-ratio subtracted from each completion's reward before advantages).",
-    )
-    clip_range: float = Field(
-        0.2,
-        gt=0,
-        description="PPO ratio clipping epsilon: the policy ratio to the sampling-time policy is clipped to [1-eps, 1+eps]; only binds when updates_per_rollout > 1.",
-    )
-    updates_per_rollout: int = Field(
-        1,
-        ge=1,
-        description="Optimizer steps on each set of sampled completions (PPO epochs, TRL's num_iterations); >1 reuses a rollout for the next steps, whose own prompts are then skipped.",
-    )
-    aggregation: Literal["sequence", "token_budget"] = Field(
-        "sequence",
-        description="Per-completion loss: sequence (mean over its tokens, GRPO) or token_budget (sum over its tokens / max_new_tokens, Dr. GRPO: no preference for short or long completions).",
-    )
-    eval_temperature: float = Field(
-        0.0, ge=0, description="Sampling temperature for evaluation completions (0: greedy)."
-    )
-    eval_seed: int = Field(
-        0,
-        description="Seed for sampled evaluation completions (eval never disturbs the training random stream).",
-    )
-    reward_batch_size: int = Field(
-        32, gt=0, description="Completions per forward pass of a reward model."
-    )
-
-
-#: train.lr when the config does not set it: adapters train best with a larger step than
-#: full fine-tuning (peft and TRL recipes use 1e-4..2e-4 for LoRA, 1e-5..5e-5 for full).
-DEFAULT_LR = {"lora": 2e-4, "dora": 2e-4, "full": 5e-5, "head": 1e-3}
 
 
 class Config(Strict):

@@ -99,7 +99,8 @@ def test_tasks_never_import_the_recipes_or_apps() -> None:
 
 @pytest.mark.parametrize("layer", ["lmtune.data", "lmtune.models", "lmtune.config"])
 def test_data_models_config_ask_only_the_registry(layer: str) -> None:
-    owner = (layer, "lmtune.config_base", "lmtune.config_eval", "lmtune.config_ops")
+    sections = ("base", "model", "data", "train", "align", "eval", "ops")
+    owner = (layer, *(f"lmtune.config_{m}" for m in sections))
     if layer != "lmtune.config":
         owner = (layer,)
     tasks = tuple(m for m in MODULES if _under(m, ("lmtune.tasks",)) and m not in REGISTRY)
