@@ -31,6 +31,7 @@ import torch
 
 from lmtune.config import Config
 from lmtune.errors import UserError
+from lmtune.runtime.weights import base_of
 from lmtune.tasks import TASKS, spec
 
 TEXT_FILES = (".txt", ".raw", ".tokens")
@@ -138,7 +139,7 @@ def perplexity_probe(cfg: Config, tokenizer: Any) -> Probe:
 
 
 def _backbone(model: torch.nn.Module) -> torch.nn.Module:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_of(model)
     return getattr(base, base.base_model_prefix)
 
 
@@ -263,7 +264,7 @@ def _plain_head(module: torch.nn.Module) -> torch.nn.Module:
 @contextmanager
 def swapped_heads(model: torch.nn.Module, heads: dict[str, torch.nn.Module]) -> Iterator[None]:
     """Run the model with other head modules (the prior task's), then put its own back."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_of(model)
     own = {name: getattr(base, name) for name in heads}
     try:
         for name, head in heads.items():
@@ -285,7 +286,7 @@ def prior_accuracy_probe(
 
     fc = cfg.forgetting
     prior_model, _, meta, prior_cfg = load_for_inference(prior_dir)
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_of(model)
     names = head_module_names(prior_model)
     if (prior_model.config.model_type, prior_model.config.hidden_size) != (
         base.config.model_type,
@@ -296,9 +297,7 @@ def prior_accuracy_probe(
             f"(hidden size {prior_model.config.hidden_size}); its head cannot read this "
             f"{base.config.model_type} model: start model.name_or_path from the prior run's model"
         )
-    prior_base = (
-        prior_model.get_base_model() if hasattr(prior_model, "get_base_model") else prior_model
-    )
+    prior_base = base_of(prior_model)
     heads = {n: _plain_head(getattr(prior_base, n)).requires_grad_(False) for n in names}
     for h in heads.values():
         h.to(next(model.parameters()).device)

@@ -31,7 +31,7 @@ def body_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Lin
     """
     if hasattr(model, "_orig_mod"):
         return None
-    hf = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hf = _hf_model(model)
     if getattr(getattr(hf, "config", None), "model_type", None) not in _PLAIN_LM_HEAD:
         return None
     body = getattr(hf, "base_model", None)

@@ -29,14 +29,20 @@ from typing import Any, Literal
 import torch
 from pydantic import Field
 
-from lmtune.atomic import atomic_write_text
 from lmtune.config_base import Strict
 from lmtune.data.collate import IGNORE, pad_batch
 from lmtune.data.formats import RowError, label_str
 from lmtune.data.preference import _explicit, _field, _last_turn
 from lmtune.losses.kto import KTOParams, kl_reference_point, kto_losses
 from lmtune.tasks.base import Task, eval_mode
-from lmtune.tasks.pairs import PairEncoder, keep_end, pair_key, response_logps, to_device
+from lmtune.tasks.pairs import (
+    PairEncoder,
+    cached_reference,
+    keep_end,
+    pair_key,
+    response_logps,
+    to_device,
+)
 from lmtune.tasks.rollout import peft_of
 
 CACHE_FILE = "kto_reference.json"
@@ -215,26 +221,15 @@ class KTOTask(Task):
         self.precompute = self.reference_mode == "precompute" or peft_of(model) is None
         if not self.precompute:
             return
-        from lmtune.runtime.dist import Dist
-
-        path = Path(run_dir) / CACHE_FILE
-        cache: dict[str, list[float]] = {}
-        if resume and path.is_file():
-            saved = json.loads(path.read_text())
-            if saved.get("fingerprint") == self.fingerprint:
-                cache = saved["logps"]
-        wanted = features + self._encoded(rows)
-        missing = list({f["key"]: f for f in wanted if f["key"] not in cache}.values())
-        dist = Dist.get()
-        if missing:
-            dist.print(f"computing KTO reference log-probs for {len(missing)} example(s)")
-            mine = self._reference_values(model, missing[dist.rank :: dist.world_size], batch_size)
-            for part in dist.all_gather(mine):
-                cache.update(part)
-            if dist.is_main:
-                atomic_write_text(
-                    path, json.dumps({"fingerprint": self.fingerprint, "logps": cache})
-                )
+        cache = cached_reference(
+            Path(run_dir) / CACHE_FILE,
+            self.fingerprint,
+            features + self._encoded(rows),
+            lambda missing: self._reference_values(model, missing, batch_size),
+            resume,
+            label="KTO reference log-probs",
+            unit="example",
+        )
         self.ref_cache = cache
         for f in features:
             f["ref_logp"], f["ref_kl_logp"] = cache[f["key"]]

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from lmtune.atomic import atomic_write_text
 from lmtune.data.collate import IGNORE, pad_batch
 from lmtune.losses.logprobs import sequence_sums
 from lmtune.tasks.base import Task
@@ -208,6 +209,42 @@ def encode_all(
         except ValueError:
             continue
     return feats
+
+
+def cached_reference(
+    path: Path,
+    fingerprint: dict[str, Any],
+    wanted: list[dict[str, Any]],
+    compute: Callable[[list[dict[str, Any]]], dict[str, list[float]]],
+    resume: bool,
+    label: str,
+    unit: str,
+) -> dict[str, list[float]]:
+    """key -> precomputed reference values for every feature in `wanted` (tasks dpo, kto).
+
+    With resume, the values saved at `path` are reused when its fingerprint (the base model)
+    matches; only the missing keys go to `compute`, each process scoring its own share, and
+    the main process writes the whole cache back atomically (a killed run leaves the old one).
+    The console says what is computed (label) for how many features (unit, e.g. pair).
+    """
+    from lmtune.runtime.dist import Dist
+
+    cache: dict[str, list[float]] = {}
+    if resume and path.is_file():
+        saved = json.loads(path.read_text())
+        if saved.get("fingerprint") == fingerprint:
+            cache = saved["logps"]
+    missing = list({f["key"]: f for f in wanted if f["key"] not in cache}.values())
+    dist = Dist.get()
+    if not missing:
+        dist.print(f"{label}: all {len(wanted)} {unit}(s) reused from {path}")
+        return cache
+    dist.print(f"computing {label} for {len(missing)} {unit}(s)")
+    for part in dist.all_gather(compute(missing[dist.rank :: dist.world_size])):
+        cache.update(part)
+    if dist.is_main:
+        atomic_write_text(path, json.dumps({"fingerprint": fingerprint, "logps": cache}))
+    return cache
 
 
 @torch.no_grad()

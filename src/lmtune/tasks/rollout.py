@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from lmtune.runtime.weights import base_of
 from lmtune.tasks.base import eval_mode
 from lmtune.tasks.pairs import keep_end
 
@@ -155,8 +156,7 @@ def completion_logits(model: torch.nn.Module, r: Rollout) -> torch.Tensor:
         "position_ids": r.position_ids(),
         "use_cache": False,
     }
-    base: Any = unwrap(model)
-    base = base.get_base_model() if hasattr(base, "get_base_model") else base
+    base = base_of(unwrap(model))
     if _takes_logits_to_keep(base.__class__):
         logits = model(**inputs, logits_to_keep=t + 1).logits
     else:
