@@ -14,11 +14,22 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from lmtune.cli_args import flags_as_flags, rewrite_argv
+from lmtune.cli_common import (
+    ConfigArg,
+    Overrides,
+    console,
+    err_console,
+    load_noted,
+    print_baselines,
+    print_run_folder,
+    print_summary,
+)
+from lmtune.cli_config import config_app
+from lmtune.cli_ops import monitor_app, pipeline, registry_app, serve
 from lmtune.errors import UserError
 
 app = typer.Typer(
@@ -27,29 +38,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Fine-tune pre-trained language models: prepare, train, eval, score, feedback, export, pipeline.",
 )
-config_app = typer.Typer(no_args_is_help=True, help="Inspect configs.")
-app.add_typer(config_app, name="config")
-console = Console()
-err_console = Console(stderr=True, soft_wrap=True)
-
-ConfigArg = Annotated[Path, typer.Argument(help="Run config (YAML).")]
-Overrides = Annotated[
-    list[str] | None,
-    typer.Argument(
-        help="key.sub=value overrides, e.g. train.lr=1e-4 (also learning_rate=1e-4, --learning_rate 1e-4)"
-    ),
-]
-
-
-def _load(config: Path | None, overrides: list[str] | None):  # noqa: ANN202 - lmtune.config.Config
-    """load_config, then say on stderr what loading chose for the user (aliases, task, lr)."""
-    from lmtune.config import load_config
-
-    cfg = load_config(config, overrides or [])
-    if os.environ.get("RANK", "0") == "0":  # torchrun workers: the launcher said it already
-        for note in cfg.notes:
-            err_console.print(f"config: {note}", highlight=False, markup=False)
-    return cfg
 
 
 @app.callback()
@@ -63,49 +51,6 @@ def _root(
     del debug
 
 
-@config_app.command("show")
-def config_show(
-    config: Annotated[
-        Path | None, typer.Argument(help="Run config (YAML); omit for the defaults.")
-    ] = None,
-    overrides: Overrides = None,
-    fields: Annotated[
-        bool,
-        typer.Option(
-            "--fields",
-            help="List every key with its default and meaning; CONFIG may name a section (train, data.clean) to list only its keys.",
-        ),
-    ] = False,
-) -> None:
-    """Print the resolved config (file + overrides + defaults); aliases read are noted as comments."""
-    from lmtune.config import dump_config, load_config
-
-    if fields:
-        from lmtune.cli_config import print_fields
-
-        print_fields(str(config) if config is not None else None, console)
-        return
-    cfg = load_config(config, overrides or [])
-    print(dump_config(cfg), end="")
-    for note in cfg.notes:
-        print(f"# {note}")
-
-
-@config_app.command("import")
-def config_import(
-    source: Annotated[
-        Path, typer.Argument(help="An Axolotl, LLaMA-Factory or TRL (HfArgumentParser) YAML.")
-    ],
-    out: Annotated[
-        Path | None, typer.Option("--out", help="Write the lmtune config here (default: print).")
-    ] = None,
-) -> None:
-    """Convert another tool's training YAML into an lmtune config; list what it could not map."""
-    from lmtune.cli_config import import_command
-
-    import_command(source, out, err_console)
-
-
 @app.command()
 def prepare(config: ConfigArg, overrides: Overrides = None) -> None:
     """Load, validate, clean and split the data; write splits and data_report.json/.md."""
@@ -115,7 +60,7 @@ def prepare(config: ConfigArg, overrides: Overrides = None) -> None:
     from lmtune.models.load import load_tokenizer
     from lmtune.train.output_dir import require_dir
 
-    cfg = _load(config, overrides)
+    cfg = load_noted(config, overrides)
     out = require_dir(cfg.run.output_dir)
     (out / "config.yaml").write_text(dump_config(cfg))
     tok = load_tokenizer(cfg.model)
@@ -174,7 +119,7 @@ def train(
     from lmtune.train.output_dir import check_fresh
     from lmtune.train.run import run_training
 
-    cfg = _load(config, overrides)  # validate before spawning workers
+    cfg = load_noted(config, overrides)  # validate before spawning workers
     plan = LaunchPlan(nproc, nnodes, node_rank, master_addr, master_port)
     if "WORLD_SIZE" not in os.environ:  # once, before any worker starts
         check_fresh(cfg.run.output_dir, resume=resume, overwrite=overwrite)
@@ -189,39 +134,10 @@ def train(
     finally:
         Dist.get().close()
     if Dist.get().is_main:
-        _print_summary(summary)
+        print_summary(summary)
         if summary.get("baselines"):
-            _print_baselines(summary["baselines"])
-        _print_run_folder(Path(cfg.run.output_dir))
-
-
-def _print_run_folder(run: Path) -> None:
-    """The last lines of a run: where everything is, and the page to open."""
-    print(f"run folder: {run}", flush=True)
-    if (run / "report.html").is_file():
-        print(f"report: {run / 'report.html'}", flush=True)
-
-
-def _print_summary(summary: dict) -> None:
-    table = Table("figure", "value", title="run summary")
-    keys = [
-        "train_runtime_s",
-        "train_samples_per_s",
-        "train_tokens_per_s",
-        "peak_rss_mb",
-        "final_train_loss",
-        "best_metric",
-        "best_metric_value",
-        "best_step",
-        "model_dir",
-    ]
-    for k in keys:
-        if summary.get(k) is not None:
-            v = summary[k]
-            table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
-    for k, v in (summary.get("test") or {}).items():
-        table.add_row(f"test {k}", f"{v:.4f}")
-    console.print(table)
+            print_baselines(summary["baselines"])
+        print_run_folder(Path(cfg.run.output_dir))
 
 
 from lmtune.runtime.plan_cli import plan_command  # noqa: E402 - its own module, registered here
@@ -245,7 +161,7 @@ def tune(
     """Search hyperparameters (the config's search: block); each trial is a run folder."""
     from lmtune.search.hpo import run_search
 
-    run_search(_load(config, overrides), resume=resume, quiet=quiet)
+    run_search(load_noted(config, overrides), resume=resume, quiet=quiet)
 
 
 @app.command("eval")
@@ -285,16 +201,8 @@ def eval_cmd(
     if (Path(result["out_dir"]) / "report.html").is_file():
         console.print(f"written: {Path(result['out_dir']) / 'report.html'}")
     if result.get("baselines"):
-        _print_baselines(result["baselines"])
+        print_baselines(result["baselines"])
         console.print(f"written: {Path(result['out_dir']) / 'baselines.json'}")
-
-
-def _print_baselines(report: dict) -> None:
-    from lmtune.evaluate.baselines import baselines_table
-
-    console.print(baselines_table(report))
-    for note in report.get("notes") or []:
-        console.print(f"note: {note}", highlight=False)
 
 
 @app.command()
@@ -479,66 +387,7 @@ def audit(
     console.print(f"written: {Path(result['out_dir']) / 'audit.json'}")
 
 
-@app.command()
-def serve(
-    model: Annotated[
-        Path,
-        typer.Argument(help="Run folder, model folder, or model registry (its `current` version)."),
-    ],
-    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[
-        int, typer.Option("--port", help="Port (0 = any free port; the URL is printed).")
-    ] = 8000,
-    api_key: Annotated[
-        str | None,
-        typer.Option(
-            "--api-key",
-            envvar="LMTUNE_API_KEY",
-            show_default=False,
-            help="Require 'Authorization: Bearer KEY' (all but /health).",
-        ),
-    ] = None,
-    max_request_bytes: Annotated[
-        int, typer.Option("--max-request-bytes", help="Larger bodies get 413.")
-    ] = 1_000_000,
-    max_tokens_cap: Annotated[
-        int, typer.Option("--max-tokens-cap", help="Largest max_tokens a request may ask.")
-    ] = 512,
-    max_batch: Annotated[
-        int, typer.Option("--max-batch", help="Most inputs (classify) or prompts per request.")
-    ] = 32,
-    log_predictions: Annotated[
-        Path | None,
-        typer.Option("--log-predictions", help="Append every prediction to this jsonl."),
-    ] = None,
-    max_queue: Annotated[
-        int, typer.Option("--max-queue", help="Requests queued or running; more get 429.")
-    ] = 64,
-    request_timeout: Annotated[
-        float, typer.Option("--request-timeout", help="Seconds per request; then 504.")
-    ] = 300.0,
-    default_max_tokens: Annotated[
-        int, typer.Option("--default-max-tokens", help="Chat max_tokens when a request omits it.")
-    ] = 256,
-) -> None:
-    """Serve a model over HTTP: OpenAI-style completions/chat, or /v1/classify; /health, /metrics."""
-    from lmtune.ops.serve import ServeSettings, run_server
-
-    run_server(
-        model,
-        ServeSettings(
-            host=host,
-            port=port,
-            api_key=api_key or None,
-            max_request_bytes=max_request_bytes,
-            max_tokens_cap=max_tokens_cap,
-            max_batch=max_batch,
-            log_predictions=log_predictions,
-            max_queue=max_queue,
-            request_timeout=request_timeout,
-            default_chat_max_tokens=default_max_tokens,
-        ),
-    )
+app.command()(serve)
 
 
 @app.command()
@@ -575,165 +424,10 @@ def ui(
     run_ui(UiSettings(root=root, host=host, port=port, token=token))
 
 
-@app.command()
-def pipeline(
-    config: ConfigArg,
-    overrides: Overrides = None,
-    quiet: Annotated[
-        bool, typer.Option("--quiet", help="No progress bar and no run summary table.")
-    ] = False,
-) -> None:
-    """Train, test on held-out data, gate (config gate:), release into the registry; exit 3 when refused."""
-    from lmtune.ops.pipeline import print_decision, run_pipeline
-    from lmtune.runtime.dist import Dist
-
-    cfg = _load(config, overrides)
-    try:
-        result = run_pipeline(cfg, quiet=quiet)
-    finally:
-        Dist.get().close()
-    if not quiet:
-        _print_summary(result["summary"])
-    print_decision(result["decision"], console)
-    if result["released"]:
-        console.print(
-            f"released {result['version']}: {result['path']} (now current)", highlight=False
-        )
-        return
-    console.print(
-        f"refused: nothing released; see {Path(cfg.run.output_dir) / 'gate.md'}", highlight=False
-    )
-    sys.exit(3)  # typer.Exit's code is lost in main(); 3 = the gate refused (2 = user error)
-
-
-registry_app = typer.Typer(
-    no_args_is_help=True, help="The model registry `lmtune pipeline` releases into."
-)
+app.command()(pipeline)
+app.add_typer(config_app, name="config")
 app.add_typer(registry_app, name="registry")
-RegistryArg = Annotated[Path, typer.Argument(help="Registry folder (the config's gate.registry).")]
-
-
-@registry_app.command("list")
-def registry_list(registry: RegistryArg) -> None:
-    """Every version with its release time and gate metric; * marks the current one."""
-    from lmtune.ops.registry import pointer_problem, registry_table
-
-    console.print(registry_table(registry))
-    if problem := pointer_problem(registry):
-        console.print(f"warning: {problem}", highlight=False, markup=False)
-
-
-@registry_app.command("release")
-def registry_release(
-    run: Annotated[Path, typer.Argument(help="A finished pipeline run whose gate passed.")],
-    registry: Annotated[
-        Path | None, typer.Option("--registry", help="Default: the run config's gate.registry.")
-    ] = None,
-) -> None:
-    """Release a trained, gated run (no retraining); the gate is checked again against the
-    current release; exit 3 when it no longer passes."""
-    from lmtune.ops.pipeline import release_run
-
-    result = release_run(run, registry)
-    if not result["released"]:
-        console.print(f"refused: {result['reason']}", highlight=False, markup=False)
-        sys.exit(3)
-    console.print(f"released {result['version']}: {result['path']} (now current)", highlight=False)
-
-
-@registry_app.command("rollback")
-def registry_rollback(
-    registry: RegistryArg,
-    version: Annotated[str, typer.Argument(help="Version to make current, e.g. v1.")],
-) -> None:
-    """Point current at VERSION (atomic, logged in releases.jsonl); restart `lmtune serve` to load it."""
-    from lmtune.ops.registry import rollback
-
-    previous = rollback(registry, version)
-    console.print(f"current: {version} (was {previous or 'nothing'})", highlight=False)
-
-
-monitor_app = typer.Typer(
-    no_args_is_help=True, help="Post-release monitoring: record batches, check drift, report."
-)
 app.add_typer(monitor_app, name="monitor")
-MonTarget = Annotated[
-    Path, typer.Argument(help="Model folder, run folder, or registry (uses its current version).")
-]
-MonDb = Annotated[
-    Path | None, typer.Option("--db", help="History database (default TARGET/monitor.db).")
-]
-MonNow = Annotated[
-    str | None,
-    typer.Option("--now", help="ISO time taken as now (default: $LMTUNE_NOW, else the clock)."),
-]
-MonConfig = Annotated[
-    Path | None, typer.Option("--config", help="YAML whose monitor: block sets the thresholds.")
-]
-MonSet = Annotated[
-    list[str] | None,
-    typer.Option("--set", help="Threshold key=value, e.g. psi_threshold=0.1 (repeatable)."),
-]
-
-
-@monitor_app.command("record")
-def monitor_record(
-    target: MonTarget,
-    data: Annotated[
-        Path | None, typer.Option("--data", help="Labelled batch (jsonl/csv/tsv, like eval).")
-    ] = None,
-    predictions: Annotated[
-        Path | None,
-        typer.Option("--predictions", help="Serving log (`lmtune serve --log-predictions`)."),
-    ] = None,
-    batch: Annotated[
-        str | None, typer.Option("--name", help="Batch name (default: the file's stem).")
-    ] = None,
-    db: MonDb = None,
-    now: MonNow = None,
-    batch_size: Annotated[int, typer.Option("--batch-size")] = 64,
-) -> None:
-    """Score a labelled batch (or read a serving log) and append it to the monitoring history."""
-    from lmtune.ops.monitor import record
-
-    rec = record(target, data, predictions, db, batch, now, batch_size)
-    shown = ", ".join(f"{k} {v:.4f}" for k, v in rec["drift"].items() if isinstance(v, float))
-    console.print(
-        f"recorded '{rec['batch']}' ({rec['n']} rows) for {rec['model_version']}: {shown}",
-        highlight=False,
-    )
-
-
-@monitor_app.command("status")
-def monitor_status(
-    target: MonTarget,
-    db: MonDb = None,
-    now: MonNow = None,
-    config: MonConfig = None,
-    sets: MonSet = None,
-) -> None:
-    """Print recent records and the checks; exit 1 when an alert fires (for cron or CI)."""
-    from lmtune.ops.monitor import status
-
-    sys.exit(status(target, db, now, config, sets, console))  # typer.Exit's code is lost in main()
-
-
-@monitor_app.command("report")
-def monitor_report(
-    target: MonTarget,
-    db: MonDb = None,
-    out: Annotated[
-        Path | None,
-        typer.Option("--out", help="Folder (default: beside the database, monitor_report/)."),
-    ] = None,
-    now: MonNow = None,
-    config: MonConfig = None,
-    sets: MonSet = None,
-) -> None:
-    """Write report.html (metric, PSI and OOV over time) and monitor.json."""
-    from lmtune.ops.monitor_report import report
-
-    console.print(f"written: {report(target, db, out, now, config, sets) / 'report.html'}")
 
 
 def _is_usage_error(exc: Exception) -> bool:

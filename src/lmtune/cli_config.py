@@ -1,13 +1,16 @@
-"""`lmtune config show --fields` and `lmtune config import`: the work behind two subcommands."""
+"""`lmtune config show` (with --fields) and `lmtune config import`: the `config` command group."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Annotated
 
+import typer
 from rich.console import Console
 from rich.table import Table
 
+from lmtune.cli_common import Overrides, console, err_console
 from lmtune.errors import UserError
 
 
@@ -48,3 +51,45 @@ def print_fields(section: str | None, console: Console) -> None:
     for key, default, desc in rows:
         table.add_row(key, default, desc)
     console.print(table)
+
+
+config_app = typer.Typer(no_args_is_help=True, help="Inspect configs.")
+
+
+@config_app.command("show")
+def config_show(
+    config: Annotated[
+        Path | None, typer.Argument(help="Run config (YAML); omit for the defaults.")
+    ] = None,
+    overrides: Overrides = None,
+    fields: Annotated[
+        bool,
+        typer.Option(
+            "--fields",
+            help="List every key with its default and meaning; CONFIG may name a section (train, data.clean) to list only its keys.",
+        ),
+    ] = False,
+) -> None:
+    """Print the resolved config (file + overrides + defaults); aliases read are noted as comments."""
+    from lmtune.config import dump_config, load_config
+
+    if fields:
+        print_fields(str(config) if config is not None else None, console)
+        return
+    cfg = load_config(config, overrides or [])
+    print(dump_config(cfg), end="")
+    for note in cfg.notes:
+        print(f"# {note}")
+
+
+@config_app.command("import")
+def config_import(
+    source: Annotated[
+        Path, typer.Argument(help="An Axolotl, LLaMA-Factory or TRL (HfArgumentParser) YAML.")
+    ],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Write the lmtune config here (default: print).")
+    ] = None,
+) -> None:
+    """Convert another tool's training YAML into an lmtune config; list what it could not map."""
+    import_command(source, out, err_console)
