@@ -179,6 +179,28 @@ def card_section(cfg: Config, decision: dict[str, Any]) -> str:
     )
 
 
+def _decide(
+    cfg: Config, run_dir: Path, summary: dict[str, Any], metric: str, mode: gatelib.Mode
+) -> dict[str, Any]:
+    """The gate's decision on a trained run's test metrics (against its baselines and the
+    current release when the gate asks), written to gate.json/gate.md in run_dir."""
+    baselines = summary.get("baselines") or _read_json(run_dir / "baselines.json")
+    current = reg.current_release(cfg.gate.registry) if cfg.gate.require_beat_current else None
+    test_data = fingerprint_test_split(run_dir)
+    decision = gatelib.evaluate_gate(
+        cfg.gate, metric, mode, summary["test"], baselines, current, test_data
+    )
+    decision.update(
+        run_dir=cfg.run.output_dir,
+        registry=cfg.gate.registry,
+        time=reg.now_iso(),
+        test_data=test_data,
+        released=None,
+    )
+    _write_decision(run_dir, decision)
+    return decision
+
+
 def run_pipeline(cfg: Config, quiet: bool = False) -> dict[str, Any]:
     """Train, gate on the test split, release when every check passes.
 
@@ -198,24 +220,11 @@ def run_pipeline(cfg: Config, quiet: bool = False) -> dict[str, Any]:
             f"the gate needs held-out test metrics, but {run_dir} evaluated no test rows "
             "(the test split is empty); give more data, raise data.split.test or set data.test"
         )
-    baselines = summary.get("baselines") or _read_json(run_dir / "baselines.json")
-    current = reg.current_release(cfg.gate.registry) if cfg.gate.require_beat_current else None
-    test_data = fingerprint_test_split(run_dir)
-    decision = gatelib.evaluate_gate(
-        cfg.gate, metric, mode, summary["test"], baselines, current, test_data
-    )
-    decision.update(
-        run_dir=cfg.run.output_dir,
-        registry=cfg.gate.registry,
-        time=reg.now_iso(),
-        test_data=test_data,
-        released=None,
-    )
-    _write_decision(run_dir, decision)
+    decision = _decide(cfg, run_dir, summary, metric, mode)
     result: dict[str, Any] = {"released": False, "decision": decision, "summary": summary}
     if not decision["passed"]:
         return result
-    return {**result, **_release(cfg, run_dir, summary, decision, test_data)}
+    return {**result, **_release(cfg, run_dir, summary, decision, decision["test_data"])}
 
 
 def _release(
@@ -277,20 +286,7 @@ def release_run(run_dir: str | Path, registry: str | Path | None = None) -> dict
     if Path(cfg.gate.registry).is_dir() and (problem := _registry_problem(Path(cfg.gate.registry))):
         raise UserError(problem)
     metric, mode = gate_metric(cfg)
-    current = reg.current_release(cfg.gate.registry) if cfg.gate.require_beat_current else None
-    baselines = summary.get("baselines") or _read_json(run_dir / "baselines.json")
-    test_data = fingerprint_test_split(run_dir)
-    again = gatelib.evaluate_gate(
-        cfg.gate, metric, mode, summary["test"], baselines, current, test_data
-    )
-    again.update(
-        run_dir=cfg.run.output_dir,
-        registry=cfg.gate.registry,
-        time=reg.now_iso(),
-        test_data=test_data,
-        released=None,
-    )
-    _write_decision(run_dir, again)
+    again = _decide(cfg, run_dir, summary, metric, mode)
     if not again["passed"]:
         return {
             "released": False,
@@ -298,7 +294,7 @@ def release_run(run_dir: str | Path, registry: str | Path | None = None) -> dict
             f"{run_dir / GATE_MD}",
         }
     summary.setdefault("model_dir", str(run_dir / "model"))
-    return _release(cfg, run_dir, summary, again, test_data)
+    return _release(cfg, run_dir, summary, again, again["test_data"])
 
 
 def print_decision(decision: dict[str, Any], console: Any) -> None:
