@@ -132,19 +132,11 @@ def _load_plain(spec: str) -> Target:
 
 def read_probe_rows(path: str | Path, cfg: Any) -> list[dict[str, Any]]:
     """Texts to probe: .txt lines, or a file read with the run's column mapping (labels optional)."""
-    from lmtune.data.pipeline import read_rows
-    from lmtune.evaluate.run import read_texts
+    from lmtune.evaluate.run import read_texts, read_unlabelled_rows
 
     if Path(path).suffix == ".txt":
         return read_texts(path)
-    rows, rejects = read_rows(path, cfg, labels_optional=True)
-    if rejects:
-        first = rejects[0]
-        raise UserError(
-            f"{path}: {len(rejects)} row(s) cannot be probed, first at line "
-            f"{first.get('line')}: {first.get('reason')}"
-        )
-    return rows
+    return read_unlabelled_rows(path, cfg, "probed")
 
 
 def audit_target(

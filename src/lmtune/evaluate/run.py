@@ -109,6 +109,21 @@ def read_texts(path: str | Path, text_field: str = "text") -> list[dict[str, Any
     return [rec.data for rec in read_file(str(p)) if isinstance(rec.data, dict)]
 
 
+def read_unlabelled_rows(path: str | Path, cfg: Any, doing: str) -> list[dict[str, Any]]:
+    """A file's rows with the same column mapping and validation as training (labels/answers
+    may be absent); any rejected row is a UserError naming the first (`doing`: predicted...)."""
+    from lmtune.data.pipeline import read_rows
+
+    rows, rejects = read_rows(path, cfg, labels_optional=True)
+    if rejects:
+        first = rejects[0]
+        raise UserError(
+            f"{path}: {len(rejects)} row(s) cannot be {doing}, first at line "
+            f"{first.get('line')}: {first.get('reason')}"
+        )
+    return rows
+
+
 def run_predict(
     model_path: str | Path,
     input_path: str | Path,
@@ -127,16 +142,7 @@ def run_predict(
     if Path(input_path).suffix == ".txt" and task_spec.labelled:
         rows = read_texts(input_path)
     else:
-        from lmtune.data.pipeline import read_rows
-
-        # Same column mapping and validation as training; labels/answers may be absent.
-        rows, rejects = read_rows(input_path, cfg, labels_optional=True)
-        if rejects:
-            first = rejects[0]
-            raise UserError(
-                f"{input_path}: {len(rejects)} row(s) cannot be predicted, first at line "
-                f"{first.get('line')}: {first.get('reason')}"
-            )
+        rows = read_unlabelled_rows(input_path, cfg, "predicted")
     preds = _task_for(meta, tokenizer, cfg).predict_rows(model, rows, batch_size)
     if out_path:
         with Path(out_path).open("w", encoding="utf-8") as f:
