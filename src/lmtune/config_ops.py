@@ -1,7 +1,7 @@
 """Config sections for the life of a model after one training run: hyperparameter search
 (`search:`, read by `lmtune tune`), the release gate and registry (`gate:`, read by `lmtune
 pipeline`) and monitoring thresholds (`monitor:`). `lmtune train` ignores all three.
-Kept apart from config.py (the training sections), which adds each as a section.
+config.py adds each as a section of a run config.
 """
 
 from __future__ import annotations
