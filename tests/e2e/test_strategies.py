@@ -63,12 +63,18 @@ def _sections(tmp: Path, task: str, adapter: str) -> dict[str, Any]:
     lora = {"r": 4, "alpha": 8, "dropout": 0.0}
     ad = {"type": adapter, **(lora if adapter != "full" else {})}
     extra: dict[str, Any] = {}
+    train: dict[str, Any] = {}
     if task == "classification":
         model = tiny_bert_dir(tmp)
         data = {"train": str(write_jsonl(tmp / "d.jsonl", sentiment_rows(48)))}
     elif task == "qa":
         model = tiny_qa_dir(tmp)
         data = {"train": str(write_jsonl(tmp / "d.jsonl", qa_rows(48)))}
+        extra["qa"] = {"doc_stride": 16, "max_answer_length": 4}  # windows of 64 tokens
+        # Softmax over positions ignores a shift, so the span head's bias and the last
+        # LayerNorm's bias have zero gradient by construction: AdamW would scale their float
+        # rounding noise to full-size steps. Momentum SGD keeps the comparison on gradients.
+        train = {"optimizer": "sgd", "lr": 0.1}
     elif task == "sft":
         model = tiny_causal_dir(tmp, "llama")
         rows = instruction_rows(48)
@@ -105,6 +111,7 @@ def _sections(tmp: Path, task: str, adapter: str) -> dict[str, Any]:
             "eval_every": 1,
             "eval_before": False,
             "save_every": 2,
+            **train,
         },
         **extra,
     }
