@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import torch
 from safetensors.torch import load_file
+from transformers import BertConfig, BertForQuestionAnswering
 
 from lmtune.config import Config
 from tiny import (
@@ -152,3 +153,54 @@ def run_cli(capsys: Any, *args: str) -> tuple[int, str]:
     code = cli_exit(*args)
     out = capsys.readouterr()
     return code, " ".join((out.out + out.err).split())
+
+
+# ---- extractive QA: 'the NOUN is ADJ .' in filler text (tasks/test_qa, e2e) ----
+QA_NOUNS = ["fox", "dog", "movie", "book", "weather", "park"]
+QA_ADJS = ["quick", "brown", "lazy", "great", "terrible", "sunny", "light", "small"]
+QA_FILLER = [
+    "the quick brown fox jumps over the lazy dog .",
+    "in the morning we walk to the park .",
+    "she sells sea shells by the sea shore .",
+    "data cleaning removes duplicates .",
+]
+
+
+def qa_rows(n: int, seed: int = 0) -> list[dict]:
+    """Flat qa rows: 'the NOUN is ADJ .' among filler sentences; 'what is the NOUN ?' -> ADJ."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        noun, adj = rng.choice(QA_NOUNS), rng.choice(QA_ADJS)
+        before = " ".join(rng.sample(QA_FILLER, rng.randint(0, 2)))
+        after = " ".join(rng.sample(QA_FILLER, rng.randint(0, 1)))
+        context = f"{before} the {noun} is {adj} . {after}".strip()
+        start = context.index(f"the {noun} is {adj}") + len(f"the {noun} is ")
+        rows.append(
+            {
+                "id": f"q{i}",
+                "title": f"t{i % 5}",
+                "context": context,
+                "question": f"what is the {noun} ?",
+                "answers": {"text": [adj], "answer_start": [start]},
+            }
+        )
+    return rows
+
+
+def tiny_qa_dir(root: Path) -> Path:
+    """A 2-layer, hidden-32 BERT with a random span head, saved as a local model folder."""
+    tok = make_bert_tokenizer()
+    torch.manual_seed(0)
+    cfg = BertConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=256,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        pad_token_id=tok.pad_token_id,
+    )
+    return save_tiny(BertForQuestionAnswering(cfg).eval(), tok, root / "tiny-bert-qa")

@@ -8,6 +8,7 @@ import json
 import random
 import types
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from lmtune.config import dump_config, load_config
 from lmtune.data.formats import RowError, Schema, detect_format, to_canonical
 from lmtune.errors import UserError
 from lmtune.evaluate.run import run_eval
-from lmtune.losses.kto import KTOParams, kl_reference_point, kto_losses
+from lmtune.losses.kto import KTOParams, kl_reference_point, kl_stats, kto_losses
 from lmtune.models.load import load_tokenizer
 from lmtune.tasks import build_task
 from lmtune.train.run import run_training
@@ -35,9 +36,11 @@ def _trl_loss(
     ref_kl: torch.Tensor,
     labels: torch.Tensor,
     params: KTOParams,
+    gather: Callable[[torch.Tensor], torch.Tensor] = lambda x: x,
 ) -> torch.Tensor:
     """TRL's KTOTrainer._compute_loss on these summed log-probs (precomputed reference), with
-    a stand-in model whose per-token log-probs sum to them and a single-process accelerator."""
+    a stand-in model whose per-token log-probs sum to them and an accelerator whose
+    gather_for_metrics is `gather` (one process: the value itself)."""
     from trl.trainer.kto_trainer import KTOTrainer
 
     n, t = len(logps), 5
@@ -57,7 +60,7 @@ def _trl_loss(
     mask[:, -2:] = 1
     fake = types.SimpleNamespace(
         model=types.SimpleNamespace(training=True),
-        accelerator=types.SimpleNamespace(device="cpu", gather_for_metrics=lambda x: x),
+        accelerator=types.SimpleNamespace(device="cpu", gather_for_metrics=gather),
         beta=params.beta,
         desirable_weight=params.desirable_weight,
         undesirable_weight=params.undesirable_weight,
@@ -106,6 +109,35 @@ def test_loss_matches_trl(params: KTOParams, kl_shift: float) -> None:
     assert float(ours.mean()) == pytest.approx(float(theirs), abs=1e-5)
     assert torch.allclose(rewards, params.beta * (logps - ref))
     assert (kl == 0) == (kl_shift < 0)
+
+
+def test_kl_point_is_pooled_over_processes_as_trl_gathers_it() -> None:
+    """Two processes, each with half of a batch: TRL gathers both KL estimates and averages
+    them; lmtune all-reduces the sums and counts. Same z0 and same per-process loss as TRL,
+    and with unequal shares still the one-process z0 of the whole batch."""
+    g = torch.Generator().manual_seed(1)
+    n, params = 8, KTOParams(0.3)
+    logps, ref, ref_kl = (-20 * torch.rand(n, generator=g, dtype=torch.float64) for _ in "abc")
+    kl_logps = ref_kl + 0.5 + torch.randn(n, generator=g, dtype=torch.float64)
+    labels = torch.tensor([True, False, True, True, False, False, True, False])
+    whole = kl_reference_point(kl_logps, ref_kl)
+    halves = [slice(0, 4), slice(4, 8)]
+    estimates = torch.stack([(kl_logps[h] - ref_kl[h]).mean() for h in halves])
+    for me, other in (halves, halves[::-1]):
+        stats_other = kl_stats(kl_logps[other], ref_kl[other])
+        kl = kl_reference_point(kl_logps[me], ref_kl[me], lambda s, o=stats_other: s + o)
+        assert float(kl) == pytest.approx(float(whole), abs=1e-12) and float(kl) > 0
+        ours, _ = kto_losses(logps[me], ref[me], labels[me], kl, params)
+        theirs = _trl_loss(
+            logps[me], ref[me], kl_logps[me], ref_kl[me], labels[me], params, lambda _: estimates
+        )
+        assert float(ours.mean()) == pytest.approx(float(theirs), abs=1e-6)
+    # Shares of 3 and 5 examples: still the mean over all 8 pairs (not a mean of two means).
+    first, rest = slice(0, 3), slice(3, 8)
+    pooled = kl_reference_point(
+        kl_logps[first], ref_kl[first], lambda s: s + kl_stats(kl_logps[rest], ref_kl[rest])
+    )
+    assert float(pooled) == pytest.approx(float(whole), abs=1e-12)
 
 
 def test_kl_point_is_detached_and_gradient_flows_only_through_the_matched_logps() -> None:

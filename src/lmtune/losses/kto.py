@@ -12,6 +12,7 @@ exactly as TRL 1.16's KTOTrainer computes it (loss_type "kto"); the batch loss i
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -27,10 +28,29 @@ class KTOParams:
     undesirable_weight: float = 1.0
 
 
-def kl_reference_point(policy_kl_logps: torch.Tensor, ref_kl_logps: torch.Tensor) -> torch.Tensor:
+def kl_stats(policy_kl_logps: torch.Tensor, ref_kl_logps: torch.Tensor) -> torch.Tensor:
+    """[sum of the mismatched pairs' log-ratios, their count] in float64, detached: what
+    processes add up to estimate z0 over the whole batch."""
+    diff = (policy_kl_logps - ref_kl_logps).detach().double()
+    return torch.stack([diff.sum(), torch.full_like(diff.sum(), diff.numel())])
+
+
+def kl_reference_point(
+    policy_kl_logps: torch.Tensor,
+    ref_kl_logps: torch.Tensor,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
     """z0: mean log-ratio of the mismatched pairs, detached (no gradient flows through it) and
-    clamped at 0 (a KL is never negative; the estimate can be)."""
-    return (policy_kl_logps - ref_kl_logps).mean().detach().clamp(min=0)
+    clamped at 0 (a KL is never negative; the estimate can be).
+
+    reduce sums kl_stats over processes (an all-reduce): TRL gathers every process's KL
+    estimate and averages them, so z0 is one number for the whole step's batch. Summing the
+    sums and counts gives that same number when the processes hold equal shares, and the
+    one-process value whatever the shares (2 processes == 1 process)."""
+    stats = kl_stats(policy_kl_logps, ref_kl_logps)
+    if reduce is not None:
+        stats = reduce(stats)
+    return (stats[0] / stats[1]).to(policy_kl_logps.dtype).clamp(min=0)
 
 
 def kto_losses(

@@ -57,6 +57,14 @@ class Dist:
         td.all_reduce(t)
         return float(t.item())
 
+    def all_sum_tensor(self, t: torch.Tensor) -> torch.Tensor:
+        """A tensor summed over processes (a new tensor, detached; the input is unchanged)."""
+        if self.world_size == 1:
+            return t
+        out = t.detach().clone()
+        td.all_reduce(out)
+        return out
+
     def broadcast(self, obj: Any) -> Any:
         """Send a picklable object from rank 0 to all ranks."""
         if self.world_size == 1:

@@ -279,9 +279,12 @@ class KTOTask(Task):
     ) -> dict[str, torch.Tensor]:
         logps = self._sums(model, batch, "")
         ref, ref_kl = self._reference(model, batch)
-        if kl is None:  # z0 of this batch: the policy on the mismatched pairs, no gradient
+        if kl is None:  # z0 of this micro-batch over all processes (TRL gathers it too)
+            from lmtune.runtime.dist import Dist
+
             with torch.no_grad():
-                kl = kl_reference_point(self._sums(model, batch, "kl_"), ref_kl.to(logps))
+                policy_kl = self._sums(model, batch, "kl_")
+                kl = kl_reference_point(policy_kl, ref_kl.to(logps), Dist.get().all_sum_tensor)
         desirable = batch["desirable"].to(logps.device)
         losses, rewards = kto_losses(logps, ref.to(logps), desirable, kl, self.params)
         return {"loss": losses, "reward": rewards, "logp": logps.detach(), "kl": kl}

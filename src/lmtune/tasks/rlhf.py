@@ -55,6 +55,7 @@ class RLHFTask(Task):
         self._stats: dict[str, list[float]] = {}
         self._round: list[Rollout] = []  # rollouts kept for reuse (updates_per_rollout > 1)
         self._pos, self._pass = 0, 0  # micro-batch slot within the step; reuse pass of _round
+        self.seed, self._step = cfg.run.seed, 0  # a completion's sampling seed (see _seeds)
 
     # ---- data --------------------------------------------------------------------------
     def encode(self, row: dict[str, Any]) -> dict[str, Any]:
@@ -62,12 +63,18 @@ class RLHFTask(Task):
         ids = encode_prompt_ids(row["prompt"], self.tokenizer, self.template, self.max_prompt)
         return {"prompt_ids": ids, "prompt": row["prompt"], "length": len(ids)}
 
+    def prepare_features(self, features: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Number the training prompts: a completion's sampling seed comes from its prompt's
+        number, so it is the same whichever micro-batch or process samples it."""
+        return [{**f, "index": i} for i, f in enumerate(features)]
+
     def collate(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         """Prompts as lists (sampling pads them); units are the k completions per prompt."""
         k = self.rl.samples_per_prompt
         return {
             "prompt_ids": [f["prompt_ids"] for f in features],
             "prompts": [f["prompt"] for f in features],
+            "indices": [f.get("index", 0) for f in features],
             "num_units": len(features) * k,
             "num_examples": len(features),
             "num_tokens": sum(len(f["prompt_ids"]) for f in features) * k,
@@ -99,13 +106,22 @@ class RLHFTask(Task):
     def begin_step(self, step: int) -> None:
         """An optimizer step begins: the next pass over the kept rollout, or a fresh rollout
         once it has served rlhf.updates_per_rollout steps (a resumed run starts fresh)."""
-        self._pos = 0
+        self._pos, self._step = 0, step
         if self._round and self._pass + 1 < self.rl.updates_per_rollout:
             self._pass += 1
         else:
             self._round, self._pass = [], 0
 
+    def _seeds(self, indices: list[int]) -> list[int]:
+        """One seed per completion (prompt-major): a function of the run seed, the optimizer
+        step and the prompt's number, so 2 processes sample what 1 process samples."""
+        k, mod = self.rl.samples_per_prompt, 2**63 - 1
+        base = (self.seed * 1_000_003 + self._step) * 1_000_003
+        return [((base + i) * 1_009 + j) % mod for i in indices for j in range(k)]
+
     def _sample(self, model: torch.nn.Module, batch: dict[str, Any]) -> Rollout:
+        from lmtune.runtime.dist import Dist
+
         rl = self.rl
         r = sample(
             model,
@@ -116,6 +132,8 @@ class RLHFTask(Task):
             rl.max_new_tokens,
             rl.temperature,
             rl.top_p,
+            seeds=self._seeds(batch["indices"]),
+            synced=Dist.get().world_size > 1,  # each process samples its share together
         )
         device = r.input_ids.device
         r.rewards = torch.tensor(self.reward(r.prompts, r.texts), device=device)

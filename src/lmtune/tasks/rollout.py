@@ -86,6 +86,30 @@ def completion_mask(completions: torch.Tensor, eos_id: int | None) -> torch.Tens
     return ~after
 
 
+class RowSeededSampler:
+    """A transformers logits processor that makes greedy decoding a sample: softmax(logits /
+    temperature) within the top_p nucleus, drawn by Gumbel-max (the argmax of the scaled
+    logits plus Gumbel noise is distributed as their softmax) with the noise of each row from
+    its own seeded generator. A row's tokens then depend on its seed and its own prefix only."""
+
+    def __init__(self, seeds: list[int], temperature: float, top_p: float = 1.0) -> None:
+        from transformers import TopPLogitsWarper
+
+        self.gens = [torch.Generator().manual_seed(s) for s in seeds]
+        self.temperature = temperature
+        self.top_p = TopPLogitsWarper(top_p) if top_p < 1.0 else None
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """Scaled, nucleus-filtered scores plus each row's Gumbel noise (rows in order)."""
+        scores = scores.float() / self.temperature
+        if self.top_p is not None:
+            scores = self.top_p(input_ids, scores)
+        vocab = scores.shape[-1]
+        u = torch.stack([torch.rand(vocab, generator=g, dtype=torch.float64) for g in self.gens])
+        gumbel = -torch.log(-torch.log(u.clamp(min=1e-300)))
+        return scores + gumbel.to(scores)
+
+
 @torch.no_grad()
 def sample(
     model: torch.nn.Module,
@@ -96,9 +120,17 @@ def sample(
     max_new_tokens: int,
     temperature: float,
     top_p: float = 1.0,
+    seeds: list[int] | None = None,
+    synced: bool = False,
 ) -> Rollout:
     """k completions of every prompt (temperature 0: greedy, then k should be 1), in eval
-    mode (no dropout while sampling); the model's train/eval mode is restored after."""
+    mode (no dropout while sampling); the model's train/eval mode is restored after.
+
+    seeds (one per completion, prompt-major): each completion draws from its own seeded
+    stream (RowSeededSampler), so it does not depend on the batch or process it is sampled
+    in; without them, from the global random stream. synced: every process of the group
+    calls this together and keeps stepping until all are done (FSDP gathers weights block
+    by block, so every process must run as many forwards)."""
     gen_model: Any = unwrap(model)  # a transformers model: generate() is not on nn.Module
     was_training = gen_model.training
     gen_model.eval()
@@ -110,17 +142,24 @@ def sample(
     attn = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
     # transformers defaults to top-50 sampling: only temperature and top_p decide here, so
     # the sampling distribution is the one whose log-probs the loss uses.
-    how = (
+    how: dict[str, Any] = (
         {"do_sample": False}
         if temperature <= 0
         else {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
     )
+    if seeds is not None and temperature > 0:
+        from transformers import LogitsProcessorList
+
+        assert len(seeds) == len(rows), (len(seeds), len(rows))
+        sampler = RowSeededSampler(seeds, temperature, top_p)
+        how = {"do_sample": False, "logits_processor": LogitsProcessorList([sampler])}
     out = gen_model.generate(
         input_ids=input_ids,
         attention_mask=attn,
         max_new_tokens=max_new_tokens,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=pad,
+        synced_gpus=synced,
         **how,
     )
     gen_model.train(was_training)
