@@ -10,8 +10,10 @@ the spill, holding only eval/test rows (small: eval is capped) and what was drop
 from __future__ import annotations
 
 import hashlib
+from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import chain, islice
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +30,7 @@ from lmtune.data.stages import (
     truncation_limit,
     validate_records,
 )
-from lmtune.data.stream import Spill, batches, iter_rows
+from lmtune.data.stream import BATCH, Spill, batches, iter_rows
 from lmtune.data.truncate import announce_truncated
 
 
@@ -77,6 +79,36 @@ def _key_hash(row: dict[str, Any], fmt: str) -> bytes:
     return hashlib.blake2b(text, digest_size=16).digest()
 
 
+def _clean_batch(
+    batch: list[Any], schema: Any, cfg: Config, fmt: str
+) -> tuple[list[Reject], list[Reject], list[dict[str, Any]], int, tuple[Any, ...]]:
+    """One batch on its own (in a worker process or not): (validation rejects, later
+    rejects, kept rows, rows cut, what the cleaner counted)."""
+    cleaner = RowCleaner(cfg.data.clean)
+    rows, bad = validate_records(batch, schema, cfg.data.labels)
+    later: list[Reject] = []
+    kept, cut = clean_rows(rows, fmt, cfg, cleaner, later)
+    return bad, later, kept, cut, cleaner.tally()
+
+
+def _ordered_map(fn: Any, items: Iterator[tuple], workers: int) -> Iterator[Any]:
+    """fn(*item) for each item, in order; with workers > 1 in that many forked processes,
+    at most two batches each in flight so the reader never runs ahead of the cleaning."""
+    if workers <= 1:
+        yield from (fn(*item) for item in items)
+        return
+    import multiprocessing as mp
+
+    with mp.get_context("fork").Pool(workers) as pool:
+        pending: deque[Any] = deque()
+        for item in items:
+            pending.append(pool.apply_async(fn, item))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
+
+
 def read_file_into(
     pool: Pool,
     path: str,
@@ -87,20 +119,24 @@ def read_file_into(
     cleaner: RowCleaner,
     rejects: list[Reject],
 ) -> tuple[int, list[Reject]]:
-    """Validate, clean and spill one file's records batch by batch.
+    """Validate, clean and spill one file's records batch by batch (cleaning, the costly
+    part, in data.num_proc processes once there is more than one batch).
 
     Returns (rows read, that file's validation rejects); the rejects also go to `rejects`.
     """
     n_read = 0
     bad_all: list[Reject] = []
     dedupe = cfg.data.clean.dedupe
-    for batch in batches(records):
-        n_read += len(batch)
-        rows, bad = validate_records(batch, schema, cfg.data.labels)
-        del batch
+    head = list(islice(records, BATCH + 1))
+    workers = cfg.data.num_proc if len(head) > BATCH else 1
+    jobs = ((batch, schema, cfg, fmt) for batch in batches(chain(head, records)))
+    del head
+    for bad, later, kept, cut, counted in _ordered_map(_clean_batch, jobs, workers):
+        n_read += len(bad) + len(later) + len(kept)
         rejects += bad
+        rejects += later
         bad_all += bad
-        kept, cut = clean_rows(rows, fmt, cfg, cleaner, rejects)
+        cleaner.merge(counted)
         pool.cut += cut
         if fmt in LABELLED:
             pool.labels += [r["label"] for r in kept]

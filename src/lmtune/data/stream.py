@@ -14,7 +14,7 @@ import gzip
 import json
 import shutil
 from collections.abc import Iterator, Sequence
-from itertools import chain, islice
+from itertools import chain, islice, pairwise
 from pathlib import Path
 from typing import IO, Any
 
@@ -177,22 +177,35 @@ class Spill:
         return self._ds
 
 
-def iter_rows(ds: Any, indices: Sequence[int] | None = None, size: int = 1000) -> Iterator[Any]:
-    """(index, row) for the rows of a spilled dataset in order (only `indices`, if given)."""
-    if indices is None:
-        i = 0
-        for batch in ds.iter(batch_size=size):
-            for text in batch["row"]:
-                yield i, json.loads(text)
-                i += 1
+def iter_rows(ds: Any, indices: Sequence[int] | None = None) -> Iterator[Any]:
+    """(index, row) for the rows of a spilled dataset in order (only `indices`, if given).
+
+    Sorted indices (every pass prepare makes) stream the file batch by batch with plain
+    reads: a memory map would leave the whole file resident in this process by the end of
+    a pass, as large as the rows it was written to keep out of memory.
+    """
+    import pyarrow as pa
+
+    if indices is not None and any(b <= a for a, b in pairwise(indices)):
+        texts = ds.data.column("row").take(list(indices)).to_pylist()
+        yield from ((i, json.loads(t)) for i, t in zip(indices, texts, strict=True))
         return
-    for start in range(0, len(indices), size):
-        part = list(indices[start : start + size])
-        if not part:
-            break
-        texts = ds.data.column("row").take(part).to_pylist() if part else []
-        for i, text in zip(part, texts, strict=True):
-            yield i, json.loads(text)
+    wanted = iter(indices) if indices is not None else None
+    nxt = next(wanted, None) if wanted is not None else -1
+    start = 0
+    with pa.OSFile(ds.cache_files[0]["filename"]) as f:
+        for batch in pa.ipc.open_stream(f):
+            n, col = batch.num_rows, batch.column(0)
+            if wanted is None:
+                for k, text in enumerate(col.to_pylist()):
+                    yield start + k, json.loads(text)
+            else:
+                while nxt is not None and nxt < start + n:
+                    yield nxt, json.loads(col[nxt - start].as_py())
+                    nxt = next(wanted, None)
+                if nxt is None:
+                    return
+            start += n
 
 
 def remove_dir(path: Path) -> None:
