@@ -167,6 +167,25 @@ class RowCleaner:
             except RowError as e:  # e.g. responses that differed only in whitespace
                 raise RowError(f"{e.reason} after cleaning", f"{e.kind} after cleaning") from None
 
+    def tally(self) -> tuple[Any, ...]:
+        """What this cleaner counted, as plain values (a worker process sends it back)."""
+        return (
+            self.redactor.counts,
+            self.detector.counts,
+            self.changed_rows,
+            self.pii_rows,
+            self.examples,
+        )
+
+    def merge(self, tally: tuple[Any, ...]) -> None:
+        """Add the tally of a cleaner that worked on the rows after these (a worker's)."""
+        redacted, detected, changed, pii_rows, examples = tally
+        self.redactor.counts += redacted
+        self.detector.counts += detected
+        self.changed_rows += changed
+        self.pii_rows += pii_rows
+        self.examples += examples[: self.MAX_EXAMPLES - len(self.examples)]
+
     def redactions(self) -> dict[str, int]:
         """Replacements per kind so far (mode redact)."""
         return self.redactor.report()

@@ -135,6 +135,25 @@ class LazyRows(Sequence):
         for batch in self.dataset.iter(batch_size=1000):
             yield from (json.loads(r) for r in batch["row"])
 
+    # Compared and concatenated like the list of rows it stands for.
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (list, LazyRows)):
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __add__(self, other: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [*self, *other]
+
+    @property
+    def file(self) -> Path | None:
+        """The one Arrow file the rows are read from, in order (None: several, or a subset)."""
+        files = self.dataset.cache_files
+        if len(files) != 1 or self.dataset._indices is not None:
+            return None
+        return Path(files[0]["filename"])
+
 
 def write_rows(path: Path, rows: Sequence[dict[str, Any]], chunk: int = 10_000) -> None:
     """Rows as a one-column Arrow file of JSON strings, written in chunks (bounded memory).
@@ -144,6 +163,17 @@ def write_rows(path: Path, rows: Sequence[dict[str, Any]], chunk: int = 10_000) 
     """
     import pyarrow as pa
 
+    source = rows.file if isinstance(rows, LazyRows) else None
+    if source is not None:  # already one JSON string per row: link (or copy) the file
+        import os
+        import shutil
+
+        path.unlink(missing_ok=True)
+        try:
+            os.link(source, path)
+        except OSError:  # another filesystem: copy
+            shutil.copyfile(source, path)
+        return
     schema = pa.schema([("row", pa.large_string())])
     with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
         for start in range(0, len(rows), chunk):

@@ -7,7 +7,9 @@ and is counted in data_report.json, so rows_in + rows_added == rows_out + drops.
 
 from __future__ import annotations
 
+import atexit
 import json
+import tempfile
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from lmtune.config import Config
+from lmtune.data import coldpath as cp
 from lmtune.data.clean import RowCleaner
+from lmtune.data.features import LazyRows
 from lmtune.data.formats import (
     LABELLED,
     PREFERENCE,
@@ -26,7 +30,7 @@ from lmtune.data.formats import (
     natural_labels,
     resolve_mapping,
 )
-from lmtune.data.io import Record, Reject, as_paths, read_file
+from lmtune.data.io import Reject, as_paths, read_file
 from lmtune.data.report import build_report, console_lines, to_markdown
 from lmtune.data.split import class_weights, group_split_indices, split_indices
 from lmtune.data.stages import (
@@ -34,8 +38,6 @@ from lmtune.data.stages import (
     bad_fraction_message,
     balance_train,
     check_balance_config,
-    check_leakage,
-    clean_pool,
     drop_ties,
     file_schema,
     group_column,
@@ -43,6 +45,7 @@ from lmtune.data.stages import (
     require_rows,
     validate_records,
 )
+from lmtune.data.stream import Spill, batches, head_and_rest, iter_records, remove_dir
 from lmtune.data.truncate import cap_eval
 from lmtune.errors import UserError
 
@@ -75,74 +78,99 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     tmp.replace(path)  # readers never see a half-written file
 
 
-def _read_all(cfg: Config) -> dict[str, list[tuple[str, list[Record]]]]:
+Opened = dict[str, list[tuple[str, list[Any], Any]]]  # split -> (path, head, all records)
+
+
+def _open_all(cfg: Config) -> Opened:
+    """Every input opened: its first records (column detection) and an iterator over all."""
     files = {s: as_paths(getattr(cfg.data, s)) for s in ("train", "eval", "test")}
     if not files["train"]:
         raise UserError(
             "data.train is not set: point it at a file (jsonl, json, csv, tsv, txt, parquet) "
             "or a datasets save_to_disk folder"
         )
+    opened: Opened = {}
     if cfg.data.streaming:  # only the rows max_steps needs, split by a hash of each row
         from lmtune.data.hub import rows_for_steps, stream_records
 
         records = stream_records(cfg, rows_for_steps(cfg))
+        opened = {s: [(p, recs, iter(recs)) for p, recs in per] for s, per in records.items()}
     else:
-        records = {
-            s: [(p, read_file(p, s, cfg.data.limit, cfg.data.encoding)) for p in ps]
-            for s, ps in files.items()
-        }
-    for per_file in records.values():
-        for path, recs in per_file:
-            require_rows(path, recs)
-    return records
+        d = cfg.data
+        for s, ps in files.items():
+            opened[s] = [(p, *head_and_rest(iter_records(p, s, d.limit, d.encoding))) for p in ps]
+    for per_file in opened.values():
+        for path, head, _ in per_file:
+            require_rows(path, head)
+    return opened
 
 
-def _validate_all(
-    cfg: Config, fmt: str, records: dict[str, list[tuple[str, list[Record]]]], out_dir: Path
-) -> tuple[dict[str, Rows], list[Reject], list[dict[str, Any]]]:
-    """Validate every file; UserError (after writing rejects.jsonl) if any file is too bad."""
+def _read_pools(
+    cfg: Config, fmt: str, opened: Opened, cleaner: RowCleaner, out_dir: Path, work: Path
+) -> tuple[dict[str, cp.Pool], list[Reject], list[dict[str, Any]]]:
+    """Validate, clean and spill every file batch by batch, then dedupe each split's pool.
+    UserError (after writing rejects.jsonl) if any file is too bad."""
     rejects: list[Reject] = []
     inputs: list[dict[str, Any]] = []
-    pools: dict[str, Rows] = {}
+    pools: dict[str, cp.Pool] = {}
     problems: list[str] = []
-    for split, per_file in records.items():
-        pool: Rows = []
-        for path, recs in per_file:
-            rows, bad = validate_records(recs, file_schema(recs, cfg, fmt), cfg.data.labels)
-            rejects += bad
-            pool += rows
-            inputs.append(
-                {"split": split, "file": path, "rows_read": len(recs), "rows_rejected": len(bad)}
-            )
-            msg = bad_fraction_message(
-                path, len(recs), bad, cfg.data.max_bad_fraction, out_dir / "rejects.jsonl"
-            )
+    for split, per_file in opened.items():
+        if not per_file:
+            continue
+        pool = cp.Pool(Spill(work / f"{split}.arrow"))
+        for path, head, records in per_file:
+            schema = file_schema(head, cfg, fmt)
+            n, bad = cp.read_file_into(pool, path, records, schema, cfg, fmt, cleaner, rejects)
+            inputs.append({"split": split, "file": path, "rows_read": n, "rows_rejected": len(bad)})
+            msg = cp.check_file(path, n, bad, cfg, out_dir)
             if msg:
                 problems.append(msg)
-        if per_file:
-            pools[split] = pool
+        pools[split] = pool
     if problems:  # every offending file at once, so one fix-up pass is enough
-        _write_jsonl(out_dir / "rejects.jsonl", [r.to_json() for r in rejects])
+        bad_rows = [r.to_json() for r in rejects if r.stage == "validate"]
+        _write_jsonl(out_dir / "rejects.jsonl", bad_rows)
         raise UserError("\n".join(problems))
+    for pool in pools.values():
+        cp.finish_pool(pool, cfg, fmt, rejects)
     return pools, rejects, inputs
 
 
-def _split(cfg: Config, fmt: str, pools: dict[str, Rows]) -> dict[str, Rows]:
-    """Files win; splits without a file take their configured fraction out of train."""
+def _split(cfg: Config, fmt: str, pools: dict[str, cp.Pool]) -> dict[str, Any]:
+    """Files win; splits without a file take their configured fraction out of train.
+    Train stays on disk (a RowsView); eval and test become lists."""
     train = pools["train"]
+    view = train.view()
     eval_frac = 0.0 if "eval" in pools else cfg.data.split.eval
     test_frac = 0.0 if "test" in pools else cfg.data.split.test
-    strat = [r["label"] for r in train] if fmt in LABELLED and cfg.data.split.stratify else None
+    strat = None
+    if fmt in LABELLED and cfg.data.split.stratify:
+        strat = [train.labels[i] for i in train.keep]
     if cfg.data.split.group_by:  # whole groups (articles) per split: no group in two splits
-        groups = _group_keys(train, cfg.data.split.group_by)
+        key = cfg.data.split.group_by
+        groups = [g for chunk in batches(view) for g in _group_keys(chunk, key)]
         idx = group_split_indices(groups, eval_frac, test_frac, cfg.run.seed)
     else:
-        idx = split_indices(len(train), eval_frac, test_frac, cfg.run.seed, strat)
+        idx = split_indices(len(view), eval_frac, test_frac, cfg.run.seed, strat)
     idx = cap_eval(idx, cfg.data.split.max_eval_rows)
-    splits = {"train": [train[i] for i in idx["train"]]}
+    splits: dict[str, Any] = {"train": view.select(idx["train"])}
     for s in ("eval", "test"):
-        splits[s] = pools[s] if s in pools else [train[i] for i in idx[s]]
+        splits[s] = list(pools[s].view() if s in pools else view.select(idx[s]))
     return splits
+
+
+def _write_train(path: Path, rows: Any, rows_dir: Path) -> LazyRows:
+    """train.jsonl and the Arrow copy the train split is read from from now on, in one pass."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    spill = Spill(rows_dir / "rows.arrow")
+    with tmp.open("w", encoding="utf-8") as f:
+        for chunk in batches(rows, 1000):
+            for r in chunk:
+                r.pop(ORIGIN, None)
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+            spill.add(chunk)
+    tmp.replace(path)  # readers never see a half-written file
+    return LazyRows(spill.close())
 
 
 def _group_keys(rows: Rows, key: str) -> list[str]:
@@ -260,24 +288,44 @@ def prepare_data(
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # Spill files live beside the run while prepare works; the train rows' Arrow file for
+    # as long as this process may read them.
+    work = Path(tempfile.mkdtemp(prefix=".prepare-", dir=out_dir))
+    rows_dir = Path(tempfile.mkdtemp(prefix=".train-rows-", dir=out_dir))
+    atexit.register(remove_dir, rows_dir)
+    try:
+        return _prepare(cfg, out_dir, work, rows_dir, length_fn, say)
+    finally:
+        remove_dir(work)
+
+
+def _prepare(
+    cfg: Config,
+    out_dir: Path,
+    work: Path,
+    rows_dir: Path,
+    length_fn: Callable[[dict], int] | None,
+    say: Callable[[str], None] | None,
+) -> PreparedData:
     d = cfg.data
-    records = _read_all(cfg)
-    train_records = [r for _, recs in records["train"] for r in recs]
-    columns = columns_of(r.data for r in train_records)
+    opened = _open_all(cfg)
+    columns = columns_of(r.data for _, head, _ in opened["train"] for r in head)
     mapping = resolve_mapping(columns, d.columns)
     fmt = detect_format(columns, mapping, cfg.task, d.format, ", ".join(as_paths(d.train)))
     check_balance_config(cfg, fmt, mapping)
 
-    pools, rejects, inputs = _validate_all(cfg, fmt, records, out_dir)
     cleaner = RowCleaner(d.clean)
-    pools = {s: clean_pool(rows, fmt, cfg, cleaner, rejects) for s, rows in pools.items()}
+    pools, rejects, inputs = _read_pools(cfg, fmt, opened, cleaner, out_dir, work)
+    del opened
     splits = _split(cfg, fmt, pools)
     warnings: list[str] = []
     labels = _labels(cfg, splits, rejects, warnings) if fmt in LABELLED else None
     if labels is not None:
         _merged_label_forms(splits, mapping.get("label", "label"), warnings)
     _check_rejected_fractions(cfg, inputs, rejects, out_dir)
-    leakage = check_leakage(cfg, fmt, splits, rejects)
+    leakage = cp.check_leakage(cfg, fmt, splits, rejects)
+    if d.balance.strategy in ("undersample", "oversample"):  # resampling needs the rows
+        splits["train"] = list(splits["train"])
     balance, added = balance_train(cfg, splits, rejects, group_column(cfg, mapping))
     weights = None
     if labels is not None and (
@@ -291,8 +339,10 @@ def prepare_data(
         )
     if not splits["test"]:
         splits.pop("test")
-    for rows in splits.values():
-        _strip(rows)
+    splits["train"] = _write_train(out_dir / "data" / "train.jsonl", splits["train"], rows_dir)
+    for s in ("eval", "test"):
+        if s in splits:
+            _strip(splits[s])
 
     splits_from = {
         s: "file" if s in pools else "train" if getattr(d.split, s) > 0 else "none"
@@ -315,7 +365,7 @@ def prepare_data(
         warnings=warnings,
         length_fn=length_fn,
     )
-    for s in ("train", "eval", "test"):
+    for s in ("eval", "test"):
         path = out_dir / "data" / f"{s}.jsonl"
         if s in splits:
             _write_jsonl(path, splits[s])
@@ -329,7 +379,7 @@ def prepare_data(
     if say is not None:
         for line in console_lines(report, out_dir):
             say(line)
-    if not splits["train"]:
+    if not len(splits["train"]):
         raise UserError(
             f"no training rows left after cleaning ({report['drops']['total']} dropped); see "
             f"{out_dir / 'data_report.md'} and {out_dir / 'rejects.jsonl'}"

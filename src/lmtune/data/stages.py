@@ -161,16 +161,22 @@ def drop_ties(
     return kept
 
 
-def clean_pool(
+def truncation_limit(cfg: Config) -> int | None:
+    """Characters kept from each end of an over-long text field (None: never cut)."""
+    # QA splits long contexts into windows and uses all of them: never cut its rows.
+    return None if cfg.task == "qa" else char_limit(cfg.model.max_length)
+
+
+def clean_rows(
     rows: list[dict[str, Any]], fmt: str, cfg: Config, cleaner: RowCleaner, rejects: list[Reject]
-) -> list[dict[str, Any]]:
-    """Ties, row cleaning, length limits, exact and near dedupe for one pool of rows."""
+) -> tuple[list[dict[str, Any]], int]:
+    """Ties, row cleaning, length limits and truncation for a batch of rows, each row on its
+    own; returns (kept rows, rows cut by truncation)."""
     c = cfg.data.clean
     if fmt in PREFERENCE:
         rows = drop_ties(rows, rejects, cfg.preference.ties == "keep")
     kept = []
-    # QA splits long contexts into windows and uses all of them: never cut its rows.
-    limit = None if cfg.task == "qa" else char_limit(cfg.model.max_length)
+    limit = truncation_limit(cfg)
     cut = 0
     for row in rows:
         try:
@@ -185,6 +191,16 @@ def clean_pool(
         if limit is not None and truncate_row(row, limit):
             cut += 1
         kept.append(row)
+    return kept, cut
+
+
+def clean_pool(
+    rows: list[dict[str, Any]], fmt: str, cfg: Config, cleaner: RowCleaner, rejects: list[Reject]
+) -> list[dict[str, Any]]:
+    """Ties, row cleaning, length limits, exact and near dedupe for one pool of rows."""
+    c = cfg.data.clean
+    kept, cut = clean_rows(rows, fmt, cfg, cleaner, rejects)
+    limit = truncation_limit(cfg)
     if limit is not None:
         announce_truncated(cut, limit, cfg.model.max_length)
     if c.dedupe:

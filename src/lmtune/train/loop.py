@@ -31,7 +31,7 @@ from lmtune.train import checkpoint as ckpt
 from lmtune.train.averaging import judge_average as _judge_average
 from lmtune.train.device_stats import device_summary
 from lmtune.train.logging import MetricsLog, Progress, finite_json, peak_rss_mb
-from lmtune.train.precision import apply_update, precision_name, scaled
+from lmtune.train.precision import apply_update, precision_name, scaled, scaler_state
 from lmtune.train.session import (
     AVERAGE_FILE,
     Run,
@@ -294,6 +294,7 @@ def checkpoint(run: Run, state: TrainState) -> None:
     """A checkpoint of this step, complete or absent: every process writes its shard of the
     weights and optimizer (torch.distributed.checkpoint), plus scheduler, RNG, state.json."""
     state.elapsed = time.perf_counter() - run.t_start
+    state.scaler = scaler_state(run.scaler)
     extra = None
     if run.average is not None and run.average.count:
         state.average_count = run.average.count

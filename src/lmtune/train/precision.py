@@ -9,6 +9,7 @@ skips a step whose gradients overflowed and then lowers the factor (dynamic loss
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -62,3 +63,16 @@ def apply_update(
         scaler.step(optimizer)
         scaler.update()
     return float(norm)
+
+
+def scaler_state(scaler: torch.amp.GradScaler | None) -> dict[str, Any] | None:
+    """The scaler's state as plain JSON numbers (for state.json); None without a scaler."""
+    if scaler is None or not scaler.is_enabled():
+        return None
+    return {k: v.item() if torch.is_tensor(v) else v for k, v in scaler.state_dict().items()}
+
+
+def restore_scaler(scaler: torch.amp.GradScaler | None, saved: dict[str, Any] | None) -> None:
+    """Put a checkpoint's scaler state back (checkpoints without one keep the fresh scale)."""
+    if scaler is not None and saved:
+        scaler.load_state_dict(saved)

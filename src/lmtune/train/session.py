@@ -25,7 +25,7 @@ from lmtune.train import checkpoint as ckpt
 from lmtune.train.averaging import WeightAverage, averaging_start
 from lmtune.train.logging import MetricsLog, Progress
 from lmtune.train.optim import build_optimizer
-from lmtune.train.precision import grad_scaler
+from lmtune.train.precision import grad_scaler, restore_scaler
 from lmtune.train.schedule import lr_lambda, param_groups, warmup_steps
 from lmtune.train.sharded_ckpt import load_any
 from lmtune.train.state import TrainState, check_resume, run_fingerprint
@@ -218,6 +218,7 @@ def start(run: Run) -> TrainState:
     forced = check_resume(saved.fingerprint, run.fingerprint, run.hooks.force, found[-1])
     # Sharded (torch.distributed.checkpoint, any process count) or the older single-file form.
     load_any(found[-1], run.model, run.optimizer, run.scheduler, run.dist.rank)
+    restore_scaler(run.scaler, saved.scaler)
     if forced:
         _reschedule(run)
         run.dist.print(f"--force: resuming with changed {', '.join(forced)}")

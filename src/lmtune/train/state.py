@@ -57,6 +57,9 @@ class TrainState:
     samples: int = 0
     elapsed: float = 0.0  # training seconds before this process started (resume)
     average_count: int = 0  # snapshots in the running weight average
+    # fp16's GradScaler state (scale, growth tracker, factors): a resumed run must go on with
+    # the scale it had learnt, not restart at 65536 and skip steps finding it again.
+    scaler: dict[str, Any] | None = None
     fingerprint: dict[str, Any] = field(default_factory=dict)
 
     def advance(self, steps_in_epoch: int) -> bool:
