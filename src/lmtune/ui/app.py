@@ -137,6 +137,8 @@ def _add_run_api(app: FastAPI, root: Path, settings: UiSettings) -> None:
             "summary": summary,
             "eval": runs.read_json(run_dir / "eval.json"),
             "errors": runs.read_jsonl(run_dir / "errors.jsonl"),
+            # Causal runs: held-out prompts answered before and after training (as report.html).
+            "samples": runs.read_json(run_dir / "samples.json"),
             "rejects": runs.read_jsonl(run_dir / "rejects.jsonl", limit=100),
             "files": files,
             "log": _log_tail(root, run_dir.name),
