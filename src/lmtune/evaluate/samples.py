@@ -68,7 +68,7 @@ def _messages_text(messages: list[dict[str, Any]]) -> str:
 
 
 def sample_prompt(row: dict[str, Any]) -> dict[str, Any]:
-    """What a canonical row shows as a sample: {source, prompt, reference, reference_kind}.
+    """What a canonical row shows as a sample: {source, prompt, reference, kind}.
 
     `source` is what generation_prompt_ids encodes (the row, or its prompt field); `prompt`
     is the readable prompt. The reference is the row's own answer where it has one (SFT
@@ -78,17 +78,28 @@ def sample_prompt(row: dict[str, Any]) -> dict[str, Any]:
     if "messages" in row:
         msgs = list(row["messages"])
         ref = msgs.pop()["content"] if msgs and msgs[-1].get("role") == "assistant" else None
-        return {"source": {"messages": msgs}, "prompt": _messages_text(msgs), "reference": ref}
+        shown = _messages_text(msgs)
+        return {
+            "source": {"messages": msgs},
+            "prompt": shown,
+            "reference": ref,
+            "kind": "assistant",
+        }
     if "instruction" in row:
         text = str(row["instruction"]) + (f"\n\n{row['input']}" if row.get("input") else "")
         return {"source": row, "prompt": text, "reference": row.get("output"), "kind": "output"}
     if "text" in row:
         words = str(row["text"]).split(" ")
         head, rest = " ".join(words[:TEXT_PROMPT_WORDS]), " ".join(words[TEXT_PROMPT_WORDS:])
-        return {"source": {"text": head}, "prompt": head, "reference": rest or None}
+        return {
+            "source": {"text": head},
+            "prompt": head,
+            "reference": rest or None,
+            "kind": "continuation",
+        }
     prompt = row["prompt"]
     shown = _messages_text(prompt) if isinstance(prompt, list) else str(prompt)
-    out: dict[str, Any] = {"source": prompt, "prompt": shown, "reference": None}
+    out: dict[str, Any] = {"source": prompt, "prompt": shown, "reference": None, "kind": "none"}
     if "chosen" in row:
         out.update(reference=row["chosen"], kind="chosen")
     elif "completion" in row:
@@ -184,7 +195,7 @@ def record_samples(
         {
             "prompt": p["prompt"],
             "reference": p.get("reference"),
-            "reference_kind": p.get("kind", "reference"),
+            "reference_kind": p["kind"],
             "before": k.get("before") if stage == "after" else p.get("before"),
             "after": p.get("after"),
         }
