@@ -21,17 +21,20 @@ def samples(f: Folder) -> str:
     rows_in = [s for s in data.get("samples") or [] if isinstance(s, dict)]
     if not rows_in:
         return ""
-    kinds = sorted({str(s.get("reference_kind") or "reference") for s in rows_in})
-    ref_head = "reference" if kinds == ["reference"] else f"reference ({', '.join(kinds)})"
+    kinds = sorted({str(s.get("reference_kind")) for s in rows_in if s.get("reference")})
+    ref_head = f"reference ({kinds[0]})" if len(kinds) == 1 else "reference"
+
+    def ref(s: dict[str, Any]) -> str:  # mixed kinds (kto: desirable or not): each says its own
+        text = str(s.get("reference") or "")
+        return f"{text}\n({s.get('reference_kind')})" if text and len(kinds) > 1 else text
+
     rows = [
-        [
-            s.get("prompt", ""),
-            s.get("reference") or "",
-            _text(s.get("before")),
-            _text(s.get("after")),
-        ]
+        [s.get("prompt", ""), ref(s), _text(s.get("before")), _text(s.get("after"))]
         for s in rows_in
     ]
+    heads = ["prompt", ref_head, "before training", "after training"]
+    if not kinds:  # rlhf prompts carry no answer: no empty column
+        heads, rows = [heads[0], *heads[2:]], [[r[0], *r[2:]] for r in rows]
     note = (
         f"The first {len(rows_in)} prompts of the {data.get('split', 'held-out')} split, "
         f"answered by the model as loaded (before) and by the kept model (after), "
@@ -43,5 +46,5 @@ def samples(f: Folder) -> str:
         para(f"{stage} training: {why}", "muted") for stage, why in notes.items() if why
     )
     body = para(note, "muted") + extra
-    body += table(["prompt", ref_head, "before training", "after training"], rows, "samples")
+    body += table(heads, rows, "samples")
     return section("samples", "Sample generations", body)
