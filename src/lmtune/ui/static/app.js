@@ -102,7 +102,9 @@ function runDetails(d) {
     const gen = (t) => (t == null ? `<span class="muted">(not generated)</span>` : t.trim() ? esc(t) : `<span class="muted">(empty)</span>`);
     html += `<h3>Sample generations (${gens.length} ${esc(sm.split)} prompts, ${esc(sm.decoding)}, at most ${fmt(sm.max_new_tokens)} new tokens)</h3>` +
       Object.entries(sm.notes || {}).map(([k, v]) => `<p class="muted">${esc(k)} training: ${esc(v)}</p>`).join("") +
-      table(["prompt", "reference", "before training", "after training"], gens.map((g) => [esc(g.prompt), g.reference == null ? "" : `${esc(g.reference)} <span class="muted">(${esc(g.reference_kind)})</span>`, gen(g.before), gen(g.after)]), "samples");
+      (gens.some((g) => g.reference != null)
+        ? table(["prompt", "reference", "before training", "after training"], gens.map((g) => [esc(g.prompt), g.reference == null ? "" : `${esc(g.reference)} <span class="muted">(${esc(g.reference_kind)})</span>`, gen(g.before), gen(g.after)]), "samples")
+        : table(["prompt", "before training", "after training"], gens.map((g) => [esc(g.prompt), gen(g.before), gen(g.after)]), "samples"));
   }
   if (d.summary) html += `<h3>Summary</h3><pre>${esc(JSON.stringify(d.summary, null, 2))}</pre>`;
   html += `<h3>Config</h3><pre>${esc(d.config)}</pre>`;
