@@ -339,5 +339,8 @@ def run_ui(settings: UiSettings) -> None:
     sock = bind_socket(settings.host, settings.port)
     url = url_of(sock) + (f"/?token={settings.token}" if settings.token else "/")
     print(f"lmtune ui over {settings.root.resolve()}: {url}", flush=True)
-    config = uvicorn.Config(create_app(settings), log_level="warning", timeout_graceful_shutdown=2)
+    # ws="none": the UI streams over server-sent events; no websocket library to import.
+    config = uvicorn.Config(
+        create_app(settings), log_level="warning", timeout_graceful_shutdown=2, ws="none"
+    )
     uvicorn.Server(config).run(sockets=[sock])
