@@ -452,13 +452,12 @@ def main() -> None:
     debug = "--debug" in sys.argv
     if not debug:
         # transformers' per-load reports and download bars drown lmtune's own output. Said
-        # through the environment transformers reads when (and if) a command imports it:
-        # importing it here would cost seconds on every `lmtune --help`.
+        # through the environment transformers (verbosity) and huggingface_hub (its progress
+        # bars, which transformers' own follow) read when a command imports them: importing
+        # transformers here would cost seconds on every command, `lmtune ui` and --help too.
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-        words = [a for a in sys.argv[1:] if not a.startswith("-")]
-        loads_models = bool(words) and words[0] not in ("config", "report", "registry")
-        if (loads_models and "--help" not in sys.argv) or "transformers" in sys.modules:
+        if "transformers" in sys.modules:  # imported already (in-process callers): tell it
             from transformers.utils import logging as hf_logging
 
             hf_logging.set_verbosity_error()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import html
 import json
 import os
 import re
@@ -10,7 +11,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-from runkit import instruction_rows, sentiment_rows, tiny_bert_dir, tiny_causal_dir, write_jsonl
+from runkit import (
+    NEG,
+    POS,
+    instruction_rows,
+    sentiment_rows,
+    tiny_bert_dir,
+    tiny_causal_dir,
+    write_jsonl,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -119,7 +128,10 @@ def test_classification_run_writes_report_and_model_card(tmp_path: Path) -> None
 
 def test_sft_run_writes_report_and_model_card(tmp_path: Path) -> None:
     model_dir = tiny_causal_dir(tmp_path, "llama")
-    data = write_jsonl(tmp_path / "inst.jsonl", instruction_rows(60))
+    rows = instruction_rows(60)
+    for row in rows:  # markup in the data must reach the page as text (samples show prompts)
+        row["instruction"] = "<b>&" + row["instruction"]
+    data = write_jsonl(tmp_path / "inst.jsonl", rows)
     run = tmp_path / "run"
     r = lmtune(
         "train",
@@ -149,3 +161,12 @@ def test_sft_run_writes_report_and_model_card(tmp_path: Path) -> None:
         "lmtune generate MODEL_DIR" in card
         and "Loss of general ability (forgetting) was not measured" in card
     )
+    # A few eval prompts answered before and after training, beside their reference answers.
+    samples = json.loads((run / "samples.json").read_text(encoding="utf-8"))
+    assert samples["split"] == "eval" and 1 <= len(samples["samples"]) <= 4
+    assert "samples" in sections(page) and "<b>&" not in page
+    for s in samples["samples"]:
+        assert s["prompt"].startswith("<b>&Repeat the word") and s["reference"] in POS + NEG
+        assert isinstance(s["before"], str) and isinstance(s["after"], str)
+        for text in (s["prompt"], s["before"], s["after"]):
+            assert html.escape(text) in page

@@ -47,6 +47,16 @@ def test_run_detail_and_events_from_an_offset(url: str, root: Path) -> None:
     assert rest["events"] == [] and rest["offset"] == first["offset"]
 
 
+def test_run_detail_carries_the_sample_generations(url: str, root: Path) -> None:
+    _, sft = call(url, "/api/run?name=sft")
+    on_disk = json.loads((root / "sft" / "samples.json").read_text(encoding="utf-8"))
+    assert sft["samples"] == on_disk and sft["samples"]["split"] == "eval"
+    gens = sft["samples"]["samples"]
+    assert gens and all(isinstance(g["before"], str) and isinstance(g["after"], str) for g in gens)
+    assert all(g["prompt"].startswith("Repeat the word") and g["reference"] for g in gens)
+    assert call(url, "/api/run?name=cls-a")[1]["samples"] is None  # a classifier generates nothing
+
+
 def test_compare_shows_only_the_keys_that_differ(url: str) -> None:
     status, d = call(url, "/api/compare?names=cls-a,cls-b")
     assert status == 200

@@ -162,3 +162,11 @@ def test_chat_with_a_tiny_causal_run(ui, browser, tmp_path: Path) -> None:
         )
         assert answer.get_attribute("data-finish") in ("stop", "length")
         assert "user: Repeat the word good." in browser.find_element(By.ID, "chat").text
+        # The run page shows the held-out prompts it answered before and after training.
+        browser.get(url + "/run?name=sft")
+        table = wait_for(
+            lambda: browser.find_element(By.CSS_SELECTOR, "table.samples"), 20, "the samples"
+        )
+        heads = [th.text for th in table.find_elements(By.TAG_NAME, "th")]
+        assert heads == ["prompt", "reference", "before training", "after training"]
+        assert "Repeat the word" in table.text

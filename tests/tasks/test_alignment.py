@@ -3,6 +3,7 @@ random models through run_training on a learnable synthetic preference set."""
 
 from __future__ import annotations
 
+import html
 import json
 import math
 import random
@@ -176,6 +177,18 @@ def test_dpo_full_caches_reference_and_resume_reuses_it(tmp_path: Path, monkeypa
     whole = load_file(str(tmp_path / "whole" / "model" / "model.safetensors"))
     resumed = load_file(str(tmp_path / "split" / "model" / "model.safetensors"))
     assert all(torch.allclose(whole[k], resumed[k], atol=1e-6) for k in whole)
+    # samples.json: test prompts answered before and after; --resume keeps the first half's
+    # before column and adds the after one; report.html shows them escaped.
+    first = json.loads((tmp_path / "whole" / "samples.json").read_text(encoding="utf-8"))
+    again = json.loads((tmp_path / "split" / "samples.json").read_text(encoding="utf-8"))
+    assert first["split"] == "test" and len(first["samples"]) == 4 and not first["notes"]
+    page = (tmp_path / "whole" / "report.html").read_text(encoding="utf-8")
+    for s, t in zip(first["samples"], again["samples"], strict=True):
+        assert s["prompt"].startswith("How was") and s["reference_kind"] == "chosen"
+        assert s["reference"].split(" was ")[1] in POS
+        assert isinstance(s["before"], str) and isinstance(s["after"], str)
+        assert (t["prompt"], t["before"]) == (s["prompt"], s["before"]) and t["after"] is not None
+        assert all(html.escape(x) in page for x in (s["prompt"], s["before"], s["after"]))
 
 
 def test_simpo_needs_no_reference(tmp_path: Path) -> None:

@@ -120,3 +120,38 @@ def test_generate_prompts_a_dpo_model_like_training(tmp_path: Path) -> None:
         )[0, len(prompt_ids) :]
     expected = tok.decode(ref, skip_special_tokens=True)
     assert run_generate(tmp_path / "m", [ASK], max_new_tokens=4) == [expected]
+
+
+KTO_CASE = ("kto", "unpaired", {"prompt": ASK, "completion": ANSWER, "label": True}, ASK, False)
+
+
+@pytest.mark.parametrize("tok_name", ["bpe-chat-template", "bert-vocab"])
+@pytest.mark.parametrize(("task", "fmt", "row", "given", "chat"), [*CASES, KTO_CASE])
+def test_sample_prompts_are_the_training_prompts(
+    tok_name: str, task: str, fmt: str, row: dict, given: Any, chat: bool
+) -> None:
+    from lmtune.evaluate.samples import pick_prompts
+
+    tok = _tokenizers()[tok_name]
+    feat = _task(task, tok, fmt).encode(copy.deepcopy(row))
+    feat = feat[0] if isinstance(feat, list) else feat  # kto: one feature per unpaired row
+    trained = _sft_prompt(feat) if task == "sft" else feat["prompt_ids"]
+    split, picked = pick_prompts({"eval": [row], "test": []}, tok, fmt, "auto", room=10**6)
+    assert split == "eval" and [p["ids"] for p in picked] == [trained]
+    assert picked[0]["reference"] == ANSWER and ASK in picked[0]["prompt"]
+    assert picked[0]["kind"] == {"sft": "output" if fmt == "instruction" else "assistant"}.get(
+        task, "desirable" if task == "kto" else "chosen"
+    )
+    # A prompt longer than the room training had is not sampled.
+    assert pick_prompts({"test": [row]}, tok, fmt, "auto", room=len(trained) - 1) == (None, [])
+
+
+def test_a_text_row_is_cut_into_prompt_and_reference() -> None:
+    from lmtune.evaluate.samples import TEXT_PROMPT_WORDS, printable, sample_prompt
+
+    words = [f"w{i}" for i in range(TEXT_PROMPT_WORDS + 5)]
+    s = sample_prompt({"text": " ".join(words)})
+    assert s["prompt"] == " ".join(words[:TEXT_PROMPT_WORDS])
+    assert s["reference"] == " ".join(words[TEXT_PROMPT_WORDS:])
+    assert s["source"] == {"text": s["prompt"]} and s["kind"] == "continuation"
+    assert printable("a\rb\x1b[2Jc\nd\te") == "a\ufffdb\ufffd[2Jc\nd\te"

@@ -161,6 +161,7 @@ def run_generate(
 ) -> list[str]:
     """Complete prompts with a causal LM, rendered with the template it was trained with."""
     from lmtune.data.templates import generation_prompt_ids
+    from lmtune.evaluate.samples import complete
 
     model, tokenizer, meta, _ = load_for_inference(model_path)
     if not spec(meta["task"]).generates:
@@ -180,19 +181,5 @@ def run_generate(
             meta.get("template", "auto"),
             bool(meta.get("chat_prompts")),
         )
-        enc = {
-            "input_ids": torch.tensor([ids]),
-            "attention_mask": torch.ones(1, len(ids), dtype=torch.long),
-        }
-        sample = temperature > 0
-        gen = model.generate(
-            **enc,
-            max_new_tokens=max_new_tokens,
-            do_sample=sample,
-            temperature=temperature if sample else None,
-            top_p=top_p if sample else None,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-        outs.append(tokenizer.decode(gen[0, enc["input_ids"].shape[1] :], skip_special_tokens=True))
+        outs.append(complete(model, tokenizer, ids, max_new_tokens, temperature, top_p))
     return outs

@@ -17,7 +17,6 @@ from typing import Any
 
 from lmtune.errors import UserError
 from lmtune.ops.serve_metrics import Metrics
-from lmtune.ops.serve_schema import error_body
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -134,6 +133,10 @@ class Guard:
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
             await send(message)
+
+        # Imported here, not at the top: its pydantic request models cost `lmtune ui` (which
+        # binds its socket through this module) a noticeable part of its start.
+        from lmtune.ops.serve_schema import error_body
 
         start = time.perf_counter()
         self.metrics.started_request()

@@ -36,6 +36,7 @@ class Folder:
     qa_predictions: Any = None
     data_report: dict[str, Any] = field(default_factory=dict)
     extras: dict[str, dict[str, Any]] = field(default_factory=dict)
+    samples: dict[str, Any] = field(default_factory=dict)  # samples.json (causal runs)
 
     @property
     def task(self) -> str:
@@ -125,6 +126,7 @@ def load_folder(path: str | Path) -> Folder:
         predictions=read_jsonl(root / "predictions.jsonl"),
         qa_predictions=read_json(root / "predictions.json"),
         data_report=_dict(read_json(root / "data_report.json")),
+        samples=_dict(read_json(root / "samples.json")),
     )
     model_dir = model_dir_of(folder)
     if model_dir is not None:

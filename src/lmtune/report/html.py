@@ -12,6 +12,7 @@ from pathlib import Path
 from lmtune.report import sections
 from lmtune.report.collect import Folder, load_folder
 from lmtune.report.htmlkit import CSS, esc
+from lmtune.report.samples import samples
 
 REPORT_FILE = "report.html"
 
@@ -19,6 +20,7 @@ REPORT_FILE = "report.html"
 SECTIONS = (
     sections.metrics,
     sections.curves,
+    samples,
     sections.per_class,
     sections.confusion,
     sections.calibration,

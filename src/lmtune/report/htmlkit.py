@@ -149,6 +149,7 @@ tbody tr:nth-child(even) { background: #fafafa; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 table.kv td:first-child { color: var(--muted); font-family: ui-monospace, monospace; font-size: 12px; }
 table.errors td { max-width: 560px; overflow-wrap: anywhere; }
+table.samples td { max-width: 300px; overflow-wrap: anywhere; white-space: pre-wrap; }
 figure { margin: 10px 0 18px; }
 figure img { max-width: 100%; height: auto; border: 1px solid var(--line); border-radius: 6px; }
 figcaption { color: var(--muted); font-size: 12px; }

@@ -250,7 +250,7 @@ def _open_run_dir(cfg: Config, resume: bool) -> Path:
     if Dist.get().is_main:
         (run_dir / "config.yaml").write_text(dump_config(cfg))
         if not resume:
-            for stale in ("metrics.jsonl", "rejects.jsonl"):
+            for stale in ("metrics.jsonl", "rejects.jsonl", "samples.json"):
                 (run_dir / stale).unlink(missing_ok=True)
     return run_dir
 
@@ -266,7 +266,8 @@ def _before_training(
 ) -> dict[str, dict[str, float]] | None:
     """The untrained baseline on the held-out splits (for classification: the randomly
     initialised head), so the summary shows what training bought; the bias audit of the
-    starting point. Both on the main process of a fresh run only; returns the baseline."""
+    starting point; a causal model's answers to a few held-out prompts (samples.json). All
+    on the main process of a fresh run only; returns the baseline."""
     dist = Dist.get()
     if resume or not dist.is_main:
         return None
@@ -284,6 +285,11 @@ def _before_training(
 
         model.to(dist.device)
         audit_in_run(cfg, "before", model, tokenizer, task, prepared, run_dir)
+    from lmtune.evaluate.samples import samples_in_run
+
+    # A few held-out prompts answered by the untrained model (causal tasks): samples.json.
+    off = None if cfg.train.eval_before else "train.eval_before is off"
+    samples_in_run(cfg, "before", model.to(dist.device), tokenizer, prepared, run_dir, off)
     return before
 
 
@@ -447,6 +453,13 @@ def _forgetting(f: Finished) -> dict[str, Any] | None:
     return f.forget.finish(f.model, f.run_dir) if f.forget is not None else None
 
 
+def _samples(f: Finished) -> None:
+    """The same held-out prompts answered by the kept model, beside the before ones."""
+    from lmtune.evaluate.samples import samples_in_run
+
+    samples_in_run(f.cfg, "after", f.model, f.tokenizer, f.prepared, f.run_dir)
+
+
 def _overfitting(f: Finished) -> dict[str, Any]:
     """Overfitting flags read off metrics.jsonl (train/eval gap, eval loss rising)."""
     from lmtune.evaluate.forgetting import overfitting_flags
@@ -465,6 +478,7 @@ AFTER_TRAINING: tuple[tuple[str, Callable[[Finished], Any]], ...] = (
     ("baselines", _baselines),
     ("audit", _audit),
     ("forgetting", _forgetting),
+    ("samples", _samples),  # writes samples.json; adds nothing to the summary
     ("overfitting", _overfitting),
 )
 

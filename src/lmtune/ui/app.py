@@ -137,6 +137,8 @@ def _add_run_api(app: FastAPI, root: Path, settings: UiSettings) -> None:
             "summary": summary,
             "eval": runs.read_json(run_dir / "eval.json"),
             "errors": runs.read_jsonl(run_dir / "errors.jsonl"),
+            # Causal runs: held-out prompts answered before and after training (as report.html).
+            "samples": runs.read_json(run_dir / "samples.json"),
             "rejects": runs.read_jsonl(run_dir / "rejects.jsonl", limit=100),
             "files": files,
             "log": _log_tail(root, run_dir.name),
@@ -337,5 +339,8 @@ def run_ui(settings: UiSettings) -> None:
     sock = bind_socket(settings.host, settings.port)
     url = url_of(sock) + (f"/?token={settings.token}" if settings.token else "/")
     print(f"lmtune ui over {settings.root.resolve()}: {url}", flush=True)
-    config = uvicorn.Config(create_app(settings), log_level="warning", timeout_graceful_shutdown=2)
+    # ws="none": the UI streams over server-sent events; no websocket library to import.
+    config = uvicorn.Config(
+        create_app(settings), log_level="warning", timeout_graceful_shutdown=2, ws="none"
+    )
     uvicorn.Server(config).run(sockets=[sock])

@@ -97,6 +97,15 @@ function runDetails(d) {
     html += `<h3>Errors (${d.errors.length})</h3><p>gold <select id="fg"><option value="">any</option>${golds.map((g) => `<option>${esc(g)}</option>`).join("")}</select>
       predicted <select id="fp"><option value="">any</option>${preds.map((g) => `<option>${esc(g)}</option>`).join("")}</select></p><div id="errs"></div>`;
   }
+  const sm = d.samples, gens = (sm && sm.samples) || [];
+  if (gens.length) {
+    const gen = (t) => (t == null ? `<span class="muted">(not generated)</span>` : t.trim() ? esc(t) : `<span class="muted">(empty)</span>`);
+    html += `<h3>Sample generations (${gens.length} ${esc(sm.split)} prompts, ${esc(sm.decoding)}, at most ${fmt(sm.max_new_tokens)} new tokens)</h3>` +
+      Object.entries(sm.notes || {}).map(([k, v]) => `<p class="muted">${esc(k)} training: ${esc(v)}</p>`).join("") +
+      (gens.some((g) => g.reference != null)
+        ? table(["prompt", "reference", "before training", "after training"], gens.map((g) => [esc(g.prompt), g.reference == null ? "" : `${esc(g.reference)} <span class="muted">(${esc(g.reference_kind)})</span>`, gen(g.before), gen(g.after)]), "samples")
+        : table(["prompt", "before training", "after training"], gens.map((g) => [esc(g.prompt), gen(g.before), gen(g.after)]), "samples"));
+  }
   if (d.summary) html += `<h3>Summary</h3><pre>${esc(JSON.stringify(d.summary, null, 2))}</pre>`;
   html += `<h3>Config</h3><pre>${esc(d.config)}</pre>`;
   if (d.rejects.length) html += `<h3>Rejected rows (first ${d.rejects.length})</h3>` + table(["source", "stage", "reason"], d.rejects.map((r) => [esc(r.source), esc(r.stage), esc(r.reason)]));
