@@ -203,7 +203,9 @@ class DataConfig(Strict):
     )
     # Out-of-core data: encoding in worker processes, the on-disk cache, hub/streaming inputs.
     num_proc: int = Field(
-        1, ge=1, description="Processes that tokenize (datasets.map num_proc) on a cache miss."
+        1,
+        ge=1,
+        description="Processes that clean rows in prepare and tokenize them (datasets.map num_proc) on a cache miss.",
     )
     cache: bool = Field(
         True,

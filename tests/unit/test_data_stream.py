@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import tracemalloc
 from pathlib import Path
 
@@ -68,3 +69,27 @@ def test_huge_row_with_redaction_and_near_dedupe_stays_small(tmp_path: Path) -> 
     # The 10 MB line is read once and cleaned (each regex copies it once); the cut row is
     # what dedupe, leakage's MinHash and the splits see.
     assert peak < 250e6, peak
+
+
+def test_a_killed_prepare_leaves_nothing_after_the_next_one(tmp_path: Path) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    host = socket.gethostname().replace("-", "_")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], check=True,
+                          capture_output=True, text=True).stdout.strip()  # fmt: skip
+    killed = [run / f".train-rows-{host}-{dead}-abc", run / f".prepare-{host}-{dead}-def"]
+    kept = [run / ".train-rows-otherhost-1-ghi", run / f".prepare-{host}-{os.getpid()}-jkl"]
+    for d in killed + kept:
+        (d / "sub").mkdir(parents=True)
+    data = str(write_jsonl(tmp_path / "t.jsonl", [{"text": f"row {i}"} for i in range(20)]))
+    lines: list[str] = []
+    prepare_data(_cfg({"train": data}), run, say=lines.append)
+    assert not any(d.exists() for d in killed) and all(d.exists() for d in kept)
+    assert any("removed 2 work folder(s) a killed run left" in line for line in lines)
+    # this process's own work folders: prepare's went, the train rows' stay while it may read
+    own = f"-{host}-{os.getpid()}-"
+    left = sorted(p.name.split(own)[0] for p in run.iterdir() if own in p.name)
+    assert left == [".prepare", ".train-rows"]  # the kept one, and this run's train rows

@@ -78,15 +78,25 @@ CASES = [
         True,
     ),
 ]
+# kto declares its own row format (unpaired); its prompt is a "prompt" field like dpo's.
+KTO_CASE = ("kto", "unpaired", {"prompt": ASK, "completion": ANSWER, "label": True}, ASK, False)
+KTO_CHAT_CASE = (
+    "kto",
+    "unpaired",
+    {"prompt": [{"role": "user", "content": ASK}], "completion": ANSWER, "label": False},
+    ASK,
+    True,
+)
 
 
 @pytest.mark.parametrize("tok_name", ["bpe-chat-template", "bpe-no-template", "bert-vocab"])
-@pytest.mark.parametrize(("task", "fmt", "row", "given", "chat"), CASES)
+@pytest.mark.parametrize(("task", "fmt", "row", "given", "chat"), [*CASES, KTO_CASE, KTO_CHAT_CASE])
 def test_generation_prompt_equals_training_prompt(
     tok_name: str, task: str, fmt: str, row: dict, given: Any, chat: bool
 ) -> None:
     tok = _tokenizers()[tok_name]
     feat = _task(task, tok, fmt).encode(copy.deepcopy(row))
+    feat = feat[0] if isinstance(feat, list) else feat  # kto: one feature per unpaired row
     trained = _sft_prompt(feat) if task == "sft" else feat["prompt_ids"]
     at_generation = generation_prompt_ids(given, fmt, tok, "auto", chat)
     assert at_generation == trained
@@ -120,9 +130,6 @@ def test_generate_prompts_a_dpo_model_like_training(tmp_path: Path) -> None:
         )[0, len(prompt_ids) :]
     expected = tok.decode(ref, skip_special_tokens=True)
     assert run_generate(tmp_path / "m", [ASK], max_new_tokens=4) == [expected]
-
-
-KTO_CASE = ("kto", "unpaired", {"prompt": ASK, "completion": ANSWER, "label": True}, ASK, False)
 
 
 @pytest.mark.parametrize("tok_name", ["bpe-chat-template", "bert-vocab"])

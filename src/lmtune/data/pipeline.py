@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import atexit
 import json
-import tempfile
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,7 +44,15 @@ from lmtune.data.stages import (
     require_rows,
     validate_records,
 )
-from lmtune.data.stream import Spill, batches, head_and_rest, iter_records, remove_dir
+from lmtune.data.stream import (
+    Spill,
+    batches,
+    head_and_rest,
+    iter_records,
+    remove_dir,
+    remove_leftover_work,
+    work_dir,
+)
 from lmtune.data.truncate import cap_eval
 from lmtune.errors import UserError
 
@@ -288,10 +295,13 @@ def prepare_data(
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    gone = remove_leftover_work(out_dir)
+    if gone and say:
+        say(f"prepare: removed {len(gone)} work folder(s) a killed run left: {', '.join(gone)}")
     # Spill files live beside the run while prepare works; the train rows' Arrow file for
     # as long as this process may read them.
-    work = Path(tempfile.mkdtemp(prefix=".prepare-", dir=out_dir))
-    rows_dir = Path(tempfile.mkdtemp(prefix=".train-rows-", dir=out_dir))
+    work = work_dir(out_dir, "prepare")
+    rows_dir = work_dir(out_dir, "train-rows")
     atexit.register(remove_dir, rows_dir)
     try:
         return _prepare(cfg, out_dir, work, rows_dir, length_fn, say)

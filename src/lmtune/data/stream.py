@@ -12,7 +12,11 @@ from __future__ import annotations
 import codecs
 import gzip
 import json
+import os
+import re
 import shutil
+import socket
+import tempfile
 from collections.abc import Iterator, Sequence
 from itertools import chain, islice, pairwise
 from pathlib import Path
@@ -211,3 +215,36 @@ def iter_rows(ds: Any, indices: Sequence[int] | None = None) -> Iterator[Any]:
 def remove_dir(path: Path) -> None:
     """Remove a spill folder (best effort: a memory-mapped file may still be open)."""
     shutil.rmtree(path, ignore_errors=True)
+
+
+# Work folders are named after their machine and process, so a later prepare can tell the
+# leftovers of a killed one from the live folders of another process of the same run.
+_WORK_DIR = re.compile(r"\.(prepare|train-rows)-(?P<host>.+)-(?P<pid>\d+)-[^-]+")
+
+
+def work_dir(parent: Path, kind: str) -> Path:
+    """A fresh work folder `.KIND-HOST-PID-XXXX` under parent (kind: prepare or train-rows)."""
+    prefix = f".{kind}-{socket.gethostname().replace('-', '_')}-{os.getpid()}-"
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_leftover_work(parent: Path) -> list[str]:
+    """Remove the work folders a killed prepare on this machine left under parent."""
+    host = socket.gethostname().replace("-", "_")
+    gone = []
+    for p in parent.iterdir() if parent.is_dir() else ():
+        m = _WORK_DIR.fullmatch(p.name)
+        if m and p.is_dir() and m["host"] == host and not _alive(int(m["pid"])):
+            remove_dir(p)
+            gone.append(p.name)
+    return gone

@@ -17,6 +17,7 @@ from typing import Any
 from jinja2 import TemplateError
 from transformers import PreTrainedTokenizerBase
 
+from lmtune.data.formats import FORMATS, required_fields
 from lmtune.errors import UserError
 
 IGNORE = -100
@@ -254,6 +255,13 @@ def encode_prompt(
 _PROMPT_FIELD_FORMATS = ("preference", "pairwise", "dialogue_pair", "prompt")
 
 
+def _prompt_field_format(fmt: str) -> bool:
+    """Built-in prompt formats, and task-declared ones whose rows require a "prompt" (kto's)."""
+    if fmt in _PROMPT_FIELD_FORMATS:
+        return True
+    return fmt not in FORMATS and "prompt" in required_fields(fmt)
+
+
 def generation_prompt_ids(
     prompt: Any,
     fmt: str,
@@ -271,13 +279,13 @@ def generation_prompt_ids(
     No EOS is ever appended: training never saw one after a prompt.
     """
     if isinstance(prompt, dict):  # a canonical row: its own prompt part
-        if fmt in _PROMPT_FIELD_FORMATS:
+        if _prompt_field_format(fmt):
             return generation_prompt_ids(prompt["prompt"], fmt, tokenizer, template, chat_prompts)
         return encode_prompt(prompt, fmt, tokenizer, template)
     as_messages = isinstance(prompt, list)
     if fmt == "instruction" and not as_messages:
         return encode_prompt({"instruction": prompt, "input": ""}, fmt, tokenizer, template)
-    if fmt == "chat" or as_messages or (chat_prompts and fmt in _PROMPT_FIELD_FORMATS):
+    if fmt == "chat" or as_messages or (chat_prompts and _prompt_field_format(fmt)):
         messages = prompt if as_messages else [{"role": "user", "content": str(prompt)}]
         return encode_prompt(messages, "chat", tokenizer, template)
     return encode_prompt({"text": str(prompt)}, "text", tokenizer, template)
