@@ -51,6 +51,9 @@ def complete(
         top_p=top_p if sample else None,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
+        # One process generates (the main one, on FSDP weights already gathered): transformers
+        # would sync every step with the other ranks of an FSDP module, which wait elsewhere.
+        synced_gpus=False,
     )
     return str(tokenizer.decode(gen[0, len(ids) :], skip_special_tokens=True))
 
