@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import BertConfig, BertForQuestionAnswering
+from transformers import BertForQuestionAnswering
 
 from lmtune.config import Config
 from tiny import (
@@ -19,6 +19,7 @@ from tiny import (
     make_encoder_classifier,
     make_tokenizer,
     save_tiny,
+    tiny_bert_config,
 )
 
 # Real public datasets live beside the repository (never copied into it): opt-in slow tests.
@@ -192,15 +193,5 @@ def tiny_qa_dir(root: Path) -> Path:
     """A 2-layer, hidden-32 BERT with a random span head, saved as a local model folder."""
     tok = make_bert_tokenizer()
     torch.manual_seed(0)
-    cfg = BertConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=256,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-        pad_token_id=tok.pad_token_id,
-    )
+    cfg = tiny_bert_config(tok)
     return save_tiny(BertForQuestionAnswering(cfg).eval(), tok, root / "tiny-bert-qa")

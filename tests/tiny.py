@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
@@ -197,19 +198,25 @@ def make_encoder_classifier(
         raise ValueError(f"unknown tiny encoder arch {arch!r}; use bert")
     tokenizer = tokenizer or make_bert_tokenizer()
     torch.manual_seed(seed)
-    cfg = BertConfig(
+    return BertForSequenceClassification(tiny_bert_config(tokenizer, num_labels=num_labels)).eval()
+
+
+def tiny_bert_config(
+    tokenizer: PreTrainedTokenizerBase, max_positions: int = 256, **extra: Any
+) -> BertConfig:
+    """The 2-layer, hidden-32 BERT every encoder test builds on: no dropout, tokenizer's pad."""
+    return BertConfig(
         vocab_size=len(tokenizer),
         hidden_size=32,
         num_hidden_layers=2,
         num_attention_heads=4,
         intermediate_size=64,
-        max_position_embeddings=256,
+        max_position_embeddings=max_positions,
         hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
-        num_labels=num_labels,
         pad_token_id=tokenizer.pad_token_id,
+        **extra,
     )
-    return BertForSequenceClassification(cfg).eval()
 
 
 def save_tiny(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: str | Path) -> Path:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import BertConfig, BertForMaskedLM
+from transformers import BertForMaskedLM
 
 from lmtune.errors import UserError
 from lmtune.evaluate.bias import (
@@ -27,7 +27,7 @@ from lmtune.evaluate.bias import (
     wilson_interval,
 )
 from lmtune.models.load import NEW_PAD_TOKEN, _grow_embeddings
-from tiny import make_bert_tokenizer, make_causal, make_tokenizer
+from tiny import make_bert_tokenizer, make_causal, make_tokenizer, tiny_bert_config
 
 TERMS = load_terms()
 HEADER = (
@@ -203,17 +203,7 @@ def test_crows_summary_counts_sent_more_preferred_with_ties_as_misses() -> None:
 def _tiny_mlm() -> tuple[BertForMaskedLM, object]:
     tok = make_bert_tokenizer()
     torch.manual_seed(3)
-    cfg = BertConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-        pad_token_id=tok.pad_token_id,
-    )
+    cfg = tiny_bert_config(tok, max_positions=64)
     return BertForMaskedLM(cfg).eval(), tok
 
 

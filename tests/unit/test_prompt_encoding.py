@@ -41,7 +41,12 @@ def _task(name: str, tok: Any, fmt: str) -> Any:
     return build_task(name, tok, cfg, None, None, fmt)
 
 
-def _sft_prompt(feat: dict[str, Any]) -> list[int]:
+def _trained_prompt(task: str, tok: Any, fmt: str, row: dict) -> list[int]:
+    """The prompt ids a training feature of `row` holds (sft: the ids before the labels)."""
+    feat = _task(task, tok, fmt).encode(copy.deepcopy(row))
+    feat = feat[0] if isinstance(feat, list) else feat  # kto: one feature per unpaired row
+    if task != "sft":
+        return feat["prompt_ids"]
     first = next(i for i, lab in enumerate(feat["labels"]) if lab != IGNORE)
     return feat["input_ids"][:first]
 
@@ -95,9 +100,7 @@ def test_generation_prompt_equals_training_prompt(
     tok_name: str, task: str, fmt: str, row: dict, given: Any, chat: bool
 ) -> None:
     tok = _tokenizers()[tok_name]
-    feat = _task(task, tok, fmt).encode(copy.deepcopy(row))
-    feat = feat[0] if isinstance(feat, list) else feat  # kto: one feature per unpaired row
-    trained = _sft_prompt(feat) if task == "sft" else feat["prompt_ids"]
+    trained = _trained_prompt(task, tok, fmt, row)
     at_generation = generation_prompt_ids(given, fmt, tok, "auto", chat)
     assert at_generation == trained
     assert at_generation[-1:] != [tok.eos_token_id] or tok.eos_token_id is None
@@ -140,9 +143,7 @@ def test_sample_prompts_are_the_training_prompts(
     from lmtune.evaluate.samples import pick_prompts
 
     tok = _tokenizers()[tok_name]
-    feat = _task(task, tok, fmt).encode(copy.deepcopy(row))
-    feat = feat[0] if isinstance(feat, list) else feat  # kto: one feature per unpaired row
-    trained = _sft_prompt(feat) if task == "sft" else feat["prompt_ids"]
+    trained = _trained_prompt(task, tok, fmt, row)
     split, picked = pick_prompts({"eval": [row], "test": []}, tok, fmt, "auto", room=10**6)
     assert split == "eval" and [p["ids"] for p in picked] == [trained]
     assert picked[0]["reference"] == ANSWER and ASK in picked[0]["prompt"]
