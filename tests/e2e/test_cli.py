@@ -155,6 +155,8 @@ def test_sft_train_generate_resume(tmp_path: Path) -> None:
     assert not any("lora" in name for name, _ in merged.named_parameters())
 
 
+# The strategy matrix runs sft-lora-ddp (the same case through `--nproc 2`) in make test.
+@pytest.mark.slow
 @pytest.mark.multiproc
 def test_two_processes_match_one(tmp_path: Path) -> None:
     """2 gloo processes with batch 4 each == 1 process with batch 8 (same global batch)."""
@@ -193,6 +195,9 @@ def test_two_processes_match_one(tmp_path: Path) -> None:
     assert max(abs(x - y) for x, y in zip(a, b, strict=True)) < 1e-3, (a, b)
 
 
+# make test shares a full fine-tune's reference pass over 2 processes in the strategy matrix's
+# kto-full-ddp case (the cache code dpo and kto share); the dpo cases run with the slow matrix.
+@pytest.mark.slow
 @pytest.mark.multiproc
 def test_two_processes_share_the_dpo_reference_pass(tmp_path: Path) -> None:
     """Full-FT DPO on 2 processes: each scores half the pairs for the reference, all-gathered;

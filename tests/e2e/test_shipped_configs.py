@@ -16,7 +16,21 @@ ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def _long(path: Path) -> bool:
+    """MiniLM on a real data set under ../shared/data: the built-in 22M-parameter encoder trains
+    as shipped (batch, length), 15-30 s each on two cores. The causal configs swap in a tiny
+    Llama and take a few seconds."""
+    cfg = load_config(path)
+    return (
+        str(cfg.data.train).startswith("../shared") and cfg.model.name_or_path == "builtin:minilm"
+    )
+
+
+# The long ones run with the slow tests, beside the full real-data runs.
+PARAMS = [pytest.param(p, id=p.stem, marks=pytest.mark.slow if _long(p) else ()) for p in CONFIGS]
+
+
+@pytest.mark.parametrize("path", PARAMS)
 def test_shipped_config_trains(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(ROOT)  # configs name their data relative to the repository root
     cfg = load_config(path)

@@ -164,9 +164,15 @@ def test_chat_with_a_tiny_causal_run(ui, browser, tmp_path: Path) -> None:
         assert "user: Repeat the word good." in browser.find_element(By.ID, "chat").text
         # The run page shows the held-out prompts it answered before and after training.
         browser.get(url + "/run?name=sft")
+        # Read in one script: the page redraws the table when it refreshes (a stale element).
         table = wait_for(
-            lambda: browser.find_element(By.CSS_SELECTOR, "table.samples"), 20, "the samples"
+            lambda: browser.execute_script(
+                "const t = document.querySelector('table.samples');"
+                "return t && {heads: [...t.querySelectorAll('th')].map(h => h.innerText.trim()),"
+                " text: t.innerText};"
+            ),
+            20,
+            "the samples",
         )
-        heads = [th.text for th in table.find_elements(By.TAG_NAME, "th")]
-        assert heads == ["prompt", "reference", "before training", "after training"]
-        assert "Repeat the word" in table.text
+        assert table["heads"] == ["prompt", "reference", "before training", "after training"]
+        assert "Repeat the word" in table["text"]

@@ -61,6 +61,9 @@ def jsonl(path: Path) -> list[dict]:
 
 
 @pytest.mark.timeout(900)
+# About 90 s on two cores: with the slow tests. make test covers its steps one by one (the CLI,
+# pipeline, registry, serve and monitor tests) and `make demo` the first of them.
+@pytest.mark.slow
 def test_walkthrough_bundled(tmp_path: Path) -> None:
     out = tmp_path / "walkthrough"
     proc = walkthrough(out)
