@@ -87,8 +87,11 @@ def run_timed(cmd: list[str], env: dict[str, str], until: Any = None) -> dict[st
     """Run cmd; seconds until `until()` is true (else until it exits) and peak tree RSS."""
     import psutil
 
+    # The output goes to a file: a pipe read only at the end fills up (64 KiB of progress bars
+    # at 1M rows) and blocks the command mid-run, with the clock still going.
+    log = tempfile.TemporaryFile()
     t0 = time.time()
-    popen = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    popen = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     proc, peak, done_at = psutil.Process(popen.pid), 0, None
     while popen.poll() is None:
         peak = max(peak, tree_rss(proc))
@@ -99,7 +102,10 @@ def run_timed(cmd: list[str], env: dict[str, str], until: Any = None) -> dict[st
             popen.kill()
             break
         time.sleep(0.1)
-    out = popen.communicate()[0].decode(errors="replace")
+    popen.wait()
+    log.seek(0)
+    out = log.read().decode(errors="replace")
+    log.close()
     if done_at is None:
         if popen.returncode != 0 or until is not None:
             raise SystemExit(f"bench_data: {' '.join(cmd[:4])} failed:\n{out[-4000:]}")
