@@ -187,3 +187,41 @@ def test_chat_template_refusing_a_row_rejects_the_row():
         encode_sft_row(CHAT, "chat", tok, 256)
     ok = encode_sft_row({"messages": CHAT["messages"][1:]}, "chat", tok, 256)
     assert loss_spans(tok, ok) == ["Hi.<|im_end|></s>", "I am fine.<|im_end|></s>"]
+
+
+@pytest.mark.parametrize("chat_template", [None, CHATML_JINJA, "{{ bos_token }}" + CHATML_JINJA])
+@pytest.mark.parametrize("template", ["auto", "alpaca", "chatml"])
+def test_batched_encoding_equals_row_by_row(chat_template: str | None, template: str) -> None:
+    """The Arrow encoding tokenizes a batch in one call; every feature and every rejection
+    equals the one-row encoding, BOS-adding tokenizers included."""
+    from lmtune.data.templates import encode_sft_rows
+
+    tok = copy.deepcopy(make_tokenizer())
+    bos = tok.bos_token_id
+    tok._tokenizer.post_processor = TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", bos)]
+    )
+    tok.chat_template = chat_template
+    cases = {
+        "instruction": [
+            INSTRUCTION,
+            {**INSTRUCTION, "input": "About birds."},
+            {"instruction": "x " * 300, "input": "", "output": "too late"},  # cut: no response
+            {"instruction": "Say nothing.", "input": "", "output": ""},
+        ],
+        "chat": [CHAT, {"messages": CHAT["messages"][:2]}, {"messages": CHAT["messages"][1:3]}],
+        "text": [{"text": "Plain words to learn."}, {"text": ""}],
+    }
+    for fmt, rows in cases.items():
+        single: list = []
+        for row in rows:
+            try:
+                single.append(encode_sft_row(row, fmt, tok, 64, template))
+            except ValueError as exc:
+                single.append(str(exc))
+        batched = [
+            str(f) if isinstance(f, ValueError) else f
+            for f in encode_sft_rows(rows, fmt, tok, 64, template)
+        ]
+        assert batched == single, fmt
+        assert any(isinstance(f, str) for f in single) or fmt == "text"

@@ -51,12 +51,10 @@ class _EncodeBatch:
     def __call__(self, batch: dict[str, list[Any]], rank: int | None) -> dict[str, list[Any]]:
         out: dict[str, list[Any]] = {k: [] for k in [*self.kinds, EXTRA]}
         rejected = []
-        for text in batch["row"]:
-            row = json.loads(text)
-            try:
-                feat = self.task.encode(row)
-            except ValueError as exc:
-                rejected.append(_reject(row, exc))
+        rows = [json.loads(text) for text in batch["row"]]
+        for row, feat in zip(rows, self.task.encode_batch(rows), strict=True):
+            if isinstance(feat, ValueError):
+                rejected.append(_reject(row, feat))
                 continue
             for f in feat if isinstance(feat, list) else [feat]:  # qa: one per window
                 self._add(out, f)

@@ -161,20 +161,46 @@ def _tok(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
 
 
-def _encode_segments(
-    segments: Segments, by_template: bool, tokenizer: PreTrainedTokenizerBase
+def _assemble(
+    segments: Segments, parts: list[list[int]], bos: list[int], eos: int | None
 ) -> tuple[list[int], list[int]]:
-    eos = tokenizer.eos_token_id
-    # Chat templates write their own BOS into the text; built-in ones rely on the tokenizer's.
-    ids: list[int] = [] if by_template else _bos(tokenizer)
+    """ids and labels from each segment's token ids (`parts`, in order): BOS first (unless
+    the chat template wrote its own: then `bos` is []), EOS after each response."""
+    ids: list[int] = list(bos)
     labels: list[int] = [IGNORE] * len(ids)
-    for text, in_loss in segments:
-        part = _tok(tokenizer, text)
+    for (_, in_loss), part in zip(segments, parts, strict=True):
+        part = list(part)
         if in_loss and eos is not None and (not part or part[-1] != eos):
             part.append(eos)
         ids.extend(part)
         labels.extend(part if in_loss else [IGNORE] * len(part))
     return ids, labels
+
+
+def _encode_segments(
+    segments: Segments, by_template: bool, tokenizer: PreTrainedTokenizerBase
+) -> tuple[list[int], list[int]]:
+    # Chat templates write their own BOS into the text; built-in ones rely on the tokenizer's.
+    bos = [] if by_template else _bos(tokenizer)
+    parts = [_tok(tokenizer, text) for text, _ in segments]
+    return _assemble(segments, parts, bos, tokenizer.eos_token_id)
+
+
+def _sft_feature(ids: list[int], labels: list[int], max_length: int) -> dict[str, Any]:
+    ids, labels = ids[:max_length], labels[:max_length]
+    # Position 0 is never predicted (nothing comes before it), so it cannot carry the loss.
+    if all(label == IGNORE for label in labels[1:]):
+        raise ValueError(f"no response tokens left within max_length={max_length}")
+    return {"input_ids": ids, "labels": labels, "length": len(ids)}
+
+
+def _sft_segments(
+    row: dict[str, Any], fmt: str, tokenizer: PreTrainedTokenizerBase, template: str
+) -> tuple[Segments, bool]:
+    segments, by_template = _segments(row, fmt, tokenizer, template)
+    if not any(in_loss for _, in_loss in segments):
+        raise ValueError("row has no response to learn (chat rows need an assistant message)")
+    return segments, by_template
 
 
 def encode_sft_row(
@@ -190,15 +216,46 @@ def encode_sft_row(
     each followed by EOS (in the loss even when pad == eos). Truncation keeps the start;
     raises ValueError when no response token is left inside max_length.
     """
-    segments, by_template = _segments(row, fmt, tokenizer, template)
-    if not any(in_loss for _, in_loss in segments):
-        raise ValueError("row has no response to learn (chat rows need an assistant message)")
+    segments, by_template = _sft_segments(row, fmt, tokenizer, template)
     ids, labels = _encode_segments(segments, by_template, tokenizer)
-    ids, labels = ids[:max_length], labels[:max_length]
-    # Position 0 is never predicted (nothing comes before it), so it cannot carry the loss.
-    if all(label == IGNORE for label in labels[1:]):
-        raise ValueError(f"no response tokens left within max_length={max_length}")
-    return {"input_ids": ids, "labels": labels, "length": len(ids)}
+    return _sft_feature(ids, labels, max_length)
+
+
+def encode_sft_rows(
+    rows: list[dict[str, Any]],
+    fmt: str,
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int,
+    template: str = "auto",
+) -> list[dict[str, Any] | ValueError]:
+    """encode_sft_row over many rows with one batched tokenizer call for all their segments
+    (the same ids: each segment is still tokenized on its own). A row that cannot be encoded
+    gives its ValueError in its place."""
+    rendered: list[tuple[Segments, bool] | ValueError] = []
+    for row in rows:
+        try:
+            rendered.append(_sft_segments(row, fmt, tokenizer, template))
+        except ValueError as exc:
+            rendered.append(exc)
+    texts = [t for r in rendered if not isinstance(r, ValueError) for t, _ in r[0] if t]
+    tokens = iter(tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else [])
+    bos, eos = _bos(tokenizer), tokenizer.eos_token_id
+    out: list[dict[str, Any] | ValueError] = []
+    for r in rendered:
+        if isinstance(r, ValueError):
+            out.append(r)
+            continue
+        segments, by_template = r
+        parts = [next(tokens) if text else [] for text, _ in segments]
+        try:
+            out.append(
+                _sft_feature(
+                    *_assemble(segments, parts, [] if by_template else bos, eos), max_length
+                )
+            )
+        except ValueError as exc:
+            out.append(exc)
+    return out
 
 
 def _prompt_segments(

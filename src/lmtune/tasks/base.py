@@ -101,6 +101,19 @@ class Task:
         raise NotImplementedError
 
     # ---- lifecycle (no-op defaults) -------------------------------------------------------
+    def encode_batch(
+        self, rows: list[dict[str, Any]]
+    ) -> list[dict[str, Any] | list[dict[str, Any]] | ValueError]:
+        """encode over a batch of rows (the Arrow encoding calls this); a row that cannot be
+        encoded gives its ValueError in its place. A task may tokenize the batch in one call."""
+        out: list[dict[str, Any] | list[dict[str, Any]] | ValueError] = []
+        for row in rows:
+            try:
+                out.append(self.encode(row))
+            except ValueError as exc:
+                out.append(exc)
+        return out
+
     def observe_train(self, rows: list[dict[str, Any]]) -> None:
         """See the canonical training rows before anything is encoded."""
 
