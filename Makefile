@@ -42,12 +42,18 @@ deps-system:
 		fi; \
 	fi
 
+MYPY_PATHS := src/lmtune/train src/lmtune/runtime src/lmtune/tasks src/lmtune/losses
+
 # Two workers (pytest-xdist), one test file each at a time: most tests are single-threaded.
 test: $(STAMP) deps-system browser
 	$(BIN)/ruff check src tests $(wildcard benchmarks examples)
 	$(BIN)/ruff format --check src tests $(wildcard benchmarks examples)
-	$(BIN)/python -m mypy src/lmtune/train src/lmtune/runtime src/lmtune/tasks src/lmtune/losses
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+	@# mypy (a minute on one core) runs beside pytest; its report follows pytest's, and either
+	@# failing fails the target.
+	@$(BIN)/python -m mypy $(MYPY_PATHS) > $(VENV)/mypy.log 2>&1 & mypy=$$!; \
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile; tests=$$?; \
+	wait $$mypy; types=$$?; echo "mypy $(MYPY_PATHS):"; cat $(VENV)/mypy.log; \
+	[ $$tests = 0 ] && [ $$types = 0 ]
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow

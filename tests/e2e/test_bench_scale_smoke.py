@@ -13,6 +13,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
+# A benchmark's smoke run (about 30 s on two cores): with the slow tests, like the other
+# benchmarks' (the device check's CPU smoke stays in make test).
+@pytest.mark.slow
 @pytest.mark.multiproc
 def test_bench_scale_tiny(tmp_path: Path) -> None:
     out = tmp_path / "rows.json"

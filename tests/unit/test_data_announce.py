@@ -15,6 +15,7 @@ from lmtune.data.encode import encode_split
 from lmtune.data.pipeline import prepare_data
 from lmtune.data.trainset import report_rejects
 from lmtune.errors import UserError
+from lmtune.tasks.base import Task
 from lmtune.train.run import report_ragged_tail
 
 
@@ -106,7 +107,7 @@ def test_labels_written_two_ways_are_merged_with_a_warning(tmp_path: Path) -> No
     assert any("merged" in s for s in said)
 
 
-class _Task:
+class _Task(Task):
     """A task whose encode rejects long rows, as a causal task does past max_length."""
 
     def encode(self, row: dict) -> dict:
