@@ -45,13 +45,16 @@ deps-system:
 MYPY_PATHS := src/lmtune/train src/lmtune/runtime src/lmtune/tasks src/lmtune/losses
 
 # Two workers (pytest-xdist), one test file each at a time: most tests are single-threaded.
+# Files go out in collection order (tests/e2e, the long ones, first; the many short unit tests
+# fill in at the end): xdist's default reorder sends files with many tests first, which left
+# the few-test end-to-end files for last and one worker idle while the other finished them.
 test: $(STAMP) deps-system browser
 	$(BIN)/ruff check src tests $(wildcard benchmarks examples)
 	$(BIN)/ruff format --check src tests $(wildcard benchmarks examples)
 	@# mypy (a minute on one core) runs beside pytest; its report follows pytest's, and either
 	@# failing fails the target.
 	@$(BIN)/python -m mypy $(MYPY_PATHS) > $(VENV)/mypy.log 2>&1 & mypy=$$!; \
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile; tests=$$?; \
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder; tests=$$?; \
 	wait $$mypy; types=$$?; echo "mypy $(MYPY_PATHS):"; cat $(VENV)/mypy.log; \
 	[ $$tests = 0 ] && [ $$types = 0 ]
 

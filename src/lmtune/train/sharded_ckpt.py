@@ -20,6 +20,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +58,15 @@ def _states(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[d
     return {"model": model_sd, "optim": optim_sd["state"]}, optim_sd["param_groups"]
 
 
+@contextmanager
+def _single_process_quiet() -> Iterator[None]:
+    """Without a process group DCP warns on every save and load that it assumes one process,
+    which is what a one-process run means: not a line for the user's console."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable")
+        yield
+
+
 def save_sharded(
     ckpt_root: Path,
     step: int,
@@ -78,7 +90,8 @@ def save_sharded(
         tmp.mkdir()
     _barrier()
     tensors, groups = _states(model, optimizer)
-    dcp.save(tensors, checkpoint_id=str(tmp))
+    with _single_process_quiet():
+        dcp.save(tensors, checkpoint_id=str(tmp))
     torch.save(rng_state(), tmp / f"rng-{rank}.pt")
     _barrier()  # every shard and RNG file is on disk
     if rank == 0:
@@ -127,7 +140,8 @@ def load_sharded(
     whatever the number of processes that wrote it; returns its state.json."""
     inner = getattr(model, "_orig_mod", model)
     tensors, _ = _states(inner, optimizer)  # the layout to fill: this run's shards
-    dcp.load(tensors, checkpoint_id=str(path))
+    with _single_process_quiet():
+        dcp.load(tensors, checkpoint_id=str(path))
     groups = json.loads((path / "optimizer_groups.json").read_text())
     set_state_dict(
         inner,
