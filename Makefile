@@ -51,12 +51,8 @@ MYPY_PATHS := src/lmtune/train src/lmtune/runtime src/lmtune/tasks src/lmtune/lo
 test: $(STAMP) deps-system browser
 	$(BIN)/ruff check src tests $(wildcard benchmarks examples)
 	$(BIN)/ruff format --check src tests $(wildcard benchmarks examples)
-	@# mypy (a minute on one core) runs beside pytest; its report follows pytest's, and either
-	@# failing fails the target.
-	@$(BIN)/python -m mypy $(MYPY_PATHS) > $(VENV)/mypy.log 2>&1 & mypy=$$!; \
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder; tests=$$?; \
-	wait $$mypy; types=$$?; echo "mypy $(MYPY_PATHS):"; cat $(VENV)/mypy.log; \
-	[ $$tests = 0 ] && [ $$types = 0 ]
+	$(BIN)/python -m mypy $(MYPY_PATHS)
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow

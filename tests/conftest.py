@@ -37,6 +37,9 @@ if "LMTUNE_CACHE_DIR" not in os.environ:
 # one thread made the packing tests ~50x faster. OMP_NUM_THREADS, when set, wins.
 if "OMP_NUM_THREADS" not in os.environ:
     torch.set_num_threads(1)
+# Likewise the Rust tokenizer's thread pool, which a batched tokenizer call starts: two test
+# workers already fill the two cores (subprocesses inherit it).
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 @pytest.fixture(autouse=True)
