@@ -14,8 +14,14 @@ tree, back to back:
            event). The process is stopped there.
   second   the same command again: a data cache hit. Time to the first optimizer step.
 
-Peak RSS is the largest sum of the resident memory of the process and all its children
-(datasets' map workers included), sampled every 0.1 s from /proc via psutil.
+Memory, sampled every 0.1 s from /proc via psutil over the process and all its children
+(datasets' map workers and its queue manager included), three ways:
+  RSS sum      the largest sum of their resident sizes. An upper bound: a forked worker's
+               pages shared with its parent count once per process.
+  PSS sum      the largest sum of their proportional sizes (a shared page split between the
+               processes that map it): what the tree holds.
+  1 process    the largest resident size of any one process: what GNU time's "Maximum
+               resident set size" reports for the command.
 Targets (issue 14): first within 2x of plain; peak RSS under 3 GB; second under 15 s.
 
 Usage
@@ -67,24 +73,27 @@ def write_rows(path: Path, n: int, seed: int = 0) -> None:
             f.write(json.dumps({"instruction": f"{ins} ({i})", "output": out}) + "\n")
 
 
-def tree_rss(proc: Any) -> int:
-    """Resident bytes of a psutil.Process and all its descendants (0 once gone)."""
+def tree_memory(proc: Any) -> tuple[int, int, int]:
+    """(sum of RSS, sum of PSS, largest single RSS) in bytes over a psutil.Process and all
+    its descendants (zeros once gone)."""
     import psutil
 
-    total = 0
+    rss = pss = top = 0
     try:
-        for p in [proc, *proc.children(recursive=True)]:
-            try:
-                total += p.memory_info().rss
-            except psutil.Error:
-                pass
+        procs = [proc, *proc.children(recursive=True)]
     except psutil.Error:
-        return 0
-    return total
+        return 0, 0, 0
+    for p in procs:
+        try:
+            info = p.memory_full_info()  # PSS from /proc/PID/smaps_rollup
+        except psutil.Error:
+            continue
+        rss, pss, top = rss + info.rss, pss + info.pss, max(top, info.rss)
+    return rss, pss, top
 
 
 def run_timed(cmd: list[str], env: dict[str, str], until: Any = None) -> dict[str, Any]:
-    """Run cmd; seconds until `until()` is true (else until it exits) and peak tree RSS."""
+    """Run cmd; seconds until `until()` is true (else until it exits) and peak memory."""
     import psutil
 
     # The output goes to a file: a pipe read only at the end fills up (64 KiB of progress bars
@@ -92,11 +101,13 @@ def run_timed(cmd: list[str], env: dict[str, str], until: Any = None) -> dict[st
     log = tempfile.TemporaryFile()
     t0 = time.time()
     popen = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-    proc, peak, peak_at, done_at = psutil.Process(popen.pid), 0, 0.0, None
+    proc, done_at = psutil.Process(popen.pid), None
+    peak, peak_at, peak_pss, peak_one = 0, 0.0, 0, 0
     while popen.poll() is None:
-        rss = tree_rss(proc)
+        rss, pss, one = tree_memory(proc)
         if rss > peak:  # when the peak came says which stage it belongs to
             peak, peak_at = rss, time.time() - t0
+        peak_pss, peak_one = max(peak_pss, pss), max(peak_one, one)
         if until is not None and until():
             done_at = time.time() - t0
             for p in proc.children(recursive=True):
@@ -116,6 +127,8 @@ def run_timed(cmd: list[str], env: dict[str, str], until: Any = None) -> dict[st
         "seconds": round(done_at, 1),
         "peak_rss_gb": round(peak / 2**30, 2),
         "peak_at_s": round(peak_at, 1),
+        "peak_pss_gb": round(peak_pss / 2**30, 2),
+        "peak_process_rss_gb": round(peak_one / 2**30, 2),
         "log": out,
     }
 
@@ -180,10 +193,12 @@ def main() -> None:
     results["first_over_plain"] = round(ratio, 2)
     results["cache_hit_line"] = "data cache hit" in logs["second"]
     print(f"{args.rows:,} rows ({results['bytes'] / 2**20:.0f} MiB of JSON lines)")
-    print(f"{'':8} {'seconds':>8} {'peak RSS GB':>12} {'peak at s':>10}")
+    heads = ("seconds", "RSS sum GB", "at s", "PSS sum GB", "1 process GB")
+    print(f"{'':8}" + "".join(f"{h:>13}" for h in heads))
     for k in ("plain", "first", "second"):
         r = results[k]
-        print(f"{k:8} {r['seconds']:>8} {r['peak_rss_gb']:>12} {r['peak_at_s']:>10}")
+        keys = ("seconds", "peak_rss_gb", "peak_at_s", "peak_pss_gb", "peak_process_rss_gb")
+        print(f"{k:8}" + "".join(f"{r[c]:>13}" for c in keys))
     print(f"ratio first/plain {ratio:.2f}; second run cache hit: {results['cache_hit_line']}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")

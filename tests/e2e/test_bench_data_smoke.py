@@ -27,5 +27,7 @@ def test_bench_data_smoke(tmp_path: Path) -> None:
     got = json.loads(out.read_text())
     assert got["rows"] == 300 and got["cache_hit_line"] is True
     for side in ("plain", "first", "second"):
-        assert got[side]["seconds"] > 0 and got[side]["peak_rss_gb"] > 0
+        r_ = got[side]
+        assert r_["seconds"] > 0 and r_["peak_rss_gb"] >= r_["peak_process_rss_gb"] > 0
+        assert 0 < r_["peak_pss_gb"] <= r_["peak_rss_gb"]
     assert "ratio first/plain" in r.stdout

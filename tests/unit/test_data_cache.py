@@ -47,6 +47,8 @@ def test_encode_split_in_two_processes(tmp_path: Path) -> None:
     feats, rejects = encode_split(task, rows, tmp_path / "enc", num_proc=2)
     assert len(feats) == 1199 and [r["source"] for r in rejects] == ["a:1100"]
     assert feats[1150] == task.encode(rows[1151]) and len(feats.lengths) == 1199
+    # Each worker reads its shard's rows from the file itself: all of them, in order.
+    assert list(feats) == [task.encode(r) for i, r in enumerate(rows) if i != 1100]
 
 
 def test_second_run_reuses_the_cache(tmp_path: Path, monkeypatch, capsys) -> None:

@@ -134,3 +134,28 @@ def test_find_leaks_exact_and_near() -> None:
     )
     assert summary["by_split"] == {"eval": {"exact": 1, "near": 0}, "test": {"exact": 0, "near": 1}}
     assert summary["examples"][0]["train"] == "tr:1" and summary["examples"][0]["other"] == "t:1"
+
+
+def test_the_substring_shortcuts_change_no_result() -> None:
+    """normalize_text and remove_control skip a regex where a substring test says it cannot
+    match; on random strings of the characters that matter they equal the regexes run always."""
+    import random
+    import unicodedata
+
+    from lmtune.data import clean
+
+    def reference(text: str) -> str:
+        text = unicodedata.normalize("NFC", text).replace("\r\n", "\n").replace("\r", "\n")
+        text = clean._INNER_SPACE.sub(" ", text)
+        text = clean._TRAILING_SPACE.sub("", text)
+        return clean._MANY_NEWLINES.sub("\n\n", text).strip()
+
+    rng = random.Random(0)
+    alphabet = ["a", "b", " ", "  ", "\t", "\n", "\r", "\u00a0", "\u3000", "e\u0301", "\x07"]
+    alphabet += ["\x85", "\ufeff", "."]
+    for _ in range(3000):
+        text = "".join(rng.choices(alphabet, k=rng.randint(0, 12)))
+        assert normalize_text(text) == reference(text), repr(text)
+        expected = clean._CONTROL.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
+        assert remove_control(text) == expected, repr(text)
+    assert normalize_text("a \t b") == "a b"

@@ -93,3 +93,17 @@ def test_a_killed_prepare_leaves_nothing_after_the_next_one(tmp_path: Path) -> N
     own = f"-{host}-{os.getpid()}-"
     left = sorted(p.name.split(own)[0] for p in run.iterdir() if own in p.name)
     assert left == [".prepare", ".train-rows"]  # the kept one, and this run's train rows
+
+
+def test_texts_from_reads_on_from_any_row_across_batches(tmp_path: Path) -> None:
+    from lmtune.data.features import LazyRows
+    from lmtune.data.stream import Spill, texts_from
+
+    spill = Spill(tmp_path / "rows.arrow")
+    rows = [{"i": i} for i in range(25)]
+    for start in range(0, 25, 7):  # record batches of 7, 7, 7 and 4 rows
+        spill.add(rows[start : start + 7])
+    spill.close()
+    for start in (0, 6, 7, 13, 24, 25):
+        assert [json.loads(t) for t in texts_from(tmp_path / "rows.arrow", start)] == rows[start:]
+    assert list(LazyRows(spill.close())) == rows  # iteration reads the same way

@@ -132,6 +132,13 @@ class LazyRows(Sequence):
         return json.loads(self.dataset[i]["row"])
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        if self.file is not None:
+            # Plain reads, batch by batch: iterating the memory map would leave the whole file
+            # resident in this process (and in every worker forked from it) after one pass.
+            from lmtune.data.stream import iter_rows
+
+            yield from (row for _, row in iter_rows(self.dataset))
+            return
         for batch in self.dataset.iter(batch_size=1000):
             yield from (json.loads(r) for r in batch["row"])
 

@@ -212,6 +212,20 @@ def iter_rows(ds: Any, indices: Sequence[int] | None = None) -> Iterator[Any]:
             start += n
 
 
+def texts_from(path: Path | str, start: int = 0) -> Iterator[str]:
+    """The strings of a one-column Arrow stream file (Spill, write_rows) from row `start` on,
+    with plain reads: nothing stays resident once a batch is consumed."""
+    import pyarrow as pa
+
+    pos = 0
+    with pa.OSFile(str(path)) as f:
+        for batch in pa.ipc.open_stream(f):
+            n = batch.num_rows
+            if pos + n > start:
+                yield from batch.column(0).slice(max(0, start - pos)).to_pylist()
+            pos += n
+
+
 def remove_dir(path: Path) -> None:
     """Remove a spill folder (best effort: a memory-mapped file may still be open)."""
     shutil.rmtree(path, ignore_errors=True)
