@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -25,6 +26,9 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
     return load_file(str(run / "model" / "model.safetensors"))
 
 
+# make test keeps its short twin, test_scale's kill -9 while checkpointing (LoRA, 6 steps); this
+# full fine-tune of the shipped config (about 40 s) runs with pytest -m slow.
+@pytest.mark.slow
 def test_sigkill_then_resume_matches_uninterrupted(tmp_path: Path) -> None:
     model_dir = tiny_bert_dir(tmp_path)
     data = write_jsonl(tmp_path / "d.jsonl", sentiment_rows(120))

@@ -80,6 +80,9 @@ def _reference(tmp: Path, sections: dict[str, Any]) -> Path:
     return Path(cfg.run.output_dir)
 
 
+# make test keeps the other direction (1 process -> 2 under FSDP, a resharded checkpoint); this
+# one (about 35 s) runs with pytest -m slow.
+@pytest.mark.slow
 @pytest.mark.multiproc
 @pytest.mark.timeout(600)
 def test_checkpoint_of_two_ddp_processes_resumes_on_one(tmp_path: Path) -> None:

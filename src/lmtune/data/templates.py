@@ -157,10 +157,6 @@ def _bos(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     return [bos] if bos is not None and ids[:1] == [bos] else []
 
 
-def _tok(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
-    return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
-
-
 def _assemble(
     segments: Segments, parts: list[list[int]], bos: list[int], eos: int | None
 ) -> tuple[list[int], list[int]]:
@@ -177,19 +173,26 @@ def _assemble(
     return ids, labels
 
 
-def _encode_segments(
-    segments: Segments, by_template: bool, tokenizer: PreTrainedTokenizerBase
-) -> tuple[list[int], list[int]]:
-    # Chat templates write their own BOS into the text; built-in ones rely on the tokenizer's.
-    bos = [] if by_template else _bos(tokenizer)
-    parts = [_tok(tokenizer, text) for text, _ in segments]
-    return _assemble(segments, parts, bos, tokenizer.eos_token_id)
+def _encode_many(
+    rendered: list[tuple[Segments, bool]], tokenizer: PreTrainedTokenizerBase
+) -> list[tuple[list[int], list[int]]]:
+    """(ids, labels) of rendered rows, every segment of every row in one tokenizer call (the
+    same ids: each segment is still tokenized on its own). Chat templates write their own
+    BOS into the text; built-in ones rely on the tokenizer's."""
+    texts = [text for segments, _ in rendered for text, _ in segments if text]
+    tokens = iter(tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else [])
+    bos, eos = _bos(tokenizer), tokenizer.eos_token_id
+    out = []
+    for segments, by_template in rendered:
+        parts = [next(tokens) if text else [] for text, _ in segments]
+        out.append(_assemble(segments, parts, [] if by_template else bos, eos))
+    return out
 
 
 def _sft_feature(ids: list[int], labels: list[int], max_length: int) -> dict[str, Any]:
     ids, labels = ids[:max_length], labels[:max_length]
     # Position 0 is never predicted (nothing comes before it), so it cannot carry the loss.
-    if all(label == IGNORE for label in labels[1:]):
+    if labels[1:].count(IGNORE) >= len(labels) - 1:  # (also when nothing is left)
         raise ValueError(f"no response tokens left within max_length={max_length}")
     return {"input_ids": ids, "labels": labels, "length": len(ids)}
 
@@ -216,9 +219,10 @@ def encode_sft_row(
     each followed by EOS (in the loss even when pad == eos). Truncation keeps the start;
     raises ValueError when no response token is left inside max_length.
     """
-    segments, by_template = _sft_segments(row, fmt, tokenizer, template)
-    ids, labels = _encode_segments(segments, by_template, tokenizer)
-    return _sft_feature(ids, labels, max_length)
+    out = encode_sft_rows([row], fmt, tokenizer, max_length, template)[0]
+    if isinstance(out, ValueError):
+        raise out
+    return out
 
 
 def encode_sft_rows(
@@ -228,31 +232,23 @@ def encode_sft_rows(
     max_length: int,
     template: str = "auto",
 ) -> list[dict[str, Any] | ValueError]:
-    """encode_sft_row over many rows with one batched tokenizer call for all their segments
-    (the same ids: each segment is still tokenized on its own). A row that cannot be encoded
-    gives its ValueError in its place."""
+    """encode_sft_row over many rows with one batched tokenizer call for all their segments.
+    A row that cannot be encoded gives its ValueError in its place."""
     rendered: list[tuple[Segments, bool] | ValueError] = []
     for row in rows:
         try:
             rendered.append(_sft_segments(row, fmt, tokenizer, template))
         except ValueError as exc:
             rendered.append(exc)
-    texts = [t for r in rendered if not isinstance(r, ValueError) for t, _ in r[0] if t]
-    tokens = iter(tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else [])
-    bos, eos = _bos(tokenizer), tokenizer.eos_token_id
+    ok = [r for r in rendered if not isinstance(r, ValueError)]
+    encoded = iter(_encode_many(ok, tokenizer))
     out: list[dict[str, Any] | ValueError] = []
     for r in rendered:
         if isinstance(r, ValueError):
             out.append(r)
             continue
-        segments, by_template = r
-        parts = [next(tokens) if text else [] for text, _ in segments]
         try:
-            out.append(
-                _sft_feature(
-                    *_assemble(segments, parts, [] if by_template else bos, eos), max_length
-                )
-            )
+            out.append(_sft_feature(*next(encoded), max_length))
         except ValueError as exc:
             out.append(exc)
     return out
@@ -303,9 +299,9 @@ def encode_prompt(
     row_or_messages: Any, fmt: str, tokenizer: PreTrainedTokenizerBase, template: str = "auto"
 ) -> list[int]:
     """Token ids of the generation prompt, identical to the prompt part of encode_sft_row."""
-    segments, by_template = _prompt_segments(row_or_messages, fmt, tokenizer, template)
-    ids, _ = _encode_segments(segments, by_template, tokenizer)
-    return ids
+    return _encode_many([_prompt_segments(row_or_messages, fmt, tokenizer, template)], tokenizer)[
+        0
+    ][0]
 
 
 # Row formats whose prompt is a "prompt" field (a text or a message list) before a response.
