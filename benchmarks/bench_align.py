@@ -64,6 +64,8 @@ from benchlib import (  # noqa: E402
     read_jsonl,
     run_sides,
     save_tiny_llama,
+    trainer_args,
+    trainer_clock,
     write_jsonl,
 )
 
@@ -226,7 +228,6 @@ def child_trl(spec: dict[str, Any], t_proc: float) -> dict[str, Any]:
         AutoModelForCausalLM,
         AutoModelForSequenceClassification,
         AutoTokenizer,
-        TrainerCallback,
     )
     from transformers import set_seed as hf_set_seed
 
@@ -236,35 +237,13 @@ def child_trl(spec: dict[str, Any], t_proc: float) -> dict[str, Any]:
     feats, held = encode_pairs(spec, d["train"]), encode_pairs(spec, d["eval"])
     marks: dict[str, float] = {"ref_s": 0.0}
 
-    class Clock(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kw):  # noqa: ANN001
-            marks["t0"] = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kw):  # noqa: ANN001
-            if state.global_step == state.max_steps:
-                marks["t1"] = time.perf_counter()
-
-    common = dict(
-        output_dir=str(Path(spec["work"]) / f"trl-{w}"),
-        per_device_train_batch_size=spec["batch_size"],
-        per_device_eval_batch_size=64,
-        num_train_epochs=1,
-        learning_rate=spec["lr"],
-        lr_scheduler_type="linear",
-        warmup_steps=0,
+    common = trainer_args(
+        spec,
+        Path(spec["work"]) / f"trl-{w}",
         weight_decay=0.0,
-        max_grad_norm=1.0,
-        seed=SEED,
-        data_seed=SEED,
-        use_cpu=True,
-        bf16=spec["precision"] == "bf16",
         optim="adamw_torch_fused",
-        dataloader_num_workers=0,
-        dataloader_pin_memory=False,
-        logging_steps=spec["log_every"],
         eval_strategy="no",
         save_strategy="no",
-        report_to="none",
         max_length=spec["max_length"],
     )
     if w == "dpo":
@@ -299,7 +278,7 @@ def child_trl(spec: dict[str, Any], t_proc: float) -> dict[str, Any]:
             train_dataset=train_ds,
             eval_dataset=eval_ds,
             processing_class=tok,
-            callbacks=[Clock()],
+            callbacks=[trainer_clock(marks)],
         )
         acc_key = "eval_rewards/accuracies"
     else:
@@ -329,7 +308,7 @@ def child_trl(spec: dict[str, Any], t_proc: float) -> dict[str, Any]:
             train_dataset=ids(feats),
             eval_dataset=ids(held),
             processing_class=tok,
-            callbacks=[Clock()],
+            callbacks=[trainer_clock(marks)],
         )
         acc_key = "eval_accuracy"
     out = trainer.train()

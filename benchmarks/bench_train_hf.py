@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchlib import SEED, common_done, final_loss, read_jsonl
+from benchlib import SEED, common_done, final_loss, read_jsonl, trainer_args, trainer_clock
 
 
 def _model_and_encode(spec: dict[str, Any], tok: Any) -> tuple[Any, Any, Any]:
@@ -111,50 +111,21 @@ def _eval_functions(workload: str) -> tuple[Any, Any]:
 def _training_args(spec: dict[str, Any]) -> Any:
     from transformers import TrainingArguments
 
+    out = Path(spec["work"]) / f"hf-{spec['workload']}-{spec['precision']}"
     return TrainingArguments(
-        output_dir=str(Path(spec["work"]) / f"hf-{spec['workload']}-{spec['precision']}"),
-        per_device_train_batch_size=spec["batch_size"],
-        per_device_eval_batch_size=64,
-        num_train_epochs=1,
-        learning_rate=spec["lr"],
-        lr_scheduler_type="linear",
-        warmup_steps=0,
-        weight_decay=0.01,
-        max_grad_norm=1.0,
-        seed=SEED,
-        data_seed=SEED,
-        use_cpu=True,
-        bf16=spec["precision"] == "bf16",
-        optim=spec.get("hf_optim", "adamw_torch_fused"),
-        train_sampling_strategy="group_by_length",
-        length_column_name="length",
-        dataloader_num_workers=0,
-        dataloader_pin_memory=False,
-        logging_steps=spec["log_every"],
-        eval_strategy="epoch",
-        save_strategy="epoch",
-        save_total_limit=1,
-        report_to="none",
-        remove_unused_columns=True,
+        **trainer_args(
+            spec,
+            out,
+            weight_decay=0.01,
+            optim=spec.get("hf_optim", "adamw_torch_fused"),
+            train_sampling_strategy="group_by_length",
+            length_column_name="length",
+            eval_strategy="epoch",
+            save_strategy="epoch",
+            save_total_limit=1,
+            remove_unused_columns=True,
+        )
     )
-
-
-def _clock(marks: dict[str, float]) -> Any:
-    """A Trainer callback timing the optimizer steps and the end-of-training evaluation."""
-    from transformers import TrainerCallback
-
-    class Clock(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kw):  # noqa: ANN001
-            marks["t0"] = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kw):  # noqa: ANN001
-            if state.global_step == state.max_steps:
-                marks["t1"] = time.perf_counter()
-
-        def on_evaluate(self, args, state, control, **kw):  # noqa: ANN001
-            marks["t_eval"] = time.perf_counter()
-
-    return Clock()
 
 
 def child_hf(spec: dict[str, Any], t_proc: float) -> dict[str, Any]:
@@ -189,7 +160,7 @@ def child_hf(spec: dict[str, Any], t_proc: float) -> dict[str, Any]:
         processing_class=tok,
         compute_metrics=metrics,
         preprocess_logits_for_metrics=preprocess,
-        callbacks=[_clock(marks)],
+        callbacks=[trainer_clock(marks)],
     )
     t_call = time.perf_counter()
     out = trainer.train()

@@ -64,6 +64,50 @@ def final_loss(logged: list[tuple[int, float]], total_steps: int) -> float:
     return sum(tail) / len(tail)
 
 
+def trainer_clock(marks: dict[str, float]) -> Any:
+    """A transformers TrainerCallback that writes into `marks` when the optimizer steps start
+    (t0) and end (t1), and when an evaluation ends (t_eval)."""
+    from transformers import TrainerCallback
+
+    class Clock(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kw):  # noqa: ANN001
+            marks["t0"] = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):  # noqa: ANN001
+            if state.global_step == state.max_steps:
+                marks["t1"] = time.perf_counter()
+
+        def on_evaluate(self, args, state, control, **kw):  # noqa: ANN001
+            marks["t_eval"] = time.perf_counter()
+
+    return Clock()
+
+
+def trainer_args(spec: dict[str, Any], output_dir: Path, **extra: Any) -> dict[str, Any]:
+    """The (TRL) TrainingArguments every HF side shares: one epoch on the CPU, linear schedule
+    without warmup, clipping at 1.0, seeded, no dataloader workers (2 cores: a worker only
+    competes with the compute threads); `extra` adds or overrides."""
+    return {
+        "output_dir": str(output_dir),
+        "per_device_train_batch_size": spec["batch_size"],
+        "per_device_eval_batch_size": 64,
+        "num_train_epochs": 1,
+        "learning_rate": spec["lr"],
+        "lr_scheduler_type": "linear",
+        "warmup_steps": 0,
+        "max_grad_norm": 1.0,
+        "seed": SEED,
+        "data_seed": SEED,
+        "use_cpu": True,
+        "bf16": spec["precision"] == "bf16",
+        "dataloader_num_workers": 0,
+        "dataloader_pin_memory": False,
+        "logging_steps": spec["log_every"],
+        "report_to": "none",
+        **extra,
+    }
+
+
 def lmtune_events(run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """(train events, last eval event) of an lmtune run's metrics.jsonl."""
     events = read_jsonl(run_dir / "metrics.jsonl")

@@ -125,6 +125,12 @@ def test_find_leaks_exact_and_near() -> None:
         (0, "test", 0, "near"),
         (1, "eval", 0, "exact"),
     ]
+    # Batch by batch (prepare's train split on disk): rows numbered on from each batch's start.
+    finder = dd.LeakFinder(others, 0.8, 5, 64, 0)
+    batched = finder.match(train[:1], 0) + finder.match(train[1:], 1)
+    assert [(lk.index, lk.kind) for lk in batched] == [(0, "near"), (1, "exact")]
+    exact_only = dd.LeakFinder(others, 0.8, 5, 64, 0, near=False).match(train, 5000)
+    assert [(lk.index, lk.kind) for lk in exact_only] == [(5001, "exact")]
     summary = dd.summarize_leaks(
         leaks,
         {"eval": ["e:1"], "test": ["t:1", "t:2"]},

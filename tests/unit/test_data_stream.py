@@ -107,3 +107,21 @@ def test_texts_from_reads_on_from_any_row_across_batches(tmp_path: Path) -> None
     for start in (0, 6, 7, 13, 24, 25):
         assert [json.loads(t) for t in texts_from(tmp_path / "rows.arrow", start)] == rows[start:]
     assert list(LazyRows(spill.close())) == rows  # iteration reads the same way
+
+
+def test_leaks_found_in_every_batch_of_train_are_removed_with_their_lines(tmp_path: Path) -> None:
+    rows = [{"instruction": f"question {i}", "output": f"answer {i}"} for i in range(BATCH + 200)]
+    ev = [rows[3], rows[BATCH + 100], {"instruction": "fresh", "output": "row"}]
+    data = {
+        "train": str(write_jsonl(tmp_path / "t.jsonl", rows)),
+        "eval": str(write_jsonl(tmp_path / "e.jsonl", ev)),
+        "leakage": {"remove_from_train": True},
+    }
+    out = prepare_data(_cfg(data), tmp_path / "run", say=None)
+    assert out.report["leakage"]["by_split"] == {"eval": {"exact": 2, "near": 0}}
+    rejects = [json.loads(x) for x in (tmp_path / "run" / "rejects.jsonl").read_text().splitlines()]
+    assert [(r["line"], r["stage"]) for r in rejects] == [(4, "leakage"), (BATCH + 101, "leakage")]
+    assert len(out.splits["train"]) == BATCH + 198
+    assert rows[BATCH + 100] not in [
+        {k: r[k] for k in ("instruction", "output")} for r in out.splits["train"]
+    ]

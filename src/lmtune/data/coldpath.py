@@ -237,37 +237,33 @@ def _near(pool: Pool, cfg: Config, fmt: str, rejects: list[Reject]) -> set[int]:
 def check_leakage(
     cfg: Config, fmt: str, splits: dict[str, Any], rejects: list[Reject]
 ) -> dict[str, Any]:
-    """stages.check_leakage with train passed over in batches (eval/test are lists)."""
+    """Report train rows overlapping eval/test (exact, and near when data.leakage.near says
+    so); drop them from train if configured. Train is passed over in batches (eval/test are
+    lists)."""
     lc, nd = cfg.data.leakage, cfg.data.clean.near_dedupe
     others = {s: splits[s] for s in ("eval", "test") if splits.get(s)}
     if not lc.check or not others:
         return {"checked": False}
     train = splits["train"]
     near = near_leakage(cfg, len(train))
-    hasher = dd.MinHasher(nd.num_perm, nd.shingle, cfg.run.seed)
-    index = dd.LSHIndex(nd.num_perm, lc.threshold)
-    exact: dict[str, tuple[str, int]] = {}
-    where: list[tuple[str, int]] = []
-    for split, rows in others.items():
-        sigs = hasher.signatures([main_text(r, fmt) for r in rows]) if near else None
-        for j, r in enumerate(rows):
-            exact.setdefault(content_key(r, fmt), (split, j))
-            if sigs is not None:
-                index.add(len(where), sigs[j])
-            where.append((split, j))
+
+    def keyed(rows: Any) -> list[tuple[str, str]]:
+        return [(content_key(r, fmt), main_text(r, fmt) if near else "") for r in rows]
+
+    finder = dd.LeakFinder(
+        {s: keyed(rows) for s, rows in others.items()},
+        lc.threshold,
+        nd.shingle,
+        nd.num_perm,
+        cfg.run.seed,
+        near,
+    )
     leaks: list[dd.Leak] = []
     leaking: dict[int, dict[str, Any]] = {}
     for chunk in batches(enumerate(train)):
-        sigs = hasher.signatures([main_text(r, fmt) for _, r in chunk]) if near else None
-        for k, (i, row) in enumerate(chunk):
-            key = content_key(row, fmt)
-            if key in exact:
-                leaks.append(dd.Leak(i, *exact[key], "exact", 1.0))
-            elif sigs is not None and (match := index.best_match(sigs[k])) is not None:
-                leaks.append(dd.Leak(i, *where[match[0]], "near", round(match[1], 3)))
-            else:
-                continue
-            leaking[i] = row
+        found = finder.match(keyed(r for _, r in chunk), chunk[0][0])
+        leaks += found
+        leaking.update((lk.index, chunk[lk.index - chunk[0][0]][1]) for lk in found)
     sources = {s: [r["_source"] for r in rows] for s, rows in others.items()}
     train_sources = {i: r["_source"] for i, r in leaking.items()}
     section = dd.summarize_leaks(leaks, sources, train_sources, list(others), lc.remove_from_train)  # type: ignore[arg-type]

@@ -212,6 +212,50 @@ class Leak:
     similarity: float
 
 
+class LeakFinder:
+    """Eval/test rows indexed once (exact content keys; MinHash LSH when `near`), train rows
+    matched against them batch by batch, so a train split on disk is never held whole.
+
+    Rows are (content key, text): the key decides exact overlap, the text is shingled.
+    near=False checks exact overlap only: no MinHash, which on large train splits costs more
+    time and memory than the rest of the check.
+    """
+
+    def __init__(
+        self,
+        others: dict[str, list[tuple[str, str]]],
+        threshold: float,
+        shingle: int,
+        num_perm: int,
+        seed: int,
+        near: bool = True,
+    ) -> None:
+        self.exact: dict[str, tuple[str, int]] = {}
+        self.hasher = MinHasher(num_perm, shingle, seed) if near else None
+        self.index = LSHIndex(num_perm, threshold)
+        self.where: list[tuple[str, int]] = []
+        for split, rows in others.items():
+            sigs = self.hasher.signatures([t for _, t in rows]) if self.hasher else None
+            for j, (key, _) in enumerate(rows):
+                self.exact.setdefault(key, (split, j))
+                if sigs is not None:
+                    self.index.add(len(self.where), sigs[j])
+                self.where.append((split, j))
+
+    def match(self, train: list[tuple[str, str]], start: int = 0) -> list[Leak]:
+        """One Leak per train row that overlaps; rows are numbered from `start`."""
+        if not self.where:
+            return []
+        sigs = self.hasher.signatures([t for _, t in train]) if self.hasher else None
+        leaks: list[Leak] = []
+        for k, (key, _) in enumerate(train):
+            if key in self.exact:
+                leaks.append(Leak(start + k, *self.exact[key], "exact", 1.0))
+            elif sigs is not None and (m := self.index.best_match(sigs[k])) is not None:
+                leaks.append(Leak(start + k, *self.where[m[0]], "near", round(m[1], 3)))
+        return leaks
+
+
 def find_leaks(
     train: list[tuple[str, str]],
     others: dict[str, list[tuple[str, str]]],
@@ -221,39 +265,8 @@ def find_leaks(
     seed: int,
     near: bool = True,
 ) -> list[Leak]:
-    """Train rows that also occur (exactly or nearly) in another split; one Leak per row.
-
-    Rows are (content key, text): the key decides exact overlap, the text is shingled.
-    near=False checks exact overlap only: no MinHash, which on large train splits costs
-    more time and memory than the rest of the check.
-    """
-    exact: dict[str, tuple[str, int]] = {}
-    hasher = MinHasher(num_perm, shingle, seed)
-    index = LSHIndex(num_perm, threshold)
-    where: list[tuple[str, int]] = []
-    for split, rows in others.items():
-        sigs = hasher.signatures([text for _, text in rows]) if near else None
-        for j, (key, _) in enumerate(rows):
-            exact.setdefault(key, (split, j))
-            if sigs is not None:
-                index.add(len(where), sigs[j])
-            where.append((split, j))
-    leaks: list[Leak] = []
-    if not where:
-        return leaks
-    train_sigs = hasher.signatures([text for _, text in train]) if near else None
-    for i, (key, _) in enumerate(train):
-        if key in exact:
-            split, j = exact[key]
-            leaks.append(Leak(i, split, j, "exact", 1.0))
-            continue
-        if train_sigs is None:
-            continue
-        match = index.best_match(train_sigs[i])
-        if match is not None:
-            split, j = where[match[0]]
-            leaks.append(Leak(i, split, j, "near", round(match[1], 3)))
-    return leaks
+    """Train rows that also occur (exactly or nearly) in another split; one Leak per row."""
+    return LeakFinder(others, threshold, shingle, num_perm, seed, near).match(train)
 
 
 def summarize_leaks(

@@ -249,51 +249,6 @@ def clean_pool(
     return kept
 
 
-def check_leakage(
-    cfg: Config, fmt: str, splits: dict[str, list[dict[str, Any]]], rejects: list[Reject]
-) -> dict[str, Any]:
-    """Report train rows overlapping eval/test; drop them from train if configured."""
-    lc, nd = cfg.data.leakage, cfg.data.clean.near_dedupe
-    others = {s: splits[s] for s in ("eval", "test") if splits.get(s)}
-    if not lc.check or not others:
-        return {"checked": False}
-    train = splits["train"]
-    near = near_leakage(cfg, len(train))
-    leaks = dd.find_leaks(
-        [(content_key(r, fmt), main_text(r, fmt) if near else "") for r in train],
-        {s: [(content_key(r, fmt), main_text(r, fmt)) for r in rows] for s, rows in others.items()},
-        lc.threshold,
-        nd.shingle,
-        nd.num_perm,
-        cfg.run.seed,
-        near=near,
-    )
-    section = dd.summarize_leaks(
-        leaks,
-        {s: [r["_source"] for r in rows] for s, rows in others.items()},
-        [r["_source"] for r in train],
-        list(others),
-        lc.remove_from_train,
-    )
-    section["threshold"] = lc.threshold
-    section["near"] = near
-    if lc.remove_from_train and leaks:
-        for lk in leaks:
-            other = others[lk.split][lk.other]["_source"]
-            rejects.append(
-                reject_row(
-                    train[lk.index],
-                    f"also in {lk.split} ({lk.kind} overlap with "
-                    f"{other}, similarity {lk.similarity})",
-                    "leakage",
-                    f"{lk.kind} overlap with {lk.split}",
-                )
-            )
-        drop = {lk.index for lk in leaks}
-        splits["train"] = [r for i, r in enumerate(train) if i not in drop]
-    return section
-
-
 # Above this many train rows, leakage.near auto checks exact overlap only (MinHash over every
 # train row took about a quarter of `prepare` at 200k rows).
 NEAR_LEAKAGE_AUTO_ROWS = 20_000
