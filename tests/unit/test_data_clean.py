@@ -115,12 +115,12 @@ def test_lsh_params_catch_pairs_at_the_threshold_and_skip_dissimilar_ones() -> N
         assert p(t) >= 0.75 and p(t - 0.3) < 0.3
 
 
-def test_find_leaks_exact_and_near() -> None:
+def test_leak_finder_exact_and_near() -> None:
     near = _text(10).split()
     near[5] = "different"
     train = [("k1", _text(10)), ("k2", _text(11)), ("k3", _text(12))]
     others = {"eval": [("k2", _text(11))], "test": [("zz", " ".join(near)), ("k9", _text(13))]}
-    leaks = dd.find_leaks(train, others, 0.8, 5, 64, 0)
+    leaks = dd.LeakFinder(others, 0.8, 5, 64, 0).match(train)
     assert [(lk.index, lk.split, lk.other, lk.kind) for lk in leaks] == [
         (0, "test", 0, "near"),
         (1, "eval", 0, "exact"),

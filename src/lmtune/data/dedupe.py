@@ -256,19 +256,6 @@ class LeakFinder:
         return leaks
 
 
-def find_leaks(
-    train: list[tuple[str, str]],
-    others: dict[str, list[tuple[str, str]]],
-    threshold: float,
-    shingle: int,
-    num_perm: int,
-    seed: int,
-    near: bool = True,
-) -> list[Leak]:
-    """Train rows that also occur (exactly or nearly) in another split; one Leak per row."""
-    return LeakFinder(others, threshold, shingle, num_perm, seed, near).match(train)
-
-
 def summarize_leaks(
     leaks: list[Leak],
     sources: dict[str, list[Any]],
