@@ -261,9 +261,10 @@ def check_leakage(
     leaks: list[dd.Leak] = []
     leaking: dict[int, dict[str, Any]] = {}
     for chunk in batches(enumerate(train)):
-        found = finder.match(keyed(r for _, r in chunk), chunk[0][0])
+        start = chunk[0][0]
+        found = finder.match(keyed(r for _, r in chunk), start)
         leaks += found
-        leaking.update((lk.index, chunk[lk.index - chunk[0][0]][1]) for lk in found)
+        leaking.update((lk.index, chunk[lk.index - start][1]) for lk in found)
     sources = {s: [r["_source"] for r in rows] for s, rows in others.items()}
     train_sources = {i: r["_source"] for i, r in leaking.items()}
     section = dd.summarize_leaks(leaks, sources, train_sources, list(others), lc.remove_from_train)  # type: ignore[arg-type]

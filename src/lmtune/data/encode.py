@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from lmtune.data.features import EXTRA, FeatureSet, load_arrow, write_rows
+from lmtune.data.features import EXTRA, FeatureSet, write_rows
 from lmtune.data.stream import texts_from
 
 BATCH = 1000  # rows per map() call: big enough to amortise Arrow conversion, small in memory
@@ -57,7 +58,8 @@ class _EncodeBatch:
 
     def __init__(self, task: Any, kinds: dict[str, str], rejects_dir: Path, rows: Path) -> None:
         self.task, self.kinds, self.rejects_dir, self.rows_file = task, kinds, rejects_dir, rows
-        self._next, self._texts = -1, iter(())
+        self._next = -1  # the position the open reader is at (none open yet)
+        self._texts: Iterator[str] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_next": -1, "_texts": None}  # an open file does not pickle
@@ -66,7 +68,7 @@ class _EncodeBatch:
         """The rows at `positions` (consecutive: map() batches a contiguous shard in order)."""
         if not positions:
             return []
-        if positions[0] != self._next or self._texts is None:
+        if self._texts is None or positions[0] != self._next:
             self._texts = texts_from(self.rows_file, positions[0])
         self._next = positions[0] + len(positions)
         return [json.loads(text) for text in islice(self._texts, len(positions))]
@@ -143,7 +145,7 @@ def encode_split(
 
     folder.mkdir(parents=True, exist_ok=True)
     write_rows(folder / "rows.arrow", rows)
-    positions = datasets.Dataset.from_dict({"i": np.arange(len(load_arrow(folder, "rows")))})
+    positions = datasets.Dataset.from_dict({"i": np.arange(len(rows))})
     sample = _first_feature(task, rows[:BATCH] if len(rows) > BATCH else rows)
     kinds, schema = _schema(sample or {"length": 0})
     rejects_dir = folder / "rejects"

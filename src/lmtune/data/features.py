@@ -135,9 +135,9 @@ class LazyRows(Sequence):
         if self.file is not None:
             # Plain reads, batch by batch: iterating the memory map would leave the whole file
             # resident in this process (and in every worker forked from it) after one pass.
-            from lmtune.data.stream import iter_rows
+            from lmtune.data.stream import texts_from
 
-            yield from (row for _, row in iter_rows(self.dataset))
+            yield from map(json.loads, texts_from(self.file))
             return
         for batch in self.dataset.iter(batch_size=1000):
             yield from (json.loads(r) for r in batch["row"])

@@ -194,21 +194,20 @@ def iter_rows(ds: Any, indices: Sequence[int] | None = None) -> Iterator[Any]:
         texts = ds.data.column("row").take(list(indices)).to_pylist()
         yield from ((i, json.loads(t)) for i, t in zip(indices, texts, strict=True))
         return
-    wanted = iter(indices) if indices is not None else None
-    nxt = next(wanted, None) if wanted is not None else -1
+    if indices is None:
+        yield from enumerate(map(json.loads, texts_from(ds.cache_files[0]["filename"])))
+        return
+    wanted = iter(indices)
+    nxt = next(wanted, None)
     start = 0
     with pa.OSFile(ds.cache_files[0]["filename"]) as f:
         for batch in pa.ipc.open_stream(f):
             n, col = batch.num_rows, batch.column(0)
-            if wanted is None:
-                for k, text in enumerate(col.to_pylist()):
-                    yield start + k, json.loads(text)
-            else:
-                while nxt is not None and nxt < start + n:
-                    yield nxt, json.loads(col[nxt - start].as_py())
-                    nxt = next(wanted, None)
-                if nxt is None:
-                    return
+            while nxt is not None and nxt < start + n:
+                yield nxt, json.loads(col[nxt - start].as_py())
+                nxt = next(wanted, None)
+            if nxt is None:
+                return
             start += n
 
 

@@ -299,9 +299,9 @@ def encode_prompt(
     row_or_messages: Any, fmt: str, tokenizer: PreTrainedTokenizerBase, template: str = "auto"
 ) -> list[int]:
     """Token ids of the generation prompt, identical to the prompt part of encode_sft_row."""
-    return _encode_many([_prompt_segments(row_or_messages, fmt, tokenizer, template)], tokenizer)[
-        0
-    ][0]
+    rendered = _prompt_segments(row_or_messages, fmt, tokenizer, template)
+    ids, _ = _encode_many([rendered], tokenizer)[0]
+    return ids
 
 
 # Row formats whose prompt is a "prompt" field (a text or a message list) before a response.

@@ -54,7 +54,7 @@ class SFTTask(Task):
         """encode over many rows with one batched tokenizer call (the same features)."""
         from lmtune.data.templates import encode_sft_rows
 
-        return list(encode_sft_rows(rows, self.fmt, self.tokenizer, self.max_length, self.template))
+        return encode_sft_rows(rows, self.fmt, self.tokenizer, self.max_length, self.template)
 
     def prepare_features(self, features: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Pack short examples into full-length sequences when packing is on (training only)."""
